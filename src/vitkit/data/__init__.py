@@ -1,0 +1,40 @@
+"""Data for vitkit: image loading, transforms and augmentation, and the data sets it trains on."""
+
+from vitkit.data.images import GRAYSCALE_MODES, ImageLoadError, convert_image, image_header, load_image
+from vitkit.data.seeded import SeededTransformDataset, TransformedDataset
+from vitkit.data.sources import SOURCES, ClassFolder, DataBundle, build_data, build_folder_eval_data
+from vitkit.data.transforms import (
+    AUTO_AUGMENTS,
+    AugmentConfig,
+    ConvertChannels,
+    build_batch_mixer,
+    build_eval_transform,
+    build_train_transform,
+    compute_mean_std,
+    default_augment,
+    to_size,
+)
+
+__all__ = [
+    "AUTO_AUGMENTS",
+    "GRAYSCALE_MODES",
+    "SOURCES",
+    "AugmentConfig",
+    "ClassFolder",
+    "ConvertChannels",
+    "DataBundle",
+    "ImageLoadError",
+    "SeededTransformDataset",
+    "TransformedDataset",
+    "build_batch_mixer",
+    "build_data",
+    "build_eval_transform",
+    "build_folder_eval_data",
+    "build_train_transform",
+    "compute_mean_std",
+    "convert_image",
+    "default_augment",
+    "image_header",
+    "load_image",
+    "to_size",
+]

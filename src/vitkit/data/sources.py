@@ -1,0 +1,267 @@
+"""The data sets vitkit trains on: scikit-learn's digits, image folders and torchvision's data sets."""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+from torch.utils.data import Dataset, Subset, TensorDataset
+from torchvision import datasets
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+from vitkit.data.images import image_header, load_image
+from vitkit.data.seeded import SeededTransformDataset, TransformedDataset
+from vitkit.data.transforms import (
+    AugmentConfig,
+    build_eval_transform,
+    build_train_transform,
+    compute_mean_std,
+    default_augment,
+    to_size,
+)
+
+logger = logging.getLogger(__name__)
+
+SOURCES = ("digits", "folder", "mnist", "fashion-mnist", "cifar10", "cifar100", "svhn")
+FOLDER_EXTENSIONS = (*IMG_EXTENSIONS, ".gif")
+_FOLDER_LAYOUT = "DIR/train/<class>/<images> and optionally DIR/val/<class>/<images>"
+
+# torchvision class, native size, native channels, folder torchvision creates under the root
+_TORCHVISION = {
+    "mnist": (datasets.MNIST, 28, 1, "MNIST/raw"),
+    "fashion-mnist": (datasets.FashionMNIST, 28, 1, "FashionMNIST/raw"),
+    "cifar10": (datasets.CIFAR10, 32, 3, "cifar-10-batches-py"),
+    "cifar100": (datasets.CIFAR100, 32, 3, "cifar-100-python"),
+    "svhn": (datasets.SVHN, 32, 3, "train_32x32.mat and test_32x32.mat"),
+}
+
+
+@dataclass
+class DataBundle:
+    """Everything training needs from a data set: the two splits and how their images were prepared."""
+
+    train: SeededTransformDataset
+    val: Dataset
+    class_names: list[str]
+    in_channels: int
+    image_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str
+    val_name: str
+    augment: AugmentConfig
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def _is_image_file(path: str) -> bool:
+    # Hidden files (".DS_Store", macOS "._x.png" forks) are never images a user meant to include.
+    return not os.path.basename(path).startswith(".") and has_file_allowed_extension(path, FOLDER_EXTENSIONS)
+
+
+class ClassFolder(datasets.ImageFolder):
+    """ImageFolder that skips hidden folders and files, reads images with `load_image`, and can be given the class
+    list (so a val/eval folder missing a class still uses the training labels)."""
+
+    def __init__(self, root: str | os.PathLike, channels: int, class_names: Sequence[str] | None = None) -> None:
+        self.given_classes = list(class_names) if class_names is not None else None
+        try:
+            super().__init__(
+                str(root),
+                loader=partial(load_image, channels=channels),
+                is_valid_file=_is_image_file,
+                allow_empty=class_names is not None,
+            )
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"{root}: {exc}; expected {root}/<class>/<image files>") from exc
+
+    def find_classes(self, directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
+        found = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+        if not found:
+            raise FileNotFoundError(f"no class sub-folders in {directory}; expected {directory}/<class>/<image files>")
+        classes = found if self.given_classes is None else self.given_classes
+        unknown = sorted(set(found) - set(classes))
+        if unknown:
+            raise ValueError(f"{directory} has class folders {unknown} that are not among the classes {classes}")
+        return classes, {name: index for index, name in enumerate(classes)}
+
+
+def _split_indices(targets: Sequence[int], test_size: float | int, seed: int, what: str) -> tuple[list[int], list[int]]:
+    """Stratified (train, held-out) index lists, reproducible by seed."""
+    try:
+        train, held_out = train_test_split(
+            np.arange(len(targets)), test_size=test_size, random_state=seed, stratify=np.asarray(targets)
+        )
+    except ValueError as exc:
+        raise ValueError(
+            f"cannot split {what} ({len(targets)} images, {len(set(targets))} classes) with a held-out "
+            f"fraction of {test_size}: {exc}. Every class needs at least 2 images and the held-out part at least "
+            "one image per class; add images, change the fraction or provide a val/ folder"
+        ) from exc
+    return train.tolist(), held_out.tolist()
+
+
+def _digits(seed: int) -> tuple[Dataset, Dataset, list[str]]:
+    """scikit-learn's 1,797 8x8 digits as uint8 (0..16 scaled to 0..255), split 80/20 stratified by seed."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.from_numpy(np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)  # (N, 1, 8, 8)
+    labels = torch.from_numpy(digits.target.astype(np.int64))
+    train, test = _split_indices(digits.target.tolist(), 0.2, seed, "the digits")
+    class_names = [str(int(name)) for name in digits.target_names]
+    return TensorDataset(images[train], labels[train]), TensorDataset(images[test], labels[test]), class_names
+
+
+def _scan_folder(folder: ClassFolder) -> tuple[int, int]:
+    """(channels, median shorter side) of a folder's images, from their headers: 1 channel only if all are grey."""
+    channels, sides = 1, []
+    for path, _ in folder.samples:
+        image_channels, (height, width) = image_header(path)
+        channels = max(channels, image_channels)
+        sides.append(min(height, width))
+    return channels, int(statistics.median_low(sides))
+
+
+def _folder(
+    data_dir: Path, channels: int | None, image_size: int | Sequence[int] | None, val_fraction: float, seed: int
+) -> tuple[Dataset, Dataset, list[str], int, int | Sequence[int], str]:
+    train_dir, val_dir = data_dir / "train", data_dir / "val"
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"data directory {data_dir} does not exist; expected {_FOLDER_LAYOUT}")
+    if not train_dir.is_dir():
+        found = sorted(p.name for p in data_dir.iterdir() if p.is_dir())
+        raise FileNotFoundError(f"{data_dir} has no train/ folder (found {found}); expected {_FOLDER_LAYOUT}")
+    # The channel count may come from scanning the folder's own file list, so the loader is set once it is known.
+    train = ClassFolder(train_dir, channels or 3)
+    class_names = list(train.classes)
+    if channels is None or image_size is None:
+        scanned_channels, median_side = _scan_folder(train)
+        channels = channels or scanned_channels
+        image_size = image_size or median_side
+        logger.info("folder %s: %d channel(s), image size %s", train_dir, channels, image_size)
+    train.loader = partial(load_image, channels=channels)
+    if val_dir.is_dir():
+        val: Dataset = ClassFolder(val_dir, channels, class_names)
+        if len(val) == 0:
+            raise FileNotFoundError(f"{val_dir} holds no images; expected {_FOLDER_LAYOUT}")
+        return train, val, class_names, channels, image_size, "val"
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1) to hold out part of {train_dir}, got {val_fraction!r}")
+    train_idx, val_idx = _split_indices(train.targets, val_fraction, seed, str(train_dir))
+    logger.info("no %s: holding out %d of %d images (val_fraction=%s)", val_dir, len(val_idx), len(train), val_fraction)
+    return Subset(train, train_idx), Subset(train, val_idx), class_names, channels, image_size, "val"
+
+
+def _torchvision(source: str, root: Path, download: bool) -> tuple[Dataset, Dataset, list[str], int, int]:
+    cls, size, channels, expected = _TORCHVISION[source]
+    splits = []
+    for train in (True, False):
+        kwargs = {"split": "train" if train else "test"} if cls is datasets.SVHN else {"train": train}
+        try:
+            splits.append(cls(str(root), download=download, **kwargs))
+        except RuntimeError as exc:
+            hint = "" if download else "; pass download=True (--download) to fetch it"
+            raise FileNotFoundError(f"{source} not found under {root} (expected {root}/{expected}): {exc}{hint}") from exc
+    train_set, test_set = splits
+    class_names = [str(name) for name in getattr(train_set, "classes", range(10))]  # SVHN has no class list
+    return train_set, test_set, class_names, channels, size
+
+
+def build_data(
+    source: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    image_size: int | Sequence[int] | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    download: bool = False,
+    aug: AugmentConfig | None = None,
+    channels: int | None = None,
+) -> DataBundle:
+    """Load `source`, split it, and attach the train (seeded augmentation) and eval transforms.
+
+    digits: embedded 8x8 digits, stratified 80/20 by seed, held-out part named "test". folder: `data_dir` in
+    ImageFolder layout (DIR/train/<class>, DIR/val/<class>, else a stratified `val_fraction` of train by seed);
+    1 channel if every training image is grey, else 3; default size the median shorter side. torchvision sets:
+    `data_dir` is their root, their test split is the held-out one. Normalisation statistics come from the training
+    images at the training size; `aug` None means default_augment(source).
+    """
+    if source not in SOURCES:
+        raise ValueError(f"unknown data source {source!r}; expected one of {list(SOURCES)}")
+    if channels is not None and channels not in (1, 3):
+        raise ValueError(f"channels must be 1, 3 or None (the data set's own), got {channels!r}")
+    if image_size is not None:
+        to_size(image_size)  # fail early on a bad size, before any loading
+    if source == "digits":
+        if data_dir is not None:
+            raise ValueError(f"the digits data set is embedded and takes no data_dir (got {data_dir}); use 'folder'")
+        train_base, val_base, class_names = _digits(seed)
+        native_channels, native_size, val_name = 1, 8, "test"
+    elif data_dir is None:
+        raise ValueError(f"data source {source!r} needs data_dir (the folder holding it)")
+    elif source == "folder":
+        train_base, val_base, class_names, native_channels, native_size, val_name = _folder(
+            Path(data_dir), channels, image_size, val_fraction, seed
+        )
+    else:
+        train_base, val_base, class_names, native_channels, native_size = _torchvision(source, Path(data_dir), download)
+        val_name = "test"
+    channels = channels or native_channels
+    size = to_size(image_size or native_size)
+    aug = aug if aug is not None else default_augment(source)
+    mean, std = compute_mean_std(train_base, size, channels, seed=seed)
+    logger.info(
+        "%s: %d train / %d %s images, %d classes, %d channel(s), size %s, mean %s, std %s",
+        source, len(train_base), len(val_base), val_name, len(class_names), channels, size,
+        [round(m, 4) for m in mean], [round(s, 4) for s in std],
+    )  # fmt: skip
+    return DataBundle(
+        train=SeededTransformDataset(train_base, build_train_transform(size, channels, mean, std, aug), seed),
+        val=TransformedDataset(val_base, build_eval_transform(size, channels, mean, std)),
+        class_names=class_names,
+        in_channels=channels,
+        image_size=size,
+        mean=mean,
+        std=std,
+        source=source,
+        val_name=val_name,
+        augment=aug,
+    )
+
+
+def build_folder_eval_data(
+    data_dir: str | os.PathLike,
+    image_size: int | Sequence[int],
+    channels: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    class_names: Sequence[str],
+) -> TransformedDataset:
+    """An image folder prepared as a model expects, labelled with the model's `class_names`.
+
+    `data_dir` is DIR/<class>/<images>; a training folder (DIR/val/<class>) is accepted too, its val/ part used.
+    Class folders may be missing (no images of that class), but an unknown class folder is an error.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"evaluation folder {data_dir} does not exist; expected {data_dir}/<class>/<images>")
+    if not class_names:
+        raise ValueError("class_names is empty; expected the model's class names")
+    subdirs = {p.name for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    if not subdirs <= set(class_names) and (data_dir / "val").is_dir():
+        data_dir = data_dir / "val"
+    folder = ClassFolder(data_dir, channels, class_names)
+    if len(folder) == 0:
+        raise FileNotFoundError(f"{data_dir} holds no images; expected {data_dir}/<class>/<images>")
+    return TransformedDataset(folder, build_eval_transform(image_size, channels, mean, std))

@@ -1,0 +1,227 @@
+"""Preprocessing, augmentation, normalisation statistics and batch mixing, all built from torchvision.transforms.v2."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import PIL.Image
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from vitkit.data.images import convert_image
+
+logger = logging.getLogger(__name__)
+
+AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation. The field defaults mean "no augmentation"; `default_augment` gives each data set's.
+
+    crop_scale_min: lower bound of RandomResizedCrop's area fraction; 1.0 turns the random crop off (plain resize).
+    hflip: probability of a horizontal flip.
+    affine_degrees / affine_translate / affine_scale: RandomAffine with rotation in [-d, d] degrees, shifts up to
+        this fraction of the width/height, zoom in [1 - s, 1 + s]; all 0 turns it off.
+    auto_augment: "none", "randaugment" (2 ops at randaugment_magnitude of 31 bins) or "trivialaugment" (TrivialAugmentWide).
+    random_erasing: probability of RandomErasing (applied after normalisation, erasing to the mean).
+    """
+
+    crop_scale_min: float = 1.0
+    hflip: float = 0.0
+    affine_degrees: float = 0.0
+    affine_translate: float = 0.0
+    affine_scale: float = 0.0
+    auto_augment: str = "none"
+    randaugment_magnitude: int = 9
+    random_erasing: float = 0.0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "crop_scale_min": (0.0 < self.crop_scale_min <= 1.0, "in (0, 1]"),
+            "hflip": (0.0 <= self.hflip <= 1.0, "a probability in [0, 1]"),
+            "affine_degrees": (0.0 <= self.affine_degrees <= 180.0, "in [0, 180]"),
+            "affine_translate": (0.0 <= self.affine_translate <= 1.0, "a fraction in [0, 1]"),
+            "affine_scale": (0.0 <= self.affine_scale < 1.0, "in [0, 1)"),
+            "auto_augment": (self.auto_augment in AUTO_AUGMENTS, f"one of {AUTO_AUGMENTS}"),
+            "randaugment_magnitude": (0 <= self.randaugment_magnitude <= 30, "an integer in [0, 30]"),
+            "random_erasing": (0.0 <= self.random_erasing <= 1.0, "a probability in [0, 1]"),
+        }
+        for name, (ok, expected) in checks.items():
+            if not ok:
+                raise ValueError(f"AugmentConfig.{name}={getattr(self, name)!r} is invalid; expected {expected}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_DIGIT_LIKE = AugmentConfig(affine_degrees=10.0, affine_translate=0.1, affine_scale=0.1)
+_DEFAULT_AUGMENTS = {
+    # Upright digits: a flip or a large crop changes the class or loses the digit; small affine moves do not.
+    "digits": _DIGIT_LIKE,
+    "mnist": _DIGIT_LIKE,
+    "svhn": _DIGIT_LIKE,
+    "fashion-mnist": AugmentConfig(hflip=0.5, affine_translate=0.1, affine_scale=0.1),
+    # Natural images: the DeiT-style recipe scaled down for small images.
+    "cifar10": AugmentConfig(crop_scale_min=0.5, hflip=0.5, auto_augment="trivialaugment", random_erasing=0.25),
+    "cifar100": AugmentConfig(crop_scale_min=0.5, hflip=0.5, auto_augment="trivialaugment", random_erasing=0.25),
+    "folder": AugmentConfig(crop_scale_min=0.5, hflip=0.5),
+}
+
+
+def default_augment(source: str, **overrides: Any) -> AugmentConfig:
+    """The augmentation that suits `source`, with the non-None `overrides` applied (None means "keep the default")."""
+    if source not in _DEFAULT_AUGMENTS:
+        raise ValueError(f"unknown data source {source!r}; expected one of {sorted(_DEFAULT_AUGMENTS)}")
+    fields = {f.name for f in dataclasses.fields(AugmentConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown augmentation option(s) {unknown}; expected some of {sorted(fields)}")
+    return dataclasses.replace(_DEFAULT_AUGMENTS[source], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def to_size(image_size: int | Sequence[int]) -> tuple[int, int]:
+    """(height, width) from an int or a pair, both positive."""
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
+        raise ValueError(f"image_size must be a positive int or a (height, width) pair of them, got {image_size!r}")
+    return size  # type: ignore[return-value]
+
+
+class ConvertChannels(v2.Transform):
+    """Give every image `channels` channels: PIL images as `load_image` does, tensors by grey <-> RGB conversion."""
+
+    _transformed_types = (PIL.Image.Image, tv_tensors.Image, torch.Tensor)
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
+        self.channels = channels
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, PIL.Image.Image):
+            return convert_image(inpt, self.channels)
+        have = inpt.shape[-3]
+        if have == self.channels:
+            return inpt
+        if have == 3:
+            return F.rgb_to_grayscale(inpt)
+        if have == 1:
+            return F.grayscale_to_rgb(inpt)
+        raise ValueError(f"cannot convert an image tensor of shape {tuple(inpt.shape)} to {self.channels} channel(s)")
+
+
+def _resize_crop(size: tuple[int, int]) -> list[v2.Transform]:
+    # Resizing the shorter side to max(h, w) makes the image cover (h, w) whatever its aspect ratio; for square
+    # sizes this is the usual "resize shorter side, centre-crop".
+    return [v2.Resize(max(size), antialias=True), v2.CenterCrop(size)]
+
+
+def _unnormalised_eval_steps(image_size: int | Sequence[int], channels: int) -> list[v2.Transform]:
+    return [ConvertChannels(channels), *_resize_crop(to_size(image_size)), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+
+
+def build_eval_transform(
+    image_size: int | Sequence[int], channels: int, mean: Sequence[float], std: Sequence[float]
+) -> v2.Compose:
+    """PIL image or uint8 (C, H, W) tensor -> normalised float (channels, h, w): convert, resize, centre-crop."""
+    return v2.Compose([*_unnormalised_eval_steps(image_size, channels), v2.Normalize(list(mean), list(std))])
+
+
+def build_train_transform(
+    image_size: int | Sequence[int],
+    channels: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    aug: AugmentConfig,
+) -> v2.Compose:
+    """The eval pipeline with `aug`'s random steps; geometric and colour steps run before the float conversion."""
+    size = to_size(image_size)
+    steps: list[v2.Transform] = [ConvertChannels(channels)]
+    if aug.crop_scale_min < 1.0:
+        steps.append(v2.RandomResizedCrop(size, scale=(aug.crop_scale_min, 1.0), antialias=True))
+    else:
+        steps.extend(_resize_crop(size))
+    if aug.affine_degrees or aug.affine_translate or aug.affine_scale:
+        steps.append(
+            v2.RandomAffine(
+                degrees=aug.affine_degrees,
+                translate=(aug.affine_translate, aug.affine_translate) if aug.affine_translate else None,
+                scale=(1.0 - aug.affine_scale, 1.0 + aug.affine_scale) if aug.affine_scale else None,
+                interpolation=v2.InterpolationMode.BILINEAR,
+            )
+        )
+    if aug.hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(aug.hflip))
+    if aug.auto_augment == "randaugment":
+        steps.append(v2.RandAugment(magnitude=aug.randaugment_magnitude))
+    elif aug.auto_augment == "trivialaugment":
+        steps.append(v2.TrivialAugmentWide())
+    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    if aug.random_erasing > 0:
+        steps.append(v2.RandomErasing(aug.random_erasing, value=0))
+    return v2.Compose(steps)
+
+
+def compute_mean_std(
+    dataset: Dataset,
+    image_size: int | Sequence[int],
+    channels: int,
+    max_samples: int = 1000,
+    seed: int = 0,
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of (a seeded random subsample of) `dataset`'s images at the training size.
+
+    `dataset` yields (image, label) with raw PIL images or uint8 tensors. Values are in [0, 1], as the model sees them
+    before normalisation. A channel with no variation gets std 1 so normalising never divides by zero.
+    """
+    if len(dataset) == 0:
+        raise ValueError("cannot compute normalisation statistics of an empty data set")
+    to_tensor = v2.Compose(_unnormalised_eval_steps(image_size, channels))
+    generator = torch.Generator().manual_seed(seed)
+    indices = torch.randperm(len(dataset), generator=generator)[:max_samples].tolist()
+    total = torch.zeros(channels, dtype=torch.float64)
+    total_sq = torch.zeros(channels, dtype=torch.float64)
+    count = 0
+    for index in indices:
+        pixels = to_tensor(dataset[index][0]).flatten(1).double()
+        total += pixels.sum(dim=1)
+        total_sq += pixels.square().sum(dim=1)
+        count += pixels.shape[1]
+    mean = total / count
+    std = (total_sq / count - mean.square()).clamp_min(0).sqrt()
+    if bool((std < 1e-6).any()):
+        logger.warning("an image channel has no variation (std %s); using std 1 for it", std.tolist())
+        std = torch.where(std < 1e-6, torch.ones_like(std), std)
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def build_batch_mixer(
+    mixup_alpha: float, cutmix_alpha: float, num_classes: int
+) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
+    """A callable (images, labels) -> (mixed images, soft targets) for MixUp and/or CutMix, or None if both are off.
+
+    With both alphas > 0 each batch gets one of the two, chosen at random (as in DeiT). Labels are class indices
+    (B,) or probabilities (B, num_classes); targets come back as (B, num_classes) float probabilities.
+    """
+    for name, alpha in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
+        if alpha < 0:
+            raise ValueError(f"{name} must be >= 0 (0 turns it off), got {alpha!r}")
+    if num_classes < 2:
+        raise ValueError(f"MixUp/CutMix need num_classes >= 2, got {num_classes!r}")
+    mixers: list[v2.Transform] = []
+    if mixup_alpha > 0:
+        mixers.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
+    if cutmix_alpha > 0:
+        mixers.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
+    if not mixers:
+        return None
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)

@@ -1,0 +1,121 @@
+"""Accuracy of a trained model on a labelled data set: top-1, top-5, per class, and a confusion matrix.
+
+Used by `vitkit evaluate`; importable on its own so notebooks get the same numbers as the command.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure
+from sklearn.metrics import ConfusionMatrixDisplay
+from torch.utils.data import DataLoader, Dataset
+
+from vitkit.io import atomic_path
+from vitkit.model import VisionTransformer
+
+logger = logging.getLogger(__name__)
+
+# Above this many classes the numbers in the cells are unreadable; the colours still tell the story.
+_MAX_CLASSES_WITH_VALUES = 20
+
+
+def class_names_of(model: VisionTransformer) -> list[str]:
+    """The model's class names, or "0".."N-1" when it was built without any (e.g. create_model)."""
+    names = model.config.class_names
+    return list(names) if names else [str(i) for i in range(model.num_classes)]
+
+
+@torch.inference_mode()
+def evaluate(
+    model: VisionTransformer,
+    dataset: Dataset,
+    *,
+    batch_size: int = 256,
+    workers: int = 0,
+    device: torch.device | str | None = None,
+) -> dict[str, Any]:
+    """Run the model over a data set of (image, label) pairs and return its accuracy.
+
+    Returns a JSON-ready dict: `top1` and `top5` (fractions in [0, 1]; top-5 counts the best
+    min(5, num_classes) guesses), `num_samples`, `class_names`, `per_class` (class name -> top-1
+    accuracy, None for a class with no samples), `confusion_matrix` (rows: true class, columns:
+    predicted class, counts).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    num_classes = model.num_classes
+    k = min(5, num_classes)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    top1_hits = topk_hits = total = 0
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    try:
+        for images, labels in loader:
+            labels = torch.as_tensor(labels, dtype=torch.int64)
+            if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+                raise ValueError(
+                    f"data set labels must lie in [0, {num_classes - 1}] for this {num_classes}-class "
+                    f"model, got labels from {labels.min().item()} to {labels.max().item()}"
+                )
+            logits = model(images.to(device)).float().cpu()
+            guesses = logits.topk(k, dim=1).indices  # (B, k), best first
+            top1_hits += int((guesses[:, 0] == labels).sum())
+            topk_hits += int((guesses == labels[:, None]).any(dim=1).sum())
+            total += labels.numel()
+            confusion += torch.bincount(
+                labels * num_classes + guesses[:, 0], minlength=num_classes * num_classes
+            ).view(num_classes, num_classes)
+    finally:
+        model.train(was_training)
+    if total == 0:
+        raise ValueError("cannot evaluate on an empty data set: it holds no images")
+    names = class_names_of(model)
+    support = confusion.sum(dim=1)
+    per_class = {
+        name: (confusion[i, i].item() / support[i].item() if support[i] else None)
+        for i, name in enumerate(names)
+    }
+    logger.info("evaluated %d images: top-1 %.4f, top-%d %.4f", total, top1_hits / total, k, topk_hits / total)
+    return {
+        "top1": top1_hits / total,
+        "top5": topk_hits / total,
+        "num_samples": total,
+        "class_names": names,
+        "per_class": per_class,
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def save_confusion_matrix(
+    confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: str | Path, *, title: str | None = None
+) -> Path:
+    """Write the confusion matrix as a PNG (rows: true class, columns: predicted) and return its path.
+
+    Uses a bare matplotlib Figure (Agg canvas, no pyplot state), so it works headless and in threads.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = len(class_names)
+    side = min(max(6.0, 0.45 * n + 2.0), 40.0)
+    fig = Figure(figsize=(side + 1.0, side), layout="constrained")
+    ax = fig.add_subplot()
+    display = ConfusionMatrixDisplay(torch.as_tensor(confusion).numpy(), display_labels=list(class_names))
+    display.plot(
+        ax=ax,
+        include_values=n <= _MAX_CLASSES_WITH_VALUES,
+        cmap="Blues",
+        xticks_rotation="vertical" if max(map(len, class_names), default=0) > 3 else "horizontal",
+        colorbar=True,
+    )
+    if title:
+        ax.set_title(title)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    return path

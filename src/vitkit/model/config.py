@@ -1,0 +1,158 @@
+"""One object that carries every architectural choice of a Vision Transformer.
+
+Weights from any library can be described by a :class:`ViTConfig`; it is what ``config.json``
+holds next to ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+Pair = tuple[int, int]
+
+POS_EMBED_CHOICES = ("learned", "sincos")
+POOL_CHOICES = ("cls", "mean")
+
+
+def to_pair(value: int | tuple[int, int] | list[int], name: str) -> Pair:
+    """Accept an int or an (height, width) pair, as the seed's square images and real rectangular ones need."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an int or a (height, width) pair, got {value!r}")
+    if isinstance(value, int):
+        pair = (value, value)
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise ValueError(f"{name} must be an int or a (height, width) pair of ints, got {value!r}")
+    if min(pair) <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return pair
+
+
+def _divisible_sizes_near(size: int, patch: int) -> str:
+    lower = max(patch, size // patch * patch)
+    return f"{lower} or {lower + patch}" if lower != size else str(lower)
+
+
+@dataclass
+class ViTConfig:
+    """Sizes and choices of a ViT; validated on creation so a bad value fails before any tensor exists."""
+
+    image_size: Pair = (224, 224)
+    patch_size: Pair = (16, 16)
+    in_channels: int = 3
+    num_classes: int = 1000
+    hidden_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_dim: int = 3072
+    pos_embed: str = "learned"
+    pool: str = "cls"
+    class_token: bool = True
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    drop_path: float = 0.0
+    qkv_bias: bool = True
+    layer_norm_eps: float = 1e-6
+    # What the weights expect around them: label names and input normalisation.
+    class_names: list[str] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        self.image_size = to_pair(self.image_size, "image_size")
+        self.patch_size = to_pair(self.patch_size, "patch_size")
+        for axis, size, patch in zip(("height", "width"), self.image_size, self.patch_size):
+            if size % patch:
+                raise ValueError(
+                    f"image {axis} {size} is not divisible by patch {axis} {patch}: "
+                    f"use an image {axis} that is a multiple of {patch}, such as {_divisible_sizes_near(size, patch)}"
+                )
+        for name in ("in_channels", "hidden_dim", "depth", "num_heads", "mlp_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(self.num_classes, int) or self.num_classes < 0:
+            raise ValueError(f"num_classes must be an int >= 0 (0 means no head), got {self.num_classes!r}")
+        if self.hidden_dim % self.num_heads:
+            raise ValueError(
+                f"hidden_dim {self.hidden_dim} is not divisible by num_heads {self.num_heads}: "
+                f"each head gets hidden_dim / num_heads features"
+            )
+        if self.pos_embed not in POS_EMBED_CHOICES:
+            raise ValueError(f"pos_embed must be one of {POS_EMBED_CHOICES}, got {self.pos_embed!r}")
+        if self.pos_embed == "sincos" and self.hidden_dim % 4:
+            raise ValueError(
+                f"pos_embed='sincos' needs hidden_dim divisible by 4 (row and column sines and cosines), "
+                f"got {self.hidden_dim}"
+            )
+        if self.pool not in POOL_CHOICES:
+            raise ValueError(f"pool must be one of {POOL_CHOICES}, got {self.pool!r}")
+        if self.pool == "cls" and not self.class_token:
+            raise ValueError("pool='cls' needs class_token=True: there is no CLS token to classify from")
+        for name in ("dropout", "attention_dropout", "drop_path"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+        if self.layer_norm_eps <= 0:
+            raise ValueError(f"layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
+        if self.class_names is not None:
+            self.class_names = [str(name) for name in self.class_names]
+            if len(self.class_names) != self.num_classes:
+                raise ValueError(
+                    f"class_names has {len(self.class_names)} names but num_classes is {self.num_classes}"
+                )
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None:
+                value = tuple(float(v) for v in value)
+                if len(value) != self.in_channels:
+                    raise ValueError(
+                        f"{name} has {len(value)} values but in_channels is {self.in_channels}: one per channel"
+                    )
+                setattr(self, name, value)
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError(f"std must be positive, got {self.std}")
+
+    @property
+    def grid_size(self) -> Pair:
+        """Patches along (height, width)."""
+        return (self.image_size[0] // self.patch_size[0], self.image_size[1] // self.patch_size[1])
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patches: the CLS token, when there is one."""
+        return 1 if self.class_token else 0
+
+    def replace(self, **changes: Any) -> ViTConfig:
+        """A copy with some fields changed, validated again."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values (pairs as lists)."""
+        data = dataclasses.asdict(self)
+        for name in ("image_size", "patch_size", "mean", "std"):
+            if data[name] is not None:
+                data[name] = list(data[name])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ViTConfig:
+        """Rebuild from :meth:`to_dict` output; unknown keys are an error, so a wrong file is caught early."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a ViT config must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k != "model_type"}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown ViT config keys {unknown}; expected some of {sorted(known)}")
+        for name in ("image_size", "patch_size"):
+            if isinstance(values.get(name), list):
+                values[name] = tuple(values[name])
+        return cls(**values)

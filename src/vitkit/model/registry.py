@@ -1,0 +1,72 @@
+"""Named ViT configurations, as timm names them (``vit_base_patch16_224``), plus small ones for small images."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from vitkit.model.config import ViTConfig
+from vitkit.model.vit import VisionTransformer
+
+# Width, depth, heads and MLP size of the ViT paper's model sizes (Table 1) and DeiT's Ti/S.
+_SIZES: dict[str, dict[str, int]] = {
+    "tiny": dict(hidden_dim=192, depth=12, num_heads=3, mlp_dim=768),
+    "small": dict(hidden_dim=384, depth=12, num_heads=6, mlp_dim=1536),
+    "base": dict(hidden_dim=768, depth=12, num_heads=12, mlp_dim=3072),
+    "large": dict(hidden_dim=1024, depth=24, num_heads=16, mlp_dim=4096),
+    "huge": dict(hidden_dim=1280, depth=32, num_heads=16, mlp_dim=5120),
+}
+
+
+def _paper_config(size: str, patch: int, image: int = 224) -> ViTConfig:
+    return ViTConfig(image_size=image, patch_size=patch, **_SIZES[size])
+
+
+_REGISTRY: dict[str, ViTConfig] = {
+    "vit_tiny_patch16_224": _paper_config("tiny", 16),
+    "vit_tiny_patch16_384": _paper_config("tiny", 16, 384),
+    "vit_small_patch16_224": _paper_config("small", 16),
+    "vit_small_patch32_224": _paper_config("small", 32),
+    "vit_small_patch16_384": _paper_config("small", 16, 384),
+    "vit_base_patch16_224": _paper_config("base", 16),
+    "vit_base_patch32_224": _paper_config("base", 32),
+    "vit_base_patch16_384": _paper_config("base", 16, 384),
+    "vit_large_patch16_224": _paper_config("large", 16),
+    "vit_large_patch32_224": _paper_config("large", 32),
+    "vit_huge_patch14_224": _paper_config("huge", 14),
+    # Small models for small images; vit_digits is what `vitkit train` uses on the 8x8 digits.
+    "vit_digits": ViTConfig(
+        image_size=8, patch_size=2, in_channels=1, num_classes=10, hidden_dim=96, depth=4, num_heads=4, mlp_dim=192
+    ),
+    "vit_pico_patch4_28": ViTConfig(
+        image_size=28, patch_size=4, in_channels=1, num_classes=10, hidden_dim=96, depth=6, num_heads=4, mlp_dim=192
+    ),
+    "vit_nano_patch4_32": ViTConfig(
+        image_size=32, patch_size=4, in_channels=3, num_classes=10, hidden_dim=192, depth=9, num_heads=12, mlp_dim=384
+    ),
+}
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_config(name: str, **overrides: Any) -> ViTConfig:
+    """The configuration registered under ``name``, with ``overrides`` applied (and validated)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    return _REGISTRY[name].replace(**overrides)
+
+
+def create_model(name: str, **overrides: Any) -> VisionTransformer:
+    """Build the named model, e.g. ``create_model("vit_base_patch16_224", num_classes=10, image_size=384)``."""
+    return VisionTransformer(get_config(name, **overrides))
+
+
+def count_parameters(name: str, **overrides: Any) -> int:
+    """Parameter count of a named model, built on the meta device so even ViT-H costs no memory."""
+    with torch.device("meta"):
+        model = create_model(name, **overrides)
+    return sum(p.numel() for p in model.parameters())

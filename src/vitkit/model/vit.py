@@ -1,0 +1,383 @@
+"""The Vision Transformer, step by step as the seed tells it.
+
+image -> patches -> linear projection (patch embeddings) -> + position vectors, CLS token first
+-> encoder blocks [LayerNorm -> multi-head self-attention -> residual -> LayerNorm -> MLP -> residual]
+-> LayerNorm -> classification head on the CLS token (or on the mean of the patch tokens).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import StochasticDepth
+
+from vitkit.io import load_safetensors, read_json, save_safetensors, write_json
+from vitkit.model.config import Pair, ViTConfig, to_pair
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def trunc_normal_init(tensor: Tensor, std: float = 0.02) -> None:
+    """ViT-paper initialisation: normal with ``std``, truncated at two standard deviations."""
+    nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
+
+
+def patchify(images: Tensor, patch_size: Pair) -> Tensor:
+    """Step 1: cut (B, C, H, W) images into flattened patches (B, num_patches, P*P*C), row by row.
+
+    The model does this and step 2 in one strided convolution; this function spells step 1 out.
+    """
+    b, c, h, w = images.shape
+    ph, pw = patch_size
+    patches = images.reshape(b, c, h // ph, ph, w // pw, pw)  # (B, C, gh, ph, gw, pw)
+    patches = patches.permute(0, 2, 4, 1, 3, 5)  # (B, gh, gw, C, ph, pw)
+    return patches.reshape(b, (h // ph) * (w // pw), c * ph * pw)
+
+
+class PatchEmbedding(nn.Module):
+    """Steps 1-2: patches through a trainable linear projection to ``hidden_dim``: the patch embeddings.
+
+    A convolution whose kernel and stride equal the patch size applies one shared linear layer to each
+    non-overlapping patch: the same operation as ``patchify`` followed by ``nn.Linear``, only faster.
+    """
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(
+            config.in_channels, config.hidden_dim, kernel_size=config.patch_size, stride=config.patch_size
+        )
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.proj(images).flatten(2).transpose(1, 2)  # (B, D, gh, gw) -> (B, num_patches, D)
+
+
+def sincos_position_vectors(grid_size: Pair, dim: int, num_prefix_tokens: int) -> Tensor:
+    """Step 3, fixed variant: 2-D sine-cosine position vectors (1, prefix + gh*gw, dim).
+
+    Half the features encode the row, half the column, each as sines and cosines of geometric
+    frequencies; prefix (CLS) positions get zeros.
+    """
+    rows, cols = torch.meshgrid(
+        torch.arange(grid_size[0], dtype=torch.float64), torch.arange(grid_size[1], dtype=torch.float64), indexing="ij"
+    )
+    freqs = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    angles_row = rows.flatten()[:, None] * freqs[None, :]
+    angles_col = cols.flatten()[:, None] * freqs[None, :]
+    table = torch.cat([angles_row.sin(), angles_row.cos(), angles_col.sin(), angles_col.cos()], dim=1)
+    table = torch.cat([torch.zeros(num_prefix_tokens, dim, dtype=torch.float64), table])
+    return table.float().unsqueeze(0)
+
+
+def resize_position_vectors(pos_embed: Tensor, old_grid: Pair, new_grid: Pair, num_prefix_tokens: int) -> Tensor:
+    """Resample learned position vectors to another patch grid (bicubic), keeping the CLS position as is."""
+    if tuple(old_grid) == tuple(new_grid):
+        return pos_embed
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    dim = pos_embed.shape[-1]
+    grid = grid.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False, antialias=True)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(pos_embed.dtype)
+    return torch.cat([prefix, grid], dim=1)
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Multi-head self-attention: q, k, v from three distinct linear layers, h heads, concatenated, projected."""
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.head_dim = config.hidden_dim // config.num_heads
+        self.q = nn.Linear(config.hidden_dim, config.hidden_dim, bias=config.qkv_bias)
+        self.k = nn.Linear(config.hidden_dim, config.hidden_dim, bias=config.qkv_bias)
+        self.v = nn.Linear(config.hidden_dim, config.hidden_dim, bias=config.qkv_bias)
+        self.attention_dropout = config.attention_dropout
+        self.proj = nn.Linear(config.hidden_dim, config.hidden_dim)
+        self.proj_dropout = nn.Dropout(config.dropout)
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        return x.reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, N, d)
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = self.split_heads(self.q(x)), self.split_heads(self.k(x)), self.split_heads(self.v(x))
+        dropout = self.attention_dropout if self.training else 0.0
+        heads = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # softmax(q k^T / sqrt(d)) v
+        b, _, n, _ = heads.shape
+        concatenated = heads.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)  # (B, N, D)
+        return self.proj_dropout(self.proj(concatenated))
+
+    def attention_weights(self, x: Tensor) -> Tensor:
+        """The attention probabilities softmax(q k^T / sqrt(d)) per head: (B, h, N, N), each row sums to 1."""
+        q, k = self.split_heads(self.q(x)), self.split_heads(self.k(x))
+        return (q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)).softmax(dim=-1)
+
+
+class MLP(nn.Module):
+    """The block's feed-forward part: Linear -> GELU -> Linear, applied to each token on its own."""
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_dim, config.mlp_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(config.mlp_dim, config.hidden_dim)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.fc2(self.dropout(self.act(self.fc1(x)))))
+
+
+class EncoderBlock(nn.Module):
+    """One transformer encoder layer, pre-norm, with stochastic depth on each residual branch."""
+
+    def __init__(self, config: ViTConfig, drop_path: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.hidden_dim, eps=config.layer_norm_eps)
+        self.attn = MultiHeadSelfAttention(config)
+        self.norm2 = nn.LayerNorm(config.hidden_dim, eps=config.layer_norm_eps)
+        self.mlp = MLP(config)
+        self.drop_path = StochasticDepth(drop_path, mode="row")
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))  # LayerNorm -> MSA -> residual
+        x = x + self.drop_path(self.mlp(self.norm2(x)))  # LayerNorm -> MLP -> residual
+        return x
+
+
+class VisionTransformer(nn.Module):
+    """A ViT image classifier. Build it from a :class:`ViTConfig` or from its fields as keywords."""
+
+    def __init__(self, config: ViTConfig | None = None, **kwargs: Any) -> None:
+        super().__init__()
+        if config is None:
+            config = ViTConfig(**kwargs)
+        elif kwargs:
+            config = config.replace(**kwargs)
+        self.config = config
+        self.patch_embed = PatchEmbedding(config)
+        num_positions = config.num_prefix_tokens + config.num_patches
+        if config.class_token:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_dim))
+        if config.pos_embed == "learned":
+            self.pos_embed = nn.Parameter(torch.zeros(1, num_positions, config.hidden_dim))
+        else:
+            self.register_buffer(
+                "pos_embed", sincos_position_vectors(config.grid_size, config.hidden_dim, config.num_prefix_tokens)
+            )
+        self.pos_dropout = nn.Dropout(config.dropout)
+        # Stochastic depth grows linearly with depth, as in DeiT.
+        drop_rates = [config.drop_path * i / max(config.depth - 1, 1) for i in range(config.depth)]
+        self.blocks = nn.ModuleList(EncoderBlock(config, rate) for rate in drop_rates)
+        self.norm = nn.LayerNorm(config.hidden_dim, eps=config.layer_norm_eps)
+        self.head = nn.Linear(config.hidden_dim, config.num_classes) if config.num_classes else nn.Identity()
+        self.reset_parameters()
+
+    # --- what the model is --------------------------------------------------------------------
+    @property
+    def image_size(self) -> Pair:
+        return self.config.image_size
+
+    @property
+    def patch_size(self) -> Pair:
+        return self.config.patch_size
+
+    @property
+    def in_channels(self) -> int:
+        return self.config.in_channels
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def reset_parameters(self) -> None:
+        """ViT-paper initialisation: truncated normal (std 0.02) for linear layers and embeddings."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                trunc_normal_init(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        if self.config.class_token:
+            trunc_normal_init(self.cls_token)
+        if isinstance(self.pos_embed, nn.Parameter):
+            trunc_normal_init(self.pos_embed)
+
+    # --- the forward pass, as the seed tells it -----------------------------------------------
+    def check_input(self, images: Tensor) -> None:
+        """Raise a ValueError that says expected vs. got, instead of a shape error deep inside."""
+        if images.ndim != 4:
+            raise ValueError(f"expected images of shape (batch, channels, height, width), got shape {tuple(images.shape)}")
+        channels, height, width = images.shape[1:]
+        if channels != self.in_channels:
+            raise ValueError(f"expected {self.in_channels} input channels, got {channels}")
+        if (height, width) != self.image_size:
+            raise ValueError(
+                f"expected images of size {self.image_size[0]}x{self.image_size[1]} (height x width), "
+                f"got {height}x{width}; resize them, or load the model with image_size=({height}, {width})"
+            )
+
+    def embed(self, images: Tensor) -> Tensor:
+        """Patch embeddings, CLS token first, plus position vectors: the encoder's input sequence."""
+        self.check_input(images)
+        tokens = self.patch_embed(images)  # (B, num_patches, D)
+        if self.config.class_token:
+            tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)  # (B, 1 + num_patches, D)
+        return self.pos_dropout(tokens + self.pos_embed)
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        """The final normalised token sequence (B, N, D): features for any downstream task."""
+        x = self.embed(images)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def forward_head(self, tokens: Tensor) -> Tensor:
+        """Logits from the CLS token, or from the mean of the patch tokens when ``pool='mean'``."""
+        if self.config.pool == "cls":
+            pooled = tokens[:, 0]
+        else:
+            pooled = tokens[:, self.config.num_prefix_tokens :].mean(dim=1)
+        return self.head(pooled)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(images))
+
+    @torch.no_grad()
+    def get_attention_maps(self, images: Tensor) -> list[Tensor]:
+        """Attention probabilities of every block: a list of (B, num_heads, N, N) tensors, no hooks needed."""
+        maps = []
+        x = self.embed(images)
+        for block in self.blocks:
+            maps.append(block.attn.attention_weights(block.norm1(x)))
+            x = block(x)
+        return maps
+
+    # --- training helpers ---------------------------------------------------------------------
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups: decay the weight matrices only, not norms, biases, position vectors or the CLS token."""
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            if param.ndim <= 1 or name in ("pos_embed", "cls_token"):
+                no_decay.append(param)
+            else:
+                decay.append(param)
+        return [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    # --- changing size and classes ------------------------------------------------------------
+    def set_image_size(self, image_size: int | Pair) -> None:
+        """Use the model at another image size: learned position vectors are resized, sin-cos ones recomputed."""
+        old_grid = self.config.grid_size
+        self.config = self.config.replace(image_size=to_pair(image_size, "image_size"))
+        new_grid = self.config.grid_size
+        if self.config.pos_embed == "learned":
+            resized = resize_position_vectors(self.pos_embed.data, old_grid, new_grid, self.config.num_prefix_tokens)
+            self.pos_embed = nn.Parameter(resized, requires_grad=self.pos_embed.requires_grad)
+        else:
+            table = sincos_position_vectors(new_grid, self.config.hidden_dim, self.config.num_prefix_tokens)
+            self.pos_embed = table.to(self.pos_embed.device)
+
+    def reset_head(self, num_classes: int, class_names: list[str] | None = None) -> None:
+        """A fresh classification head, e.g. to fine-tune on a data set with other classes."""
+        self.config = self.config.replace(num_classes=num_classes, class_names=class_names)
+        device = self.norm.weight.device
+        self.head = nn.Linear(self.config.hidden_dim, num_classes).to(device) if num_classes else nn.Identity()
+        if num_classes:
+            trunc_normal_init(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    def load_weights(self, state_dict: dict[str, Tensor], source_grid: Pair | None = None, strict_head: bool = True) -> None:
+        """Load weights, resizing learned position vectors from ``source_grid`` to this model's grid.
+
+        ``source_grid`` defaults to a square grid inferred from the weights. With ``strict_head=False`` a
+        head whose shape differs is left as initialised (fine-tuning on other classes).
+        """
+        state = dict(state_dict)
+        if self.config.pos_embed == "sincos":
+            state.pop("pos_embed", None)  # a fixed table: this model's own is the right one for its grid
+        elif "pos_embed" in state and state["pos_embed"].shape != self.pos_embed.shape:
+            num_grid = state["pos_embed"].shape[1] - self.config.num_prefix_tokens
+            if source_grid is None:
+                side = math.isqrt(num_grid)
+                if side * side != num_grid:
+                    raise ValueError(
+                        f"cannot infer the patch grid of position vectors with {num_grid} patches; pass source_grid"
+                    )
+                source_grid = (side, side)
+            if source_grid[0] * source_grid[1] != num_grid:
+                raise ValueError(f"source_grid {source_grid} does not match {num_grid} position vectors")
+            logger.info("resizing position vectors from grid %s to %s", source_grid, self.config.grid_size)
+            state["pos_embed"] = resize_position_vectors(
+                state["pos_embed"], source_grid, self.config.grid_size, self.config.num_prefix_tokens
+            )
+        if not strict_head:
+            own = self.state_dict()
+            for key in ("head.weight", "head.bias"):
+                if key in state and (key not in own or state[key].shape != own[key].shape):
+                    logger.warning("not loading %s of shape %s: the model's head differs", key, tuple(state[key].shape))
+                    del state[key]
+        expected = set(self.state_dict()) - ({"pos_embed"} if self.config.pos_embed == "sincos" else set())
+        missing = sorted(expected - set(state))
+        if not strict_head:
+            missing = [key for key in missing if not key.startswith("head.")]
+        unexpected = sorted(set(state) - set(self.state_dict()))
+        if missing or unexpected:
+            raise ValueError(f"weights do not fit this model: missing keys {missing}, unexpected keys {unexpected}")
+        own = self.state_dict()
+        mismatched = [
+            f"{key}: weights {tuple(value.shape)} vs model {tuple(own[key].shape)}"
+            for key, value in state.items()
+            if value.shape != own[key].shape
+        ]
+        if mismatched:
+            raise ValueError("weights do not fit this model: " + "; ".join(mismatched))
+        self.load_state_dict(state, strict=False)
+
+    # --- files --------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (as transformers does)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_json({"model_type": "vitkit", **self.config.to_dict()}, directory / CONFIG_FILE)
+        save_safetensors(self.state_dict(), directory / WEIGHTS_FILE)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> VisionTransformer:
+        """Rebuild a model from a folder (or a ``.safetensors`` file with ``config.json`` beside it).
+
+        ``overrides`` change config fields: another ``image_size`` resizes the position vectors, another
+        ``num_classes`` gives a fresh head; dropouts and the like simply apply.
+        """
+        path = Path(path)
+        weights_file = path / WEIGHTS_FILE if path.is_dir() else path
+        config_file = weights_file.parent / CONFIG_FILE
+        if not weights_file.is_file() or not config_file.is_file():
+            raise FileNotFoundError(
+                f"{path} is not a saved vitkit model: expected {CONFIG_FILE} and a .safetensors weights file "
+                f"(such as {WEIGHTS_FILE}) in {weights_file.parent}"
+            )
+        saved = ViTConfig.from_dict(read_json(config_file))
+        new_classes = "num_classes" in overrides and overrides["num_classes"] != saved.num_classes
+        if new_classes and "class_names" not in overrides:
+            overrides["class_names"] = None
+        model = cls(saved.replace(**overrides))
+        model.load_weights(load_safetensors(weights_file), source_grid=saved.grid_size, strict_head=not new_classes)
+        if new_classes:
+            logger.warning("new head for %d classes (the weights had %d)", model.num_classes, saved.num_classes)
+        return model

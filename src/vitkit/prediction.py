@@ -1,0 +1,128 @@
+"""Class predictions for image files: what `vitkit predict` prints, as a library function.
+
+One bad file must not stop the others, so every failure becomes a result with an "error" field
+instead of an exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vitkit.data import build_eval_transform, load_image
+from vitkit.evaluation import class_names_of
+from vitkit.model import VisionTransformer
+
+logger = logging.getLogger(__name__)
+
+# What a folder is searched for (torchvision's ImageFolder list). A file named explicitly is always tried.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+
+
+def expand_paths(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[Path, str | None]]:
+    """Yield (file, None) for each image to predict, or (path, error message) for a path that cannot be.
+
+    Folders are searched recursively for files with an image extension, in sorted order, skipping
+    hidden files; files named explicitly are kept whatever their extension, so a wrong file is reported
+    rather than silently skipped.
+    """
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            if not found:
+                yield path, f"no image files found in folder {path} (looked for {', '.join(IMAGE_EXTENSIONS)})"
+            for file in found:
+                yield file, None
+        elif path.is_file():
+            yield path, None
+        elif path.exists():
+            yield path, f"{path} is not a regular file or folder"
+        else:
+            yield path, f"no such file or folder: {path}"
+
+
+def eval_transform_for(model: VisionTransformer) -> Callable[[Any], Tensor]:
+    """The preprocessing the model's weights expect, read from its config (size, channels, normalisation)."""
+    config = model.config
+    return build_eval_transform(config.image_size, config.in_channels, config.mean, config.std)
+
+
+@torch.inference_mode()
+def predict_files(
+    model: VisionTransformer,
+    paths: Iterable[str | os.PathLike],
+    top_k: int = 5,
+    *,
+    batch_size: int = 64,
+    device: torch.device | str | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Predict each image in ``paths`` (files or folders), yielding one dict per image in order.
+
+    A result is {"path": str, "top_k": [{"class": name, "probability": p}, ...]} with the best
+    min(top_k, num_classes) classes, or {"path": str, "error": message} for a path that is missing or
+    not a readable image. Images are decoded one by one and run through the model in batches.
+    """
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if model.num_classes < 1:
+        raise ValueError("this model has no classification head (num_classes is 0); it cannot predict classes")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    names = class_names_of(model)
+    k = min(top_k, model.num_classes)
+    transform = eval_transform_for(model)
+    channels = model.in_channels
+    was_training = model.training
+    model.eval()
+
+    def run(pending: list[tuple[Path, Tensor | str]]) -> Iterator[dict[str, Any]]:
+        images = [item for _, item in pending if isinstance(item, Tensor)]
+        if images:
+            probs = model(torch.stack(images).to(device)).float().softmax(dim=1).cpu()
+            best = iter(zip(*probs.topk(k, dim=1)))
+        for path, item in pending:
+            if isinstance(item, str):
+                yield {"path": str(path), "error": item}
+                continue
+            values, indices = next(best)
+            yield {
+                "path": str(path),
+                "top_k": [
+                    {"class": names[i], "probability": round(p, 6)}
+                    for p, i in zip(values.tolist(), indices.tolist())
+                ],
+            }
+
+    pending: list[tuple[Path, Tensor | str]] = []
+    num_images = 0
+    try:
+        for path, error in expand_paths(paths):
+            if error is None:
+                try:
+                    pending.append((path, transform(load_image(path, channels))))
+                    num_images += 1
+                except (ValueError, OSError) as err:  # ImageLoadError is a ValueError
+                    logger.debug("cannot predict %s: %s", path, err)
+                    pending.append((path, str(err)))
+            else:
+                pending.append((path, error))
+            if num_images == batch_size:
+                yield from run(pending)
+                pending, num_images = [], 0
+        yield from run(pending)
+    finally:
+        model.train(was_training)

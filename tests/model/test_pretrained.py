@@ -1,0 +1,101 @@
+"""save_pretrained -> from_pretrained, other image sizes, other classes."""
+
+import json
+
+import pytest
+import torch
+
+from vitkit import VisionTransformer, create_model
+from vitkit.model.vit import resize_position_vectors
+
+SMALL = dict(image_size=8, patch_size=2, in_channels=1, num_classes=3, hidden_dim=32, depth=2, num_heads=4, mlp_dim=64)
+
+
+@pytest.mark.parametrize("pos_embed", ["learned", "sincos"])
+def test_save_then_load_gives_identical_logits(tmp_path, pos_embed):
+    torch.manual_seed(0)
+    model = VisionTransformer(**SMALL, pos_embed=pos_embed, class_names=["a", "b", "c"], mean=[0.5], std=[0.25]).eval()
+    model.save_pretrained(tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "model.safetensors"]
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["model_type"] == "vitkit" and saved["class_names"] == ["a", "b", "c"] and saved["image_size"] == [8, 8]
+    loaded = VisionTransformer.from_pretrained(tmp_path / "run").eval()
+    assert loaded.config == model.config
+    images = torch.randn(4, 1, 8, 8)
+    assert torch.equal(loaded(images), model(images))
+    from_file = VisionTransformer.from_pretrained(tmp_path / "run" / "model.safetensors").eval()
+    assert torch.equal(from_file(images), model(images))
+
+
+def test_load_at_another_image_size_resizes_learned_position_vectors(tmp_path):
+    torch.manual_seed(0)
+    model = VisionTransformer(**SMALL)
+    model.save_pretrained(tmp_path)
+    bigger = VisionTransformer.from_pretrained(tmp_path, image_size=16)
+    assert bigger.image_size == (16, 16)
+    assert bigger.pos_embed.shape == (1, 1 + 64, 32)
+    torch.testing.assert_close(bigger.pos_embed[:, 0], model.pos_embed[:, 0])  # CLS position kept
+    assert bigger(torch.randn(2, 1, 16, 16)).shape == (2, 3)
+    # Everything but the position vectors is carried over unchanged.
+    assert torch.equal(bigger.blocks[1].mlp.fc2.weight, model.blocks[1].mlp.fc2.weight)
+
+
+def test_resize_position_vectors_keeps_smooth_patterns():
+    dim = 4
+    rows = torch.arange(4.0).repeat_interleave(4)  # a ramp down the rows of a 4x4 grid
+    pos = torch.cat([torch.full((1, dim), 7.0), rows[:, None].expand(16, dim)]).unsqueeze(0)
+    resized = resize_position_vectors(pos, (4, 4), (8, 8), num_prefix_tokens=1)
+    assert resized.shape == (1, 65, dim)
+    assert torch.equal(resized[0, 0], torch.full((dim,), 7.0))
+    grid = resized[0, 1:, 0].reshape(8, 8)
+    assert torch.allclose(grid[:, 0], grid[:, 5])  # still constant along each row
+    assert (grid[1:, 0] >= grid[:-1, 0]).all()  # still increasing down the rows
+    assert resize_position_vectors(pos, (4, 4), (4, 4), 1) is pos
+
+
+def test_set_image_size_recomputes_sincos():
+    model = VisionTransformer(**SMALL, pos_embed="sincos")
+    model.set_image_size((8, 12))
+    assert model.pos_embed.shape == (1, 1 + 4 * 6, 32)
+    assert "pos_embed" in dict(model.named_buffers())
+    assert model(torch.randn(1, 1, 8, 12)).shape == (1, 3)
+
+
+def test_load_with_new_number_of_classes_replaces_the_head(tmp_path, caplog):
+    torch.manual_seed(0)
+    model = VisionTransformer(**SMALL, class_names=["a", "b", "c"])
+    model.save_pretrained(tmp_path)
+    tuned = VisionTransformer.from_pretrained(tmp_path, num_classes=7)
+    assert tuned.num_classes == 7 and tuned.head.weight.shape == (7, 32)
+    assert tuned.config.class_names is None
+    assert torch.equal(tuned.blocks[0].attn.q.weight, model.blocks[0].attn.q.weight)
+    assert "new head" in caplog.text
+
+
+def test_load_weights_rejects_weights_of_another_model():
+    small = VisionTransformer(**SMALL)
+    wider = VisionTransformer(**{**SMALL, "hidden_dim": 64})
+    with pytest.raises(ValueError, match="do not fit this model"):
+        small.load_weights(wider.state_dict())
+    partial = {k: v for k, v in small.state_dict().items() if not k.startswith("blocks.1.")}
+    with pytest.raises(ValueError, match="missing keys.*blocks.1"):
+        small.load_weights(partial)
+
+
+def test_from_pretrained_errors_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a saved vitkit model"):
+        VisionTransformer.from_pretrained(tmp_path / "nowhere")
+    VisionTransformer(**SMALL).save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"this is not safetensors")
+    with pytest.raises(ValueError, match="model.safetensors is not a readable safetensors"):
+        VisionTransformer.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text('{"hidden_dimension": 3}')
+    with pytest.raises(ValueError, match="unknown ViT config keys.*hidden_dimension"):
+        VisionTransformer.from_pretrained(tmp_path)
+
+
+def test_named_model_round_trip(tmp_path):
+    model = create_model("vit_digits").eval()
+    model.save_pretrained(tmp_path)
+    images = torch.randn(2, 1, 8, 8)
+    assert torch.equal(VisionTransformer.from_pretrained(tmp_path).eval()(images), model(images))

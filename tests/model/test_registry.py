@@ -1,0 +1,56 @@
+"""Named configurations and their parameter counts."""
+
+import pytest
+import torch
+
+import vitkit
+
+# Published counts (1,000 classes), as timm reports them.
+PUBLISHED = {
+    "vit_tiny_patch16_224": 5_717_416,
+    "vit_small_patch16_224": 22_050_664,
+    "vit_small_patch32_224": 22_878_952,
+    "vit_base_patch16_224": 86_567_656,
+    "vit_base_patch32_224": 88_224_232,
+    "vit_large_patch16_224": 304_326_632,
+    "vit_large_patch32_224": 306_535_400,
+    "vit_huge_patch14_224": 632_045_800,
+}
+
+
+def test_list_models_has_the_paper_sizes_and_small_ones():
+    names = vitkit.list_models()
+    assert set(PUBLISHED) <= set(names)
+    assert {"vit_digits", "vit_pico_patch4_28", "vit_nano_patch4_32"} <= set(names)
+    assert names == sorted(names)
+
+
+@pytest.mark.parametrize("name, count", sorted(PUBLISHED.items()))
+def test_parameter_counts_equal_published(name, count):
+    assert vitkit.count_parameters(name) == count
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_parameter_counts_equal_timm(name):
+    timm = pytest.importorskip("timm")
+    with torch.device("meta"):
+        reference = timm.create_model(name, num_classes=1000)
+    assert vitkit.count_parameters(name) == sum(p.numel() for p in reference.parameters())
+
+
+def test_create_model_with_overrides():
+    model = vitkit.create_model("vit_tiny_patch16_224", num_classes=10, image_size=32, pos_embed="sincos")
+    assert model.num_classes == 10 and model.image_size == (32, 32) and model.config.grid_size == (2, 2)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    base = vitkit.get_config("vit_base_patch16_224")
+    assert (base.hidden_dim, base.depth, base.num_heads, base.mlp_dim, base.patch_size) == (768, 12, 12, 3072, (16, 16))
+
+
+def test_unknown_model_name_lists_the_known_ones():
+    with pytest.raises(ValueError, match="unknown model 'vit_gigantic'.*vit_base_patch16_224"):
+        vitkit.create_model("vit_gigantic")
+
+
+def test_registry_entries_are_not_shared_state():
+    vitkit.create_model("vit_digits", num_classes=4)
+    assert vitkit.get_config("vit_digits").num_classes == 10
