@@ -18,8 +18,15 @@ CLASS_NAMES = ["cat", "dog", "bird", "fish", "frog", "horse", "ship"]
 def model() -> VisionTransformer:
     torch.manual_seed(0)
     return VisionTransformer(
-        image_size=8, patch_size=4, in_channels=1, num_classes=len(CLASS_NAMES), hidden_dim=16, depth=1,
-        num_heads=2, mlp_dim=32, class_names=CLASS_NAMES,
+        image_size=8,
+        patch_size=4,
+        in_channels=1,
+        num_classes=len(CLASS_NAMES),
+        hidden_dim=16,
+        depth=1,
+        num_heads=2,
+        mlp_dim=32,
+        class_names=CLASS_NAMES,
     )
 
 
@@ -44,9 +51,7 @@ def test_metrics_match_sklearn(model: VisionTransformer, dataset: TensorDataset)
     assert model.training, "evaluate must give the model back in the mode it found it"
     assert metrics["num_samples"] == 45
     assert metrics["top1"] == pytest.approx((logits.argmax(1) == labels).float().mean().item())
-    assert metrics["top5"] == pytest.approx(
-        top_k_accuracy_score(labels, logits, k=5, labels=range(len(CLASS_NAMES)))
-    )
+    assert metrics["top5"] == pytest.approx(top_k_accuracy_score(labels, logits, k=5, labels=range(len(CLASS_NAMES))))
     assert metrics["confusion_matrix"] == expected_cm.tolist()
     assert metrics["class_names"] == CLASS_NAMES
     assert metrics["per_class"]["ship"] is None
@@ -56,8 +61,9 @@ def test_metrics_match_sklearn(model: VisionTransformer, dataset: TensorDataset)
 
 
 def test_top5_with_fewer_than_five_classes_counts_every_class() -> None:
-    model = VisionTransformer(image_size=4, patch_size=2, in_channels=1, num_classes=3, hidden_dim=8, depth=1,
-                              num_heads=2, mlp_dim=8)
+    model = VisionTransformer(
+        image_size=4, patch_size=2, in_channels=1, num_classes=3, hidden_dim=8, depth=1, num_heads=2, mlp_dim=8
+    )
     data = TensorDataset(torch.randn(10, 1, 4, 4), torch.randint(0, 3, (10,)))
     metrics = evaluate(model, data)
     assert metrics["top5"] == 1.0

@@ -33,3 +33,14 @@ def test_read_json_names_the_file(tmp_path):
     (tmp_path / "c.json").write_text("{not json")
     with pytest.raises(ValueError, match="c.json is not valid JSON"):
         read_json(tmp_path / "c.json")
+
+
+def test_atomic_files_follow_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        write_json({}, tmp_path / "a.json")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644

@@ -11,58 +11,48 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 
 import vitkit
+from vitkit import training
+from vitkit.data import build_folder_eval_data
+from vitkit.evaluation import class_names_of, evaluate, normalisation_of, save_confusion_matrix
 from vitkit.model.vit import CONFIG_FILE, WEIGHTS_FILE
-
-logger = logging.getLogger(__name__)
+from vitkit.prediction import predict_files
+from vitkit.training import distributed
+from vitkit.training.checkpoint import LAST_WEIGHTS
+from vitkit.training.config import TRAIN_CONFIG_FILE
+from vitkit.training.distributed import DistContext, pick_device
 
 EXIT_FAILED = 1  # the command ran but something failed (a file that could not be predicted, a diverged run)
 EXIT_USAGE = 2  # bad input: a wrong flag value, a missing file (argparse uses 2 for its own errors too)
 
 
-class CommandError(Exception):
-    """A failure already reported to the user; carries the exit code."""
-
-    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
-        super().__init__(message)
-        self.code = code
+def report_error(message: str) -> None:
+    print(f"vitkit: error: {message}", file=sys.stderr)
 
 
 # --- helpers shared by evaluate and predict -----------------------------------------------------
 
 
-def pick_device(name: str) -> torch.device:
-    """'auto' means the GPU when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"unknown device {name!r} (expected auto, cpu, cuda, cuda:1, ...): {err}") from err
-
-
 def load_run_model(run_dir: str | os.PathLike, device: torch.device) -> vitkit.VisionTransformer:
     """The trained model of a run folder (or any save_pretrained folder), with an error that says what is wrong."""
     run_dir = Path(run_dir)
+    expected = f"a vitkit run folder holding {CONFIG_FILE} and {WEIGHTS_FILE}, as `vitkit train` writes"
     if not run_dir.exists():
-        raise FileNotFoundError(
-            f"run folder not found: {run_dir} (expected a folder written by `vitkit train`, "
-            f"holding {CONFIG_FILE} and {WEIGHTS_FILE})"
-        )
+        raise FileNotFoundError(f"run folder not found: {run_dir} (expected {expected})")
     if not run_dir.is_dir():
-        raise ValueError(f"{run_dir} is not a folder: expected a vitkit run folder holding {CONFIG_FILE} and {WEIGHTS_FILE}")
+        raise NotADirectoryError(f"{run_dir} is not a folder (expected {expected})")
     missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (run_dir / name).is_file()]
     if missing:
-        raise FileNotFoundError(
-            f"{run_dir} is not a vitkit run folder: it has no {' and no '.join(missing)} "
-            f"(expected {CONFIG_FILE} and {WEIGHTS_FILE}, as written by `vitkit train` or save_pretrained)"
-        )
+        hint = ""
+        if (run_dir / LAST_WEIGHTS).is_file():
+            hint = f"; the run did not finish: continue it with `vitkit train --resume {run_dir}`"
+        raise FileNotFoundError(f"{run_dir} has no {' and no '.join(missing)} (expected {expected}){hint}")
     return vitkit.VisionTransformer.from_pretrained(run_dir).to(device).eval()
 
 
@@ -82,44 +72,40 @@ def percent(fraction: float | None) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train a model; with --nproc N > 1 start N processes through torchrun instead."""
-    from vitkit import training
-
+    """Train a model, one line per epoch; with --nproc N > 1 the training library starts N processes via torchrun."""
     config = training.config_from_args(args)
-    result = training.train(config)
-    print(f"run folder: {result.run_dir}")
+    result = training.train(
+        config, on_epoch_end=lambda record: print(training.format_epoch_line(record, config.epochs), flush=True)
+    )
+    ctx = distributed.context_from_env()
+    if not ctx.is_main or (config.nproc > 1 and not ctx.distributed):
+        return 0  # another process trained and reported (rank 0 of the torchrun that --nproc started)
+    best = result.best_val_acc
+    print(f"run folder: {result.run_dir}" + (f"  (best val acc {percent(best)})" if best is not None else ""))
     return 0
 
 
-def evaluation_data(args: argparse.Namespace, model: vitkit.VisionTransformer) -> tuple[Any, str]:
-    """The data set to evaluate on and a description of it: --data-dir, else the run's own held-out split."""
-    from vitkit import data
-
-    config = model.config
+def evaluation_data(args: argparse.Namespace, model: vitkit.VisionTransformer) -> tuple[Dataset, str]:
+    """The data set to evaluate on and its description: --data-dir, else the run's own held-out split."""
     if args.data_dir is not None:
-        dataset = data.build_folder_eval_data(
-            args.data_dir, config.image_size, config.in_channels, config.mean, config.std, config.class_names
+        config = model.config
+        dataset = build_folder_eval_data(
+            args.data_dir, config.image_size, config.in_channels, *normalisation_of(model), class_names_of(model)
         )
         return dataset, f"image folder {args.data_dir}"
-    from vitkit import training
-
-    train_config = training.load_train_config(args.run_dir)
-    bundle = data.build_data(
-        train_config.dataset,
-        data_dir=train_config.data_dir,
-        image_size=config.image_size,
-        val_fraction=train_config.val_fraction,
-        seed=train_config.seed,
-        channels=config.in_channels,
-    )
+    if not (Path(args.run_dir) / TRAIN_CONFIG_FILE).is_file():
+        raise FileNotFoundError(
+            f"{args.run_dir} has no {TRAIN_CONFIG_FILE}, so its held-out split is unknown: "
+            "pass --data-dir DIR to evaluate on an image folder"
+        )
+    # The same call, seed and settings as the run itself: the same held-out images.
+    bundle = training.build_run_data(training.load_train_config(args.run_dir), channels=model.in_channels)
     return bundle.val, f"{bundle.val_name} split of {bundle.source}"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Accuracy on the run's held-out split or on --data-dir, plus a confusion-matrix PNG."""
-    from vitkit.evaluation import evaluate, save_confusion_matrix
-
-    device = pick_device(args.device)
+    device = pick_device(args.device, DistContext())
     model = load_run_model(args.run_dir, device)
     dataset, description = evaluation_data(args, model)
     metrics = evaluate(model, dataset, batch_size=args.batch_size, workers=args.workers, device=device)
@@ -149,16 +135,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """One JSON line per image; exit code 1 when any file could not be predicted."""
-    from vitkit.prediction import predict_files
-
-    device = pick_device(args.device)
+    device = pick_device(args.device, DistContext())
     model = load_run_model(args.run_dir, device)
-    failed = 0
+    failed = total = 0
     for result in predict_files(model, args.paths, args.top_k, batch_size=args.batch_size, device=device):
         failed += "error" in result
+        total += 1
         print(json.dumps(result), flush=True)
     if failed:
-        raise CommandError(f"{failed} file(s) could not be predicted (see their \"error\" lines)", EXIT_FAILED)
+        report_error(f'{failed} of {total} paths could not be predicted (see their "error" lines)')
+        return EXIT_FAILED
     return 0
 
 
@@ -168,17 +154,19 @@ def cmd_models(args: argparse.Namespace) -> int:
     for name in vitkit.list_models():
         config = vitkit.get_config(name)
         count = vitkit.count_parameters(name)
-        rows.append((
-            name,
-            format_count(count),
-            f"{count:,}",
-            "x".join(map(str, config.image_size)),
-            "x".join(map(str, config.patch_size)),
-            str(config.hidden_dim),
-            str(config.depth),
-            str(config.num_heads),
-            str(config.in_channels),
-        ))
+        rows.append(
+            (
+                name,
+                format_count(count),
+                f"{count:,}",
+                "x".join(map(str, config.image_size)),
+                "x".join(map(str, config.patch_size)),
+                str(config.hidden_dim),
+                str(config.depth),
+                str(config.num_heads),
+                str(config.in_channels),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:])]
@@ -190,18 +178,24 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu, cuda, cuda:1, ... (default: auto)")
+    parser.add_argument(
+        "--device", default="auto", help="auto (the GPU if there is one), cpu, cuda, cuda:1, ... (default: auto)"
+    )
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an int >= 1, with a message that says so."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type: a whole number >= minimum, with a message that says so."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a number >= {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,8 +208,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vitkit {vitkit.__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    from vitkit import training
 
     train = commands.add_parser(
         "train",
@@ -233,7 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="run folder (config.json + model.safetensors)")
     evaluate.add_argument(
-        "--data-dir", metavar="DIR", help="evaluate on this image folder (DIR/<class>/*.png ...) instead of the run's split"
+        "--data-dir",
+        metavar="DIR",
+        help="evaluate on this image folder (DIR/<class>/<images>, or DIR/val/<class>/...) instead of the run's split",
     )
     evaluate.add_argument(
         "--plot",
@@ -242,29 +236,29 @@ def build_parser() -> argparse.ArgumentParser:
         "or RUN_DIR/confusion_matrix_<folder name>.png with --data-dir)",
     )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    evaluate.add_argument("--batch-size", type=positive_int, default=256, help="images per batch (default: 256)")
-    evaluate.add_argument("--workers", type=int, default=0, help="data-loading processes (default: 0)")
+    evaluate.add_argument("--batch-size", type=int_at_least(1), default=256, help="images per batch (default: 256)")
+    evaluate.add_argument("--workers", type=int_at_least(0), default=0, help="data-loading processes (default: 0)")
     add_device_argument(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = commands.add_parser(
         "predict",
         help="classify image files, one JSON line per image",
-        description="Print one JSON line per image: {\"path\", \"top_k\": [{\"class\", \"probability\"}, ...]}, "
-        "or {\"path\", \"error\"} for a file that is missing or not a readable image (exit code 1 if any). "
+        description='Print one JSON line per image: {"path", "top_k": [{"class", "probability"}, ...]}, '
+        'or {"path", "error"} for a file that is missing or not a readable image (exit code 1 if any). '
         "Folders are searched recursively for image files.",
     )
     predict.add_argument("run_dir", metavar="RUN_DIR", help="run folder (config.json + model.safetensors)")
     predict.add_argument("paths", metavar="IMAGE_OR_FOLDER", nargs="+", help="image files or folders of images")
     predict.add_argument(
-        "--top-k", type=positive_int, default=5, help="classes to show per image (default: 5, at most the number of classes)"
+        "--top-k", type=int_at_least(1), default=5, help="classes per image (default: 5; at most the number of classes)"
     )
-    predict.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default: 64)")
+    predict.add_argument("--batch-size", type=int_at_least(1), default=64, help="images per batch (default: 64)")
     add_device_argument(predict)
     predict.set_defaults(func=cmd_predict)
 
     models = commands.add_parser(
-        "models", help="list the named model configurations", description="List the named configurations with parameter counts."
+        "models", help="list the named model configurations", description="List the named models and parameter counts."
     )
     models.set_defaults(func=cmd_models)
     return parser
@@ -272,20 +266,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `vitkit` console script and of `python -m vitkit`; returns the exit code."""
-    from vitkit.training import NonFiniteLossError
-
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    # Under torchrun only rank 0 reports progress; the other processes log warnings and errors only.
+    quiet = args.quiet or not distributed.context_from_env().is_main
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
     try:
         return args.func(args)
-    except CommandError as err:
-        message, code = str(err), err.code
-    except NonFiniteLossError as err:
+    except (training.NonFiniteLossError, ChildProcessError) as err:  # a run that failed, not a bad input
         message, code = str(err), EXIT_FAILED
+    except BrokenPipeError:
+        # The reader went away (`vitkit predict ... | head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
     except (ValueError, OSError) as err:  # ImageLoadError is a ValueError, FileNotFoundError an OSError
         message, code = str(err), EXIT_USAGE
     except KeyboardInterrupt:
         message, code = "interrupted", 130
-    print(f"vitkit: error: {message}", file=sys.stderr)
+    report_error(message)
     return code

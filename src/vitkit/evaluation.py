@@ -30,6 +30,15 @@ def class_names_of(model: VisionTransformer) -> list[str]:
     return list(names) if names else [str(i) for i in range(model.num_classes)]
 
 
+def normalisation_of(model: VisionTransformer) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) the model's inputs are normalised with; none (0, 1) for a model saved without them."""
+    config = model.config
+    if config.mean is None or config.std is None:
+        logger.warning("the model's config has no mean/std; feeding it unnormalised pixels in [0, 1]")
+        return (0.0,) * config.in_channels, (1.0,) * config.in_channels
+    return config.mean, config.std
+
+
 @torch.inference_mode()
 def evaluate(
     model: VisionTransformer,
@@ -69,9 +78,8 @@ def evaluate(
             top1_hits += int((guesses[:, 0] == labels).sum())
             topk_hits += int((guesses == labels[:, None]).any(dim=1).sum())
             total += labels.numel()
-            confusion += torch.bincount(
-                labels * num_classes + guesses[:, 0], minlength=num_classes * num_classes
-            ).view(num_classes, num_classes)
+            pairs = labels * num_classes + guesses[:, 0]  # (true, predicted) as one index into the flat matrix
+            confusion += torch.bincount(pairs, minlength=num_classes**2).view(num_classes, num_classes)
     finally:
         model.train(was_training)
     if total == 0:
@@ -79,10 +87,8 @@ def evaluate(
     names = class_names_of(model)
     support = confusion.sum(dim=1)
     per_class = {
-        name: (confusion[i, i].item() / support[i].item() if support[i] else None)
-        for i, name in enumerate(names)
+        name: (confusion[i, i].item() / support[i].item() if support[i] else None) for i, name in enumerate(names)
     }
-    logger.info("evaluated %d images: top-1 %.4f, top-%d %.4f", total, top1_hits / total, k, topk_hits / total)
     return {
         "top1": top1_hits / total,
         "top5": topk_hits / total,

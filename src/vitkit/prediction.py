@@ -6,7 +6,6 @@ instead of an exception.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -16,13 +15,9 @@ import torch
 from torch import Tensor
 
 from vitkit.data import build_eval_transform, load_image
-from vitkit.evaluation import class_names_of
+from vitkit.data.sources import FOLDER_EXTENSIONS
+from vitkit.evaluation import class_names_of, normalisation_of
 from vitkit.model import VisionTransformer
-
-logger = logging.getLogger(__name__)
-
-# What a folder is searched for (torchvision's ImageFolder list). A file named explicitly is always tried.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 
 def expand_paths(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[Path, str | None]]:
@@ -39,11 +34,11 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[Path, str
                 p
                 for p in path.rglob("*")
                 if p.is_file()
-                and p.suffix.lower() in IMAGE_EXTENSIONS
+                and p.suffix.lower() in FOLDER_EXTENSIONS
                 and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
             if not found:
-                yield path, f"no image files found in folder {path} (looked for {', '.join(IMAGE_EXTENSIONS)})"
+                yield path, f"no image files found in folder {path} (looked for {', '.join(FOLDER_EXTENSIONS)})"
             for file in found:
                 yield file, None
         elif path.is_file():
@@ -57,7 +52,7 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[Path, str
 def eval_transform_for(model: VisionTransformer) -> Callable[[Any], Tensor]:
     """The preprocessing the model's weights expect, read from its config (size, channels, normalisation)."""
     config = model.config
-    return build_eval_transform(config.image_size, config.in_channels, config.mean, config.std)
+    return build_eval_transform(config.image_size, config.in_channels, *normalisation_of(model))
 
 
 @torch.inference_mode()
@@ -102,8 +97,7 @@ def predict_files(
             yield {
                 "path": str(path),
                 "top_k": [
-                    {"class": names[i], "probability": round(p, 6)}
-                    for p, i in zip(values.tolist(), indices.tolist())
+                    {"class": names[i], "probability": round(p, 6)} for p, i in zip(values.tolist(), indices.tolist())
                 ],
             }
 
@@ -116,7 +110,6 @@ def predict_files(
                     pending.append((path, transform(load_image(path, channels))))
                     num_images += 1
                 except (ValueError, OSError) as err:  # ImageLoadError is a ValueError
-                    logger.debug("cannot predict %s: %s", path, err)
                     pending.append((path, str(err)))
             else:
                 pending.append((path, error))

@@ -2,9 +2,10 @@
 
 from vitkit.data.images import GRAYSCALE_MODES, ImageLoadError, convert_image, image_header, load_image
 from vitkit.data.seeded import SeededTransformDataset, TransformedDataset
-from vitkit.data.sources import SOURCES, ClassFolder, DataBundle, build_data, build_folder_eval_data
+from vitkit.data.sources import FOLDER_EXTENSIONS, SOURCES, ClassFolder, DataBundle, build_data, build_folder_eval_data
 from vitkit.data.transforms import (
     AUTO_AUGMENTS,
+    INTERPOLATIONS,
     AugmentConfig,
     ConvertChannels,
     build_batch_mixer,
@@ -12,12 +13,15 @@ from vitkit.data.transforms import (
     build_train_transform,
     compute_mean_std,
     default_augment,
+    single_threaded,
     to_size,
 )
 
 __all__ = [
     "AUTO_AUGMENTS",
+    "FOLDER_EXTENSIONS",
     "GRAYSCALE_MODES",
+    "INTERPOLATIONS",
     "SOURCES",
     "AugmentConfig",
     "ClassFolder",
@@ -36,5 +40,6 @@ __all__ = [
     "default_augment",
     "image_header",
     "load_image",
+    "single_threaded",
     "to_size",
 ]

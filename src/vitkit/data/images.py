@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
-
-logger = logging.getLogger(__name__)
 
 # Modes whose pixels carry no colour. "LA"/"La" are grey plus alpha; "I;16*", "I" and "F" are high-bit-depth grey.
 GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
@@ -36,7 +33,7 @@ def _high_depth_to_l(image: Image.Image) -> Image.Image:
         pixels = pixels.astype(np.float64) * scale
     elif image.mode.startswith("I;16") or int(pixels.max(initial=0)) > 255:
         pixels = pixels.astype(np.float64) / 257.0  # 65535 -> 255
-    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="L")
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
 
 
 def convert_image(image: Image.Image, channels: int) -> Image.Image:
@@ -82,7 +79,7 @@ def load_image(path: str | os.PathLike, channels: int) -> Image.Image:
     try:
         with Image.open(path) as image:
             image.load()
-            image = ImageOps.exif_transpose(image)
+            ImageOps.exif_transpose(image, in_place=True)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise _open_error(path, exc) from exc
     return convert_image(image, channels)

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vitkit.data.transforms import single_threaded
+
 
 class TransformedDataset(Dataset):
     """`base`'s (image, label) pairs with `transform` applied to the image (for deterministic eval transforms)."""
@@ -22,7 +24,8 @@ class TransformedDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image, label = self.base[index]
-        return self.transform(image), int(label)
+        with single_threaded():
+            return self.transform(image), int(label)
 
 
 class SeededTransformDataset(TransformedDataset):
@@ -54,6 +57,6 @@ class SeededTransformDataset(TransformedDataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         index = range(len(self))[index]  # negative indices and bounds as for a list
         image, label = self.base[index]
-        with torch.random.fork_rng(devices=[]):
+        with single_threaded(), torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(self.sample_seed(index))
             return self.transform(image), int(label)

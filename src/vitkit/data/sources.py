@@ -140,17 +140,17 @@ def _folder(
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data directory {data_dir} does not exist; expected {_FOLDER_LAYOUT}")
     if not train_dir.is_dir():
-        found = sorted(p.name for p in data_dir.iterdir() if p.is_dir())
+        found = sorted(p.name for p in data_dir.iterdir() if p.is_dir())[:10]
         raise FileNotFoundError(f"{data_dir} has no train/ folder (found {found}); expected {_FOLDER_LAYOUT}")
-    # The channel count may come from scanning the folder's own file list, so the loader is set once it is known.
     train = ClassFolder(train_dir, channels or 3)
     class_names = list(train.classes)
     if channels is None or image_size is None:
         scanned_channels, median_side = _scan_folder(train)
-        channels = channels or scanned_channels
+        if channels is None:  # decided by scanning the folder's own file list, so the loader is set afterwards
+            channels = scanned_channels
+            train.loader = partial(load_image, channels=channels)
         image_size = image_size or median_side
         logger.info("folder %s: %d channel(s), image size %s", train_dir, channels, image_size)
-    train.loader = partial(load_image, channels=channels)
     if val_dir.is_dir():
         val: Dataset = ClassFolder(val_dir, channels, class_names)
         if len(val) == 0:
@@ -171,8 +171,10 @@ def _torchvision(source: str, root: Path, download: bool) -> tuple[Dataset, Data
         try:
             splits.append(cls(str(root), download=download, **kwargs))
         except RuntimeError as exc:
-            hint = "" if download else "; pass download=True (--download) to fetch it"
-            raise FileNotFoundError(f"{source} not found under {root} (expected {root}/{expected}): {exc}{hint}") from exc
+            hint = f"torchvision says: {exc}" if download else "pass download=True (--download) to fetch it"
+            raise FileNotFoundError(
+                f"{source} not found or corrupted under {root} (expected {root}/{expected}); {hint}"
+            ) from exc
     train_set, test_set = splits
     class_names = [str(name) for name in getattr(train_set, "classes", range(10))]  # SVHN has no class list
     return train_set, test_set, class_names, channels, size
@@ -223,9 +225,9 @@ def build_data(
     mean, std = compute_mean_std(train_base, size, channels, seed=seed)
     logger.info(
         "%s: %d train / %d %s images, %d classes, %d channel(s), size %s, mean %s, std %s",
-        source, len(train_base), len(val_base), val_name, len(class_names), channels, size,
-        [round(m, 4) for m in mean], [round(s, 4) for s in std],
-    )  # fmt: skip
+        *(source, len(train_base), len(val_base), val_name, len(class_names), channels, size),
+        *([round(m, 4) for m in mean], [round(s, 4) for s in std]),
+    )
     return DataBundle(
         train=SeededTransformDataset(train_base, build_train_transform(size, channels, mean, std, aug), seed),
         val=TransformedDataset(val_base, build_eval_transform(size, channels, mean, std)),

@@ -1,0 +1,228 @@
+"""The `vitkit` command end to end: train a tiny model, evaluate it, predict with it, list models, and errors."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+
+import vitkit
+from vitkit import cli, training
+from vitkit.training.checkpoint import LAST_WEIGHTS
+from vitkit.training.metrics import read_metrics
+
+# A model small enough that two epochs on the 1,437 training digits take a few seconds.
+TINY = ["--hidden-dim", "16", "--depth", "1", "--num-heads", "2", "--mlp-dim", "32", "--batch-size", "128"]
+QUIET = ["--no-tensorboard", "--no-progress"]
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main([str(arg) for arg in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One tiny training run on the digits shared by the tests below: (run folder, what `vitkit train` printed)."""
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = cli.main(["train", "--epochs", "2", *TINY, *QUIET, "--out", str(run_dir)])
+    assert code == 0
+    return run_dir, printed.getvalue()
+
+
+def test_train_prints_one_line_per_epoch_and_writes_the_run(trained: tuple[Path, str]) -> None:
+    run_dir, printed = trained
+    lines = printed.splitlines()
+    assert [line.split("  ")[0] for line in lines[:2]] == ["epoch 1/2", "epoch 2/2"]
+    for word in ("loss", "val acc", "lr", "img/s"):
+        assert word in lines[0]
+    assert lines[2].startswith(f"run folder: {run_dir}")
+    for name in ("config.json", "model.safetensors", "train_config.json", "metrics.jsonl"):
+        assert (run_dir / name).is_file(), name
+    assert [record["epoch"] for record in read_metrics(run_dir)] == [1, 2]
+
+
+def test_evaluate_prints_accuracies_and_writes_the_confusion_matrix(
+    trained: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir, _ = trained
+    code, out, err = run_cli(capsys, "evaluate", run_dir)
+    assert code == 0, err
+    assert "on the test split of digits: 360 images" in out
+    assert "top-1 accuracy: " in out and "top-5 accuracy: " in out
+    per_class = [line.split() for line in out.splitlines() if line.startswith("  ")]
+    assert [row[0] for row in per_class] == [str(digit) for digit in range(10)]
+    assert all(row[1].endswith("%") for row in per_class)
+    with Image.open(run_dir / "confusion_matrix.png") as image:
+        assert image.format == "PNG"
+
+
+def test_evaluate_json_rebuilds_the_runs_own_held_out_split(
+    trained: tuple[Path, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    run_dir, _ = trained
+    code, out, err = run_cli(capsys, "evaluate", run_dir, "--json", "--plot", tmp_path / "cm.png")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["num_samples"] == 360
+    assert 0 <= result["top1"] <= result["top5"] <= 1
+    assert set(result["per_class"]) == {str(digit) for digit in range(10)}
+    assert all(0 <= accuracy <= 1 for accuracy in result["per_class"].values())
+    assert sum(map(sum, result["confusion_matrix"])) == 360
+    # model.safetensors holds the EMA weights; training measured them on the same split.
+    assert result["top1"] == pytest.approx(read_metrics(run_dir)[-1]["ema_val_acc"], abs=1.5 / 360)
+    with Image.open(tmp_path / "cm.png") as image:
+        assert image.format == "PNG"
+
+
+def test_evaluate_on_an_image_folder(
+    trained: tuple[Path, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    run_dir, _ = trained
+    digits = load_digits()
+    folder = tmp_path / "my_digits"
+    for index in range(20):
+        label = int(digits.target[index])
+        (folder / str(label)).mkdir(parents=True, exist_ok=True)
+        pixels = (digits.images[index] * 255 / 16).astype(np.uint8)
+        Image.fromarray(pixels, "L").resize((32, 32)).save(folder / str(label) / f"{index}.png")
+    code, out, err = run_cli(capsys, "evaluate", run_dir, "--data-dir", folder, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["num_samples"] == 20
+    assert result["plot"] == str(run_dir / "confusion_matrix_my_digits.png")
+    assert Path(result["plot"]).is_file()
+
+
+def write_image(path: Path, mode: str, size: tuple[int, int]) -> Path:
+    pixels = np.random.default_rng(len(mode) + size[0]).integers(0, 256, (size[1], size[0], 4), dtype=np.uint8)
+    image = Image.fromarray(pixels, "RGBA")
+    image = image.convert("RGB").quantize(16) if mode == "P" else image.convert(mode)
+    image.save(path)
+    return path
+
+
+def test_predict_prints_one_json_line_per_image_and_fails_for_bad_files(
+    trained: tuple[Path, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    run_dir, _ = trained
+    folder = tmp_path / "images"
+    folder.mkdir()
+    good = [
+        write_image(folder / "gray.png", "L", (8, 8)),
+        write_image(folder / "rgba.png", "RGBA", (40, 30)),
+        write_image(folder / "palette.png", "P", (16, 16)),
+        write_image(folder / "big.jpg", "RGB", (1024, 768)),
+    ]
+    truncated = folder / "truncated.png"
+    truncated.write_bytes(write_image(tmp_path / "whole.png", "RGB", (64, 64)).read_bytes()[:150])
+    text = folder / "notes.txt"
+    text.write_text("not an image")
+
+    code, out, err = run_cli(capsys, "predict", run_dir, folder, text, tmp_path / "missing.png", "--top-k", "3")
+
+    assert code == 1
+    assert err.startswith("vitkit: error: 3 of 7 paths could not be predicted")
+    results = {Path(result["path"]): result for result in map(json.loads, out.splitlines())}
+    assert set(results) == {*good, truncated, text, tmp_path / "missing.png"}
+    for path in good:
+        top = results[path]["top_k"]
+        assert [sorted(entry) for entry in top] == [["class", "probability"]] * 3
+        assert {entry["class"] for entry in top} <= {str(digit) for digit in range(10)}
+        assert all(0 <= entry["probability"] <= 1 for entry in top)
+    for path in (truncated, text):
+        assert str(path) in results[path]["error"] and "image" in results[path]["error"]
+    assert "no such file" in results[tmp_path / "missing.png"]["error"]
+
+
+def test_predict_caps_top_k_and_exits_0_when_all_files_are_images(
+    trained: tuple[Path, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    run_dir, _ = trained
+    image = write_image(tmp_path / "one.png", "L", (8, 8))
+    code, out, err = run_cli(capsys, "predict", run_dir, image, "--top-k", "50")
+    assert code == 0, err
+    (result,) = map(json.loads, out.splitlines())
+    assert len(result["top_k"]) == 10
+    assert sum(entry["probability"] for entry in result["top_k"]) == pytest.approx(1, abs=1e-4)
+
+
+def test_models_lists_every_named_configuration_with_its_parameter_count(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "models")
+    assert code == 0
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    assert sorted(rows) == vitkit.list_models()
+    assert rows["vit_base_patch16_224"][1:3] == ["86.6M", "86,567,656"]
+    assert rows["vit_digits"][2] == f"{vitkit.count_parameters('vit_digits'):,}"
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_a_path_that_is_not_a_run_is_a_clear_error(
+    command: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    extra = [tmp_path] if command == "predict" else []
+    code, out, err = run_cli(capsys, command, tmp_path / "nowhere", *extra)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"vitkit: error: run folder not found: {tmp_path / 'nowhere'} (expected a vitkit run folder holding "
+        "config.json and model.safetensors, as `vitkit train` writes)\n"
+    )
+    code, _, err = run_cli(capsys, command, tmp_path, *extra)
+    assert code == 2
+    assert err.startswith(f"vitkit: error: {tmp_path} has no config.json and no model.safetensors")
+    # An interrupted run: the error says how to finish it.
+    vitkit.create_model("vit_digits").save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").rename(tmp_path / LAST_WEIGHTS)
+    code, _, err = run_cli(capsys, command, tmp_path, *extra)
+    assert code == 2
+    assert "has no model.safetensors" in err and f"vitkit train --resume {tmp_path}" in err
+
+
+def test_evaluate_a_saved_model_without_training_config_needs_data_dir(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    vitkit.create_model("vit_digits").save_pretrained(tmp_path)
+    code, _, err = run_cli(capsys, "evaluate", tmp_path)
+    assert code == 2
+    assert "has no train_config.json" in err and "--data-dir" in err
+
+
+def test_training_errors_are_messages_not_tracebacks(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, _, err = run_cli(capsys, "train", "--epochs", "0")
+    assert (code, err) == (2, "vitkit: error: epochs=0 is invalid: expected an integer >= 1\n")
+
+    def diverge(config: training.TrainConfig, **callbacks: object) -> None:
+        raise training.NonFiniteLossError("training stopped: the loss became nan at epoch 1", epoch=1, step=3)
+
+    monkeypatch.setattr(training, "train", diverge)
+    code, _, err = run_cli(capsys, "train")
+    assert (code, err) == (1, "vitkit: error: training stopped: the loss became nan at epoch 1\n")
+
+
+def test_console_script_and_python_m(tmp_path: Path) -> None:
+    """The installed `vitkit` script and `python -m vitkit` both run the CLI (as `make train` and torchrun use them)."""
+    listing = subprocess.run(
+        [sys.executable, "-m", "vitkit", "models"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert listing.returncode == 0, listing.stderr
+    assert "vit_base_patch16_224" in listing.stdout and "86,567,656" in listing.stdout
+
+    script = Path(sys.executable).with_name("vitkit")
+    failed = subprocess.run(
+        [script, "evaluate", tmp_path / "missing"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert failed.returncode == 2
+    assert failed.stderr.startswith("vitkit: error: run folder not found") and "Traceback" not in failed.stderr

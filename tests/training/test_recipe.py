@@ -1,0 +1,96 @@
+"""The training recipe: EMA, gradient accumulation, bf16 autocast, data workers, augmentation and mixing flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from training_helpers import assert_same_weights, write_digit_folder
+
+from vitkit.io import load_safetensors
+from vitkit.training import load_train_config, train
+from vitkit.training.checkpoint import load_checkpoint
+
+DETERMINISTIC = dict(drop_path=0.0, dropout=0.0, mixup=0.0, cutmix=0.0)
+
+
+def test_ema_follows_the_weights_and_is_the_final_model(tiny) -> None:
+    decay = 0.9
+    seen: list[dict[str, torch.Tensor]] = []
+    result = train(
+        tiny(epochs=1, ema_decay=decay),
+        on_step_end=lambda epoch, step, model: seen.append({k: v.clone() for k, v in model.state_dict().items()}),
+    )
+    expected = dict(seen[0])  # the first update copies the weights
+    for n, weights in enumerate(seen[1:], start=1):
+        d = min(decay, (1 + n) / (10 + n))  # decay warm-up
+        expected = {k: d * expected[k] + (1 - d) * weights[k] for k in expected}
+    _, state = load_checkpoint(result.run_dir)
+    ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+    assert_same_weights(ema, expected, atol=1e-6)
+    final = load_safetensors(result.run_dir / "model.safetensors")
+    assert_same_weights(final, ema)
+    assert not torch.equal(final["head.weight"], load_safetensors(result.run_dir / "last.safetensors")["head.weight"])
+    assert all(0 <= record["ema_val_acc"] <= 1 for record in result.history)
+
+
+def test_without_ema_the_final_model_is_the_last_weights(tiny) -> None:
+    result = train(tiny(epochs=1, ema_decay=0.0))
+    assert result.history[0]["ema_val_acc"] is None
+    assert_same_weights(
+        load_safetensors(result.run_dir / "model.safetensors"), load_safetensors(result.run_dir / "last.safetensors")
+    )
+
+
+def test_accumulating_two_half_batches_equals_one_full_batch(tiny) -> None:
+    full = train(tiny("full", epochs=1, batch_size=64, **DETERMINISTIC))
+    halves = train(tiny("halves", epochs=1, batch_size=32, accum_steps=2, **DETERMINISTIC))
+    assert full.history[0]["step"] == halves.history[0]["step"] == 22
+    # Same samples, same augmentation, same mean loss; only the float summation order differs.
+    assert_same_weights(
+        load_safetensors(full.run_dir / "last.safetensors"),
+        load_safetensors(halves.run_dir / "last.safetensors"),
+        atol=1e-5,
+    )
+
+
+def test_data_workers_do_not_change_the_result(tiny) -> None:
+    """Augmentation is seeded per (seed, epoch, sample), so worker processes compute exactly the same batches."""
+    in_process = train(tiny("w0", epochs=1, workers=0, mixup=0.5, drop_path=0.1))
+    with_workers = train(tiny("w2", epochs=1, workers=2, mixup=0.5, drop_path=0.1))
+    assert_same_weights(
+        load_safetensors(in_process.run_dir / "model.safetensors"),
+        load_safetensors(with_workers.run_dir / "model.safetensors"),
+    )
+
+
+def test_bf16_autocast_on_the_cpu(tiny) -> None:
+    fp32 = train(tiny("fp32", epochs=1, amp="off"))
+    bf16 = train(tiny("bf16", epochs=1, amp="bf16"))
+    assert torch.isfinite(torch.tensor(bf16.history[0]["train_loss"]))
+    assert bf16.history[0]["train_loss"] != fp32.history[0]["train_loss"]  # autocast really ran in bf16
+    assert abs(bf16.history[0]["train_loss"] - fp32.history[0]["train_loss"]) < 0.05
+
+
+def test_seed_decides_the_run(tiny) -> None:
+    a, b, c = (train(tiny(name, epochs=1, seed=seed)) for name, seed in (("a", 1), ("b", 1), ("c", 2)))
+    final = [load_safetensors(run.run_dir / "model.safetensors") for run in (a, b, c)]
+    assert_same_weights(final[0], final[1])
+    assert not torch.equal(final[0]["head.weight"], final[2]["head.weight"])
+
+
+def test_image_folder_with_augmentation_and_mixing_flags(tiny, tmp_path: Path) -> None:
+    folder = write_digit_folder(tmp_path / "digits", classes=[3, 5, 8], per_class=48, size=12)
+    flags = dict(
+        crop_scale_min=0.6, hflip=0.5, affine_degrees=5.0, affine_translate=0.1, affine_scale=0.1,
+        affine_interpolation="nearest", auto_augment="randaugment", randaugment_magnitude=5, random_erasing=0.25,
+        mixup=0.8, cutmix=1.0, label_smoothing=0.2, clip_grad=0.5, patch_size=4, val_fraction=0.2,
+    )  # fmt: skip
+    (folder / "val").rename(tmp_path / "unused-val")  # no val/: a seeded stratified split of train/
+    config = tiny(data_dir=str(folder), batch_size=16, **flags)
+    result = train(config)
+    saved = load_train_config(result.run_dir)
+    assert all(getattr(saved, name) == getattr(config, name) for name in flags)
+    assert result.model.image_size == (12, 12) and result.model.patch_size == (4, 4)
+    assert result.model.config.class_names == ["eight", "five", "three"]
+    assert all(0 <= record["train_acc"] <= 1 for record in result.history)

@@ -1,0 +1,113 @@
+"""Runs that survive: a resumed run ends bitwise equal to an uninterrupted one, even after kill -9 mid-epoch."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from training_helpers import assert_same_weights, subprocess_env, without_timings
+
+from vitkit.io import load_safetensors, write_json
+from vitkit.training import TrainConfig, load_run, load_train_config, train
+from vitkit.training.checkpoint import load_checkpoint
+from vitkit.training.metrics import read_metrics
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_at(step: int):
+    def on_step_end(epoch: int, done: int, model: torch.nn.Module) -> None:
+        if done == step:
+            raise Crash(f"simulated crash after step {step}")
+
+    return on_step_end
+
+
+def resume(run_dir: Path, **changes: object):
+    return train(load_train_config(run_dir).replace(resume=str(run_dir), **changes))
+
+
+def assert_same_run(reference: Path, resumed: Path) -> None:
+    for name in ("model.safetensors", "last.safetensors", "best.safetensors"):
+        assert_same_weights(load_safetensors(reference / name), load_safetensors(resumed / name))
+    _, state_a = load_checkpoint(reference)
+    _, state_b = load_checkpoint(resumed)
+    assert_same_weights(state_a["ema"], state_b["ema"])
+    assert without_timings(read_metrics(reference)) == without_timings(read_metrics(resumed))
+
+
+def test_crash_mid_epoch_then_resume_is_bitwise_identical(tiny) -> None:
+    # Every source of randomness at once: dropout, stochastic depth, MixUp/CutMix, augmentation, EMA.
+    recipe = dict(epochs=3, save_every=5, mixup=0.2, cutmix=1.0, drop_path=0.1, dropout=0.1)
+    reference = train(tiny("reference", **recipe))
+    crashed = tiny("crashed", **recipe)
+    steps_per_epoch = reference.history[0]["step"]
+    crash_step = steps_per_epoch + 12  # mid-epoch 2, a few steps after a save_every checkpoint
+    with pytest.raises(Crash):
+        train(crashed, on_step_end=crash_at(crash_step))
+    _, state = load_checkpoint(Path(crashed.out))
+    assert state["epoch"] == 1 and 0 < state["step_in_epoch"] < steps_per_epoch  # really mid-epoch
+    assert len(read_metrics(Path(crashed.out))) == 1
+    unfinished, _ = load_run(crashed.out)  # an interrupted run can still be evaluated: its last checkpoint
+    assert_same_weights(unfinished.state_dict(), load_safetensors(Path(crashed.out) / "last.safetensors"))
+    resumed = resume(Path(crashed.out))
+    assert_same_run(Path(reference.run_dir), resumed.run_dir)
+    assert without_timings(resumed.history) == without_timings(reference.history)
+
+
+def test_kill_9_mid_epoch_then_resume_is_bitwise_identical(tiny) -> None:
+    # 179 steps of batch 8 and a checkpoint after every step: the kill lands mid-epoch, quite possibly mid-write.
+    recipe = dict(epochs=1, batch_size=8, save_every=1, drop_path=0.1)
+    victim = tiny("victim", **recipe)
+    config_file = Path(victim.out).parent / "victim.json"
+    write_json(victim.to_dict(), config_file)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vitkit", "-q", "train", "--config", str(config_file)], env=subprocess_env()
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (Path(victim.out) / "last_state.pt").exists():
+            assert process.poll() is None, "the training process ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint after 120 s"
+            time.sleep(0.01)
+        time.sleep(0.1)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (Path(victim.out) / "model.safetensors").exists()
+    _, state = load_checkpoint(Path(victim.out))
+    assert state["epoch"] == 0 and state["step_in_epoch"] > 0
+
+    resumed = resume(Path(victim.out))
+    reference = train(tiny("reference", **recipe))
+    assert_same_run(reference.run_dir, resumed.run_dir)
+
+
+def test_resume_may_extend_epochs_but_not_change_the_recipe(tiny) -> None:
+    run = train(tiny(epochs=1))
+    with pytest.raises(ValueError, match=r"cannot resume .*lr 0\.002 -> 0\.1"):
+        resume(run.run_dir, lr=0.1)
+    longer = resume(run.run_dir, epochs=2)
+    assert [r["epoch"] for r in longer.history] == [1, 2]
+    assert load_train_config(run.run_dir).epochs == 2
+
+
+def test_a_finished_run_folder_is_not_overwritten(tiny) -> None:
+    config = tiny(epochs=1)
+    train(config)
+    with pytest.raises(ValueError, match="already holds a run: continue it with --resume"):
+        train(config)
+
+
+def test_resume_needs_a_checkpoint(tmp_path: Path) -> None:
+    write_json(TrainConfig(model="vit_digits", out=str(tmp_path)).to_dict(), tmp_path / "train_config.json")
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        resume(tmp_path)

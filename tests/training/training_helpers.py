@@ -1,0 +1,80 @@
+"""Helpers of the training tests: tiny configs on the real digits data and weight comparisons."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import torch
+
+from vitkit.training import TrainConfig
+
+TINY = dict(hidden_dim=32, depth=2, num_heads=2, mlp_dim=64)
+
+
+def tiny_config(out: Path, **changes: object) -> TrainConfig:
+    """A fast, quiet config: tiny model, 2 epochs, no progress bar, no TensorBoard (tests that need them say so)."""
+    values: dict[str, object] = dict(
+        **TINY, epochs=2, batch_size=64, warmup_epochs=0.5, drop_path=0.0, progress=False, tensorboard=False,
+        out=str(out),
+    )  # fmt: skip
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 0.0) -> None:
+    """Bitwise equal when atol is 0, else equal within atol."""
+    assert a.keys() == b.keys()
+    for key in a:
+        if atol == 0.0:
+            assert torch.equal(a[key], b[key]), f"{key} differs: max |diff| {(a[key] - b[key]).abs().max().item()}"
+        else:
+            diff = (a[key] - b[key]).abs().max().item()
+            assert diff <= atol, f"{key} differs by {diff} > {atol}"
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for `python -m vitkit ...` subprocesses: one thread, like the tests themselves."""
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def without_timings(history: list[dict]) -> list[dict]:
+    """Metrics records minus the wall-clock fields, which no two runs share."""
+    return [{k: v for k, v in record.items() if k not in ("images_per_s", "epoch_time_s")} for record in history]
+
+
+def write_digit_folder(root: Path, classes: list[int], per_class: int, size: int) -> Path:
+    """An ImageFolder (root/train/<class>/, root/val/<class>/) of real digits, upscaled to size x size PNGs.
+
+    Classes are named by word ("zero", ...) so they differ from the digits data set's "0".."9".
+    """
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    digits = load_digits()
+    for label in classes:
+        images = digits.images[digits.target == label][: per_class + per_class // 4]
+        for i, pixels in enumerate(images):
+            split = "train" if i < per_class else "val"
+            path = root / split / names[label] / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image = Image.fromarray((pixels * 255 / 16).astype("uint8"), "L").resize((size, size), Image.BILINEAR)
+            image.save(path)
+    return root
+
+
+def run_process_tree(command: list[str], timeout: float) -> None:
+    """Run a command that starts processes of its own (torchrun); on timeout or failure, none of them survives."""
+    process = subprocess.Popen(command, env=subprocess_env(), start_new_session=True)
+    try:
+        returncode = process.wait(timeout=timeout)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    if returncode != 0:
+        raise subprocess.CalledProcessError(returncode, command)
