@@ -27,7 +27,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
-	$(PY) benchmarks/digits_accuracy.py
+	$(PY) benchmarks/digits_accuracy.py --seeds 0 1 2
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

@@ -15,19 +15,8 @@ CLASS_NAMES = ["cat", "dog", "bird", "fish", "frog", "horse", "ship"]
 
 
 @pytest.fixture
-def model() -> VisionTransformer:
-    torch.manual_seed(0)
-    return VisionTransformer(
-        image_size=8,
-        patch_size=4,
-        in_channels=1,
-        num_classes=len(CLASS_NAMES),
-        hidden_dim=16,
-        depth=1,
-        num_heads=2,
-        mlp_dim=32,
-        class_names=CLASS_NAMES,
-    )
+def model(tiny_classifier) -> VisionTransformer:
+    return tiny_classifier(CLASS_NAMES)
 
 
 @pytest.fixture

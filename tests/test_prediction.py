@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,22 +17,15 @@ from vitkit.prediction import eval_transform_for, expand_paths, predict_files
 CLASS_NAMES = ["zero", "one", "two", "three"]
 
 
-def tiny_model(channels: int, **overrides) -> VisionTransformer:
-    torch.manual_seed(0)
-    options = dict(
-        image_size=8,
-        patch_size=4,
-        in_channels=channels,
-        num_classes=len(CLASS_NAMES),
-        hidden_dim=16,
-        depth=1,
-        num_heads=2,
-        mlp_dim=32,
-        class_names=CLASS_NAMES,
-        mean=(0.4,) * channels,
-        std=(0.2,) * channels,
-    )
-    return VisionTransformer(**{**options, **overrides})
+@pytest.fixture
+def tiny_model(tiny_classifier) -> Callable[..., VisionTransformer]:
+    """tiny_model(channels, **overrides): the shared tiny classifier with this module's classes and statistics."""
+
+    def make(channels: int, **overrides: object) -> VisionTransformer:
+        options = {"mean": (0.4,) * channels, "std": (0.2,) * channels, **overrides}
+        return tiny_classifier(CLASS_NAMES, channels, **options)
+
+    return make
 
 
 def write_image(path: Path, mode: str, size: tuple[int, int], seed: int = 0) -> Path:
@@ -79,7 +73,7 @@ def test_expand_paths_recurses_sorted_and_reports_bad_paths(tmp_path: Path, imag
 
 
 @pytest.mark.parametrize("channels", [1, 3])
-def test_predict_any_mode_and_size_and_report_bad_files(channels: int, images: dict[str, Path], tmp_path: Path) -> None:
+def test_predict_any_mode_and_size_and_report_bad_files(channels: int, images: dict[str, Path], tmp_path: Path, tiny_model: Callable[..., VisionTransformer]) -> None:
     model = tiny_model(channels)
     results = list(predict_files(model, [images["folder"], images["text"], tmp_path / "missing.png"], top_k=3))
 
@@ -99,7 +93,7 @@ def test_predict_any_mode_and_size_and_report_bad_files(channels: int, images: d
     assert "no such file" in by_path[tmp_path / "missing.png"]["error"]
 
 
-def test_probabilities_are_the_models_softmax_whatever_the_batching(images: dict[str, Path]) -> None:
+def test_probabilities_are_the_models_softmax_whatever_the_batching(images: dict[str, Path], tiny_model: Callable[..., VisionTransformer]) -> None:
     model = tiny_model(3)
     paths = [images["rgba"], images["truncated"], images["big"], images["gray"]]
     small_batches = list(predict_files(model, paths, top_k=10, batch_size=1))
@@ -114,7 +108,7 @@ def test_probabilities_are_the_models_softmax_whatever_the_batching(images: dict
         assert entry["probability"] == pytest.approx(expected[CLASS_NAMES.index(entry["class"])].item(), abs=1e-6)
 
 
-def test_model_without_class_names_or_statistics(images: dict[str, Path]) -> None:
+def test_model_without_class_names_or_statistics(images: dict[str, Path], tiny_model: Callable[..., VisionTransformer]) -> None:
     model = tiny_model(1, class_names=None, mean=None, std=None)
     model.train()
     (result,) = predict_files(model, [images["gray"]], top_k=1)
@@ -122,7 +116,7 @@ def test_model_without_class_names_or_statistics(images: dict[str, Path]) -> Non
     assert model.training, "predict_files gives the model back in the mode it found it"
 
 
-def test_bad_arguments(images: dict[str, Path]) -> None:
+def test_bad_arguments(images: dict[str, Path], tiny_model: Callable[..., VisionTransformer]) -> None:
     model = tiny_model(1)
     with pytest.raises(ValueError, match="top_k must be at least 1, got 0"):
         list(predict_files(model, [images["gray"]], top_k=0))

@@ -21,7 +21,7 @@ PUBLISHED = {
 def test_list_models_has_the_paper_sizes_and_small_ones():
     names = vitkit.list_models()
     assert set(PUBLISHED) <= set(names)
-    assert {"vit_digits", "vit_pico_patch4_28", "vit_nano_patch4_32"} <= set(names)
+    assert {"vit_digits", "vit_pico_patch4_28", "vit_pico_patch7_28", "vit_nano_patch4_32"} <= set(names)
     assert names == sorted(names)
 
 

@@ -93,7 +93,7 @@ def test_kill_9_mid_epoch_then_resume_is_bitwise_identical(tiny) -> None:
 
 def test_resume_may_extend_epochs_but_not_change_the_recipe(tiny) -> None:
     run = train(tiny(epochs=1))
-    with pytest.raises(ValueError, match=r"cannot resume .*lr 0\.002 -> 0\.1"):
+    with pytest.raises(ValueError, match=r"cannot resume .*lr 0\.001 -> 0\.1"):
         resume(run.run_dir, lr=0.1)
     longer = resume(run.run_dir, epochs=2)
     assert [r["epoch"] for r in longer.history] == [1, 2]

@@ -42,6 +42,10 @@ _REGISTRY: dict[str, ViTConfig] = {
     "vit_pico_patch4_28": ViTConfig(
         image_size=28, patch_size=4, in_channels=1, num_classes=10, hidden_dim=96, depth=6, num_heads=4, mlp_dim=192
     ),
+    # vit_digits' shape on 28x28 images: 16 patches of 7x7, fast enough to train on 8,000 images in minutes.
+    "vit_pico_patch7_28": ViTConfig(
+        image_size=28, patch_size=7, in_channels=1, num_classes=10, hidden_dim=96, depth=4, num_heads=4, mlp_dim=192
+    ),
     "vit_nano_patch4_32": ViTConfig(
         image_size=32, patch_size=4, in_channels=3, num_classes=10, hidden_dim=192, depth=9, num_heads=12, mlp_dim=384
     ),
