@@ -99,3 +99,10 @@ def test_named_model_round_trip(tmp_path):
     model.save_pretrained(tmp_path)
     images = torch.randn(2, 1, 8, 8)
     assert torch.equal(VisionTransformer.from_pretrained(tmp_path).eval()(images), model(images))
+
+
+def test_save_config_writes_only_the_config(tmp_path):
+    model = VisionTransformer(**SMALL)
+    model.save_config(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+    assert json.loads((tmp_path / "config.json").read_text())["hidden_dim"] == 32

@@ -108,3 +108,12 @@ def test_resume_starts_from_the_saved_config(tmp_path: Path) -> None:
     write_json(saved.to_dict(), tmp_path / "train_config.json")
     config = parse("--resume", str(tmp_path), "--epochs", "6")
     assert (config.lr, config.seed, config.epochs, config.resume) == (0.004, 5, 6, str(tmp_path))
+
+
+def test_default_run_folder_is_named_after_data_and_model(tmp_path) -> None:
+    from vitkit.training import TrainConfig
+    from vitkit.training.trainer import resolve_run_dir
+
+    assert resolve_run_dir(TrainConfig()).name.startswith("digits-vit_digits-")
+    assert resolve_run_dir(TrainConfig(init_from=str(tmp_path))).name.startswith("digits-finetuned-")
+    assert resolve_run_dir(TrainConfig(name="mine")) == Path("runs") / "mine"

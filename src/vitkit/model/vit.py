@@ -351,10 +351,15 @@ class VisionTransformer(nn.Module):
     # --- files --------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` (as transformers does)."""
+        directory = self.save_config(directory)
+        save_safetensors(self.state_dict(), directory / WEIGHTS_FILE)
+        return directory
+
+    def save_config(self, directory: str | os.PathLike) -> Path:
+        """Write only ``config.json``: enough for a run folder to say what it trains before any weights exist."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         write_json({"model_type": "vitkit", **self.config.to_dict()}, directory / CONFIG_FILE)
-        save_safetensors(self.state_dict(), directory / WEIGHTS_FILE)
         return directory
 
     @classmethod

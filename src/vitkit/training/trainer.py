@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from vitkit.data import DataBundle, build_batch_mixer, build_data, default_augment
 from vitkit.io import load_safetensors, write_json
 from vitkit.model import VisionTransformer, ViTConfig, get_config
-from vitkit.model.vit import CONFIG_FILE, WEIGHTS_FILE
+from vitkit.model.vit import WEIGHTS_FILE
 from vitkit.training import distributed
 from vitkit.training.checkpoint import (
     LAST_STATE,
@@ -153,7 +153,8 @@ def resolve_run_dir(config: TrainConfig) -> Path:
         return Path(config.resume)
     if config.out is not None:
         return Path(config.out)
-    name = config.name or f"{config.dataset}-{config.model or 'finetuned'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    model = config.model or ("finetuned" if config.init_from else DEFAULT_MODEL)
+    name = config.name or f"{config.dataset}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
     return Path("runs") / name
 
 
@@ -283,7 +284,7 @@ class Trainer:
         config = self.config
         if self.ctx.is_main:
             write_json(config.to_dict(), self.run_dir / TRAIN_CONFIG_FILE)
-            write_json({"model_type": "vitkit", **self.model.config.to_dict()}, self.run_dir / CONFIG_FILE)
+            self.model.save_config(self.run_dir)
             logger.info(
                 "training %s parameters on %s (%d train / %d %s images, %s) for %d epochs of %d steps; "
                 "device %s%s, %d process(es); run folder %s",
