@@ -19,7 +19,6 @@ from vitkit.data import (
     build_train_transform,
     compute_mean_std,
     default_augment,
-    to_size,
 )
 
 
@@ -65,12 +64,6 @@ def test_augment_config_rejects_bad_values(bad: dict) -> None:
     ((name, value),) = bad.items()
     with pytest.raises(ValueError, match=f"AugmentConfig.{name}={value!r}"):
         AugmentConfig(**bad)
-
-
-@pytest.mark.parametrize("bad", [0, -3, (8,), (8, 0), 8.0, True, (8, 8, 8)])
-def test_to_size_rejects_bad_sizes(bad) -> None:
-    with pytest.raises(ValueError, match="image_size must be a positive int"):
-        to_size(bad)
 
 
 def test_eval_transform_values_and_shapes() -> None:

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from vitkit import VisionTransformer, ViTConfig
+from vitkit.model.config import to_pair
 
 SMALL = dict(image_size=8, patch_size=2, in_channels=1, num_classes=3, hidden_dim=32, depth=1, num_heads=4, mlp_dim=64)
 
@@ -29,8 +30,8 @@ def test_hidden_dim_must_divide_by_num_heads():
         (dict(pool="max"), "pool must be one of"),
         (dict(pool="cls", class_token=False), "needs class_token=True"),
         (dict(depth=0), "depth must be a positive int"),
-        (dict(image_size=(8, 8, 8)), "image_size must be an int or a"),
-        (dict(patch_size=0), "patch_size must be positive"),
+        (dict(image_size=(8, 8, 8)), r"image_size must be a positive int or a \(height, width\) pair"),
+        (dict(patch_size=0), "patch_size must be a positive int"),
         (dict(dropout=1.5), r"dropout must be in \[0, 1\)"),
         (dict(num_classes=-1), "num_classes must be an int >= 0"),
         (dict(class_names=["a", "b"]), "class_names has 2 names but num_classes is 3"),
@@ -54,3 +55,10 @@ def test_input_channels_and_size_are_checked():
         model(torch.randn(1, 8, 8))
     with pytest.raises(ValueError, match="expected 1 input channels"):
         model.get_attention_maps(torch.randn(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("bad", [0, -3, (8,), (8, 0), 8.0, True, (8, True), "88", (8, 8, 8)])
+def test_sizes_must_be_a_positive_int_or_pair(bad):
+    with pytest.raises(ValueError, match="image_size must be a positive int"):
+        to_pair(bad, "image_size")
+    assert to_pair(8, "image_size") == (8, 8) and to_pair([8, 12], "image_size") == (8, 12)

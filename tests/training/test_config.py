@@ -114,6 +114,16 @@ def test_default_run_folder_is_named_after_data_and_model(tmp_path) -> None:
     from vitkit.training import TrainConfig
     from vitkit.training.trainer import resolve_run_dir
 
-    assert resolve_run_dir(TrainConfig()).name.startswith("digits-vit_digits-")
+    assert resolve_run_dir(TrainConfig(model="vit_digits")).name.startswith("digits-vit_digits-")
     assert resolve_run_dir(TrainConfig(init_from=str(tmp_path))).name.startswith("digits-finetuned-")
     assert resolve_run_dir(TrainConfig(name="mine")) == Path("runs") / "mine"
+
+
+def test_a_run_without_out_or_model_is_named_after_the_default_model(tmp_path, monkeypatch) -> None:
+    from training_helpers import TINY
+
+    from vitkit.training import TrainConfig, train
+
+    monkeypatch.chdir(tmp_path)
+    result = train(TrainConfig(**TINY, epochs=1, progress=False, tensorboard=False))
+    assert result.run_dir.parent == Path("runs") and result.run_dir.name.startswith("digits-vit_digits-")

@@ -14,7 +14,6 @@ from vitkit.data.transforms import (
     compute_mean_std,
     default_augment,
     single_threaded,
-    to_size,
 )
 
 __all__ = [
@@ -41,5 +40,4 @@ __all__ = [
     "image_header",
     "load_image",
     "single_threaded",
-    "to_size",
 ]

@@ -25,8 +25,8 @@ from vitkit.data.transforms import (
     build_train_transform,
     compute_mean_std,
     default_augment,
-    to_size,
 )
+from vitkit.model.config import to_pair
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def build_data(
     if channels is not None and channels not in (1, 3):
         raise ValueError(f"channels must be 1, 3 or None (the data set's own), got {channels!r}")
     if image_size is not None:
-        to_size(image_size)  # fail early on a bad size, before any loading
+        to_pair(image_size, "image_size")  # fail early on a bad size, before any loading
     if source == "digits":
         if data_dir is not None:
             raise ValueError(f"the digits data set is embedded and takes no data_dir (got {data_dir}); use 'folder'")
@@ -220,7 +220,7 @@ def build_data(
         train_base, val_base, class_names, native_channels, native_size = _torchvision(source, Path(data_dir), download)
         val_name = "test"
     channels = channels or native_channels
-    size = to_size(image_size or native_size)
+    size = to_pair(image_size or native_size, "image_size")
     aug = aug if aug is not None else default_augment(source)
     mean, std = compute_mean_std(train_base, size, channels, seed=seed)
     logger.info(

@@ -17,6 +17,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from vitkit.data.images import convert_image
+from vitkit.model.config import to_pair
 
 logger = logging.getLogger(__name__)
 
@@ -112,17 +113,6 @@ def single_threaded() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def to_size(image_size: int | Sequence[int]) -> tuple[int, int]:
-    """(height, width) from an int or a pair, both positive."""
-    if isinstance(image_size, int):
-        size: tuple = (image_size, image_size)
-    else:
-        size = tuple(image_size) if isinstance(image_size, Sequence) else ()
-    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
-        raise ValueError(f"image_size must be a positive int or a (height, width) pair of them, got {image_size!r}")
-    return size  # type: ignore[return-value]
-
-
 class ConvertChannels(v2.Transform):
     """Give every image `channels` channels: PIL images as `load_image` does, tensors by grey <-> RGB conversion."""
 
@@ -158,7 +148,7 @@ def _to_float() -> list[v2.Transform]:
 
 
 def _unnormalised_eval_steps(image_size: int | Sequence[int], channels: int) -> list[v2.Transform]:
-    return [ConvertChannels(channels), *_resize_crop(to_size(image_size)), *_to_float()]
+    return [ConvertChannels(channels), *_resize_crop(to_pair(image_size, "image_size")), *_to_float()]
 
 
 def build_eval_transform(
@@ -176,7 +166,7 @@ def build_train_transform(
     aug: AugmentConfig,
 ) -> v2.Compose:
     """The eval pipeline with `aug`'s random steps; geometric and colour steps run before the float conversion."""
-    size = to_size(image_size)
+    size = to_pair(image_size, "image_size")
     steps: list[v2.Transform] = [ConvertChannels(channels)]
     if aug.crop_scale_min < 1.0:
         steps.append(v2.RandomResizedCrop(size, scale=(aug.crop_scale_min, 1.0), antialias=True))

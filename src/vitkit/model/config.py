@@ -7,6 +7,7 @@ holds next to ``model.safetensors``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,19 +17,15 @@ POS_EMBED_CHOICES = ("learned", "sincos")
 POOL_CHOICES = ("cls", "mean")
 
 
-def to_pair(value: int | tuple[int, int] | list[int], name: str) -> Pair:
+def to_pair(value: int | Sequence[int], name: str) -> Pair:
     """Accept an int or an (height, width) pair, as the seed's square images and real rectangular ones need."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an int or a (height, width) pair, got {value!r}")
     if isinstance(value, int):
-        pair = (value, value)
-    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        pair = (int(value[0]), int(value[1]))
+        pair: tuple = (value, value)
     else:
-        raise ValueError(f"{name} must be an int or a (height, width) pair of ints, got {value!r}")
-    if min(pair) <= 0:
-        raise ValueError(f"{name} must be positive, got {value!r}")
-    return pair
+        pair = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else ()
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
+        raise ValueError(f"{name} must be a positive int or a (height, width) pair of them, got {value!r}")
+    return pair  # type: ignore[return-value]
 
 
 def _divisible_sizes_near(size: int, patch: int) -> str:

@@ -307,7 +307,7 @@ class VisionTransformer(nn.Module):
         ``source_grid`` defaults to a square grid inferred from the weights. With ``strict_head=False`` a
         head whose shape differs is left as initialised (fine-tuning on other classes).
         """
-        state = dict(state_dict)
+        state, own = dict(state_dict), self.state_dict()
         if self.config.pos_embed == "sincos":
             state.pop("pos_embed", None)  # a fixed table: this model's own is the right one for its grid
         elif "pos_embed" in state and state["pos_embed"].shape != self.pos_embed.shape:
@@ -326,19 +326,17 @@ class VisionTransformer(nn.Module):
                 state["pos_embed"], source_grid, self.config.grid_size, self.config.num_prefix_tokens
             )
         if not strict_head:
-            own = self.state_dict()
             for key in ("head.weight", "head.bias"):
                 if key in state and (key not in own or state[key].shape != own[key].shape):
                     logger.warning("not loading %s of shape %s: the model's head differs", key, tuple(state[key].shape))
                     del state[key]
-        expected = set(self.state_dict()) - ({"pos_embed"} if self.config.pos_embed == "sincos" else set())
+        expected = set(own) - ({"pos_embed"} if self.config.pos_embed == "sincos" else set())
         missing = sorted(expected - set(state))
         if not strict_head:
             missing = [key for key in missing if not key.startswith("head.")]
-        unexpected = sorted(set(state) - set(self.state_dict()))
+        unexpected = sorted(set(state) - set(own))
         if missing or unexpected:
             raise ValueError(f"weights do not fit this model: missing keys {missing}, unexpected keys {unexpected}")
-        own = self.state_dict()
         mismatched = [
             f"{key}: weights {tuple(value.shape)} vs model {tuple(own[key].shape)}"
             for key, value in state.items()

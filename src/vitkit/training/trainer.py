@@ -153,8 +153,7 @@ def resolve_run_dir(config: TrainConfig) -> Path:
         return Path(config.resume)
     if config.out is not None:
         return Path(config.out)
-    model = config.model or ("finetuned" if config.init_from else DEFAULT_MODEL)
-    name = config.name or f"{config.dataset}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = config.name or f"{config.dataset}-{config.model or 'finetuned'}-{time.strftime('%Y%m%d-%H%M%S')}"
     return Path("runs") / name
 
 
