@@ -1,22 +1,35 @@
-"""vitkit: a Vision Transformer you can read in one sitting, train on your own data, and ship."""
+"""vitkit: a Vision Transformer you can read in one sitting, train on your own data, and ship.
 
-from vitkit.model import (
-    ViTConfig,
-    VisionTransformer,
-    count_parameters,
-    create_model,
-    get_config,
-    list_models,
-)
+Names are imported on first use (PEP 562), so that `import vitkit` and `vitkit --help` do not pay for torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ViTConfig",
-    "VisionTransformer",
-    "count_parameters",
-    "create_model",
-    "get_config",
-    "list_models",
-    "__version__",
-]
+# public name -> module that defines it
+_EXPORTS = {
+    "ViTConfig": "vitkit.model",
+    "VisionTransformer": "vitkit.model",
+    "count_parameters": "vitkit.model",
+    "create_model": "vitkit.model",
+    "get_config": "vitkit.model",
+    "list_models": "vitkit.model",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'vitkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,69 @@
+"""The `vitkit` command: one module per subcommand, each with ``register(commands)`` and ``run(args)``.
+
+The only package that prints. Library errors (bad input, missing files, unreadable images, a diverged
+run) become one `vitkit: error: ...` line on stderr and a non-zero exit code, not a traceback.
+Subcommand modules import torch and the library inside ``run``, so `vitkit --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from vitkit import __version__
+from vitkit.cli.common import EXIT_FAILED, EXIT_USAGE, report_error
+
+# Subcommands in the order `vitkit --help` lists them; each is the module vitkit.cli.<name>.
+COMMANDS = ("train", "evaluate", "predict", "models")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `vitkit` argument parser with its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="vitkit",
+        description="Train, evaluate and use Vision Transformers.",
+        epilog="Run `vitkit COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"vitkit {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"vitkit.cli.{name}").register(commands)
+    return parser
+
+
+def _is_main_process() -> bool:
+    """Under torchrun only rank 0 reports progress; the other processes log warnings and errors only."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `vitkit` console script and of `python -m vitkit`; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    quiet = args.quiet or not _is_main_process()
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        # The reader went away (`vitkit predict ... | head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    except ChildProcessError as err:  # a torchrun child failed: a run that failed, not a bad input
+        message, code = str(err), EXIT_FAILED
+    except (ValueError, OSError) as err:  # ImageLoadError is a ValueError, FileNotFoundError an OSError
+        message, code = str(err), EXIT_USAGE
+    except KeyboardInterrupt:
+        message, code = "interrupted", 130
+    except RuntimeError as err:
+        from vitkit.training import NonFiniteLossError  # already imported by the run that raised it
+
+        if not isinstance(err, NonFiniteLossError):
+            raise
+        message, code = str(err), EXIT_FAILED  # a diverged run
+    report_error(message)
+    return code

@@ -1,0 +1,83 @@
+"""What the subcommands share: error reporting, loading a run's model, argument types, number formats."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch and the model load only when a command runs, so `vitkit --help` starts fast
+    import torch
+
+    from vitkit.model import VisionTransformer
+
+EXIT_FAILED = 1  # the command ran but something failed (a file that could not be predicted, a diverged run)
+EXIT_USAGE = 2  # bad input: a wrong flag value, a missing file (argparse uses 2 for its own errors too)
+
+
+def report_error(message: str) -> None:
+    print(f"vitkit: error: {message}", file=sys.stderr)
+
+
+def load_run_model(run_dir: str | os.PathLike, device: torch.device) -> VisionTransformer:
+    """The trained model of a run folder (or any save_pretrained folder), with an error that says what is wrong."""
+    from vitkit.model import VisionTransformer
+    from vitkit.model.vit import CONFIG_FILE, WEIGHTS_FILE
+    from vitkit.training.checkpoint import LAST_WEIGHTS
+
+    run_dir = Path(run_dir)
+    expected = f"a vitkit run folder holding {CONFIG_FILE} and {WEIGHTS_FILE}, as `vitkit train` writes"
+    if not run_dir.exists():
+        raise FileNotFoundError(f"run folder not found: {run_dir} (expected {expected})")
+    if not run_dir.is_dir():
+        raise NotADirectoryError(f"{run_dir} is not a folder (expected {expected})")
+    missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (run_dir / name).is_file()]
+    if missing:
+        hint = ""
+        if (run_dir / LAST_WEIGHTS).is_file():
+            hint = f"; the run did not finish: continue it with `vitkit train --resume {run_dir}`"
+        raise FileNotFoundError(f"{run_dir} has no {' and no '.join(missing)} (expected {expected}){hint}")
+    return VisionTransformer.from_pretrained(run_dir).to(device).eval()
+
+
+def format_count(n: int) -> str:
+    """86567656 -> '86.6M': parameter counts as papers quote them."""
+    for unit, scale in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(n)
+
+
+def percent(fraction: float | None) -> str:
+    return "n/a" if fraction is None else f"{100 * fraction:.2f}%"
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", default="auto", help="auto (the GPU if there is one), cpu, cuda, cuda:1, ... (default: auto)"
+    )
+
+
+def pick_cli_device(name: str) -> torch.device:
+    """The device a single-process command (evaluate, predict, ...) runs on."""
+    from vitkit.training.distributed import DistContext, pick_device
+
+    return pick_device(name, DistContext())
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type: a whole number >= minimum, with a message that says so."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a number >= {minimum}, got {value}")
+        return value
+
+    return parse

@@ -1,0 +1,96 @@
+"""`vitkit evaluate`: accuracy of a trained run, per class, and a confusion-matrix PNG."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vitkit.cli.common import add_device_argument, int_at_least, load_run_model, percent, pick_cli_device
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+
+    from vitkit.model import VisionTransformer
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "evaluate",
+        help="accuracy of a trained run: top-1, top-5, per class, confusion matrix",
+        description="Evaluate a run on its own held-out split (rebuilt from train_config.json with the same seed) "
+        "or on an image folder, and write a confusion-matrix PNG.",
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="run folder (config.json + model.safetensors)")
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="evaluate on this image folder (DIR/<class>/<images>, or DIR/val/<class>/...) instead of the run's split",
+    )
+    parser.add_argument(
+        "--plot",
+        metavar="PATH",
+        help="where to write the confusion-matrix PNG (default: RUN_DIR/confusion_matrix.png, "
+        "or RUN_DIR/confusion_matrix_<folder name>.png with --data-dir)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=256, help="images per batch (default: 256)")
+    parser.add_argument("--workers", type=int_at_least(0), default=0, help="data-loading processes (default: 0)")
+    add_device_argument(parser)
+    parser.set_defaults(func=run)
+
+
+def evaluation_data(args: argparse.Namespace, model: VisionTransformer) -> tuple[Dataset, str]:
+    """The data set to evaluate on and its description: --data-dir, else the run's own held-out split."""
+    from vitkit import training
+    from vitkit.data import build_folder_eval_data
+    from vitkit.evaluation import class_names_of, normalisation_of
+    from vitkit.training.config import TRAIN_CONFIG_FILE
+
+    if args.data_dir is not None:
+        config = model.config
+        dataset = build_folder_eval_data(
+            args.data_dir, config.image_size, config.in_channels, *normalisation_of(model), class_names_of(model)
+        )
+        return dataset, f"image folder {args.data_dir}"
+    if not (Path(args.run_dir) / TRAIN_CONFIG_FILE).is_file():
+        raise FileNotFoundError(
+            f"{args.run_dir} has no {TRAIN_CONFIG_FILE}, so its held-out split is unknown: "
+            "pass --data-dir DIR to evaluate on an image folder"
+        )
+    # The same call, seed and settings as the run itself: the same held-out images.
+    bundle = training.build_run_data(training.load_train_config(args.run_dir), channels=model.in_channels)
+    return bundle.val, f"{bundle.val_name} split of {bundle.source}"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Accuracy on the run's held-out split or on --data-dir, plus a confusion-matrix PNG."""
+    from vitkit.evaluation import evaluate, save_confusion_matrix
+
+    device = pick_cli_device(args.device)
+    model = load_run_model(args.run_dir, device)
+    dataset, description = evaluation_data(args, model)
+    metrics = evaluate(model, dataset, batch_size=args.batch_size, workers=args.workers, device=device)
+    if args.plot is not None:
+        plot = Path(args.plot)
+    elif args.data_dir is not None:
+        plot = Path(args.run_dir) / f"confusion_matrix_{Path(args.data_dir).resolve().name}.png"
+    else:
+        plot = Path(args.run_dir) / "confusion_matrix.png"
+    save_confusion_matrix(
+        metrics["confusion_matrix"], metrics["class_names"], plot, title=f"{Path(args.run_dir).name}: {description}"
+    )
+    if args.json:
+        print(json.dumps({"run_dir": str(args.run_dir), "data": description, **metrics, "plot": str(plot)}))
+        return 0
+    support = [sum(row) for row in metrics["confusion_matrix"]]
+    width = max(len(name) for name in metrics["class_names"])
+    print(f"evaluated {args.run_dir} on the {description}: {metrics['num_samples']} images")
+    print(f"top-1 accuracy: {percent(metrics['top1'])}")
+    print(f"top-5 accuracy: {percent(metrics['top5'])}")
+    print("per-class accuracy:")
+    for (name, accuracy), count in zip(metrics["per_class"].items(), support):
+        print(f"  {name:<{width}}  {percent(accuracy):>8}  ({count} images)")
+    print(f"confusion matrix: {plot}")
+    return 0

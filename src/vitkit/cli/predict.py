@@ -1,0 +1,43 @@
+"""`vitkit predict`: classify image files, one JSON line per image."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from vitkit.cli.common import EXIT_FAILED, add_device_argument, int_at_least, load_run_model, pick_cli_device, report_error
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "predict",
+        help="classify image files, one JSON line per image",
+        description='Print one JSON line per image: {"path", "top_k": [{"class", "probability"}, ...]}, '
+        'or {"path", "error"} for a file that is missing or not a readable image (exit code 1 if any). '
+        "Folders are searched recursively for image files.",
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="run folder (config.json + model.safetensors)")
+    parser.add_argument("paths", metavar="IMAGE_OR_FOLDER", nargs="+", help="image files or folders of images")
+    parser.add_argument(
+        "--top-k", type=int_at_least(1), default=5, help="classes per image (default: 5; at most the number of classes)"
+    )
+    parser.add_argument("--batch-size", type=int_at_least(1), default=64, help="images per batch (default: 64)")
+    add_device_argument(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """One JSON line per image; exit code 1 when any file could not be predicted."""
+    from vitkit.prediction import predict_files
+
+    device = pick_cli_device(args.device)
+    model = load_run_model(args.run_dir, device)
+    failed = total = 0
+    for result in predict_files(model, args.paths, args.top_k, batch_size=args.batch_size, device=device):
+        failed += "error" in result
+        total += 1
+        print(json.dumps(result), flush=True)
+    if failed:
+        report_error(f'{failed} of {total} paths could not be predicted (see their "error" lines)')
+        return EXIT_FAILED
+    return 0
