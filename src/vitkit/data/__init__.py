@@ -13,6 +13,7 @@ from vitkit.data.transforms import (
     build_train_transform,
     compute_mean_std,
     default_augment,
+    eval_transform,
     single_threaded,
 )
 
@@ -37,6 +38,7 @@ __all__ = [
     "compute_mean_std",
     "convert_image",
     "default_augment",
+    "eval_transform",
     "image_header",
     "load_image",
     "single_threaded",
