@@ -296,7 +296,7 @@ class VisionTransformer(nn.Module):
             return set(range(depth - indices, depth))
         bad = [i for i in indices if not -depth <= i < depth]
         if bad:
-            raise ValueError(f"block indices {bad} are out of range for a model of depth {depth} (-{depth}..{depth - 1})")
+            raise ValueError(f"block indices {bad} are out of range for {depth} blocks: use -{depth}..{depth - 1}")
         return {i % depth for i in indices}
 
     @torch.no_grad()
