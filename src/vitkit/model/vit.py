@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,18 +91,20 @@ class MultiHeadSelfAttention(nn.Module):
         b, n, _ = x.shape
         return x.reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, N, d)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """(B, N, D) -> (B, N, D). With ``return_attention`` the softmax is spelled out, and its probabilities
+        (B, h, N, N), each row summing to 1, come back too: read from this pass, not computed a second time."""
         q, k, v = self.split_heads(self.q(x)), self.split_heads(self.k(x)), self.split_heads(self.v(x))
         dropout = self.attention_dropout if self.training else 0.0
-        heads = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # softmax(q k^T / sqrt(d)) v
+        if return_attention:
+            attention = (q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)).softmax(dim=-1)  # (B, h, N, N)
+            heads = F.dropout(attention, dropout) @ v
+        else:
+            heads = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # softmax(q k^T / sqrt(d)) v, fused
         b, _, n, _ = heads.shape
         concatenated = heads.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)  # (B, N, D)
-        return self.proj_dropout(self.proj(concatenated))
-
-    def attention_weights(self, x: Tensor) -> Tensor:
-        """The attention probabilities softmax(q k^T / sqrt(d)) per head: (B, h, N, N), each row sums to 1."""
-        q, k = self.split_heads(self.q(x)), self.split_heads(self.k(x))
-        return (q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)).softmax(dim=-1)
+        out = self.proj_dropout(self.proj(concatenated))
+        return (out, attention) if return_attention else out
 
 
 class MLP(nn.Module):
@@ -129,10 +132,15 @@ class EncoderBlock(nn.Module):
         self.mlp = MLP(config)
         self.drop_path = StochasticDepth(drop_path, mode="row")
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))  # LayerNorm -> MSA -> residual
+    def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """(B, N, D) -> (B, N, D), and the attention probabilities (B, h, N, N) with ``return_attention``."""
+        if return_attention:
+            attended, attention = self.attn(self.norm1(x), return_attention=True)
+        else:
+            attended = self.attn(self.norm1(x))
+        x = x + self.drop_path(attended)  # LayerNorm -> MSA -> residual
         x = x + self.drop_path(self.mlp(self.norm2(x)))  # LayerNorm -> MLP -> residual
-        return x
+        return (x, attention) if return_attention else x
 
 
 class VisionTransformer(nn.Module):
@@ -248,14 +256,52 @@ class VisionTransformer(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(images))
 
+    def forward_intermediates(
+        self, images: Tensor, indices: int | Sequence[int] | None = None, output_fmt: str = "NCHW", norm: bool = False
+    ) -> tuple[Tensor, list[Tensor]]:
+        """The final features (as :meth:`forward_features`) and chosen blocks' outputs, from one pass, no hooks.
+
+        ``indices``: None for every block, n for the last n blocks, or block numbers (negative ones count from
+        the end). ``output_fmt="NLC"`` gives each block's whole token sequence (B, N, D); ``"NCHW"`` its patch
+        tokens as a grid (B, D, gh, gw), the layout dense-prediction heads take. ``norm`` applies the final
+        LayerNorm to them too.
+        """
+        chosen = self._block_indices(indices)
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        x = self.embed(images)
+        intermediates = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in chosen:
+                intermediates.append(self.norm(x) if norm else x)
+        if output_fmt == "NCHW":
+            gh, gw = self.config.grid_size
+            patches = [t[:, self.config.num_prefix_tokens :] for t in intermediates]  # (B, gh*gw, D)
+            intermediates = [t.transpose(1, 2).reshape(t.shape[0], -1, gh, gw) for t in patches]
+        return self.norm(x), intermediates
+
+    def _block_indices(self, indices: int | Sequence[int] | None) -> set[int]:
+        depth = self.config.depth
+        if indices is None:
+            return set(range(depth))
+        if isinstance(indices, int):
+            if not 0 <= indices <= depth:
+                raise ValueError(f"indices={indices} asks for the last {indices} blocks; the model has {depth}")
+            return set(range(depth - indices, depth))
+        bad = [i for i in indices if not -depth <= i < depth]
+        if bad:
+            raise ValueError(f"block indices {bad} are out of range for {depth} blocks: use -{depth}..{depth - 1}")
+        return {i % depth for i in indices}
+
     @torch.no_grad()
     def get_attention_maps(self, images: Tensor) -> list[Tensor]:
-        """Attention probabilities of every block: a list of (B, num_heads, N, N) tensors, no hooks needed."""
+        """Attention probabilities of every block, read from one forward pass: a list of (B, num_heads, N, N)."""
         maps = []
         x = self.embed(images)
         for block in self.blocks:
-            maps.append(block.attn.attention_weights(block.norm1(x)))
-            x = block(x)
+            x, attention = block(x, return_attention=True)
+            maps.append(attention)
         return maps
 
     # --- training helpers ---------------------------------------------------------------------
