@@ -30,6 +30,7 @@ from vitkit.data.transforms import (
     build_train_transform,
     compute_mean_std,
     default_augment,
+    eval_transform,
     single_threaded,
 )
 
@@ -57,6 +58,7 @@ __all__ = [
     "compute_mean_std",
     "convert_image",
     "default_augment",
+    "eval_transform",
     "find_image_files",
     "image_header",
     "load_image",
