@@ -19,7 +19,10 @@ EXIT_USAGE = 2  # bad input: a wrong flag value, a missing file (argparse uses 2
 
 
 def report_error(message: str) -> None:
-    print(f"vitkit: error: {message}", file=sys.stderr)
+    """One `vitkit: error: ...` line on stderr (through tqdm, so that it does not break a progress bar)."""
+    from tqdm import tqdm
+
+    tqdm.write(f"vitkit: error: {message}", file=sys.stderr)
 
 
 def load_run_model(run_dir: str | os.PathLike, device: torch.device, fast: bool = False) -> VisionTransformer:
@@ -28,7 +31,7 @@ def load_run_model(run_dir: str | os.PathLike, device: torch.device, fast: bool 
     ``fast`` passes it through ``vitkit.optimize`` (the `--fast` flag).
     """
     from vitkit.model import VisionTransformer
-    from vitkit.model.vit import CONFIG_FILE, WEIGHTS_FILE
+    from vitkit.model.weights import CONFIG_FILE, WEIGHTS_FILE
     from vitkit.training.checkpoint import LAST_WEIGHTS
 
     run_dir = Path(run_dir)
