@@ -46,9 +46,9 @@ def _transformers(config: ViTConfig, name: str) -> Callable[[Tensor], Tensor]:
     hf = HFConfig(
         hidden_size=config.hidden_dim, num_hidden_layers=config.depth, num_attention_heads=config.num_heads,
         intermediate_size=config.mlp_dim, image_size=config.image_size[0], patch_size=config.patch_size[0],
-        num_labels=config.num_classes, layer_norm_eps=config.layer_norm_eps,
+        num_labels=config.num_classes, layer_norm_eps=config.layer_norm_eps, attn_implementation="sdpa",
     )  # fmt: skip
-    model = ViTForImageClassification(hf, attn_implementation="sdpa").eval()
+    model = ViTForImageClassification(hf).eval()
     return _Logits(model)
 
 

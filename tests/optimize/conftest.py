@@ -20,17 +20,23 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
     """All 1,797 digits as (N, 1, 8, 8) images, standardised (mean 0.3, std 0.4 on the [0, 1] scale), and labels."""
     data = load_digits()
     return (torch.tensor(data.images, dtype=torch.float32)[:, None] / 16.0 - 0.3) / 0.4, torch.tensor(data.target)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained_digits_model(digits: tuple[torch.Tensor, torch.Tensor]) -> VisionTransformer:
-    """Two blocks of width 32 on 17 tokens, trained with AdamW for 8 epochs (about 80% accuracy)."""
+    """Two blocks of width 32 on 17 tokens, trained with AdamW for 8 epochs (about 80% accuracy; 3 s of CPU).
+
+    One thread: this session fixture starts before the function-scoped one_thread, and two threads on a
+    loaded 2-core machine make these tiny steps a hundred times slower.
+    """
     images, labels = digits
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     model = VisionTransformer(
         image_size=8, patch_size=2, in_channels=1, num_classes=10, hidden_dim=32, depth=2, num_heads=2, mlp_dim=64
@@ -43,4 +49,5 @@ def trained_digits_model(digits: tuple[torch.Tensor, torch.Tensor]) -> VisionTra
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+    torch.set_num_threads(threads)
     return model.eval()

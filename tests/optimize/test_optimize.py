@@ -72,8 +72,8 @@ def test_proportional_attention_equals_duplicated_tokens() -> None:
     with torch.inference_mode():
         duplicated = torch.cat([x, x[:, 2:3]], dim=1)
         torch.testing.assert_close(proportional(x), attention(duplicated)[:, :4], atol=1e-5, rtol=0)
-        weights = proportional.attention_weights(x)
-        plain = attention.attention_weights(duplicated)
+        _, weights = proportional(x, return_attention=True)
+        _, plain = attention(duplicated, return_attention=True)
     torch.testing.assert_close(weights[..., 2], plain[..., :4, 2] + plain[..., :4, 4], atol=1e-6, rtol=0)
 
 

@@ -50,23 +50,29 @@ class FusedSelfAttention(nn.Module):
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, h, N, d)
         return qkv[0], qkv[1], qkv[2]
 
-    def attend(self, x: Tensor, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """The attention output (B, N, D) and the keys (B, h, N, d); ``bias`` is added to the logits."""
+    def attend(
+        self, x: Tensor, bias: Tensor | None = None, return_attention: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The attention output (B, N, D), the keys (B, h, N, d) and, when asked, the probabilities (B, h, N, N).
+
+        ``bias`` is added to the logits: softmax(q k^T / sqrt(d) + bias) v.
+        """
         q, k, v = self.qkv_heads(x)
-        heads = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # softmax(q k^T / sqrt(d) + bias) v
+        attention = None
+        if return_attention:
+            logits = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
+            attention = (logits if bias is None else logits + bias).softmax(dim=-1)
+            heads = attention @ v
+        else:
+            heads = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         b, _, n, _ = heads.shape
-        return self.proj(heads.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)), k
+        out = self.proj(heads.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
+        return out, k, attention
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.attend(x)[0]
-
-    def attention_weights(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
-        """softmax(q k^T / sqrt(d) + bias) per head: (B, h, N, N) in float32, each row sums to 1."""
-        q, k, _ = self.qkv_heads(x)
-        logits = (q @ k.transpose(-2, -1)).float() / math.sqrt(self.head_dim)
-        if bias is not None:
-            logits = logits + bias.float()
-        return logits.softmax(dim=-1)
+    def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """As the model's attention: (B, N, D), and the float32 probabilities with ``return_attention``."""
+        out, _, attention = self.attend(x, return_attention=return_attention)
+        return (out, attention.float()) if return_attention else out
 
 
 def fuse_qkv(model: VisionTransformer) -> VisionTransformer:

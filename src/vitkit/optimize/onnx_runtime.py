@@ -7,8 +7,10 @@ user would otherwise take by hand.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,16 @@ def export_onnx(model: VisionTransformer, path: Path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _quiet_logging() -> Iterator[None]:
+    """The ONNX exporter and quantizer log hundreds of INFO lines (rewrites, skipped nodes): keep warnings only."""
+    logging.disable(logging.INFO)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 class OnnxRuntimeModel(nn.Module):
     """Calls an ONNX Runtime session; ``config``, ``get_attention_maps`` and the rest come from the torch model."""
 
@@ -55,7 +67,7 @@ class OnnxRuntimeModel(nn.Module):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.log_severity_level = 3  # warnings from graph optimisation are not the user's concern
-        with tempfile.TemporaryDirectory() as folder:
+        with tempfile.TemporaryDirectory() as folder, _quiet_logging():
             path = export_onnx(model, Path(folder) / "model.onnx")
             if int8:
                 from onnxruntime.quantization import QuantType, quantize_dynamic

@@ -55,7 +55,7 @@ class TokenSizes:
 
     A block reads the sizes the previous block left only when they fit its input's (batch, tokens); a
     fresh pass enters the first block with all tokens, which never fits the merged sizes of a finished
-    pass, so no explicit reset is needed (and `get_attention_maps` sees the same sizes as the forward).
+    pass, so no explicit reset is needed.
     """
 
     def __init__(self) -> None:
@@ -81,11 +81,9 @@ class ProportionalAttention(FusedSelfAttention):
         self.qkv, self.proj = attention.qkv, attention.proj
         self.token_sizes = sizes
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.attend(x, self.token_sizes.attention_bias(x))[0]
-
-    def attention_weights(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
-        return super().attention_weights(x, self.token_sizes.attention_bias(x) if bias is None else bias)
+    def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        out, _, attention = self.attend(x, self.token_sizes.attention_bias(x), return_attention)
+        return (out, attention.float()) if return_attention else out
 
 
 class MergingBlock(nn.Module):
@@ -99,14 +97,16 @@ class MergingBlock(nn.Module):
         self.attn = ProportionalAttention(block.attn, sizes)
         self.r, self.token_sizes, self.protect_first = r, sizes, protect_first
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """(B, N, D) -> (B, N - r, D), and the attention probabilities (B, h, N, N) with ``return_attention``."""
         sizes = self.token_sizes.current(x)
-        out, keys = self.attn.attend(self.norm1(x), self.token_sizes.attention_bias(x))
+        out, keys, attention = self.attn.attend(self.norm1(x), self.token_sizes.attention_bias(x), return_attention)
         x = x + out  # LayerNorm -> MSA -> residual
         if sizes is None:
             sizes = x.new_ones(x.shape[0], x.shape[1], 1)
         x, self.token_sizes.sizes = merge_tokens(x, sizes, keys.mean(dim=1), self.r, self.protect_first)
-        return x + self.mlp(self.norm2(x))  # LayerNorm -> MLP -> residual
+        x = x + self.mlp(self.norm2(x))  # LayerNorm -> MLP -> residual
+        return (x, attention.float()) if return_attention else x
 
 
 def apply_tome(model: VisionTransformer, r: int) -> VisionTransformer:
