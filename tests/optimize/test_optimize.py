@@ -7,6 +7,7 @@ import torch
 
 import vitkit
 from vitkit import VisionTransformer
+from vitkit.optimize import default_tome
 from vitkit.optimize.fuse import FusedSelfAttention, fuse_qkv
 from vitkit.optimize.tome import ProportionalAttention, TokenSizes, merge_tokens
 
@@ -114,9 +115,20 @@ def test_inexact_options_agree_with_float32(
     assert len(fast.get_attention_maps(images[:2])) == 2
 
 
-def test_int8_replaces_encoder_linears_only() -> None:
+def test_default_is_fused_int8_and_merges_a_quarter_of_the_patches() -> None:
+    assert default_tome(vitkit.get_config("vit_base_patch16_224")) == 4  # 196 patches // 4 // 12 blocks
+    assert default_tome(vitkit.get_config("vit_digits")) == 1
+    assert default_tome(vitkit.get_config("vit_digits", pool="mean", class_token=False)) == 0
     model = random_model()
     fast = vitkit.optimize(model)
+    assert [block.r for block in fast.blocks] == [2, 2]  # 16 patches // 4 // 2 blocks
+    assert not isinstance(fast.blocks[0].mlp.fc1, torch.nn.Linear)  # a quantized layer now
+    assert isinstance(fast.head, torch.nn.Linear) and isinstance(model.blocks[0].mlp.fc1, torch.nn.Linear)
+
+
+def test_int8_replaces_encoder_linears_only() -> None:
+    model = random_model()
+    fast = vitkit.optimize(model, tome=0)
     assert not isinstance(fast.blocks[0].mlp.fc1, torch.nn.Linear)  # a quantized layer now
     assert isinstance(fast.head, torch.nn.Linear) and isinstance(model.blocks[0].mlp.fc1, torch.nn.Linear)
 
