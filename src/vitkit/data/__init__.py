@@ -1,6 +1,14 @@
 """Data for vitkit: image loading, transforms and augmentation, and the data sets it trains on."""
 
-from vitkit.data.images import GRAYSCALE_MODES, ImageLoadError, convert_image, image_header, load_image
+from vitkit.data.images import (
+    GRAYSCALE_MODES,
+    ImageLoadError,
+    ImageTooLargeError,
+    convert_image,
+    decode_image,
+    image_header,
+    load_image,
+)
 from vitkit.data.seeded import SeededTransformDataset, TransformedDataset
 from vitkit.data.sources import FOLDER_EXTENSIONS, SOURCES, ClassFolder, DataBundle, build_data, build_folder_eval_data
 from vitkit.data.transforms import (
@@ -27,6 +35,7 @@ __all__ = [
     "ConvertChannels",
     "DataBundle",
     "ImageLoadError",
+    "ImageTooLargeError",
     "SeededTransformDataset",
     "TransformedDataset",
     "build_batch_mixer",
@@ -36,6 +45,7 @@ __all__ = [
     "build_train_transform",
     "compute_mean_std",
     "convert_image",
+    "decode_image",
     "default_augment",
     "image_header",
     "load_image",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Modes whose pixels carry no colour. "LA"/"La" are grey plus alpha; "I;16*", "I" and "F" are high-bit-depth grey.
 GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
@@ -17,6 +19,10 @@ _EXPECTED = "expected a readable image file (PNG, JPEG, BMP, GIF, TIFF, WebP, ..
 
 class ImageLoadError(ValueError):
     """A file could not be decoded as an image; the message names the file."""
+
+
+class ImageTooLargeError(ImageLoadError):
+    """An image declares more pixels than the caller allows."""
 
 
 def _check_channels(channels: int) -> None:
@@ -59,8 +65,10 @@ def convert_image(image: Image.Image, channels: int) -> Image.Image:
     return image.convert(target)
 
 
-def _open_error(path: Path, exc: Exception) -> ImageLoadError:
-    return ImageLoadError(f"cannot read {path} as an image ({type(exc).__name__}: {exc}); {_EXPECTED}")
+def _open_error(path: str | Path, exc: Exception) -> ImageLoadError:
+    # PIL's own message for an unknown format names the file object, which says nothing for bytes in memory.
+    detail = "not a known image format" if isinstance(exc, UnidentifiedImageError) else f"{type(exc).__name__}: {exc}"
+    return ImageLoadError(f"cannot read {path} as an image ({detail}); {_EXPECTED}")
 
 
 def load_image(path: str | os.PathLike, channels: int) -> Image.Image:
@@ -76,12 +84,35 @@ def load_image(path: str | os.PathLike, channels: int) -> Image.Image:
         raise FileNotFoundError(f"image file {path} does not exist")
     if not path.is_file():
         raise ImageLoadError(f"{path} is not a file; {_EXPECTED}")
+    return _decode(path, path, channels)
+
+
+def decode_image(data: bytes, channels: int, name: str = "image", max_pixels: int | None = None) -> Image.Image:
+    """`load_image` for bytes already in memory (an upload); `name` only labels error messages.
+
+    With `max_pixels`, an image whose header declares more pixels raises :class:`ImageTooLargeError` before any
+    pixel is decoded, so a small file cannot make the caller allocate a huge image.
+    """
+    _check_channels(channels)
+    return _decode(io.BytesIO(data), name, channels, max_pixels)
+
+
+def _decode(source: Path | BinaryIO, name: str | Path, channels: int, max_pixels: int | None = None) -> Image.Image:
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
+            width, height = image.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageTooLargeError(
+                    f"{name} is {width}x{height} = {width * height} pixels, more than the limit of {max_pixels}"
+                )
             image.load()
             ImageOps.exif_transpose(image, in_place=True)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise _open_error(path, exc) from exc
+    except ImageTooLargeError:
+        raise
+    except Image.DecompressionBombError as exc:  # PIL's own limit, for headers beyond twice Image.MAX_IMAGE_PIXELS
+        raise ImageTooLargeError(f"{name}: {exc}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise _open_error(name, exc) from exc
     return convert_image(image, channels)
 
 
