@@ -16,8 +16,7 @@ import torch
 from PIL import Image
 
 from vitkit import VisionTransformer
-from vitkit.data import decode_image
-from vitkit.prediction import eval_transform_for
+from vitkit.data import decode_image, eval_transform
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -50,7 +49,7 @@ def png_bytes(seed: int, size: tuple[int, int] = (24, 20), mode: str = "RGB", fm
 
 def direct_probabilities(model: VisionTransformer, images: list[bytes]) -> torch.Tensor:
     """What the model says about encoded images when called directly, without the server: (len(images), classes)."""
-    transform = eval_transform_for(model)
+    transform = eval_transform(model.config)
     batch = torch.stack([transform(decode_image(data, model.in_channels)) for data in images])
     with torch.no_grad():
         return model(batch).softmax(dim=1)

@@ -52,16 +52,15 @@ def test_top_k_defaults_to_five_and_is_capped_at_the_number_of_classes(client: T
 
 
 def test_explain_adds_the_attention_rollout_as_png(client: TestClient, served_model: VisionTransformer) -> None:
-    from vitkit.data import decode_image
+    from vitkit.data import decode_image, eval_transform
     from vitkit.explain import attention_rollout
-    from vitkit.prediction import eval_transform_for
-
+    
     data = png_bytes(5, (30, 30))
     response = client.post("/predict?explain=1", files=upload(("x.png", data, "image/png")))
     assert response.status_code == 200, response.text
     attention = response.json()["predictions"][0]["attention"]
 
-    image = eval_transform_for(served_model)(decode_image(data, 3))[None]
+    image = eval_transform(served_model.config)(decode_image(data, 3))[None]
     expected = attention_rollout(served_model, image)[0]
     assert attention["grid"] == [4, 4]
     assert torch.allclose(torch.tensor(attention["rollout"]), expected.float(), atol=1e-5)

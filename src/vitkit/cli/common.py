@@ -25,7 +25,7 @@ def report_error(message: str) -> None:
 def load_run_model(run_dir: str | os.PathLike, device: torch.device) -> VisionTransformer:
     """The trained model of a run folder (or any save_pretrained folder), with an error that says what is wrong."""
     from vitkit.model import VisionTransformer
-    from vitkit.model.vit import CONFIG_FILE, WEIGHTS_FILE
+    from vitkit.model.weights import CONFIG_FILE, WEIGHTS_FILE
     from vitkit.training.checkpoint import LAST_WEIGHTS
 
     run_dir = Path(run_dir)

@@ -21,6 +21,7 @@ from vitkit.data.transforms import (
     build_train_transform,
     compute_mean_std,
     default_augment,
+    eval_transform,
     single_threaded,
 )
 
@@ -47,6 +48,7 @@ __all__ = [
     "convert_image",
     "decode_image",
     "default_augment",
+    "eval_transform",
     "image_header",
     "load_image",
     "single_threaded",

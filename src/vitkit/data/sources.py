@@ -25,8 +25,9 @@ from vitkit.data.transforms import (
     build_train_transform,
     compute_mean_std,
     default_augment,
+    eval_transform,
 )
-from vitkit.model.config import to_pair
+from vitkit.model.config import ViTConfig, to_pair
 
 logger = logging.getLogger(__name__)
 
@@ -242,15 +243,8 @@ def build_data(
     )
 
 
-def build_folder_eval_data(
-    data_dir: str | os.PathLike,
-    image_size: int | Sequence[int],
-    channels: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    class_names: Sequence[str],
-) -> TransformedDataset:
-    """An image folder prepared as a model expects, labelled with the model's `class_names`.
+def build_folder_eval_data(data_dir: str | os.PathLike, config: ViTConfig) -> TransformedDataset:
+    """An image folder prepared as a model with `config` expects (`eval_transform`), labelled with its class names.
 
     `data_dir` is DIR/<class>/<images>; a training folder (DIR/val/<class>) is accepted too, its val/ part used.
     Class folders may be missing (no images of that class), but an unknown class folder is an error.
@@ -258,12 +252,13 @@ def build_folder_eval_data(
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"evaluation folder {data_dir} does not exist; expected {data_dir}/<class>/<images>")
-    if not class_names:
-        raise ValueError("class_names is empty; expected the model's class names")
+    if not config.num_classes:
+        raise ValueError("the model has no classification head (num_classes is 0); it cannot be evaluated on labels")
+    class_names = config.labels
     subdirs = {p.name for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
     if not subdirs <= set(class_names) and (data_dir / "val").is_dir():
         data_dir = data_dir / "val"
-    folder = ClassFolder(data_dir, channels, class_names)
+    folder = ClassFolder(data_dir, config.in_channels, class_names)
     if len(folder) == 0:
         raise FileNotFoundError(f"{data_dir} holds no images; expected {data_dir}/<class>/<images>")
-    return TransformedDataset(folder, build_eval_transform(image_size, channels, mean, std))
+    return TransformedDataset(folder, eval_transform(config))

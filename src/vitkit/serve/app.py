@@ -30,11 +30,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from torch import Tensor
+from torchvision.transforms import v2
 
-from vitkit.data import ImageLoadError, ImageTooLargeError, decode_image
-from vitkit.evaluation import class_names_of, normalisation_of
+from vitkit.data import ImageLoadError, ImageTooLargeError, decode_image, eval_transform
+from vitkit.evaluation import class_names_of
 from vitkit.model import VisionTransformer
-from vitkit.prediction import eval_transform_for, top_k_classes
+from vitkit.prediction import top_k_classes
 from vitkit.serve.batching import MicroBatcher
 
 logger = logging.getLogger(__name__)
@@ -162,8 +163,10 @@ class ModelService:
         self.fast = fast
         self.device = next(model.parameters()).device
         self.names = class_names_of(model)
-        self.transform = eval_transform_for(model)
-        self.mean, self.std = normalisation_of(model)
+        self.transform = eval_transform(model.config)
+        # The model's view shown with ?explain=1 undoes the transform's last step, whatever statistics it chose.
+        normalize = next(step for step in self.transform.transforms if isinstance(step, v2.Normalize))
+        self.mean, self.std = normalize.mean, normalize.std
         self.predictor = model
         if fast:
             from vitkit.optimize import optimize
