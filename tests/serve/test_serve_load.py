@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CLASSES, direct_probabilities, png_bytes, probabilities_of, running_server
+from serve_helpers import CLASSES, direct_probabilities, png_bytes, probabilities_of, running_server
 
 from vitkit import VisionTransformer
 

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import CLASSES, direct_probabilities, png_bytes, running_server
+from serve_helpers import CLASSES, direct_probabilities, png_bytes, running_server
 
 from vitkit import VisionTransformer
 

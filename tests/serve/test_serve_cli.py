@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import png_bytes
+from serve_helpers import png_bytes
 
 from vitkit.cli import main
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES, direct_probabilities, png_bytes, probabilities_of
+from serve_helpers import CLASSES, direct_probabilities, png_bytes, probabilities_of
 from PIL import Image
 
 pytest.importorskip("fastapi", reason="vitkit serve needs the `serve` extra (fastapi)")
@@ -185,7 +185,7 @@ def test_client_file_names_are_labels_only(client: TestClient, tmp_path: Path) -
 def test_create_app_from_a_model_object_and_bad_sources(served_model: VisionTransformer, tmp_path: Path) -> None:
     with TestClient(create_app(served_model, name="mine")) as c:
         assert c.get("/model").json()["name"] == "mine"
-    with pytest.raises(FileNotFoundError, match="not a saved vitkit model"):
+    with pytest.raises(FileNotFoundError, match="has no model.safetensors"):
         create_app(tmp_path)
     headless = VisionTransformer(image_size=8, patch_size=4, num_classes=0, hidden_dim=8, depth=1, num_heads=2, mlp_dim=8)
     with pytest.raises(ValueError, match="no classification head"):
