@@ -139,7 +139,7 @@ BAD_REQUESTS = {
     "multipart without a file": (dict(files={"note": (None, "hello")}), 400, "no file"),
     "too many files": (dict(files=upload(*[("a.png", png_bytes(1), "image/png")] * 4)), 413, "Too many files"),
     "too many bytes": (dict(files=upload(("big.png", png_bytes(1, (120, 120)), "image/png"))), 413, "big.png"),
-    "too many pixels": (dict(files=upload(("wide.gif", blank_gif(400, 300), "image/gif"))), 413, "wide.gif is 400x300"),
+    "too many pixels": (dict(files=upload(("wide.gif", blank_gif(400, 300), "image/gif"))), 413, "wide.gif as an image: 400x300 = 120,000 pixels is more than the limit of 90,000"),
     "top_k below 1": (dict(params={"top_k": 0}, files=upload(("a.png", png_bytes(1), "image/png"))), 422, "top_k"),
 }
 

@@ -4,13 +4,24 @@ from vitkit.data.images import (
     GRAYSCALE_MODES,
     ImageLoadError,
     ImageTooLargeError,
+    check_image,
+    check_images,
     convert_image,
     decode_image,
+    find_image_files,
     image_header,
     load_image,
 )
 from vitkit.data.seeded import SeededTransformDataset, TransformedDataset
-from vitkit.data.sources import FOLDER_EXTENSIONS, SOURCES, ClassFolder, DataBundle, build_data, build_folder_eval_data
+from vitkit.data.sources import (
+    FOLDER_EXTENSIONS,
+    SOURCES,
+    BadImageFilesError,
+    ClassFolder,
+    DataBundle,
+    build_data,
+    build_folder_eval_data,
+)
 from vitkit.data.transforms import (
     AUTO_AUGMENTS,
     INTERPOLATIONS,
@@ -32,6 +43,7 @@ __all__ = [
     "INTERPOLATIONS",
     "SOURCES",
     "AugmentConfig",
+    "BadImageFilesError",
     "ClassFolder",
     "ConvertChannels",
     "DataBundle",
@@ -44,11 +56,14 @@ __all__ = [
     "build_eval_transform",
     "build_folder_eval_data",
     "build_train_transform",
+    "check_image",
+    "check_images",
     "compute_mean_std",
     "convert_image",
     "decode_image",
     "default_augment",
     "eval_transform",
+    "find_image_files",
     "image_header",
     "load_image",
     "single_threaded",
