@@ -5,7 +5,6 @@ Used by `vitkit evaluate`; importable on its own so notebooks get the same numbe
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,11 +13,10 @@ import torch
 from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from vitkit.io import atomic_path
 from vitkit.model import VisionTransformer
-
-logger = logging.getLogger(__name__)
 
 # Above this many classes the numbers in the cells are unreadable; the colours still tell the story.
 _MAX_CLASSES_WITH_VALUES = 20
@@ -26,17 +24,7 @@ _MAX_CLASSES_WITH_VALUES = 20
 
 def class_names_of(model: VisionTransformer) -> list[str]:
     """The model's class names, or "0".."N-1" when it was built without any (e.g. create_model)."""
-    names = model.config.class_names
-    return list(names) if names else [str(i) for i in range(model.num_classes)]
-
-
-def normalisation_of(model: VisionTransformer) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The (mean, std) the model's inputs are normalised with; none (0, 1) for a model saved without them."""
-    config = model.config
-    if config.mean is None or config.std is None:
-        logger.warning("the model's config has no mean/std; feeding it unnormalised pixels in [0, 1]")
-        return (0.0,) * config.in_channels, (1.0,) * config.in_channels
-    return config.mean, config.std
+    return model.config.labels
 
 
 @torch.inference_mode()
@@ -47,13 +35,15 @@ def evaluate(
     batch_size: int = 256,
     workers: int = 0,
     device: torch.device | str | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Run the model over a data set of (image, label) pairs and return its accuracy.
 
     Returns a JSON-ready dict: `top1` and `top5` (fractions in [0, 1]; top-5 counts the best
     min(5, num_classes) guesses), `num_samples`, `class_names`, `per_class` (class name -> top-1
     accuracy, None for a class with no samples), `confusion_matrix` (rows: true class, columns:
-    predicted class, counts).
+    predicted class, counts). Only the counts are kept, so memory does not grow with the data set; ``progress``
+    shows a bar with the rate (on a terminal).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -65,8 +55,10 @@ def evaluate(
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     top1_hits = topk_hits = total = 0
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    bar = tqdm(total=len(dataset), desc="evaluating", unit="img", leave=False, disable=None if progress else True)
     try:
         for images, labels in loader:
+            bar.update(len(labels))
             labels = torch.as_tensor(labels, dtype=torch.int64)
             if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
                 raise ValueError(
@@ -81,6 +73,7 @@ def evaluate(
             pairs = labels * num_classes + guesses[:, 0]  # (true, predicted) as one index into the flat matrix
             confusion += torch.bincount(pairs, minlength=num_classes**2).view(num_classes, num_classes)
     finally:
+        bar.close()
         model.train(was_training)
     if total == 0:
         raise ValueError("cannot evaluate on an empty data set: it holds no images")

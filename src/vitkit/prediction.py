@@ -7,16 +7,16 @@ instead of an exception.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from vitkit.data import build_eval_transform, load_image
+from vitkit.data import eval_transform, find_image_files, load_image
 from vitkit.data.sources import FOLDER_EXTENSIONS
-from vitkit.evaluation import class_names_of, normalisation_of
+from vitkit.evaluation import class_names_of
 from vitkit.model import VisionTransformer
 
 
@@ -24,35 +24,21 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[Path, str
     """Yield (file, None) for each image to predict, or (path, error message) for a path that cannot be.
 
     Folders are searched recursively for files with an image extension, in sorted order, skipping
-    hidden files; files named explicitly are kept whatever their extension, so a wrong file is reported
-    rather than silently skipped.
+    hidden files (symbolic-link loops cannot make the search endless); files named explicitly are kept whatever
+    their extension, so a wrong file is reported rather than silently skipped.
     """
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file()
-                and p.suffix.lower() in FOLDER_EXTENSIONS
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            )
+            found, _ = find_image_files(path)
             if not found:
                 yield path, f"no image files found in folder {path} (looked for {', '.join(FOLDER_EXTENSIONS)})"
             for file in found:
                 yield file, None
-        elif path.is_file():
-            yield path, None
-        elif path.exists():
-            yield path, f"{path} is not a regular file or folder"
+        elif path.exists() or path.is_symlink():
+            yield path, None  # load_image says what is wrong with a FIFO, a broken link, ...
         else:
             yield path, f"no such file or folder: {path}"
-
-
-def eval_transform_for(model: VisionTransformer) -> Callable[[Any], Tensor]:
-    """The preprocessing the model's weights expect, read from its config (size, channels, normalisation)."""
-    config = model.config
-    return build_eval_transform(config.image_size, config.in_channels, *normalisation_of(model))
 
 
 @torch.inference_mode()
@@ -79,7 +65,7 @@ def predict_files(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     names = class_names_of(model)
     k = min(top_k, model.num_classes)
-    transform = eval_transform_for(model)
+    transform = eval_transform(model.config)
     channels = model.in_channels
     was_training = model.training
     model.eval()

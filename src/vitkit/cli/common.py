@@ -19,13 +19,16 @@ EXIT_USAGE = 2  # bad input: a wrong flag value, a missing file (argparse uses 2
 
 
 def report_error(message: str) -> None:
-    print(f"vitkit: error: {message}", file=sys.stderr)
+    """One `vitkit: error: ...` line on stderr (through tqdm, so that it does not break a progress bar)."""
+    from tqdm import tqdm
+
+    tqdm.write(f"vitkit: error: {message}", file=sys.stderr)
 
 
 def load_run_model(run_dir: str | os.PathLike, device: torch.device) -> VisionTransformer:
     """The trained model of a run folder (or any save_pretrained folder), with an error that says what is wrong."""
     from vitkit.model import VisionTransformer
-    from vitkit.model.vit import CONFIG_FILE, WEIGHTS_FILE
+    from vitkit.model.weights import CONFIG_FILE, WEIGHTS_FILE
     from vitkit.training.checkpoint import LAST_WEIGHTS
 
     run_dir = Path(run_dir)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from vitkit.data import DataBundle, build_batch_mixer, build_data, default_augment
 from vitkit.io import load_safetensors, write_json
 from vitkit.model import VisionTransformer, ViTConfig, get_config
-from vitkit.model.vit import WEIGHTS_FILE
+from vitkit.model.weights import WEIGHTS_FILE
 from vitkit.training import distributed
 from vitkit.training.checkpoint import (
     LAST_STATE,
@@ -128,6 +128,7 @@ def build_run_data(config: TrainConfig, channels: int | None = None) -> DataBund
         download=config.download,
         aug=default_augment(config.dataset, **config.augment_overrides()),
         channels=channels,
+        skip_bad_files=config.skip_bad_files,
     )
 
 
