@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from vitkit.evaluation import class_names_of, normalisation_of
+from vitkit.evaluation import class_names_of
 from vitkit.explain import figures, maps
 from vitkit.io import atomic_path
 from vitkit.model import VisionTransformer
@@ -28,13 +28,18 @@ INDEX_FILE = "index.html"
 
 def load_images(model: VisionTransformer, paths: Sequence[str | os.PathLike]) -> Tensor:
     """Image files preprocessed as the model's weights expect them: (B, C, H, W)."""
-    from vitkit.data import load_image
-    from vitkit.prediction import eval_transform_for
+    from vitkit.data import eval_transform, load_image
 
     if not paths:
         raise ValueError("no images to explain: give at least one image file")
-    transform = eval_transform_for(model)
+    transform = eval_transform(model.config)
     return torch.stack([transform(load_image(Path(path), model.in_channels)) for path in paths])
+
+
+def _normalisation(model: VisionTransformer) -> tuple[Sequence[float], Sequence[float]]:
+    # As eval_transform normalises: a model saved without mean/std gets pixels in [0, 1].
+    config = model.config
+    return config.mean or (0.0,) * config.in_channels, config.std or (1.0,) * config.in_channels
 
 
 def _file_stem(index: int, name: str) -> str:
@@ -114,7 +119,7 @@ def explain_images(
     images = images.to(next(model.parameters()).device)
     config = model.config
     class_names = class_names_of(model)
-    mean, std = normalisation_of(model)
+    mean, std = _normalisation(model)
     with maps.evaluating(model):
         attentions = model.get_attention_maps(images)
     rollouts = maps.rollout(attentions, config, head_fusion, discard_ratio).numpy()
@@ -164,7 +169,7 @@ def write_run_pictures(model: VisionTransformer, images: Tensor, out: str | os.P
     try:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        mean, std = normalisation_of(model)
+        mean, std = _normalisation(model)
         images = images.to(next(model.parameters()).device)
         rollouts = maps.attention_rollout(model, images).numpy()
         predictions = _top_k(model, images, 3)
