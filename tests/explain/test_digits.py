@@ -27,7 +27,7 @@ def test_rollout_mass_lies_mostly_on_the_pen_strokes(digits_and_model) -> None:
     assert 0.2 < area < 0.35
     trained = stroke_share(attention_rollout(model, digits.images), ink)
     untrained = [stroke_share(attention_rollout(m, digits.images), ink) for m in randoms]
-    # Measured: trained 0.56 (0.52 to 0.78 over seeds and pools); random weights stay at the area share, 0.28.
+    # Measured: trained 0.57 (0.41 to 0.78 over other seeds and pools); random weights give the area share, 0.28.
     assert trained > 0.5
     assert max(untrained) < 0.35
     assert stroke_share(attention_rollout(model, digits.images, head_fusion="max"), ink) > 0.45
@@ -40,9 +40,9 @@ def test_grad_cam_mass_is_denser_on_the_pen_strokes_than_on_blank_paper(digits_a
     ink = digits.ink()
     area = ink.float().mean().item()
     trained = stroke_share(grad_cam(model, digits.images, digits.labels), ink)
-    assert trained > 1.3 * area  # measured: 0.41 against an area share of 0.28
+    assert trained > 1.3 * area  # measured: 0.44 against an area share of 0.28
     # Unlike the rollout, Grad-CAM of random weights may also follow the strokes (it weights the input's own
-    # features; cf. Adebayo et al. 2018, "Sanity checks for saliency maps"): measured 0.04 to 0.94 over seeds,
+    # features; cf. Adebayo et al. 2018, "Sanity checks for saliency maps"): measured 0.03 to 0.94 over 6 seeds,
     # so no threshold separates trained from random weights here, and none is asserted.
     untrained = [stroke_share(grad_cam(m, digits.images), ink) for m in randoms]
     assert all(0.0 <= share <= 1.0 for share in untrained)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import TensorDataset
 
 from vitkit import VisionTransformer
 from vitkit.cli import main
@@ -86,10 +87,12 @@ def test_models_without_a_cls_token_are_explained_from_the_mean_of_their_patches
 
 def test_run_pictures_are_written_and_a_failure_never_raises(digits_and_model, tmp_path: Path, caplog) -> None:
     digits, model, _ = digits_and_model
-    index = write_run_pictures(model, digits.images[:2], tmp_path / "explain")
+    validation = TensorDataset(digits.images, digits.labels)
+    index = write_run_pictures(model, validation, tmp_path / "explain", count=2)
     pngs = assert_valid_pngs(tmp_path / "explain")
     assert [png.name for png in pngs] == ["00-patch-grid.png", "00-rollout.png", "01-patch-grid.png", "01-rollout.png"]
     assert index is not None and assert_index_shows_all(tmp_path / "explain", pngs)
     with caplog.at_level(logging.WARNING):
-        assert write_run_pictures(model, torch.zeros(2, 3, 5, 5), tmp_path / "broken") is None  # wrong image size
+        wrong_size = TensorDataset(torch.zeros(2, 1, 5, 5), torch.zeros(2))
+        assert write_run_pictures(model, wrong_size, tmp_path / "broken") is None
     assert "could not draw" in caplog.text

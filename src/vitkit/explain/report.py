@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from vitkit.evaluation import class_names_of
 from vitkit.explain import figures, maps
@@ -161,14 +162,20 @@ def explain_files(model: VisionTransformer, paths: Sequence[str | os.PathLike], 
     return explain_images(model, load_images(model, paths), [str(path) for path in paths], out, **options)
 
 
-def write_run_pictures(model: VisionTransformer, images: Tensor, out: str | os.PathLike) -> Path | None:
-    """The patch grid and attention rollout of a few (preprocessed) validation images, at the end of a run.
+def write_run_pictures(
+    model: VisionTransformer, dataset: Dataset, out: str | os.PathLike, count: int = 3
+) -> Path | None:
+    """The patch grid and attention rollout of the first ``count`` images of ``dataset`` (validation (image, label)
+    pairs, preprocessed), drawn at the end of a training run so that every run shows what it learned.
 
     Drawing must never cost a run: any failure is logged as a warning and None returned.
     """
     try:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
+        samples = [dataset[i] for i in range(min(count, len(dataset)))]
+        images = torch.stack([image for image, _ in samples])
+        names = class_names_of(model)
         mean, std = _normalisation(model)
         images = images.to(next(model.parameters()).device)
         rollouts = maps.attention_rollout(model, images).numpy()
@@ -176,7 +183,7 @@ def write_run_pictures(model: VisionTransformer, images: Tensor, out: str | os.P
         report = _Report(out, "What the trained model looks at: validation images")
         for index, image in enumerate(images):
             shown = figures.display_image(image, mean, std)
-            report.section(f"validation image {index}")
+            report.section(f"validation image {index}, labelled {names[int(samples[index][1])]}")
             report.add(figures.patch_grid_figure(shown, model.config.patch_size, model.config.class_token),
                        f"{index:02d}-patch-grid.png", "the image cut into patches")  # fmt: skip
             report.add(figures.rollout_figure(shown, rollouts[index], predictions[index]),
