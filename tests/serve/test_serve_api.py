@@ -169,6 +169,17 @@ def test_a_body_over_the_limit_is_refused_even_without_content_length(client: Te
     assert too_long.status_code == 413 and f"({len(body)} bytes)" in too_long.json()["error"]
 
 
+def test_a_failing_forward_pass_is_a_json_500_and_the_next_request_works(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = create_app(run_dir)
+    files = upload(("a.png", png_bytes(1), "image/png"))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        with monkeypatch.context() as patch:
+            patch.setattr(app.state.service, "predictor", lambda images: torch.full((3,), float("nan")).sum(dim=1))
+            failed = client.post("/predict", files=files)
+        assert failed.status_code == 500 and failed.json()["error"].startswith("internal error (IndexError")
+        assert client.post("/predict", files=files).status_code == 200
+
+
 def test_unknown_paths_and_methods_answer_json(client: TestClient) -> None:
     assert client.get("/nope").json() == {"error": "Not Found"}
     assert client.get("/predict").status_code == 405 and "error" in client.get("/predict").json()

@@ -12,7 +12,6 @@ import base64
 import dataclasses
 import io
 import json
-import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -37,8 +36,6 @@ from vitkit.evaluation import class_names_of
 from vitkit.model import VisionTransformer
 from vitkit.prediction import top_k_classes
 from vitkit.serve.batching import MicroBatcher
-
-logger = logging.getLogger(__name__)
 
 ENVIRONMENT_VARIABLE = "VITKIT_SERVE"  # create_app's arguments as JSON, for the worker processes of --workers N
 ACCEPTED_CONTENT_TYPES = ("image/", "application/octet-stream")  # what a file part may declare (or nothing)
@@ -335,6 +332,10 @@ def create_app(
     async def validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
         return error(422, f"invalid request: {problems}")
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, err: Exception) -> JSONResponse:  # the server logs the traceback
+        return error(500, f"internal error ({type(err).__name__}: {err})")
 
     @app.post("/predict", openapi_extra=UPLOAD_SCHEMA, responses=ERROR_RESPONSES)
     async def predict(
