@@ -25,6 +25,7 @@ from vitkit.model import VisionTransformer
 logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.html"
+RUN_PICTURES = "explain"  # the folder of a run's pictures, beside its weights
 
 
 def load_images(model: VisionTransformer, paths: Sequence[str | os.PathLike]) -> Tensor:
