@@ -17,20 +17,14 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from torchvision import datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
+from vitkit.data.augment_config import SOURCES, AugmentConfig, default_augment
 from vitkit.data.images import image_header, load_image
 from vitkit.data.seeded import SeededTransformDataset, TransformedDataset
-from vitkit.data.transforms import (
-    AugmentConfig,
-    build_eval_transform,
-    build_train_transform,
-    compute_mean_std,
-    default_augment,
-)
+from vitkit.data.transforms import build_eval_transform, build_train_transform, compute_mean_std
 from vitkit.model.config import to_pair
 
 logger = logging.getLogger(__name__)
 
-SOURCES = ("digits", "folder", "mnist", "fashion-mnist", "cifar10", "cifar100", "svhn")
 FOLDER_EXTENSIONS = (*IMG_EXTENSIONS, ".gif")
 _FOLDER_LAYOUT = "DIR/train/<class>/<images> and optionally DIR/val/<class>/<images>"
 

@@ -39,12 +39,22 @@ class Loaders:
     # Worker seeds come from this generator, not from torch's global one, whose state a checkpoint must capture.
     generator: torch.Generator
     per_process_batch: int
+    seed: int
+
+    def epoch(self, epoch: int, first: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This process's training batches of ``epoch``, from micro-batch ``first`` on (after a resume)."""
+        self.train.dataset.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+        self.sampler.start = first * self.per_process_batch
+        self.generator.manual_seed(self.seed + epoch)
+        return iter(self.train)
 
 
 def build_loaders(
-    data: DataBundle, batch_size: int, workers: int, seed: int, ctx: DistContext, pin_memory: bool
+    data: DataBundle, batch_size: int, workers: int, seed: int, ctx: DistContext, device: torch.device
 ) -> Loaders:
     """Training loader (shuffled, whole batches only) and this process's share of the validation set."""
+    pin_memory = device.type == "cuda"
     per_process_batch = batch_size // ctx.world_size
     sampler = ResumableSampler(data.train, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
     generator = torch.Generator()
@@ -53,4 +63,4 @@ def build_loaders(
     train = DataLoader(data.train, batch_size=per_process_batch, sampler=sampler, drop_last=True, **common)
     val_share = Subset(data.val, range(ctx.rank, len(data.val), ctx.world_size))  # no padding: exact accuracy
     val = DataLoader(val_share, batch_size=max(2 * per_process_batch, 64), shuffle=False, **common)
-    return Loaders(sampler, train, val, generator, per_process_batch)
+    return Loaders(sampler, train, val, generator, per_process_batch, seed)
