@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from vitkit import VisionTransformer
-from vitkit.data import load_image
-from vitkit.prediction import eval_transform_for, expand_paths, predict_files
+from vitkit.data import eval_transform, load_image
+from vitkit.prediction import expand_paths, predict_files
 
 CLASS_NAMES = ["zero", "one", "two", "three"]
 
@@ -100,7 +100,7 @@ def test_probabilities_are_the_models_softmax_whatever_the_batching(images: dict
     assert small_batches == list(predict_files(model, paths, top_k=10, batch_size=64))
 
     with torch.no_grad():
-        logits = model.eval()(eval_transform_for(model)(load_image(images["big"], 3))[None])
+        logits = model.eval()(eval_transform(model.config)(load_image(images["big"], 3))[None])
     expected = logits.softmax(dim=1)[0]
     top = small_batches[2]["top_k"]
     assert len(top) == len(CLASS_NAMES), "top_k is capped at the number of classes"

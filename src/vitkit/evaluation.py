@@ -7,7 +7,6 @@ distributed run all-reduces them as they are.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,25 +20,13 @@ from torch.utils.data import DataLoader, Dataset
 from vitkit.io import atomic_path
 from vitkit.model import VisionTransformer
 
-logger = logging.getLogger(__name__)
-
 # Above this many classes the numbers in the cells are unreadable; the colours still tell the story.
 _MAX_CLASSES_WITH_VALUES = 20
 
 
 def class_names_of(model: VisionTransformer) -> list[str]:
     """The model's class names, or "0".."N-1" when it was built without any (e.g. create_model)."""
-    names = model.config.class_names
-    return list(names) if names else [str(i) for i in range(model.num_classes)]
-
-
-def normalisation_of(model: VisionTransformer) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The (mean, std) the model's inputs are normalised with; none (0, 1) for a model saved without them."""
-    config = model.config
-    if config.mean is None or config.std is None:
-        logger.warning("the model's config has no mean/std; feeding it unnormalised pixels in [0, 1]")
-        return (0.0,) * config.in_channels, (1.0,) * config.in_channels
-    return config.mean, config.std
+    return model.config.labels
 
 
 @dataclass

@@ -7,16 +7,16 @@ instead of an exception.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from vitkit.data import build_eval_transform, load_image
+from vitkit.data import eval_transform, load_image
 from vitkit.data.sources import FOLDER_EXTENSIONS
-from vitkit.evaluation import class_names_of, normalisation_of
+from vitkit.evaluation import class_names_of
 from vitkit.model import VisionTransformer
 
 
@@ -49,12 +49,6 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[Path, str
             yield path, f"no such file or folder: {path}"
 
 
-def eval_transform_for(model: VisionTransformer) -> Callable[[Any], Tensor]:
-    """The preprocessing the model's weights expect, read from its config (size, channels, normalisation)."""
-    config = model.config
-    return build_eval_transform(config.image_size, config.in_channels, *normalisation_of(model))
-
-
 @torch.inference_mode()
 def predict_files(
     model: VisionTransformer,
@@ -79,7 +73,7 @@ def predict_files(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     names = class_names_of(model)
     k = min(top_k, model.num_classes)
-    transform = eval_transform_for(model)
+    transform = eval_transform(model.config)
     channels = model.in_channels
     was_training = model.training
     model.eval()

@@ -20,6 +20,7 @@ from vitkit.data import (
     build_folder_eval_data,
     default_augment,
 )
+from vitkit.model import ViTConfig
 
 
 def _labels(dataset) -> list[int]:
@@ -218,25 +219,33 @@ def test_folder_split_errors(tmp_path: Path, image_folder) -> None:
 # ------------------------------------------------------------------------------------------ evaluation folders
 
 
+def _eval_config(image_size, channels: int, class_names: list[str]) -> ViTConfig:
+    stats = [0.5] * channels
+    return ViTConfig(
+        image_size=image_size, patch_size=2, in_channels=channels, num_classes=len(class_names),
+        class_names=class_names or None, mean=stats, std=stats,
+    )  # fmt: skip
+
+
 def test_folder_eval_data(tmp_path: Path, image_folder) -> None:
     image_folder(tmp_path / "eval", {"b": 2, "c": 1}, modes=("RGBA", "L"), size=(16, 12))
-    data = build_folder_eval_data(tmp_path / "eval", 8, 1, [0.5], [0.5], ["a", "b", "c"])
+    data = build_folder_eval_data(tmp_path / "eval", _eval_config(8, 1, ["a", "b", "c"]))
     assert _labels(data) == [1, 1, 2]
     assert {data[i][0].shape for i in range(3)} == {(1, 8, 8)}
     # A training folder works too: its val/ part is used.
     image_folder(tmp_path / "run" / "train", {"a": 1, "b": 1})
     image_folder(tmp_path / "run" / "val", {"a": 2})
-    assert _labels(build_folder_eval_data(tmp_path / "run", (8, 6), 3, [0.5] * 3, [0.5] * 3, ["a", "b"])) == [0, 0]
+    assert _labels(build_folder_eval_data(tmp_path / "run", _eval_config((8, 6), 3, ["a", "b"]))) == [0, 0]
 
 
 def test_folder_eval_data_errors(tmp_path: Path, image_folder) -> None:
     with pytest.raises(FileNotFoundError, match="evaluation folder .*missing does not exist"):
-        build_folder_eval_data(tmp_path / "missing", 8, 1, [0.5], [0.5], ["a"])
+        build_folder_eval_data(tmp_path / "missing", _eval_config(8, 1, ["a"]))
     image_folder(tmp_path / "eval", {"a": 1, "zebra": 1})
     with pytest.raises(ValueError, match=r"class folders \['zebra'\] that are not among the classes \['a', 'b'\]"):
-        build_folder_eval_data(tmp_path / "eval", 8, 1, [0.5], [0.5], ["a", "b"])
-    with pytest.raises(ValueError, match="class_names is empty"):
-        build_folder_eval_data(tmp_path / "eval", 8, 1, [0.5], [0.5], [])
+        build_folder_eval_data(tmp_path / "eval", _eval_config(8, 1, ["a", "b"]))
+    with pytest.raises(ValueError, match="num_classes is 0"):
+        build_folder_eval_data(tmp_path / "eval", _eval_config(8, 1, []))
     (tmp_path / "hollow" / "a").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="hollow holds no images"):
-        build_folder_eval_data(tmp_path / "hollow", 8, 1, [0.5], [0.5], ["a"])
+        build_folder_eval_data(tmp_path / "hollow", _eval_config(8, 1, ["a"]))

@@ -19,7 +19,9 @@ from vitkit.data import (
     build_train_transform,
     compute_mean_std,
     default_augment,
+    eval_transform,
 )
+from vitkit.model import ViTConfig
 
 
 def test_default_augment_per_source() -> None:
@@ -54,7 +56,7 @@ def test_default_augment_overrides() -> None:
         {"affine_degrees": 200.0},
         {"affine_translate": 2.0},
         {"affine_scale": 1.0},
-        {"affine_interpolation": "bicubic"},
+        {"affine_interpolation": "lanczos"},
         {"auto_augment": "autoaugment"},
         {"randaugment_magnitude": 31},
         {"random_erasing": 1.1},
@@ -87,6 +89,47 @@ def test_eval_transform_centre_crops_the_shorter_side() -> None:
     pixels[:, 10:20] = 255  # a white centre third: after resize (10, 30) and crop 10x10 only white remains
     out = build_eval_transform(10, 1, [0.0], [1.0])(Image.fromarray(pixels))
     assert torch.allclose(out, torch.ones_like(out))
+
+
+def _photo(width: int, height: int) -> Image.Image:
+    """A smooth colourful picture: resampling differences show up, unlike on flat test images."""
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([x * 255 // width, y * 255 // height, (x * y) % 256], axis=-1).astype(np.uint8)
+    return Image.fromarray(rgb)
+
+
+PREPROCESSING = dict(in_channels=3, patch_size=8, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+
+@pytest.mark.parametrize(("interpolation", "crop_pct"), [("bicubic", 0.9), ("bilinear", 0.875), ("bicubic", 1.0)])
+def test_eval_transform_matches_timm(interpolation: str, crop_pct: float) -> None:
+    from timm.data import create_transform
+
+    config = ViTConfig(image_size=48, interpolation=interpolation, crop_pct=crop_pct, **PREPROCESSING)
+    timm_transform = create_transform(
+        48, interpolation=interpolation, crop_pct=crop_pct, mean=config.mean, std=config.std
+    )
+    for photo in (_photo(90, 70), _photo(50, 120)):
+        torch.testing.assert_close(eval_transform(config)(photo), timm_transform(photo), atol=1e-6, rtol=0)
+
+
+def test_eval_transform_squash_matches_transformers_processor() -> None:
+    from transformers import ViTImageProcessor
+
+    stats = {"mean": (0.5,) * 3, "std": (0.5,) * 3}
+    config = ViTConfig(image_size=(32, 48), crop_mode="squash", **{**PREPROCESSING, **stats})
+    processor = ViTImageProcessor(size={"height": 32, "width": 48})
+    photo = _photo(100, 61)
+    expected = torch.as_tensor(processor(photo, return_tensors="np")["pixel_values"][0])
+    diff = (eval_transform(config)(photo) - expected).abs()
+    # transformers rounds its resized pixels on its own path: at most one uint8 level apart, and rarely.
+    assert diff.max() <= 1 / 255 / 0.5 + 1e-6 and (diff > 1e-5).float().mean() < 0.01
+
+
+def test_eval_transform_without_stats_feeds_plain_pixels(caplog) -> None:
+    config = ViTConfig(image_size=8, patch_size=4, in_channels=1)
+    out = eval_transform(config)(Image.new("L", (8, 8), 51))
+    assert torch.allclose(out, torch.full_like(out, 0.2)) and "no mean/std" in caplog.text
 
 
 AUGMENTS = {

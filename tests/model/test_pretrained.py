@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vitkit import VisionTransformer, create_model
-from vitkit.model.vit import resize_position_vectors
+from vitkit.model.weights import resize_position_vectors
 
 SMALL = dict(image_size=8, patch_size=2, in_channels=1, num_classes=3, hidden_dim=32, depth=2, num_heads=4, mlp_dim=64)
 
@@ -83,7 +83,7 @@ def test_load_weights_rejects_weights_of_another_model():
 
 
 def test_from_pretrained_errors_name_the_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match="is not a saved vitkit model"):
+    with pytest.raises(FileNotFoundError, match="nowhere: no such folder or file"):
         VisionTransformer.from_pretrained(tmp_path / "nowhere")
     VisionTransformer(**SMALL).save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"this is not safetensors")

@@ -108,7 +108,7 @@ def test_attention_maps_are_probability_rows_per_block_and_head():
         assert (m >= 0).all()
         torch.testing.assert_close(m.sum(-1), torch.ones(3, 4, 17))
     # The first map is exactly the first block's attention on its normalised input.
-    first = model.blocks[0].attn.attention_weights(model.blocks[0].norm1(model.embed(images)))
+    first = model.blocks[0].attn(model.blocks[0].norm1(model.embed(images)), return_attention=True)[1]
     torch.testing.assert_close(maps[0], first)
 
 

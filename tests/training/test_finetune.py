@@ -9,7 +9,7 @@ import torch
 from training_helpers import TINY, write_digit_folder
 
 from vitkit.io import load_safetensors
-from vitkit.model.vit import resize_position_vectors
+from vitkit.model.weights import resize_position_vectors
 from vitkit.training import load_run, train
 
 NO_ARCHITECTURE = {name: None for name in TINY}  # take the architecture from the weights' config.json

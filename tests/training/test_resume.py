@@ -13,6 +13,7 @@ import torch
 from training_helpers import assert_same_weights, subprocess_env, without_timings
 
 from vitkit.io import load_safetensors, write_json
+from vitkit.model import VisionTransformer
 from vitkit.training import load_run, load_train_config, train
 from vitkit.training.checkpoint import load_checkpoint
 from vitkit.training.metrics import read_metrics
@@ -55,7 +56,10 @@ def test_crash_mid_epoch_then_resume_is_bitwise_identical(tiny) -> None:
     _, state = load_checkpoint(Path(crashed.out))
     assert state["epoch"] == 1 and 0 < state["step_in_epoch"] < steps_per_epoch  # really mid-epoch
     assert len(read_metrics(Path(crashed.out))) == 1
-    unfinished, _ = load_run(crashed.out)  # an interrupted run can still be evaluated: its last checkpoint
+    with pytest.raises(FileNotFoundError, match="the run did not finish: continue it with `vitkit train --resume"):
+        load_run(crashed.out)
+    # an interrupted run can still be evaluated, asked for by its checkpoint's path
+    unfinished = VisionTransformer.from_pretrained(Path(crashed.out) / "last.safetensors")
     assert_same_weights(unfinished.state_dict(), load_safetensors(Path(crashed.out) / "last.safetensors"))
     resumed = resume(Path(crashed.out))
     assert_same_run(Path(reference.run_dir), resumed.run_dir)

@@ -45,14 +45,10 @@ def evaluation_data(args: argparse.Namespace, model: VisionTransformer) -> tuple
     """The data set to evaluate on and its description: --data-dir, else the run's own held-out split."""
     from vitkit import training
     from vitkit.data import build_folder_eval_data
-    from vitkit.evaluation import class_names_of, normalisation_of
     from vitkit.training.config import TRAIN_CONFIG_FILE
 
     if args.data_dir is not None:
-        config = model.config
-        dataset = build_folder_eval_data(
-            args.data_dir, config.image_size, config.in_channels, *normalisation_of(model), class_names_of(model)
-        )
+        dataset = build_folder_eval_data(args.data_dir, model.config)
         return dataset, f"image folder {args.data_dir}"
     if not (Path(args.run_dir) / TRAIN_CONFIG_FILE).is_file():
         raise FileNotFoundError(

@@ -17,7 +17,8 @@ _EXPORTS = {
     **dict.fromkeys(("FOLDER_EXTENSIONS", "ClassFolder", "DataBundle", "build_data", "build_folder_eval_data"),
                     "vitkit.data.sources"),
     **dict.fromkeys(("INTERPOLATIONS", "ConvertChannels", "build_batch_mixer", "build_eval_transform",
-                     "build_train_transform", "compute_mean_std", "single_threaded"), "vitkit.data.transforms"),
+                     "build_train_transform", "compute_mean_std", "eval_transform", "single_threaded"),
+                    "vitkit.data.transforms"),
 }  # fmt: skip
 
 __all__ = sorted(_EXPORTS)

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 SOURCES = ("digits", "folder", "mnist", "fashion-mnist", "cifar10", "cifar100", "svhn")
+CACHE_CHOICES = ("auto", "on", "off")  # keep decoded images in memory (vitkit.data.build_data)
 AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment")
-INTERPOLATION_NAMES = ("bilinear", "nearest")
+INTERPOLATION_NAMES = ("bilinear", "nearest", "bicubic")
 
 
 @dataclass(frozen=True)

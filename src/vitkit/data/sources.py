@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -13,15 +14,22 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision import datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-from vitkit.data.augment_config import SOURCES, AugmentConfig, default_augment
+from vitkit.data.augment_config import CACHE_CHOICES, SOURCES, AugmentConfig, default_augment
 from vitkit.data.images import image_header, load_image
 from vitkit.data.seeded import SeededTransformDataset, TransformedDataset
-from vitkit.data.transforms import build_eval_transform, build_train_transform, compute_mean_std
-from vitkit.model.config import to_pair
+from vitkit.data.transforms import (
+    build_decode_transform,
+    build_eval_transform,
+    build_train_transform,
+    compute_mean_std,
+    eval_transform,
+)
+from vitkit.model.config import ViTConfig, to_pair
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +60,33 @@ class DataBundle:
     source: str
     val_name: str
     augment: AugmentConfig
+    # The data decoded once at the training size when it is cached (--cache): (images uint8 (N, C, H, W), labels)
+    # of each split. Training then augments whole batches of it (vitkit.data.batch_augment) and reads no files.
+    memory: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+
+CACHE_LIMIT_BYTES = 1 << 30  # --cache auto keeps a data set in memory when its decoded pixels fit in 1 GiB
+
+
+def decode_all(dataset: Dataset, size: tuple[int, int], channels: int, workers: int) -> tuple[Tensor, Tensor]:
+    """Every (image, label) of ``dataset`` as uint8 (N, C, H, W) at ``size`` and int64 labels, decoded in workers."""
+    decoded = TransformedDataset(dataset, build_decode_transform(size, channels))
+    loader = DataLoader(decoded, batch_size=256, num_workers=workers)
+    images, labels = zip(*loader, strict=True) if len(decoded) else ((), ())
+    return torch.cat(images).as_subclass(Tensor), torch.cat(labels).long()
+
+
+def _cache_decision(cache: str, count: int, size: tuple[int, int], channels: int) -> bool:
+    if cache not in CACHE_CHOICES:
+        raise ValueError(f"cache must be one of {CACHE_CHOICES}, got {cache!r}")
+    needed = count * channels * size[0] * size[1]
+    if cache == "auto" and needed > CACHE_LIMIT_BYTES:
+        logger.info("not caching the data set: its %.1f GiB of pixels exceed --cache auto's 1 GiB", needed / 2**30)
+    return cache == "on" or (cache == "auto" and needed <= CACHE_LIMIT_BYTES)
 
 
 def _is_image_file(path: str) -> bool:
@@ -184,6 +215,8 @@ def build_data(
     download: bool = False,
     aug: AugmentConfig | None = None,
     channels: int | None = None,
+    cache: str = "auto",
+    workers: int = 0,
 ) -> DataBundle:
     """Load `source`, split it, and attach the train (seeded augmentation) and eval transforms.
 
@@ -191,7 +224,8 @@ def build_data(
     ImageFolder layout (DIR/train/<class>, DIR/val/<class>, else a stratified `val_fraction` of train by seed);
     1 channel if every training image is grey, else 3; default size the median shorter side. torchvision sets:
     `data_dir` is their root, their test split is the held-out one. Normalisation statistics come from the training
-    images at the training size; `aug` None means default_augment(source).
+    images at the training size; `aug` None means default_augment(source). `cache` "on" (or "auto", when the
+    pixels fit in 1 GiB) decodes both splits once, in `workers` processes, and keeps them in memory.
     """
     if source not in SOURCES:
         raise ValueError(f"unknown data source {source!r}; expected one of {list(SOURCES)}")
@@ -216,6 +250,13 @@ def build_data(
     channels = channels or native_channels
     size = to_pair(image_size or native_size, "image_size")
     aug = aug if aug is not None else default_augment(source)
+    memory = None
+    if _cache_decision(cache, len(train_base) + len(val_base), size, channels):
+        started = time.perf_counter()
+        memory = (*decode_all(train_base, size, channels, workers), *decode_all(val_base, size, channels, workers))
+        logger.info("decoded %d images into memory in %.1f s", len(train_base) + len(val_base),
+                    time.perf_counter() - started)  # fmt: skip
+        train_base, val_base = TensorDataset(*memory[:2]), TensorDataset(*memory[2:])  # no file is read again
     mean, std = compute_mean_std(train_base, size, channels, seed=seed)
     logger.info(
         "%s: %d train / %d %s images, %d classes, %d channel(s), size %s, mean %s, std %s",
@@ -233,18 +274,12 @@ def build_data(
         source=source,
         val_name=val_name,
         augment=aug,
+        memory=memory,
     )
 
 
-def build_folder_eval_data(
-    data_dir: str | os.PathLike,
-    image_size: int | Sequence[int],
-    channels: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    class_names: Sequence[str],
-) -> TransformedDataset:
-    """An image folder prepared as a model expects, labelled with the model's `class_names`.
+def build_folder_eval_data(data_dir: str | os.PathLike, config: ViTConfig) -> TransformedDataset:
+    """An image folder prepared as a model with `config` expects (`eval_transform`), labelled with its class names.
 
     `data_dir` is DIR/<class>/<images>; a training folder (DIR/val/<class>) is accepted too, its val/ part used.
     Class folders may be missing (no images of that class), but an unknown class folder is an error.
@@ -252,12 +287,13 @@ def build_folder_eval_data(
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"evaluation folder {data_dir} does not exist; expected {data_dir}/<class>/<images>")
-    if not class_names:
-        raise ValueError("class_names is empty; expected the model's class names")
+    if not config.num_classes:
+        raise ValueError("the model has no classification head (num_classes is 0); it cannot be evaluated on labels")
+    class_names = config.labels
     subdirs = {p.name for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
     if not subdirs <= set(class_names) and (data_dir / "val").is_dir():
         data_dir = data_dir / "val"
-    folder = ClassFolder(data_dir, channels, class_names)
+    folder = ClassFolder(data_dir, config.in_channels, class_names)
     if len(folder) == 0:
         raise FileNotFoundError(f"{data_dir} holds no images; expected {data_dir}/<class>/<images>")
-    return TransformedDataset(folder, build_eval_transform(image_size, channels, mean, std))
+    return TransformedDataset(folder, eval_transform(config))

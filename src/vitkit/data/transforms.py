@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -16,11 +17,15 @@ from torchvision.transforms.v2 import functional as F
 
 from vitkit.data.augment_config import AugmentConfig
 from vitkit.data.images import convert_image
-from vitkit.model.config import to_pair
+from vitkit.model.config import ViTConfig, to_pair
 
 logger = logging.getLogger(__name__)
 
-INTERPOLATIONS = {"nearest": v2.InterpolationMode.NEAREST, "bilinear": v2.InterpolationMode.BILINEAR}
+INTERPOLATIONS = {
+    "nearest": v2.InterpolationMode.NEAREST,
+    "bilinear": v2.InterpolationMode.BILINEAR,
+    "bicubic": v2.InterpolationMode.BICUBIC,
+}
 
 
 @contextlib.contextmanager
@@ -66,25 +71,70 @@ class ConvertChannels(v2.Transform):
         raise ValueError(f"cannot convert an image tensor of shape {tuple(inpt.shape)} to {self.channels} channel(s)")
 
 
-def _resize_crop(size: tuple[int, int]) -> list[v2.Transform]:
-    # Resizing the shorter side to max(h, w) makes the image cover (h, w) whatever its aspect ratio; for square
-    # sizes this is the usual "resize shorter side, centre-crop".
-    return [v2.Resize(max(size), antialias=True), v2.CenterCrop(size)]
+def _resize_crop(
+    size: tuple[int, int], interpolation: str = "bilinear", crop_pct: float = 1.0, crop_mode: str = "center"
+) -> list[v2.Transform]:
+    """Resize so that an (h, w) centre crop covers ``crop_pct`` of the image, then crop (ViTConfig explains the modes).
+
+    "center" resizes the shorter side to max(h, w) / crop_pct, which covers (h, w) whatever the aspect ratio (for
+    square sizes timm's eval resize); "squash" resizes to exactly (h, w) / crop_pct (transformers' ViT processor
+    at crop_pct 1). Sizes are rounded down, as timm does.
+    """
+    mode = INTERPOLATIONS[interpolation]
+    if crop_mode == "squash":
+        resize = v2.Resize([math.floor(s / crop_pct) for s in size], interpolation=mode, antialias=True)
+    else:
+        resize = v2.Resize(math.floor(max(size) / crop_pct), interpolation=mode, antialias=True)
+    return [resize, v2.CenterCrop(size)]
 
 
 def _to_float() -> list[v2.Transform]:
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
 
 
-def _unnormalised_eval_steps(image_size: int | Sequence[int], channels: int) -> list[v2.Transform]:
-    return [ConvertChannels(channels), *_resize_crop(to_pair(image_size, "image_size")), *_to_float()]
+def build_decode_transform(image_size: int | Sequence[int], channels: int) -> v2.Compose:
+    """PIL image or uint8 tensor -> uint8 (channels, h, w) at the training size: what a cached data set keeps."""
+    return v2.Compose([ConvertChannels(channels), *_resize_crop(to_pair(image_size, "image_size")), v2.ToImage()])
+
+
+def _unnormalised_eval_steps(image_size: int | Sequence[int], channels: int, **resize: Any) -> list[v2.Transform]:
+    return [ConvertChannels(channels), *_resize_crop(to_pair(image_size, "image_size"), **resize), *_to_float()]
 
 
 def build_eval_transform(
-    image_size: int | Sequence[int], channels: int, mean: Sequence[float], std: Sequence[float]
+    image_size: int | Sequence[int],
+    channels: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    interpolation: str = "bilinear",
+    crop_pct: float = 1.0,
+    crop_mode: str = "center",
 ) -> v2.Compose:
     """PIL image or uint8 (C, H, W) tensor -> normalised float (channels, h, w): convert, resize, centre-crop."""
-    return v2.Compose([*_unnormalised_eval_steps(image_size, channels), v2.Normalize(list(mean), list(std))])
+    resize = dict(interpolation=interpolation, crop_pct=crop_pct, crop_mode=crop_mode)
+    return v2.Compose([*_unnormalised_eval_steps(image_size, channels, **resize), v2.Normalize(list(mean), list(std))])
+
+
+def eval_transform(config: ViTConfig) -> v2.Compose:
+    """The preprocessing a model's weights expect, all read from its config: what predict, evaluate, explain, serve
+    and export feed the model (size, channels, interpolation, crop, mean and std).
+
+    A config without mean/std (a model saved without them) gets unnormalised pixels in [0, 1], with a warning.
+    """
+    mean, std = config.mean, config.std
+    if mean is None or std is None:
+        logger.warning("the model's config has no mean/std; feeding it unnormalised pixels in [0, 1]")
+        mean, std = (0.0,) * config.in_channels, (1.0,) * config.in_channels
+    return build_eval_transform(
+        config.image_size,
+        config.in_channels,
+        mean,
+        std,
+        interpolation=config.interpolation,
+        crop_pct=config.crop_pct,
+        crop_mode=config.crop_mode,
+    )
 
 
 def build_train_transform(

@@ -15,6 +15,8 @@ Pair = tuple[int, int]
 
 POS_EMBED_CHOICES = ("learned", "sincos")
 POOL_CHOICES = ("cls", "mean")
+INTERPOLATION_CHOICES = ("nearest", "bilinear", "bicubic")
+CROP_MODE_CHOICES = ("center", "squash")
 
 
 def to_pair(value: int | Sequence[int], name: str) -> Pair:
@@ -53,10 +55,20 @@ class ViTConfig:
     drop_path: float = 0.0
     qkv_bias: bool = True
     layer_norm_eps: float = 1e-6
-    # What the weights expect around them: label names and input normalisation.
+    # timm's fc_norm: the final LayerNorm is applied to the pooled token instead of to every token.
+    fc_norm: bool = False
+    # The original ViT's pre-logits layer (Linear to this width, then tanh) before the head; 0 means none.
+    pre_logits_dim: int = 0
+    # What the weights expect around them: label names and evaluation preprocessing (see data.eval_transform):
+    # resize with `interpolation`, then take an `image_size` crop that covers `crop_pct` of the resized image.
+    # crop_mode "center": the shorter side is resized (aspect kept) to fit image_size / crop_pct, then centre-crop;
+    # "squash": both sides are resized to image_size / crop_pct (aspect not kept), then centre-crop.
     class_names: list[str] | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    interpolation: str = "bilinear"
+    crop_pct: float = 1.0
+    crop_mode: str = "center"
 
     def __post_init__(self) -> None:
         self.image_size = to_pair(self.image_size, "image_size")
@@ -93,6 +105,14 @@ class ViTConfig:
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+        if not isinstance(self.pre_logits_dim, int) or isinstance(self.pre_logits_dim, bool) or self.pre_logits_dim < 0:
+            raise ValueError(f"pre_logits_dim must be an int >= 0 (0: no pre-logits), got {self.pre_logits_dim!r}")
+        if self.interpolation not in INTERPOLATION_CHOICES:
+            raise ValueError(f"interpolation must be one of {INTERPOLATION_CHOICES}, got {self.interpolation!r}")
+        if self.crop_mode not in CROP_MODE_CHOICES:
+            raise ValueError(f"crop_mode must be one of {CROP_MODE_CHOICES}, got {self.crop_mode!r}")
+        if not 0.0 < self.crop_pct <= 1.0:
+            raise ValueError(f"crop_pct must be in (0, 1] (1 means no margin is cropped away), got {self.crop_pct!r}")
         if self.layer_norm_eps <= 0:
             raise ValueError(f"layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
         if self.class_names is not None:
@@ -123,6 +143,11 @@ class ViTConfig:
         return self.grid_size[0] * self.grid_size[1]
 
     @property
+    def labels(self) -> list[str]:
+        """The class names, or "0".."N-1" for a model built without any (e.g. create_model)."""
+        return list(self.class_names) if self.class_names else [str(i) for i in range(self.num_classes)]
+
+    @property
     def num_prefix_tokens(self) -> int:
         """Tokens before the patches: the CLS token, when there is one."""
         return 1 if self.class_token else 0
@@ -141,7 +166,10 @@ class ViTConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ViTConfig:
-        """Rebuild from :meth:`to_dict` output; unknown keys are an error, so a wrong file is caught early."""
+        """Rebuild from :meth:`to_dict` output; unknown keys are an error, so a wrong file is caught early.
+
+        Keys added since a file was written take their defaults, which are the behaviour it was written with.
+        """
         if not isinstance(data, dict):
             raise ValueError(f"a ViT config must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}

@@ -7,9 +7,9 @@ image -> patches -> linear projection (patch embeddings) -> + position vectors, 
 
 from __future__ import annotations
 
-import logging
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
-from vitkit.io import load_safetensors, read_json, save_safetensors, write_json
-from vitkit.model.config import Pair, ViTConfig, to_pair
-
-logger = logging.getLogger(__name__)
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
+from vitkit.model import weights
+from vitkit.model.config import Pair, ViTConfig
 
 
 def trunc_normal_init(tensor: Tensor, std: float = 0.02) -> None:
@@ -78,18 +73,6 @@ def sincos_position_vectors(grid_size: Pair, dim: int, num_prefix_tokens: int) -
     return table.float().unsqueeze(0)
 
 
-def resize_position_vectors(pos_embed: Tensor, old_grid: Pair, new_grid: Pair, num_prefix_tokens: int) -> Tensor:
-    """Resample learned position vectors to another patch grid (bicubic), keeping the CLS position as is."""
-    if tuple(old_grid) == tuple(new_grid):
-        return pos_embed
-    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-    dim = pos_embed.shape[-1]
-    grid = grid.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False, antialias=True)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(pos_embed.dtype)
-    return torch.cat([prefix, grid], dim=1)
-
-
 class MultiHeadSelfAttention(nn.Module):
     """Multi-head self-attention: q, k, v from three distinct linear layers, h heads, concatenated, projected."""
 
@@ -108,18 +91,20 @@ class MultiHeadSelfAttention(nn.Module):
         b, n, _ = x.shape
         return x.reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, N, d)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """(B, N, D) -> (B, N, D). With ``return_attention`` the softmax is spelled out, and its probabilities
+        (B, h, N, N), each row summing to 1, come back too: read from this pass, not computed a second time."""
         q, k, v = self.split_heads(self.q(x)), self.split_heads(self.k(x)), self.split_heads(self.v(x))
         dropout = self.attention_dropout if self.training else 0.0
-        heads = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # softmax(q k^T / sqrt(d)) v
+        if return_attention:
+            attention = (q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)).softmax(dim=-1)  # (B, h, N, N)
+            heads = F.dropout(attention, dropout) @ v
+        else:
+            heads = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # softmax(q k^T / sqrt(d)) v, fused
         b, _, n, _ = heads.shape
         concatenated = heads.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)  # (B, N, D)
-        return self.proj_dropout(self.proj(concatenated))
-
-    def attention_weights(self, x: Tensor) -> Tensor:
-        """The attention probabilities softmax(q k^T / sqrt(d)) per head: (B, h, N, N), each row sums to 1."""
-        q, k = self.split_heads(self.q(x)), self.split_heads(self.k(x))
-        return (q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)).softmax(dim=-1)
+        out = self.proj_dropout(self.proj(concatenated))
+        return (out, attention) if return_attention else out
 
 
 class MLP(nn.Module):
@@ -147,10 +132,15 @@ class EncoderBlock(nn.Module):
         self.mlp = MLP(config)
         self.drop_path = StochasticDepth(drop_path, mode="row")
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))  # LayerNorm -> MSA -> residual
+    def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """(B, N, D) -> (B, N, D), and the attention probabilities (B, h, N, N) with ``return_attention``."""
+        if return_attention:
+            attended, attention = self.attn(self.norm1(x), return_attention=True)
+        else:
+            attended = self.attn(self.norm1(x))
+        x = x + self.drop_path(attended)  # LayerNorm -> MSA -> residual
         x = x + self.drop_path(self.mlp(self.norm2(x)))  # LayerNorm -> MLP -> residual
-        return x
+        return (x, attention) if return_attention else x
 
 
 class VisionTransformer(nn.Module):
@@ -177,8 +167,17 @@ class VisionTransformer(nn.Module):
         # Stochastic depth grows linearly with depth, as in DeiT.
         drop_rates = [config.drop_path * i / max(config.depth - 1, 1) for i in range(config.depth)]
         self.blocks = nn.ModuleList(EncoderBlock(config, rate) for rate in drop_rates)
-        self.norm = nn.LayerNorm(config.hidden_dim, eps=config.layer_norm_eps)
-        self.head = nn.Linear(config.hidden_dim, config.num_classes) if config.num_classes else nn.Identity()
+        # The final LayerNorm: on every token, or (timm's fc_norm) on the pooled token only.
+        final_norm = nn.LayerNorm(config.hidden_dim, eps=config.layer_norm_eps)
+        self.norm = nn.Identity() if config.fc_norm else final_norm
+        self.fc_norm = final_norm if config.fc_norm else nn.Identity()
+        # The original ViT's optional pre-logits layer: Linear -> tanh between the pooled token and the head.
+        self.pre_logits = (
+            nn.Sequential(nn.Linear(config.hidden_dim, config.pre_logits_dim), nn.Tanh())
+            if config.pre_logits_dim
+            else nn.Identity()
+        )
+        self.head = nn.Linear(self.head_input_dim, config.num_classes) if config.num_classes else nn.Identity()
         self.reset_parameters()
 
     # --- what the model is --------------------------------------------------------------------
@@ -197,6 +196,10 @@ class VisionTransformer(nn.Module):
     @property
     def num_classes(self) -> int:
         return self.config.num_classes
+
+    @property
+    def head_input_dim(self) -> int:
+        return self.config.pre_logits_dim or self.config.hidden_dim
 
     def reset_parameters(self) -> None:
         """ViT-paper initialisation: truncated normal (std 0.02) for linear layers and embeddings."""
@@ -236,7 +239,7 @@ class VisionTransformer(nn.Module):
         return self.pos_dropout(tokens + self.pos_embed)
 
     def forward_features(self, images: Tensor) -> Tensor:
-        """The final normalised token sequence (B, N, D): features for any downstream task."""
+        """The final token sequence (B, N, D), normalised unless ``fc_norm``: features for any downstream task."""
         x = self.embed(images)
         for block in self.blocks:
             x = block(x)
@@ -248,19 +251,57 @@ class VisionTransformer(nn.Module):
             pooled = tokens[:, 0]
         else:
             pooled = tokens[:, self.config.num_prefix_tokens :].mean(dim=1)
-        return self.head(pooled)
+        return self.head(self.pre_logits(self.fc_norm(pooled)))
 
     def forward(self, images: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(images))
 
+    def forward_intermediates(
+        self, images: Tensor, indices: int | Sequence[int] | None = None, output_fmt: str = "NCHW", norm: bool = False
+    ) -> tuple[Tensor, list[Tensor]]:
+        """The final features (as :meth:`forward_features`) and chosen blocks' outputs, from one pass, no hooks.
+
+        ``indices``: None for every block, n for the last n blocks, or block numbers (negative ones count from
+        the end). ``output_fmt="NLC"`` gives each block's whole token sequence (B, N, D); ``"NCHW"`` its patch
+        tokens as a grid (B, D, gh, gw), the layout dense-prediction heads take. ``norm`` applies the final
+        LayerNorm to them too.
+        """
+        chosen = self._block_indices(indices)
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        x = self.embed(images)
+        intermediates = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in chosen:
+                intermediates.append(self.norm(x) if norm else x)
+        if output_fmt == "NCHW":
+            gh, gw = self.config.grid_size
+            patches = [t[:, self.config.num_prefix_tokens :] for t in intermediates]  # (B, gh*gw, D)
+            intermediates = [t.transpose(1, 2).reshape(t.shape[0], -1, gh, gw) for t in patches]
+        return self.norm(x), intermediates
+
+    def _block_indices(self, indices: int | Sequence[int] | None) -> set[int]:
+        depth = self.config.depth
+        if indices is None:
+            return set(range(depth))
+        if isinstance(indices, int):
+            if not 0 <= indices <= depth:
+                raise ValueError(f"indices={indices} asks for the last {indices} blocks; the model has {depth}")
+            return set(range(depth - indices, depth))
+        bad = [i for i in indices if not -depth <= i < depth]
+        if bad:
+            raise ValueError(f"block indices {bad} are out of range for {depth} blocks: use -{depth}..{depth - 1}")
+        return {i % depth for i in indices}
+
     @torch.no_grad()
     def get_attention_maps(self, images: Tensor) -> list[Tensor]:
-        """Attention probabilities of every block: a list of (B, num_heads, N, N) tensors, no hooks needed."""
+        """Attention probabilities of every block, read from one forward pass: a list of (B, num_heads, N, N)."""
         maps = []
         x = self.embed(images)
         for block in self.blocks:
-            maps.append(block.attn.attention_weights(block.norm1(x)))
-            x = block(x)
+            x, attention = block(x, return_attention=True)
+            maps.append(attention)
         return maps
 
     # --- training helpers ---------------------------------------------------------------------
@@ -279,108 +320,33 @@ class VisionTransformer(nn.Module):
             {"params": no_decay, "weight_decay": 0.0},
         ]
 
-    # --- changing size and classes ------------------------------------------------------------
+    # --- changing size and classes, files (the fitting lives in model/weights.py) -------------------
     def set_image_size(self, image_size: int | Pair) -> None:
         """Use the model at another image size: learned position vectors are resized, sin-cos ones recomputed."""
-        old_grid = self.config.grid_size
-        self.config = self.config.replace(image_size=to_pair(image_size, "image_size"))
-        new_grid = self.config.grid_size
-        if self.config.pos_embed == "learned":
-            resized = resize_position_vectors(self.pos_embed.data, old_grid, new_grid, self.config.num_prefix_tokens)
-            self.pos_embed = nn.Parameter(resized, requires_grad=self.pos_embed.requires_grad)
-        else:
-            table = sincos_position_vectors(new_grid, self.config.hidden_dim, self.config.num_prefix_tokens)
-            self.pos_embed = table.to(self.pos_embed.device)
+        weights.set_image_size(self, image_size)
 
     def reset_head(self, num_classes: int, class_names: list[str] | None = None) -> None:
         """A fresh classification head, e.g. to fine-tune on a data set with other classes."""
         self.config = self.config.replace(num_classes=num_classes, class_names=class_names)
-        device = self.norm.weight.device
-        self.head = nn.Linear(self.config.hidden_dim, num_classes).to(device) if num_classes else nn.Identity()
+        device = self.patch_embed.proj.weight.device
+        self.head = nn.Linear(self.head_input_dim, num_classes).to(device) if num_classes else nn.Identity()
         if num_classes:
             trunc_normal_init(self.head.weight)
             nn.init.zeros_(self.head.bias)
 
     def load_weights(self, state_dict: dict[str, Tensor], source_grid: Pair | None = None, strict_head: bool = True) -> None:
-        """Load weights, resizing learned position vectors from ``source_grid`` to this model's grid.
+        """Load weights, fitting position vectors and (``strict_head=False``) the head: see ``weights.load_weights``."""
+        weights.load_weights(self, state_dict, source_grid=source_grid, strict_head=strict_head)
 
-        ``source_grid`` defaults to a square grid inferred from the weights. With ``strict_head=False`` a
-        head whose shape differs is left as initialised (fine-tuning on other classes).
-        """
-        state, own = dict(state_dict), self.state_dict()
-        if self.config.pos_embed == "sincos":
-            state.pop("pos_embed", None)  # a fixed table: this model's own is the right one for its grid
-        elif "pos_embed" in state and state["pos_embed"].shape != self.pos_embed.shape:
-            num_grid = state["pos_embed"].shape[1] - self.config.num_prefix_tokens
-            if source_grid is None:
-                side = math.isqrt(num_grid)
-                if side * side != num_grid:
-                    raise ValueError(
-                        f"cannot infer the patch grid of position vectors with {num_grid} patches; pass source_grid"
-                    )
-                source_grid = (side, side)
-            if source_grid[0] * source_grid[1] != num_grid:
-                raise ValueError(f"source_grid {source_grid} does not match {num_grid} position vectors")
-            logger.info("resizing position vectors from grid %s to %s", source_grid, self.config.grid_size)
-            state["pos_embed"] = resize_position_vectors(
-                state["pos_embed"], source_grid, self.config.grid_size, self.config.num_prefix_tokens
-            )
-        if not strict_head:
-            for key in ("head.weight", "head.bias"):
-                if key in state and (key not in own or state[key].shape != own[key].shape):
-                    logger.warning("not loading %s of shape %s: the model's head differs", key, tuple(state[key].shape))
-                    del state[key]
-        expected = set(own) - ({"pos_embed"} if self.config.pos_embed == "sincos" else set())
-        missing = sorted(expected - set(state))
-        if not strict_head:
-            missing = [key for key in missing if not key.startswith("head.")]
-        unexpected = sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise ValueError(f"weights do not fit this model: missing keys {missing}, unexpected keys {unexpected}")
-        mismatched = [
-            f"{key}: weights {tuple(value.shape)} vs model {tuple(own[key].shape)}"
-            for key, value in state.items()
-            if value.shape != own[key].shape
-        ]
-        if mismatched:
-            raise ValueError("weights do not fit this model: " + "; ".join(mismatched))
-        self.load_state_dict(state, strict=False)
-
-    # --- files --------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (as transformers does)."""
-        directory = self.save_config(directory)
-        save_safetensors(self.state_dict(), directory / WEIGHTS_FILE)
-        return directory
+        """Write ``config.json`` and ``model.safetensors`` into ``directory``."""
+        return weights.save_pretrained(self, directory)
 
     def save_config(self, directory: str | os.PathLike) -> Path:
-        """Write only ``config.json``: enough for a run folder to say what it trains before any weights exist."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        write_json({"model_type": "vitkit", **self.config.to_dict()}, directory / CONFIG_FILE)
-        return directory
+        """Write only ``config.json``."""
+        return weights.save_config(self, directory)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> VisionTransformer:
-        """Rebuild a model from a folder (or a ``.safetensors`` file with ``config.json`` beside it).
-
-        ``overrides`` change config fields: another ``image_size`` resizes the position vectors, another
-        ``num_classes`` gives a fresh head; dropouts and the like simply apply.
-        """
-        path = Path(path)
-        weights_file = path / WEIGHTS_FILE if path.is_dir() else path
-        config_file = weights_file.parent / CONFIG_FILE
-        if not weights_file.is_file() or not config_file.is_file():
-            raise FileNotFoundError(
-                f"{path} is not a saved vitkit model: expected {CONFIG_FILE} and a .safetensors weights file "
-                f"(such as {WEIGHTS_FILE}) in {weights_file.parent}"
-            )
-        saved = ViTConfig.from_dict(read_json(config_file))
-        new_classes = "num_classes" in overrides and overrides["num_classes"] != saved.num_classes
-        if new_classes and "class_names" not in overrides:
-            overrides["class_names"] = None
-        model = cls(saved.replace(**overrides))
-        model.load_weights(load_safetensors(weights_file), source_grid=saved.grid_size, strict_head=not new_classes)
-        if new_classes:
-            logger.warning("new head for %d classes (the weights had %d)", model.num_classes, saved.num_classes)
-        return model
+        """A saved model (folder or .safetensors file) with config ``overrides``: see ``weights.from_pretrained``."""
+        return weights.from_pretrained(path, **overrides)

@@ -22,11 +22,10 @@ from torch import Tensor
 
 from vitkit.io import atomic_path, load_safetensors, read_json, save_safetensors
 from vitkit.model import ViTConfig
-from vitkit.model.vit import CONFIG_FILE, WEIGHTS_FILE
+from vitkit.model.weights import LAST_WEIGHTS, find_weights
 
 logger = logging.getLogger(__name__)
 
-LAST_WEIGHTS = "last.safetensors"
 LAST_STATE = "last_state.pt"
 BEST_WEIGHTS = "best.safetensors"
 _PENDING_STATE = LAST_STATE + ".next"
@@ -82,14 +81,8 @@ def save_best(run_dir: Path, weights: dict[str, Tensor], epoch: int, val_acc: fl
 
 def find_init_weights(path: str | os.PathLike) -> tuple[Path, ViTConfig | None]:
     """The weights file to fine-tune from (a run/model folder or a .safetensors file) and the config.json beside it."""
-    path = Path(path)
-    if path.is_dir():
-        weights_path = path / WEIGHTS_FILE
-        if not weights_path.is_file():
-            raise FileNotFoundError(f"--init-from {path}: the folder has no {WEIGHTS_FILE} (expected a run folder)")
-    elif path.is_file():
-        weights_path = path
-    else:
-        raise FileNotFoundError(f"--init-from {path}: no such folder or file (expected a run folder or .safetensors)")
-    config_path = weights_path.parent / CONFIG_FILE
-    return weights_path, ViTConfig.from_dict(read_json(config_path)) if config_path.is_file() else None
+    try:
+        weights_path, config_path = find_weights(path)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"--init-from {err}") from None
+    return weights_path, ViTConfig.from_dict(read_json(config_path)) if config_path else None

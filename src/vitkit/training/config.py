@@ -27,7 +27,14 @@ from typing import Any
 
 import yaml
 
-from vitkit.data.augment_config import AUTO_AUGMENTS, INTERPOLATION_NAMES, SOURCES, AugmentConfig, default_augment
+from vitkit.data.augment_config import (
+    AUTO_AUGMENTS,
+    CACHE_CHOICES,
+    INTERPOLATION_NAMES,
+    SOURCES,
+    AugmentConfig,
+    default_augment,
+)
 from vitkit.model.config import POOL_CHOICES, POS_EMBED_CHOICES, Pair, ViTConfig, to_pair
 
 if sys.version_info >= (3, 11):
@@ -100,7 +107,11 @@ class TrainConfig:
     download: bool = _flag(False, "let torchvision download --dataset into --data-dir")
     val_fraction: float = _flag(0.1, "held-out fraction of an image folder without val/")
     image_size: Pair | None = _flag(None, "training image size, N or HxW; default: the data set's", metavar="SIZE")
-    workers: int = _flag(0, "data-loading worker processes")
+    workers: int = _flag(0, "data-loading worker processes (also decode an image folder for --cache)")
+    cache: str = _flag(
+        "auto", "keep the decoded images in memory (no file reads after the first pass; whole-batch augmentation): "
+        "auto (when they fit in 1 GiB), on, off", choices=CACHE_CHOICES,
+    )  # fmt: skip
     # --- model
     model: str | None = _flag(
         None, f"named configuration (see `vitkit models`); default: that of --init-from, else {DEFAULT_MODEL}"
@@ -160,7 +171,7 @@ class TrainConfig:
             if not ok:
                 raise ValueError(f"{name}={getattr(self, name)!r} is invalid: expected {expected}")
 
-        for name, choices in (("dataset", SOURCES), ("amp", AMP_CHOICES)):
+        for name, choices in (("dataset", SOURCES), ("amp", AMP_CHOICES), ("cache", CACHE_CHOICES)):
             need(getattr(self, name) in choices, name, f"one of {list(choices)}")
         for name in ("epochs", "batch_size", "accum_steps"):
             need(getattr(self, name) >= 1, name, "an integer >= 1")

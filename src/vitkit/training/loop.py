@@ -36,7 +36,7 @@ from vitkit.training import distributed
 from vitkit.training.checkpoint import LAST_WEIGHTS, load_checkpoint, save_best, save_checkpoint
 from vitkit.training.config import TrainConfig
 from vitkit.training.distributed import DistContext
-from vitkit.training.loaders import build_loaders
+from vitkit.training.loaders import Loaders
 from vitkit.training.metrics import MetricsLog
 from vitkit.training.optim import build_optimizer, build_scheduler, lr_factor
 
@@ -117,9 +117,8 @@ class Trainer:
         self.mixer = (
             build_batch_mixer(config.mixup, config.cutmix, data.num_classes) if config.mixup or config.cutmix else None
         )
-        self.loaders = build_loaders(data, config.batch_size, config.workers, config.seed, ctx, device)
-        micro_batches = self.loaders.sampler.num_samples // self.loaders.per_process_batch
-        self.steps_per_epoch = micro_batches // config.accum_steps
+        self.loaders = Loaders(data, config.batch_size, config.workers, config.seed, ctx, device)
+        self.steps_per_epoch = self.loaders.micro_batches // config.accum_steps
         if self.steps_per_epoch == 0:
             raise ValueError(
                 f"the training set has {len(data.train)} images, too few for one optimizer step of "
@@ -310,7 +309,7 @@ class Trainer:
 
     def _evaluate(self, module: nn.Module) -> tuple[float, float]:
         """(loss, accuracy) on the validation set; each process takes its share, the sums are all-reduced."""
-        sums = tally(module, self.loaders.val, self.data.num_classes, self.device, k=1, bf16=self.bf16)
+        sums = tally(module, self.loaders.val(), self.data.num_classes, self.device, k=1, bf16=self.bf16)
         loss, correct, count = distributed.all_reduce_sum(
             torch.stack([sums.loss, sums.correct.double(), sums.count.double()]).tolist(), self.ctx, self.device
         )

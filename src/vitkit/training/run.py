@@ -20,7 +20,7 @@ import torch
 from vitkit.data import DataBundle, build_data
 from vitkit.io import load_safetensors, write_json
 from vitkit.model import VisionTransformer, ViTConfig, get_config
-from vitkit.model.vit import WEIGHTS_FILE
+from vitkit.model.weights import WEIGHTS_FILE
 from vitkit.training import distributed
 from vitkit.training.checkpoint import LAST_STATE, LAST_WEIGHTS, find_init_weights
 from vitkit.training.config import (
@@ -69,6 +69,8 @@ def build_run_data(config: TrainConfig, channels: int | None = None) -> DataBund
         download=config.download,
         aug=config.augmentation(),
         channels=channels,
+        cache=config.cache,
+        workers=config.workers,
     )
 
 
@@ -176,11 +178,6 @@ def train(
 
 
 def load_run(run_dir: str | os.PathLike) -> tuple[VisionTransformer, TrainConfig]:
-    """A run's model and training config; an unfinished run gives its last checkpoint's weights."""
-    run_dir = Path(run_dir)
-    config = load_train_config(run_dir)
-    if not (run_dir / WEIGHTS_FILE).is_file() and (run_dir / LAST_WEIGHTS).is_file():
-        logger.warning("%s has no %s (the run did not finish): using %s", run_dir, WEIGHTS_FILE, LAST_WEIGHTS)
-        return VisionTransformer.from_pretrained(run_dir / LAST_WEIGHTS), config
-    return VisionTransformer.from_pretrained(run_dir), config
+    """A finished run's model and training config (the weights file chosen by ``model.weights.find_weights``)."""
+    return VisionTransformer.from_pretrained(run_dir), load_train_config(run_dir)
 

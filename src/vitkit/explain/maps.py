@@ -1,0 +1,201 @@
+"""What a ViT looks at, as arrays: the ViT paper's figures 6 and 7 before any drawing (figures.py draws them).
+
+Every function takes a model and preprocessed images (B, C, H, W), as the model's forward does, and returns a
+detached float tensor on the CPU. The functions that work from attention probabilities also exist in a form
+that takes them (``rollout``, ``head_attention_of``, ``attention_distance``), so one forward pass can serve them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from vitkit.model import VisionTransformer, ViTConfig
+
+HEAD_FUSIONS = ("mean", "max", "min")
+
+
+@contextlib.contextmanager
+def evaluating(model: VisionTransformer) -> Iterator[VisionTransformer]:
+    """The model in eval mode (no dropout, no stochastic depth) for the block, then back as it was."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def _classifier_view(matrix: Tensor, config: ViTConfig) -> Tensor:
+    """(B, N, N) token-to-token weights -> (B, gh, gw): what the classifier's input draws from each patch.
+
+    The classifier reads the CLS token (``pool="cls"``) or the mean of the patch tokens (``pool="mean"``); the
+    map is that row (or the mean of those rows) over the patch columns, renormalised to sum to 1.
+    """
+    prefix = config.num_prefix_tokens
+    if config.pool == "cls":
+        source = matrix[:, 0, prefix:]
+    else:
+        source = matrix[:, prefix:, prefix:].mean(dim=1)
+    source = source / source.sum(dim=-1, keepdim=True)
+    return source.reshape(matrix.shape[0], *config.grid_size).float().cpu()
+
+
+def _check_attentions(attentions: Sequence[Tensor], config: ViTConfig) -> None:
+    n = config.num_prefix_tokens + config.num_patches
+    if not attentions:
+        raise ValueError("expected the attention probabilities of at least one block, got none")
+    for i, attention in enumerate(attentions):
+        if attention.ndim != 4 or attention.shape[-2:] != (n, n):
+            raise ValueError(
+                f"attention of block {i} has shape {tuple(attention.shape)}; expected (batch, heads, {n}, {n}) "
+                f"for this model's {n} tokens"
+            )
+
+
+def rollout(
+    attentions: Sequence[Tensor], config: ViTConfig, head_fusion: str = "mean", discard_ratio: float = 0.0
+) -> Tensor:
+    """Attention rollout (Abnar & Zuidema, 2020) of per-block attention probabilities (B, h, N, N) -> (B, gh, gw).
+
+    Each block's heads are fused (mean, max or min); with ``discard_ratio`` the weakest fraction of each row's
+    weights is set to zero (less noise); the identity is added for the residual connection and rows are
+    renormalised; the blocks' matrices are multiplied, last block first. The map is the classifier's row of
+    the product over the patches (see ``_classifier_view``) and sums to 1.
+    """
+    if head_fusion not in HEAD_FUSIONS:
+        raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
+    if not 0.0 <= discard_ratio < 1.0:
+        raise ValueError(f"discard_ratio must be in [0, 1) (the fraction of weights to drop), got {discard_ratio!r}")
+    _check_attentions(attentions, config)
+    product = None
+    for attention in attentions:
+        attention = attention.detach().double()
+        fused = {"mean": attention.mean, "max": attention.amax, "min": attention.amin}[head_fusion](dim=1)  # (B, N, N)
+        num_tokens = fused.shape[-1]
+        num_discarded = int(num_tokens * discard_ratio)
+        if num_discarded:
+            weakest = fused.topk(num_discarded, dim=-1, largest=False).indices
+            fused = fused.scatter(-1, weakest, 0.0)
+        mixed = fused + torch.eye(num_tokens, dtype=fused.dtype, device=fused.device)  # the residual path
+        mixed = mixed / mixed.sum(dim=-1, keepdim=True)
+        product = mixed if product is None else mixed @ product
+    return _classifier_view(product, config)
+
+
+def attention_rollout(
+    model: VisionTransformer, images: Tensor, head_fusion: str = "mean", discard_ratio: float = 0.0
+) -> Tensor:
+    """Attention rollout maps (B, gh, gw), each summing to 1: where the classifier's information comes from."""
+    with evaluating(model):
+        attentions = model.get_attention_maps(images)
+    return rollout(attentions, model.config, head_fusion, discard_ratio)
+
+
+def head_attention_of(attentions: Sequence[Tensor], config: ViTConfig) -> Tensor:
+    """The last block's attention from the classifier's token, per head: (B, heads, gh, gw), each summing to 1."""
+    _check_attentions(attentions, config)
+    last = attentions[-1].detach().double()
+    b, heads, n, _ = last.shape
+    return _classifier_view(last.reshape(b * heads, n, n), config).reshape(b, heads, *config.grid_size)
+
+
+def head_attention(model: VisionTransformer, images: Tensor) -> Tensor:
+    """Per-head attention of the classifier's token in the last block: (B, heads, gh, gw)."""
+    with evaluating(model):
+        attentions = model.get_attention_maps(images)
+    return head_attention_of(attentions, model.config)
+
+
+def grad_cam(model: VisionTransformer, images: Tensor, target: int | Sequence[int] | Tensor | None = None) -> Tensor:
+    """Grad-CAM (Selvaraju et al., 2017) for class ``target`` (default: the predicted one) -> (B, gh, gw), >= 0.
+
+    The activations are the patch tokens the last block reads: its output patch tokens cannot be used, since
+    a CLS-token classifier's score does not depend on them. Each feature is weighted by its gradient averaged
+    over the patches; the weighted sum per patch, clipped at zero, is the map (in units of the class score).
+    """
+    config = model.config
+    with evaluating(model), torch.enable_grad():
+        tokens = model.embed(images)
+        for block in model.blocks[:-1]:
+            tokens = block(tokens)
+        tokens = tokens.detach().requires_grad_(True)  # (B, N, D): what the last block reads
+        logits = model.forward_head(model.norm(model.blocks[-1](tokens)))
+        targets = _targets(target, logits)
+        (gradients,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), tokens)
+    prefix = config.num_prefix_tokens
+    patches, patch_gradients = tokens.detach()[:, prefix:], gradients[:, prefix:]  # (B, P, D)
+    weights = patch_gradients.mean(dim=1, keepdim=True)  # (B, 1, D): how much each feature raises the score
+    cam = (weights * patches).sum(dim=-1).clamp_min(0)
+    return cam.reshape(images.shape[0], *config.grid_size).float().cpu()
+
+
+def _targets(target: int | Sequence[int] | Tensor | None, logits: Tensor) -> Tensor:
+    batch, num_classes = logits.shape
+    if target is None:
+        return logits.argmax(dim=1)
+    targets = torch.as_tensor(target, dtype=torch.long, device=logits.device).reshape(-1)
+    if targets.numel() == 1:
+        targets = targets.expand(batch)
+    if targets.numel() != batch:
+        raise ValueError(f"target has {targets.numel()} classes for {batch} images; give one class, or one per image")
+    if not bool(((targets >= 0) & (targets < num_classes)).all()):
+        raise ValueError(f"target classes {targets.tolist()} out of range: the model has {num_classes} classes")
+    return targets
+
+
+def position_similarity(model: VisionTransformer) -> Tensor:
+    """Cosine similarity of each patch position's embedding with every other's: (gh, gw, gh, gw).
+
+    ``[r, c]`` is a map over the grid for the patch in row r, column c (the ViT paper's figure 7, centre).
+    """
+    config = model.config
+    table = model.pos_embed.detach()[0, config.num_prefix_tokens :].double()  # (P, D)
+    unit = torch.nn.functional.normalize(table, dim=-1)
+    return (unit @ unit.T).reshape(*config.grid_size, *config.grid_size).float().cpu()
+
+
+def attention_distance(attentions: Sequence[Tensor], config: ViTConfig) -> Tensor:
+    """Mean attention distance in pixels per block and head, (depth, heads), averaged over images and queries.
+
+    For each query patch, the distance between patch centres weighted by the attention it pays to the other
+    patches (the CLS token has no place in the image, so it is left out and the rows renormalised).
+    """
+    _check_attentions(attentions, config)
+    gh, gw = config.grid_size
+    ph, pw = config.patch_size
+    rows, cols = torch.meshgrid(torch.arange(gh) * ph, torch.arange(gw) * pw, indexing="ij")
+    centres = torch.stack([rows.flatten(), cols.flatten()], dim=1).double()  # (P, 2) in pixels
+    distances = torch.cdist(centres, centres)  # (P, P)
+    prefix = config.num_prefix_tokens
+    per_block = []
+    for attention in attentions:
+        patches = attention.detach().double().cpu()[:, :, prefix:, prefix:]  # (B, h, P, P)
+        patches = patches / patches.sum(dim=-1, keepdim=True)
+        per_block.append((patches * distances).sum(dim=-1).mean(dim=(0, 2)))  # (h,)
+    return torch.stack(per_block).float()
+
+
+def mean_attention_distance(model: VisionTransformer, images: Tensor) -> Tensor:
+    """How far each block's heads look, in pixels: (depth, heads) (the ViT paper's figure 7, right)."""
+    with evaluating(model):
+        attentions = model.get_attention_maps(images)
+    return attention_distance(attentions, model.config)
+
+
+def embedding_filters(model: VisionTransformer, k: int = 28) -> Tensor:
+    """The first ``k`` principal components of the patch projection's filters: (k, C, ph, pw).
+
+    Each row of the projection is a filter over one patch; their principal components show what the model
+    measures in a patch (the ViT paper's figure 7, left, shows 28).
+    """
+    weight = model.patch_embed.proj.weight.detach().double().cpu()  # (D, C, ph, pw)
+    filters = weight.flatten(1)  # (D, C * ph * pw)
+    most = min(filters.shape)
+    if not 1 <= k <= most:
+        raise ValueError(f"k must be between 1 and {most} (the number of filters or of values in one), got {k}")
+    _, _, components = torch.linalg.svd(filters - filters.mean(dim=0), full_matrices=False)
+    return components[:k].reshape(k, *weight.shape[1:]).float()
