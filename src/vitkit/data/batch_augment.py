@@ -3,9 +3,9 @@
 For data held in memory as uint8 tensors (the digits, torchvision's small data sets, cached image folders) a batch
 is augmented in one pass: each sample's random resized crop, random affine move and horizontal flip are composed
 into one 2x3 matrix, applied with a single ``affine_grid`` + ``grid_sample``; random erasing is a batched mask.
-The per-sample parameters are drawn on the CPU from a generator seeded by (seed, epoch, step) for the whole global
-batch, and each process takes the rows of its own samples: a resumed run and N processes see exactly the
-augmentation of one uninterrupted process. RandAugment/TrivialAugment have no batched form here; data sets using
+The per-sample parameters are drawn on the CPU from a generator seeded by (seed, epoch, optimizer step) for all the
+samples of the step, and each micro-batch and process takes the rows of its own samples: a resumed run, N
+processes and gradient accumulation see exactly the augmentation of one uninterrupted process. RandAugment/TrivialAugment have no batched form here; data sets using
 them keep the per-sample path (``SeededTransformDataset``).
 """
 
@@ -38,6 +38,11 @@ def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(state)
 
 
+def draw(generator: torch.Generator, samples: int) -> Tensor:
+    """The random numbers of ``samples`` samples, one row each (rows are then dealt to micro-batches and processes)."""
+    return torch.rand(samples, _NUM_DRAWS, generator=generator, dtype=torch.float64)
+
+
 class BatchAugment:
     """``aug`` applied to uint8 batches (B, C, H, W) on any device, then normalised with ``mean`` / ``std``."""
 
@@ -56,10 +61,9 @@ class BatchAugment:
         mean, std = self.mean.to(images.device), self.std.to(images.device)
         return (images.float() / 255 - mean) / std
 
-    def __call__(self, images: Tensor, generator: torch.Generator, rank: int = 0, world_size: int = 1) -> Tensor:
-        """Augment this process's share of a global batch: its rows ``rank::world_size`` of the drawn parameters."""
-        draws = torch.rand(images.shape[0] * world_size, _NUM_DRAWS, generator=generator, dtype=torch.float64)
-        u = draws[rank::world_size].to(images.device)
+    def __call__(self, images: Tensor, draws: Tensor) -> Tensor:
+        """Augment uint8 ``images`` (B, C, H, W) with their rows of :func:`draw` (B, ...)."""
+        u = draws.to(images.device)
         x = images.float() / 255
         if self.moves:
             theta = self._sampling_matrices(u, images.shape[-2], images.shape[-1]).to(x.dtype)

@@ -28,6 +28,7 @@ from vitkit.data.transforms import (
     build_train_transform,
     compute_mean_std,
     eval_transform,
+    pixel_statistics,
 )
 from vitkit.model.config import ViTConfig, to_pair
 
@@ -74,8 +75,11 @@ CACHE_LIMIT_BYTES = 1 << 30  # --cache auto keeps a data set in memory when its 
 
 def decode_all(dataset: Dataset, size: tuple[int, int], channels: int, workers: int) -> tuple[Tensor, Tensor]:
     """Every (image, label) of ``dataset`` as uint8 (N, C, H, W) at ``size`` and int64 labels, decoded in workers."""
+    if isinstance(dataset, TensorDataset) and dataset.tensors[0].shape[1:] == (channels, *size):
+        return dataset.tensors[0], dataset.tensors[1].long()  # already decoded (the digits)
     decoded = TransformedDataset(dataset, build_decode_transform(size, channels))
-    loader = DataLoader(decoded, batch_size=256, num_workers=workers)
+    # A generator of its own: iterating must not draw from torch's global one (the model's initial weights come next).
+    loader = DataLoader(decoded, batch_size=256, num_workers=workers, generator=torch.Generator())
     images, labels = zip(*loader, strict=True) if len(decoded) else ((), ())
     return torch.cat(images).as_subclass(Tensor), torch.cat(labels).long()
 
@@ -257,7 +261,11 @@ def build_data(
         logger.info("decoded %d images into memory in %.1f s", len(train_base) + len(val_base),
                     time.perf_counter() - started)  # fmt: skip
         train_base, val_base = TensorDataset(*memory[:2]), TensorDataset(*memory[2:])  # no file is read again
-    mean, std = compute_mean_std(train_base, size, channels, seed=seed)
+    if memory is not None:  # every training image, as the model sees them (before normalisation)
+        pixels = memory[0].transpose(0, 1).flatten(1).double() / 255
+        mean, std = pixel_statistics(pixels.sum(1), pixels.square().sum(1), pixels.shape[1])
+    else:
+        mean, std = compute_mean_std(train_base, size, channels, seed=seed)
     logger.info(
         "%s: %d train / %d %s images, %d classes, %d channel(s), size %s, mean %s, std %s",
         *(source, len(train_base), len(val_base), val_name, len(class_names), channels, size),

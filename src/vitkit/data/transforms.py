@@ -198,6 +198,13 @@ def compute_mean_std(
             total += pixels.sum(dim=1)
             total_sq += pixels.square().sum(dim=1)
             count += pixels.shape[1]
+    return pixel_statistics(total, total_sq, count)
+
+
+def pixel_statistics(
+    total: torch.Tensor, total_sq: torch.Tensor, count: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (mean, std) from sums of pixels and of their squares; a flat channel gets std 1."""
     mean = total / count
     std = (total_sq / count - mean.square()).clamp_min(0).sqrt()
     if bool((std < 1e-6).any()):

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 
 from vitkit.data import DataBundle
-from vitkit.data.batch_augment import BatchAugment, batched, step_generator
+from vitkit.data.batch_augment import BatchAugment, batched, draw, step_generator
 from vitkit.training.distributed import DistContext
 
 
@@ -42,9 +42,10 @@ class Loaders:
     """
 
     def __init__(
-        self, data: DataBundle, batch_size: int, workers: int, seed: int, ctx: DistContext, device: torch.device
-    ) -> None:
-        self.seed, self.ctx, self.device = seed, ctx, device
+        self, data: DataBundle, batch_size: int, accum_steps: int, workers: int, seed: int, ctx: DistContext,
+        device: torch.device,
+    ) -> None:  # fmt: skip
+        self.seed, self.ctx, self.device, self.batch_size, self.accum_steps = seed, ctx, device, batch_size, accum_steps
         self.per_process_batch = batch_size // ctx.world_size
         self.sampler = ResumableSampler(data.train, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
         self.micro_batches = self.sampler.num_samples // self.per_process_batch  # whole batches only (drop_last)
@@ -78,11 +79,14 @@ class Loaders:
 
     def _memory_batches(self, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         indices = torch.tensor(list(self.sampler), dtype=torch.int64).to(self.device)
-        size = self.per_process_batch
+        size, global_size = self.per_process_batch, self.batch_size
         for i, micro in enumerate(range(first, self.micro_batches)):
             batch = indices[i * size : (i + 1) * size]
-            generator = step_generator(self.seed, epoch, micro)
-            yield self.augment(self.images[batch], generator, self.ctx.rank, self.ctx.world_size), self.labels[batch]
+            # The step's rows, then this micro-batch's, then this process's (DistributedSampler deals samples in turn).
+            step, part = divmod(micro, self.accum_steps)
+            rows = draw(step_generator(self.seed, epoch, step), global_size * self.accum_steps)
+            rows = rows[part * global_size : (part + 1) * global_size][self.ctx.rank :: self.ctx.world_size]
+            yield self.augment(self.images[batch], rows), self.labels[batch]
 
     def val(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This process's share of the validation set, normalised as the model expects."""

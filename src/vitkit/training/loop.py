@@ -117,7 +117,7 @@ class Trainer:
         self.mixer = (
             build_batch_mixer(config.mixup, config.cutmix, data.num_classes) if config.mixup or config.cutmix else None
         )
-        self.loaders = Loaders(data, config.batch_size, config.workers, config.seed, ctx, device)
+        self.loaders = Loaders(data, config.batch_size, config.accum_steps, config.workers, config.seed, ctx, device)
         self.steps_per_epoch = self.loaders.micro_batches // config.accum_steps
         if self.steps_per_epoch == 0:
             raise ValueError(
@@ -133,6 +133,7 @@ class Trainer:
             )
             warmup_steps = total_steps // 2
         min_ratio = config.min_lr / config.lr
+        self.parameters = list(model.parameters())
         self.optimizer = build_optimizer(model, config.lr, config.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, total_steps, warmup_steps, min_ratio)
         self.lr_schedule = [config.lr * lr_factor(s, total_steps, warmup_steps, min_ratio) for s in range(total_steps)]
@@ -246,7 +247,7 @@ class Trainer:
         non-finite value stops the run before the bad update is applied.
         """
         max_norm = self.config.clip_grad or math.inf  # inf: measure the norm (to catch NaN) without clipping
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, max_norm, foreach=True)
         loss_value, norm_value = torch.stack([loss.float(), grad_norm.float()]).tolist()
         self._stop_if_non_finite(epoch, loss_value, norm_value)
         lr = self.scheduler.get_last_lr()[0]
