@@ -7,7 +7,7 @@ distributed run all-reduces them as they are.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from vitkit.io import atomic_path
 from vitkit.model import VisionTransformer
@@ -84,6 +85,13 @@ def tally(
     return Tally(loss, topk_hits, confusion.view(num_classes, num_classes))
 
 
+def counted(batches: Iterable[tuple[Tensor, Tensor]], bar: tqdm) -> Iterator[tuple[Tensor, Tensor]]:
+    """The batches, advancing a progress bar by each one's size."""
+    for images, labels in batches:
+        bar.update(len(labels))
+        yield images, labels
+
+
 def evaluate(
     model: VisionTransformer,
     dataset: Dataset,
@@ -91,19 +99,25 @@ def evaluate(
     batch_size: int = 256,
     workers: int = 0,
     device: torch.device | str | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Run the model over a data set of (image, label) pairs and return its accuracy.
 
     Returns a JSON-ready dict: `top1` and `top5` (fractions in [0, 1]; top-5 counts the best
     min(5, num_classes) guesses), `num_samples`, `class_names`, `per_class` (class name -> top-1
     accuracy, None for a class with no samples), `confusion_matrix` (rows: true class, columns:
-    predicted class, counts).
+    predicted class, counts). Only the counts are kept, so memory does not grow with the data set; ``progress``
+    shows a bar with the rate (on a terminal).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
-    sums = tally(model, loader, model.num_classes, device)
+    bar = tqdm(total=len(dataset), desc="evaluating", unit="img", leave=False, disable=None if progress else True)
+    try:
+        sums = tally(model, counted(loader, bar), model.num_classes, device)
+    finally:
+        bar.close()
     confusion = sums.confusion.cpu()
     total = int(confusion.sum())
     if total == 0:

@@ -13,17 +13,25 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from vitkit import __version__
 from vitkit.cli.common import EXIT_FAILED, EXIT_USAGE, report_error
 
 # Subcommands in the order `vitkit --help` lists them; each is the module vitkit.cli.<name>.
-COMMANDS = ("train", "evaluate", "predict", "models")
+COMMANDS = ("train", "evaluate", "predict", "explain", "serve", "models")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake reported on one line (the full usage of `train` is a page long)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The `vitkit` argument parser with its subcommands."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vitkit",
         description="Train, evaluate and use Vision Transformers.",
         epilog="Run `vitkit COMMAND --help` for a command's options.",
@@ -57,13 +65,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         message, code = str(err), EXIT_FAILED
     except (ValueError, OSError) as err:  # ImageLoadError is a ValueError, FileNotFoundError an OSError
         message, code = str(err), EXIT_USAGE
-    except KeyboardInterrupt:
-        message, code = "interrupted", 130
+    except KeyboardInterrupt as err:  # TrainingInterrupted says where the checkpoint is and how to resume
+        message, code = str(err) or "interrupted", 130
     except RuntimeError as err:
         from vitkit.training import NonFiniteLossError  # already imported by the run that raised it
+        from vitkit.training.interrupts import DataWorkerError
 
-        if not isinstance(err, NonFiniteLossError):
+        if not isinstance(err, (NonFiniteLossError, DataWorkerError)):
             raise
-        message, code = str(err), EXIT_FAILED  # a diverged run
+        message, code = str(err), EXIT_FAILED  # a diverged run, a data worker that died
     report_error(message)
     return code

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
-from vitkit.io import atomic_path, load_safetensors, read_json, save_safetensors
+from vitkit.io import atomic_path, load_pickle_weights_only, load_safetensors, read_json, save_safetensors
 from vitkit.model import ViTConfig
 from vitkit.model.weights import LAST_WEIGHTS, find_weights
 
@@ -36,9 +35,16 @@ def save_checkpoint(run_dir: Path, weights: dict[str, Tensor], state: dict[str, 
     """Write ``last.safetensors`` + ``last_state.pt`` so that a crash at any point leaves a consistent pair."""
     checkpoint_id = uuid.uuid4().hex
     pending = run_dir / _PENDING_STATE
-    with atomic_path(pending) as tmp:
-        torch.save({**state, _ID_KEY: checkpoint_id}, tmp)
-    save_safetensors(weights, run_dir / LAST_WEIGHTS, metadata={_ID_KEY: checkpoint_id})
+    try:
+        with atomic_path(pending) as tmp:
+            torch.save({**state, _ID_KEY: checkpoint_id}, tmp)
+        save_safetensors(weights, run_dir / LAST_WEIGHTS, metadata={_ID_KEY: checkpoint_id})
+    except OSError as err:  # a full disk, a quota, a lost network drive: the previous pair is untouched
+        raise OSError(
+            err.errno,
+            f"could not write a checkpoint in {run_dir} ({err.strerror or err}); the previous checkpoint there is "
+            f"intact: free some space, then continue with `vitkit train --resume {run_dir}`",
+        ) from err
     os.replace(pending, run_dir / LAST_STATE)
 
 
@@ -48,10 +54,7 @@ def _weights_id(path: Path) -> str | None:
 
 
 def _load_state(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only: no code runs
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        raise ValueError(f"{path} is not a readable vitkit training state: {err}") from err
+    return load_pickle_weights_only(path, "vitkit training state")  # tensors and plain values only: no code runs
 
 
 def load_checkpoint(run_dir: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:

@@ -142,6 +142,9 @@ class TrainConfig:
     augment: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "overrides of the data set's AugmentConfig (flags: one per setting)"}
     )
+    skip_bad_files: bool = _flag(
+        False, "leave out image files that cannot be read (reporting how many) instead of failing before training"
+    )
     # --- how it runs
     seed: int = _flag(0, "seed of the data split, the initial weights, the data order and the augmentation")
     amp: str = _flag("auto", "bf16 autocast: auto (on CUDA), bf16 (also on the CPU) or off", choices=AMP_CHOICES)

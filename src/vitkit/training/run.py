@@ -71,6 +71,7 @@ def build_run_data(config: TrainConfig, channels: int | None = None) -> DataBund
         channels=channels,
         cache=config.cache,
         workers=config.workers,
+        skip_bad_files=config.skip_bad_files,
     )
 
 

@@ -1,0 +1,208 @@
+"""Runs that are killed, interrupted, starved of disk or lose a data worker: nothing is lost.
+
+Every faulted run is resumed to the end and compared with one uninterrupted reference run: the final weights,
+the checkpoint, the best weights and the metrics are bitwise equal. Between faults, every file of the run folder
+that has its final name must be complete (writes go to a temporary file, are flushed, then renamed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from vitkit.io import load_safetensors, write_json
+from vitkit.training import TrainConfig, load_train_config, train
+from vitkit.training.checkpoint import LAST_STATE, load_checkpoint
+from vitkit.training.metrics import read_metrics
+
+# 179 steps of batch 8 on the digits, a checkpoint after every step: a kill quite possibly lands mid-write.
+RECIPE = dict(hidden_dim=16, depth=1, num_heads=2, mlp_dim=32, epochs=1, batch_size=8, save_every=1,
+              warmup_epochs=0.5, drop_path=0.1, progress=False, tensorboard=False)  # fmt: skip
+KILLS = 5
+
+
+def recipe(out: Path, **changes: object) -> TrainConfig:
+    return TrainConfig.from_dict({**RECIPE, "out": str(out), **changes})
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One CPU thread, as in the forked and spawned children: the same arithmetic, bit for bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted run every faulted run must end up equal to."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(recipe(tmp_path_factory.mktemp("reference") / "run")).run_dir
+    finally:
+        torch.set_num_threads(threads)
+
+
+def without_timings(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("images_per_s", "epoch_time_s")} for r in history]
+
+
+def assert_nothing_lost(reference: Path, resumed: Path) -> None:
+    for name in ("model.safetensors", "last.safetensors", "best.safetensors"):
+        a, b = load_safetensors(reference / name), load_safetensors(resumed / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"{name} differs"
+    assert without_timings(read_metrics(reference)) == without_timings(read_metrics(resumed))
+
+
+def assert_no_half_written_file(run_dir: Path) -> int:
+    """Every file with its final name is complete; returns the checkpoint's step (-1: none yet)."""
+    for path in run_dir.iterdir():
+        if path.suffix == ".safetensors":
+            load_safetensors(path)
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+    if not (run_dir / LAST_STATE).exists() and not (run_dir / f"{LAST_STATE}.next").exists():
+        return -1
+    _, state = load_checkpoint(run_dir)
+    return state["step"]
+
+
+def checkpoint_time(run_dir: Path) -> int | None:
+    with contextlib.suppress(FileNotFoundError):
+        return (run_dir / LAST_STATE).stat().st_mtime_ns
+    return None
+
+
+def resume(run_dir: Path, **changes: object):
+    return train(load_train_config(run_dir).replace(resume=str(run_dir), **changes))
+
+
+def _train_quietly(config: TrainConfig) -> None:
+    """The body of a forked child: a real training process, killed from outside."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    train(config)
+
+
+def test_kill_9_at_random_moments_then_resume_loses_nothing(reference: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "victim"
+    fork = multiprocessing.get_context("fork")  # a real process, without paying for a fresh interpreter
+    rng = random.Random(2024)
+    steps = []
+    for trial in range(KILLS):
+        config = recipe(run_dir) if trial == 0 else load_train_config(run_dir).replace(resume=str(run_dir))
+        child = fork.Process(target=_train_quietly, args=(config,))
+        child.start()
+        try:
+            previous = checkpoint_time(run_dir)
+            deadline = time.monotonic() + 120
+            while checkpoint_time(run_dir) == previous:  # wait for a new checkpoint: progress between kills
+                assert child.is_alive(), "the training process ended before it was killed"
+                assert time.monotonic() < deadline, "no new checkpoint after 120 s"
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.0, 0.3))  # a random moment: mid-step, mid-write or between the two renames
+        finally:
+            os.kill(child.pid, signal.SIGKILL)
+            child.join()
+        assert child.exitcode == -signal.SIGKILL
+        steps.append(assert_no_half_written_file(run_dir))
+        assert not (run_dir / "model.safetensors").exists(), "killed before the end"
+    assert steps == sorted(steps) and len(set(steps)) == KILLS, f"each kill at a later step: {steps}"
+    resume(run_dir)
+    assert_nothing_lost(reference, run_dir)
+
+
+@pytest.mark.parametrize("write", ["weights", "state"])
+def test_a_full_disk_while_saving_is_a_clear_error_and_the_previous_checkpoint_survives(
+    reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write: str
+) -> None:
+    import vitkit.io
+
+    target, name = (vitkit.io, "save_file") if write == "weights" else (torch, "save")
+    real = getattr(target, name)
+    calls = []
+
+    def fills_the_disk_on_call_30(obj: object, path: object, *args: object, **kwargs: object) -> None:
+        calls.append(path)
+        if len(calls) == 30:
+            Path(path).write_bytes(b"the first bytes of a file that did not fit")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(target, name, fills_the_disk_on_call_30)
+    run_dir = tmp_path / "full_disk"
+    with pytest.raises(OSError, match=r"No space left on device.*previous checkpoint .*intact.*--resume") as info:
+        train(recipe(run_dir))
+    assert info.value.errno == errno.ENOSPC and str(run_dir) in str(info.value)
+    monkeypatch.undo()
+    assert assert_no_half_written_file(run_dir) == 29, "the checkpoint before the full disk"
+    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")], "no temporary file left behind"
+    resume(run_dir)
+    assert_nothing_lost(reference, run_dir)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(reference: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "interrupted"
+    config_file = tmp_path / "recipe.json"
+    write_json(recipe(run_dir, save_every=50).to_dict(), config_file)
+    command = [sys.executable, "-m", "vitkit", "train", "--config", str(config_file)]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while checkpoint_time(run_dir) is None:  # the first checkpoint (step 50): training is under way
+            assert child.poll() is None, child.communicate()
+            assert time.monotonic() < deadline, "no checkpoint after 180 s"
+            time.sleep(0.01)
+        time.sleep(0.2)
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            child.kill()
+    assert child.returncode == 130, err
+    assert "Traceback" not in err and f"vitkit train --resume {run_dir}" in err, err
+    saved_step = assert_no_half_written_file(run_dir)
+    assert f"after step {saved_step}" in err, err  # the checkpoint was written at the interruption
+    assert not (run_dir / "model.safetensors").exists()
+    resume(run_dir)
+    assert_nothing_lost(reference, run_dir)
+
+
+def kill_data_workers_at(step: int) -> Callable[[int, int, torch.nn.Module], None]:
+    def on_step_end(epoch: int, done: int, model: torch.nn.Module) -> None:
+        if done == step:
+            workers = multiprocessing.active_children()
+            assert workers, "the data loader runs worker processes"
+            for worker in workers:
+                os.kill(worker.pid, signal.SIGKILL)
+
+    return on_step_end
+
+
+def test_a_data_worker_that_dies_is_a_clear_error_and_the_checkpoint_stays_usable(
+    reference: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "worker_died"
+    with pytest.raises(RuntimeError, match=r"data-loading worker .*died.*checkpoint .*step \d+.*--resume") as info:
+        train(recipe(run_dir, workers=1), on_step_end=kill_data_workers_at(40))
+    assert str(run_dir) in str(info.value)
+    assert assert_no_half_written_file(run_dir) >= 40
+    resume(run_dir, workers=0)
+    assert_nothing_lost(reference, run_dir)
