@@ -99,7 +99,9 @@ def main() -> None:
     torch.manual_seed(0)
     image = jpeg()
     with tempfile.TemporaryDirectory() as tmp:
-        run_dir = vitkit.create_model(args.model, mean=(0.5,) * 3, std=(0.5,) * 3).save_pretrained(Path(tmp) / args.model)
+        channels = vitkit.get_config(args.model).in_channels
+        model = vitkit.create_model(args.model, mean=(0.5,) * channels, std=(0.5,) * channels)
+        run_dir = model.save_pretrained(Path(tmp) / args.model)
         servers = {mode: start_server(run_dir, max_batch) for mode, max_batch in (("batched", 32), ("one-at-a-time", 1))}
         try:
             for _, url in servers.values():  # warm-up: first requests pay for lazy initialisation

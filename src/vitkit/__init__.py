@@ -17,6 +17,7 @@ _EXPORTS = {
     "create_model": "vitkit.model",
     "get_config": "vitkit.model",
     "list_models": "vitkit.model",
+    "optimize": "vitkit.optimize",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -97,6 +97,12 @@ def test_every_entry_point_refuses_a_pickle_that_would_run_code(marker: Path, tm
     (run / LAST_STATE).write_bytes(hostile_bytes(marker, zip_format=True))
     refused(lambda: train(config.replace(resume=str(run))), marker, "weights-only loader", "never code")
 
+    # The web server
+    pytest.importorskip("fastapi")
+    from vitkit.serve.app import create_app
+
+    refused(lambda: create_app(folder), marker, "not a readable safetensors")
+
     # The command line: train --init-from, predict, evaluate
     for name, zip_format in (("evil.safetensors", True), ("evil.bin", False)):
         evil = tmp_path / name
