@@ -149,13 +149,17 @@ def _resize_crop(
 
     "center" resizes the shorter side to max(h, w) / crop_pct, which covers (h, w) whatever the aspect ratio (for
     square sizes timm's eval resize); "squash" resizes to exactly (h, w) / crop_pct (transformers' ViT processor
-    at crop_pct 1). Sizes are rounded down, as timm does.
+    at crop_pct 1). Sizes are rounded down, as timm does (after rounding away float noise: 32 / (32 / 36) is 36).
     """
     mode = INTERPOLATIONS[interpolation]
+
+    def scaled(side: int) -> int:
+        return math.floor(round(side / crop_pct, 6))
+
     if crop_mode == "squash":
-        resize = v2.Resize([math.floor(s / crop_pct) for s in size], interpolation=mode, antialias=True)
+        resize = v2.Resize([scaled(s) for s in size], interpolation=mode, antialias=True)
     else:
-        resize = v2.Resize(math.floor(max(size) / crop_pct), interpolation=mode, antialias=True)
+        resize = v2.Resize(scaled(max(size)), interpolation=mode, antialias=True)
     return [resize, v2.CenterCrop(size)]
 
 

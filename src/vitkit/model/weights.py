@@ -87,13 +87,16 @@ def set_image_size(model: VisionTransformer, image_size: int | Pair) -> None:
 
 
 def check_state_dict(
-    state: dict[str, Tensor], expected: dict[str, Tensor], ignore_missing: tuple[str, ...] = ()
+    state: dict[str, Tensor],
+    expected: dict[str, Tensor],
+    ignore_missing: tuple[str, ...] = (),
+    what: str = "this model",
 ) -> None:
     """Raise a ValueError listing every missing, unexpected and mismatched key (with shapes), if there is any."""
     missing = sorted(k for k in set(expected) - set(state) if k not in ignore_missing)
     unexpected = sorted(set(state) - set(expected))
     mismatched = [
-        f"{key}: weights {tuple(value.shape)} vs model {tuple(expected[key].shape)}"
+        f"{key}: weights {tuple(value.shape)} vs expected {tuple(expected[key].shape)}"
         for key, value in sorted(state.items())
         if key in expected and value.shape != expected[key].shape
     ]
@@ -102,16 +105,21 @@ def check_state_dict(
             f"{what}: {items}" for what, items in
             (("missing keys", missing), ("unexpected keys", unexpected), ("mismatched shapes", mismatched)) if items
         ]  # fmt: skip
-        raise ValueError("weights do not fit this model: " + "; ".join(problems))
+        raise ValueError(f"weights do not fit {what}: " + "; ".join(problems))
 
 
 def load_weights(
-    model: VisionTransformer, state_dict: dict[str, Tensor], source_grid: Pair | None = None, strict_head: bool = True
+    model: VisionTransformer,
+    state_dict: dict[str, Tensor],
+    source_grid: Pair | None = None,
+    strict_head: bool = True,
+    assign: bool = False,
 ) -> None:
     """Load ``state_dict`` into ``model``, fitting position vectors made for ``source_grid`` to the model's grid.
 
     ``source_grid`` defaults to a square grid inferred from the weights. With ``strict_head=False`` a head whose
-    shape differs (or is absent) is left as initialised: fine-tuning on other classes.
+    shape differs (or is absent) is left as initialised: fine-tuning on other classes. ``assign=True`` makes the
+    tensors of ``state_dict`` the model's own (for a model built on the meta device, whose every key is given).
     """
     state, own = dict(state_dict), model.state_dict()
     if "pos_embed" in state and state["pos_embed"].shape != own["pos_embed"].shape:
@@ -125,7 +133,7 @@ def load_weights(
     # A fixed sin-cos table may be absent (files written before it was saved): the model's own is then used.
     optional = ("pos_embed",) if model.config.pos_embed == "sincos" else ()
     check_state_dict(state, own, optional + (() if strict_head else HEAD_KEYS))
-    model.load_state_dict(state, strict=False)
+    model.load_state_dict(state, strict=False, assign=assign)
 
 
 def find_weights(path: str | os.PathLike) -> tuple[Path, Path | None]:
