@@ -133,7 +133,11 @@ def test_predict_prints_one_json_line_per_image_and_fails_for_bad_files(
     code, out, err = run_cli(capsys, "predict", run_dir, folder, text, tmp_path / "missing.png", "--top-k", "3")
 
     assert code == 1
-    assert err.startswith("vitkit: error: 3 of 7 paths could not be predicted")
+    errors = err.splitlines()
+    assert errors[-1].startswith("vitkit: error: 3 of 7 paths could not be predicted")
+    assert len(errors) == 4, "one line per bad path, then the count"
+    for line, path in zip(errors, (truncated, text, tmp_path / "missing.png")):
+        assert line.startswith("vitkit: error: ") and str(path) in line
     results = {Path(result["path"]): result for result in map(json.loads, out.splitlines())}
     assert set(results) == {*good, truncated, text, tmp_path / "missing.png"}
     for path in good:

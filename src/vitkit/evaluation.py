@@ -13,6 +13,7 @@ import torch
 from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from vitkit.io import atomic_path
 from vitkit.model import VisionTransformer
@@ -34,13 +35,15 @@ def evaluate(
     batch_size: int = 256,
     workers: int = 0,
     device: torch.device | str | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Run the model over a data set of (image, label) pairs and return its accuracy.
 
     Returns a JSON-ready dict: `top1` and `top5` (fractions in [0, 1]; top-5 counts the best
     min(5, num_classes) guesses), `num_samples`, `class_names`, `per_class` (class name -> top-1
     accuracy, None for a class with no samples), `confusion_matrix` (rows: true class, columns:
-    predicted class, counts).
+    predicted class, counts). Only the counts are kept, so memory does not grow with the data set; ``progress``
+    shows a bar with the rate (on a terminal).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -52,8 +55,10 @@ def evaluate(
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     top1_hits = topk_hits = total = 0
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    bar = tqdm(total=len(dataset), desc="evaluating", unit="img", leave=False, disable=None if progress else True)
     try:
         for images, labels in loader:
+            bar.update(len(labels))
             labels = torch.as_tensor(labels, dtype=torch.int64)
             if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
                 raise ValueError(
@@ -68,6 +73,7 @@ def evaluate(
             pairs = labels * num_classes + guesses[:, 0]  # (true, predicted) as one index into the flat matrix
             confusion += torch.bincount(pairs, minlength=num_classes**2).view(num_classes, num_classes)
     finally:
+        bar.close()
         model.train(was_training)
     if total == 0:
         raise ValueError("cannot evaluate on an empty data set: it holds no images")

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vitkit.data import eval_transform, load_image
+from vitkit.data import eval_transform, find_image_files, load_image
 from vitkit.data.sources import FOLDER_EXTENSIONS
 from vitkit.evaluation import class_names_of
 from vitkit.model import VisionTransformer
@@ -24,27 +24,19 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[Path, str
     """Yield (file, None) for each image to predict, or (path, error message) for a path that cannot be.
 
     Folders are searched recursively for files with an image extension, in sorted order, skipping
-    hidden files; files named explicitly are kept whatever their extension, so a wrong file is reported
-    rather than silently skipped.
+    hidden files (symbolic-link loops cannot make the search endless); files named explicitly are kept whatever
+    their extension, so a wrong file is reported rather than silently skipped.
     """
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file()
-                and p.suffix.lower() in FOLDER_EXTENSIONS
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            )
+            found, _ = find_image_files(path)
             if not found:
                 yield path, f"no image files found in folder {path} (looked for {', '.join(FOLDER_EXTENSIONS)})"
             for file in found:
                 yield file, None
-        elif path.is_file():
-            yield path, None
-        elif path.exists():
-            yield path, f"{path} is not a regular file or folder"
+        elif path.exists() or path.is_symlink():
+            yield path, None  # load_image says what is wrong with a FIFO, a broken link, ...
         else:
             yield path, f"no such file or folder: {path}"
 

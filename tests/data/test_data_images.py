@@ -94,7 +94,7 @@ def test_unreadable_files_raise_image_load_error_naming_them(tmp_path: Path, mak
 def test_missing_file_directory_and_bad_channels(tmp_path: Path, image_file) -> None:
     with pytest.raises(FileNotFoundError, match="nope.png"):
         load_image(tmp_path / "nope.png", 3)
-    with pytest.raises(ImageLoadError, match="is not a file"):
+    with pytest.raises(ImageLoadError, match="a folder, not a file"):
         load_image(tmp_path, 3)
     with pytest.raises(ValueError, match="channels must be 1 .* or 3 .*got 2"):
         load_image(image_file(tmp_path / "x.png"), 2)

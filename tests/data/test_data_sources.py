@@ -181,8 +181,8 @@ def test_corrupt_image_names_the_file(tmp_path: Path, image_folder) -> None:
     with pytest.raises(ImageLoadError, match=str(broken)):
         bundle.train[0]
     assert bundle.train[1][0].shape == (3, 8, 8)
-    # build_data reads the training images for the normalisation statistics, so it fails early too.
-    with pytest.raises(ImageLoadError, match=f"{broken} as an image .*truncated"):
+    # build_data decodes every training image before anything else, so it fails early too.
+    with pytest.raises(ImageLoadError, match=f"1 bad file.*\n  {broken}: truncated"):
         build_data("folder", data_dir=tmp_path, image_size=8, channels=3)
     # Scanning the folder (channels and size unknown) reads headers: a file that is no image at all fails there.
     broken.write_text("not an image")
@@ -200,7 +200,7 @@ def test_folder_layout_errors(tmp_path: Path, image_folder) -> None:
         build_data("folder", data_dir=tmp_path / "noclass")
     image_folder(tmp_path / "empty" / "train", {"a": 2})
     (tmp_path / "empty" / "train" / "b").mkdir()
-    with pytest.raises(FileNotFoundError, match="empty/train: Found no valid file for the classes b"):
+    with pytest.raises(ValueError, match="empty/train/b: class folder holds no image files"):
         build_data("folder", data_dir=tmp_path / "empty")
     image_folder(tmp_path / "extra" / "train", {"a": 2, "b": 2})
     image_folder(tmp_path / "extra" / "val", {"a": 1, "c": 1})

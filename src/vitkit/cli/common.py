@@ -19,7 +19,10 @@ EXIT_USAGE = 2  # bad input: a wrong flag value, a missing file (argparse uses 2
 
 
 def report_error(message: str) -> None:
-    print(f"vitkit: error: {message}", file=sys.stderr)
+    """One `vitkit: error: ...` line on stderr (through tqdm, so that it does not break a progress bar)."""
+    from tqdm import tqdm
+
+    tqdm.write(f"vitkit: error: {message}", file=sys.stderr)
 
 
 def load_run_model(run_dir: str | os.PathLike, device: torch.device) -> VisionTransformer:

@@ -34,6 +34,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="where to write the confusion-matrix PNG (default: RUN_DIR/confusion_matrix.png, "
         "or RUN_DIR/confusion_matrix_<folder name>.png with --data-dir)",
     )
+    parser.add_argument(
+        "--skip-bad-files",
+        action="store_true",
+        help="leave out files that are not readable images (reporting how many) instead of failing before starting",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--batch-size", type=int_at_least(1), default=256, help="images per batch (default: 256)")
     parser.add_argument("--workers", type=int_at_least(0), default=0, help="data-loading processes (default: 0)")
@@ -48,7 +53,7 @@ def evaluation_data(args: argparse.Namespace, model: VisionTransformer) -> tuple
     from vitkit.training.config import TRAIN_CONFIG_FILE
 
     if args.data_dir is not None:
-        dataset = build_folder_eval_data(args.data_dir, model.config)
+        dataset = build_folder_eval_data(args.data_dir, model.config, skip_bad_files=args.skip_bad_files)
         return dataset, f"image folder {args.data_dir}"
     if not (Path(args.run_dir) / TRAIN_CONFIG_FILE).is_file():
         raise FileNotFoundError(
@@ -56,7 +61,10 @@ def evaluation_data(args: argparse.Namespace, model: VisionTransformer) -> tuple
             "pass --data-dir DIR to evaluate on an image folder"
         )
     # The same call, seed and settings as the run itself: the same held-out images.
-    bundle = training.build_run_data(training.load_train_config(args.run_dir), channels=model.in_channels)
+    train_config = training.load_train_config(args.run_dir)
+    if args.skip_bad_files:
+        train_config = train_config.replace(skip_bad_files=True)
+    bundle = training.build_run_data(train_config, channels=model.in_channels)
     return bundle.val, f"{bundle.val_name} split of {bundle.source}"
 
 
@@ -67,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     device = pick_cli_device(args.device)
     model = load_run_model(args.run_dir, device)
     dataset, description = evaluation_data(args, model)
-    metrics = evaluate(model, dataset, batch_size=args.batch_size, workers=args.workers, device=device)
+    metrics = evaluate(model, dataset, batch_size=args.batch_size, workers=args.workers, device=device, progress=True)
     if args.plot is not None:
         plot = Path(args.plot)
     elif args.data_dir is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from vitkit.cli.common import EXIT_FAILED, add_device_argument, int_at_least, load_run_model, pick_cli_device, report_error
 
@@ -27,15 +28,23 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """One JSON line per image; exit code 1 when any file could not be predicted."""
+    """One JSON line per image (stdout), one error line per bad path (stderr); exit code 1 when any failed.
+
+    Results are printed as they come (nothing accumulates), with a progress bar and its rate on a terminal.
+    """
+    from tqdm.auto import tqdm
+
     from vitkit.prediction import predict_files
 
     device = pick_cli_device(args.device)
     model = load_run_model(args.run_dir, device)
     failed = total = 0
-    for result in predict_files(model, args.paths, args.top_k, batch_size=args.batch_size, device=device):
-        failed += "error" in result
+    results = predict_files(model, args.paths, args.top_k, batch_size=args.batch_size, device=device)
+    for result in tqdm(results, desc="predicting", unit="img", disable=None, file=sys.stderr, leave=False):
         total += 1
+        if "error" in result:
+            failed += 1
+            report_error(result["error"])
         print(json.dumps(result), flush=True)
     if failed:
         report_error(f'{failed} of {total} paths could not be predicted (see their "error" lines)')

@@ -1,8 +1,25 @@
 """Data for vitkit: image loading, transforms and augmentation, and the data sets it trains on."""
 
-from vitkit.data.images import GRAYSCALE_MODES, ImageLoadError, convert_image, image_header, load_image
+from vitkit.data.images import (
+    GRAYSCALE_MODES,
+    ImageLoadError,
+    check_image,
+    check_images,
+    convert_image,
+    find_image_files,
+    image_header,
+    load_image,
+)
 from vitkit.data.seeded import SeededTransformDataset, TransformedDataset
-from vitkit.data.sources import FOLDER_EXTENSIONS, SOURCES, ClassFolder, DataBundle, build_data, build_folder_eval_data
+from vitkit.data.sources import (
+    FOLDER_EXTENSIONS,
+    SOURCES,
+    BadImageFilesError,
+    ClassFolder,
+    DataBundle,
+    build_data,
+    build_folder_eval_data,
+)
 from vitkit.data.transforms import (
     AUTO_AUGMENTS,
     INTERPOLATIONS,
@@ -24,6 +41,7 @@ __all__ = [
     "INTERPOLATIONS",
     "SOURCES",
     "AugmentConfig",
+    "BadImageFilesError",
     "ClassFolder",
     "ConvertChannels",
     "DataBundle",
@@ -35,10 +53,13 @@ __all__ = [
     "build_eval_transform",
     "build_folder_eval_data",
     "build_train_transform",
+    "check_image",
+    "check_images",
     "compute_mean_std",
     "convert_image",
     "default_augment",
     "eval_transform",
+    "find_image_files",
     "image_header",
     "load_image",
     "single_threaded",

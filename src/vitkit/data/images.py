@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import os
+import stat
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+# File name endings of the images vitkit reads from folders (torchvision's list, plus GIF).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 # Modes whose pixels carry no colour. "LA"/"La" are grey plus alpha; "I;16*", "I" and "F" are high-bit-depth grey.
 GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
@@ -16,7 +28,10 @@ _EXPECTED = "expected a readable image file (PNG, JPEG, BMP, GIF, TIFF, WebP, ..
 
 
 class ImageLoadError(ValueError):
-    """A file could not be decoded as an image; the message names the file."""
+    """A file could not be decoded as an image; the message names the file (also in ``path``) and the ``reason``."""
+
+    path: Path | None = None
+    reason: str | None = None
 
 
 def _check_channels(channels: int) -> None:
@@ -59,30 +74,101 @@ def convert_image(image: Image.Image, channels: int) -> Image.Image:
     return image.convert(target)
 
 
-def _open_error(path: Path, exc: Exception) -> ImageLoadError:
-    return ImageLoadError(f"cannot read {path} as an image ({type(exc).__name__}: {exc}); {_EXPECTED}")
+def _file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be an image file, from the file system alone; None for a non-empty regular file.
+
+    Checked before Pillow opens anything: opening a FIFO would block forever, and a symlink loop or a dangling link
+    gives a confusing error deep inside Pillow.
+    """
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            return f"broken symbolic link: its target {os.readlink(path)} does not exist"
+        return "no such file"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop: the link leads back to itself"
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISDIR(info.st_mode):
+        return "a folder, not a file"
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(info.st_mode) else "a socket or device"
+        return f"not a regular file but {kind}; reading it could block forever"
+    if info.st_size == 0:
+        return "empty file (0 bytes)"
+    if not os.access(path, os.R_OK):
+        return "permission denied: the file is not readable by this user"
+    return None
+
+
+def _reason(exc: Exception) -> str:
+    """A short, human reason for a Pillow failure."""
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"decompression bomb: {exc} (PIL.Image.MAX_IMAGE_PIXELS; raise it only for files you trust)"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image in any format Pillow reads (wrong extension, or not an image at all)"
+    if "truncated" in str(exc).lower():
+        return f"truncated image data ({exc})"
+    return f"damaged image data ({type(exc).__name__}: {exc})"
+
+
+def _error(path: Path, reason: str) -> ImageLoadError:
+    error = ImageLoadError(f"cannot read {path} as an image: {reason}; {_EXPECTED}")
+    error.path, error.reason = path, reason
+    return error
+
+
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[Image.Image]:
+    """Image.open with every way a file can be bad turned into an ImageLoadError naming it and the reason.
+
+    Pillow refuses images over twice its pixel limit and only warns between one and two times it; vitkit refuses
+    everything over the limit, so a decompression bomb fails the same clear way whatever its size.
+    """
+    problem = _file_problem(path)
+    if problem is not None:
+        raise _error(path, problem)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused just below, with a clearer message
+            image = Image.open(path)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise _error(path, _reason(exc)) from exc
+    with image:
+        width, height = image.size
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and width * height > limit:
+            raise _error(
+                path,
+                f"decompression bomb: {width}x{height} = {width * height:,} pixels is more than the limit of "
+                f"{limit:,} (PIL.Image.MAX_IMAGE_PIXELS; raise it only for files you trust)",
+            )
+        try:
+            yield image
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise _error(path, _reason(exc)) from exc
 
 
 def load_image(path: str | os.PathLike, channels: int) -> Image.Image:
     """Decode an image file fully and return it in mode "L" (channels=1) or "RGB" (channels=3).
 
     The whole file is decoded here (not lazily) so that a corrupt or truncated file fails with an
-    :class:`ImageLoadError` naming it, instead of a PIL error deep inside a data loader. EXIF orientation is applied
-    so photos come out upright.
+    :class:`ImageLoadError` naming it and the reason, instead of a PIL error deep inside a data loader. EXIF
+    orientation is applied so photos come out upright; an animated image gives its first frame.
     """
     _check_channels(channels)
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise FileNotFoundError(f"image file {path} does not exist")
-    if not path.is_file():
-        raise ImageLoadError(f"{path} is not a file; {_EXPECTED}")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            ImageOps.exif_transpose(image, in_place=True)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise _open_error(path, exc) from exc
+    with _opened(path) as image:
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)
     return convert_image(image, channels)
+
+
+def _channels_of(mode: str) -> int:
+    return 1 if mode in GRAYSCALE_MODES else 3
 
 
 def image_header(path: str | os.PathLike) -> tuple[int, tuple[int, int]]:
@@ -91,10 +177,75 @@ def image_header(path: str | os.PathLike) -> tuple[int, tuple[int, int]]:
     channels is 1 when the mode is one of GRAYSCALE_MODES (grey, grey+alpha, 1-bit, 16-bit, float) and 3 otherwise;
     palette images count as colour even when their palette happens to be grey.
     """
-    path = Path(path)
-    try:
-        with Image.open(path) as image:
-            mode, (width, height) = image.mode, image.size
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise _open_error(path, exc) from exc
-    return (1 if mode in GRAYSCALE_MODES else 3), (height, width)
+    with _opened(Path(path)) as image:
+        return _channels_of(image.mode), (image.height, image.width)
+
+
+def check_image(path: str | os.PathLike) -> tuple[int, tuple[int, int]]:
+    """Like :func:`image_header`, but every byte of pixel data is decoded, so a truncated file fails here.
+
+    JPEGs are decoded at 1/8 scale (still every block), which makes the check cheap even for large photos.
+    """
+    with _opened(Path(path)) as image:
+        header = _channels_of(image.mode), (image.height, image.width)
+        image.draft(None, (1, 1))
+        image.load()
+    return header
+
+
+def check_images(
+    paths: Sequence[str | os.PathLike], *, progress: bool = True
+) -> tuple[list[tuple[int, tuple[int, int]] | None], list[str]]:
+    """Decode every file once before any training: (header of each file, None if bad; one line per bad file).
+
+    A folder with a bad file fails (or skips it) now, with the full list, rather than mid-epoch hours later.
+    """
+    headers: list[tuple[int, tuple[int, int]] | None] = []
+    bad: list[str] = []
+    bar = tqdm(paths, desc="checking images", unit="img", leave=False, disable=None if progress else True)
+    for path in bar:
+        try:
+            headers.append(check_image(path))
+        except ImageLoadError as exc:
+            headers.append(None)
+            bad.append(f"{exc.path}: {exc.reason}")
+    return headers, bad
+
+
+def find_image_files(folder: str | os.PathLike) -> tuple[list[Path], int]:
+    """(entries named like images, count of other files) under ``folder``, recursively, in sorted order.
+
+    Hidden files and folders are skipped. Symbolic links to folders are followed, each folder at most once, so a
+    link back to a parent folder cannot make the walk endless. Entries named like images are returned even when
+    they are not regular files (a FIFO, a broken link), so that the caller reports them rather than losing them.
+    """
+    images: list[Path] = []
+    others = 0
+    seen: set[tuple[int, int]] = set()
+
+    def walk(directory: Path) -> None:
+        nonlocal others
+        try:
+            info = directory.stat()
+        except OSError:
+            return
+        if (info.st_dev, info.st_ino) in seen:
+            logger.warning("not following %s again: a symbolic link leads back to a folder already read", directory)
+            return
+        seen.add((info.st_dev, info.st_ino))
+        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_folder = entry.is_dir()  # follows links
+            except OSError:  # a symbolic-link loop
+                is_folder = False
+            if is_folder:
+                walk(Path(entry.path))
+            elif Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
+                images.append(Path(entry.path))
+            else:
+                others += 1
+
+    walk(Path(folder))
+    return images, others

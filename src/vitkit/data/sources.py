@@ -9,15 +9,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset, Subset, TensorDataset
 from torchvision import datasets
-from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-from vitkit.data.images import image_header, load_image
+from vitkit.data.images import IMAGE_EXTENSIONS, ImageLoadError, check_images, find_image_files, load_image
 from vitkit.data.seeded import SeededTransformDataset, TransformedDataset
 from vitkit.data.transforms import (
     AugmentConfig,
@@ -32,7 +32,7 @@ from vitkit.model.config import ViTConfig, to_pair
 logger = logging.getLogger(__name__)
 
 SOURCES = ("digits", "folder", "mnist", "fashion-mnist", "cifar10", "cifar100", "svhn")
-FOLDER_EXTENSIONS = (*IMG_EXTENSIONS, ".gif")
+FOLDER_EXTENSIONS = IMAGE_EXTENSIONS
 _FOLDER_LAYOUT = "DIR/train/<class>/<images> and optionally DIR/val/<class>/<images>"
 
 # torchvision class, native size, native channels, folder torchvision creates under the root
@@ -65,26 +65,46 @@ class DataBundle:
         return len(self.class_names)
 
 
-def _is_image_file(path: str) -> bool:
-    # Hidden files (".DS_Store", macOS "._x.png" forks) are never images a user meant to include.
-    return not os.path.basename(path).startswith(".") and has_file_allowed_extension(path, FOLDER_EXTENSIONS)
+class BadImageFilesError(ImageLoadError):
+    """A data folder holds files that cannot be trained or evaluated on; the message lists every one."""
 
 
 class ClassFolder(datasets.ImageFolder):
-    """ImageFolder that skips hidden folders and files, reads images with `load_image`, and can be given the class
-    list (so a val/eval folder missing a class still uses the training labels)."""
+    """ImageFolder that skips hidden folders and files, survives symbolic-link loops, reads images with
+    `load_image`, can be given the class list (so a val/eval folder missing a class still uses the training labels),
+    and decodes every image once up front: bad files fail now, all listed, or are left out with skip_bad_files."""
 
-    def __init__(self, root: str | os.PathLike, channels: int, class_names: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        channels: int,
+        class_names: Sequence[str] | None = None,
+        *,
+        skip_bad_files: bool = False,
+    ) -> None:
         self.given_classes = list(class_names) if class_names is not None else None
+        self.skip_bad_files = skip_bad_files
+        self.problems: list[str] = []  # bad files and empty class folders, one line each
+        self.files: dict[str, list[Path]] = {}
         try:
-            super().__init__(
-                str(root),
-                loader=partial(load_image, channels=channels),
-                is_valid_file=_is_image_file,
-                allow_empty=class_names is not None,
-            )
+            super().__init__(str(root), loader=partial(load_image, channels=channels), allow_empty=True)
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"{root}: {exc}; expected {root}/<class>/<image files>") from exc
+        headers, bad = check_images([path for path, _ in self.samples])
+        self.problems += bad
+        if self.problems and not skip_bad_files:
+            listing = "\n".join(f"  {line}" for line in self.problems)
+            raise BadImageFilesError(
+                f"{root}: {len(self.problems)} bad file(s) or folder(s), found before starting; fix or remove "
+                f"them, or pass --skip-bad-files (skip_bad_files=True) to leave them out:\n{listing}"
+            )
+        if self.problems:
+            logger.warning("%s: skipping %d bad file(s) or folder(s):\n  %s", root, len(self.problems),
+                           "\n  ".join(self.problems))  # fmt: skip
+        kept = [i for i, header in enumerate(headers) if header is not None]
+        self.samples = self.imgs = [self.samples[i] for i in kept]
+        self.targets = [target for _, target in self.samples]
+        self.headers: list[tuple[int, tuple[int, int]]] = [headers[i] for i in kept]  # type: ignore[misc]
 
     def find_classes(self, directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
         found = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
@@ -94,7 +114,22 @@ class ClassFolder(datasets.ImageFolder):
         unknown = sorted(set(found) - set(classes))
         if unknown:
             raise ValueError(f"{directory} has class folders {unknown} that are not among the classes {classes}")
+        others = 0
+        for name in found:
+            self.files[name], skipped = find_image_files(Path(directory) / name)
+            others += skipped
+        if others:
+            logger.info("%s: ignoring %d file(s) whose names are not those of images", directory, others)
+        empty = [name for name in found if not self.files[name]]
+        if empty and self.given_classes is None:  # a training folder: each class must have images
+            self.problems += [f"{Path(directory) / name}: class folder holds no image files" for name in empty]
+            if self.skip_bad_files:
+                classes = [name for name in found if name not in empty]
         return classes, {name: index for index, name in enumerate(classes)}
+
+    def make_dataset(self, directory: str, class_to_idx: dict[str, int], *args: Any, **kwargs: Any) -> list:
+        """(path, class index) pairs from the file lists find_classes made, in class then path order."""
+        return [(str(path), index) for name, index in class_to_idx.items() for path in self.files.get(name, [])]
 
 
 def _split_indices(targets: Sequence[int], test_size: float | int, seed: int, what: str) -> tuple[list[int], list[int]]:
@@ -126,16 +161,17 @@ def _digits(seed: int) -> tuple[Dataset, Dataset, list[str]]:
 
 def _scan_folder(folder: ClassFolder) -> tuple[int, int]:
     """(channels, median shorter side) of a folder's images, from their headers: 1 channel only if all are grey."""
-    channels, sides = 1, []
-    for path, _ in folder.samples:
-        image_channels, (height, width) = image_header(path)
-        channels = max(channels, image_channels)
-        sides.append(min(height, width))
-    return channels, int(statistics.median_low(sides))
+    channels = max((image_channels for image_channels, _ in folder.headers), default=1)
+    return channels, int(statistics.median_low(min(size) for _, size in folder.headers))
 
 
 def _folder(
-    data_dir: Path, channels: int | None, image_size: int | Sequence[int] | None, val_fraction: float, seed: int
+    data_dir: Path,
+    channels: int | None,
+    image_size: int | Sequence[int] | None,
+    val_fraction: float,
+    seed: int,
+    skip_bad_files: bool,
 ) -> tuple[Dataset, Dataset, list[str], int, int | Sequence[int], str]:
     train_dir, val_dir = data_dir / "train", data_dir / "val"
     if not data_dir.is_dir():
@@ -143,7 +179,9 @@ def _folder(
     if not train_dir.is_dir():
         found = sorted(p.name for p in data_dir.iterdir() if p.is_dir())[:10]
         raise FileNotFoundError(f"{data_dir} has no train/ folder (found {found}); expected {_FOLDER_LAYOUT}")
-    train = ClassFolder(train_dir, channels or 3)
+    train = ClassFolder(train_dir, channels or 3, skip_bad_files=skip_bad_files)
+    if len(train) == 0:
+        raise FileNotFoundError(f"{train_dir} holds no readable images; expected {_FOLDER_LAYOUT}")
     class_names = list(train.classes)
     if channels is None or image_size is None:
         scanned_channels, median_side = _scan_folder(train)
@@ -153,7 +191,7 @@ def _folder(
         image_size = image_size or median_side
         logger.info("folder %s: %d channel(s), image size %s", train_dir, channels, image_size)
     if val_dir.is_dir():
-        val: Dataset = ClassFolder(val_dir, channels, class_names)
+        val: Dataset = ClassFolder(val_dir, channels, class_names, skip_bad_files=skip_bad_files)
         if len(val) == 0:
             raise FileNotFoundError(f"{val_dir} holds no images; expected {_FOLDER_LAYOUT}")
         return train, val, class_names, channels, image_size, "val"
@@ -191,6 +229,7 @@ def build_data(
     download: bool = False,
     aug: AugmentConfig | None = None,
     channels: int | None = None,
+    skip_bad_files: bool = False,
 ) -> DataBundle:
     """Load `source`, split it, and attach the train (seeded augmentation) and eval transforms.
 
@@ -198,7 +237,8 @@ def build_data(
     ImageFolder layout (DIR/train/<class>, DIR/val/<class>, else a stratified `val_fraction` of train by seed);
     1 channel if every training image is grey, else 3; default size the median shorter side. torchvision sets:
     `data_dir` is their root, their test split is the held-out one. Normalisation statistics come from the training
-    images at the training size; `aug` None means default_augment(source).
+    images at the training size; `aug` None means default_augment(source). A folder's images are all decoded once
+    first: a bad file raises BadImageFilesError listing every one, or is left out with `skip_bad_files`.
     """
     if source not in SOURCES:
         raise ValueError(f"unknown data source {source!r}; expected one of {list(SOURCES)}")
@@ -215,7 +255,7 @@ def build_data(
         raise ValueError(f"data source {source!r} needs data_dir (the folder holding it)")
     elif source == "folder":
         train_base, val_base, class_names, native_channels, native_size, val_name = _folder(
-            Path(data_dir), channels, image_size, val_fraction, seed
+            Path(data_dir), channels, image_size, val_fraction, seed, skip_bad_files
         )
     else:
         train_base, val_base, class_names, native_channels, native_size = _torchvision(source, Path(data_dir), download)
@@ -243,11 +283,14 @@ def build_data(
     )
 
 
-def build_folder_eval_data(data_dir: str | os.PathLike, config: ViTConfig) -> TransformedDataset:
+def build_folder_eval_data(
+    data_dir: str | os.PathLike, config: ViTConfig, skip_bad_files: bool = False
+) -> TransformedDataset:
     """An image folder prepared as a model with `config` expects (`eval_transform`), labelled with its class names.
 
     `data_dir` is DIR/<class>/<images>; a training folder (DIR/val/<class>) is accepted too, its val/ part used.
-    Class folders may be missing (no images of that class), but an unknown class folder is an error.
+    Class folders may be missing (no images of that class), but an unknown class folder is an error. Bad files
+    raise BadImageFilesError listing every one before any evaluation, or are left out with `skip_bad_files`.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -258,7 +301,7 @@ def build_folder_eval_data(data_dir: str | os.PathLike, config: ViTConfig) -> Tr
     subdirs = {p.name for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
     if not subdirs <= set(class_names) and (data_dir / "val").is_dir():
         data_dir = data_dir / "val"
-    folder = ClassFolder(data_dir, config.in_channels, class_names)
+    folder = ClassFolder(data_dir, config.in_channels, class_names, skip_bad_files=skip_bad_files)
     if len(folder) == 0:
         raise FileNotFoundError(f"{data_dir} holds no images; expected {data_dir}/<class>/<images>")
     return TransformedDataset(folder, eval_transform(config))

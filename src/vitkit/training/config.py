@@ -99,6 +99,9 @@ class TrainConfig:
     auto_augment: str | None = _flag(None, "automatic augmentation policy", choices=AUTO_AUGMENTS)
     randaugment_magnitude: int | None = _flag(None, "RandAugment magnitude (0-30)")
     random_erasing: float | None = _flag(None, "probability of random erasing")
+    skip_bad_files: bool = _flag(
+        False, "leave out image files that cannot be read (reporting how many) instead of failing before training"
+    )
     # --- how it runs
     seed: int = _flag(0, "seed of the data split, the initial weights, the data order and the augmentation")
     amp: str = _flag("auto", "bf16 autocast: auto (on CUDA), bf16 (also on the CPU) or off", choices=AMP_CHOICES)

@@ -128,6 +128,7 @@ def build_run_data(config: TrainConfig, channels: int | None = None) -> DataBund
         download=config.download,
         aug=default_augment(config.dataset, **config.augment_overrides()),
         channels=channels,
+        skip_bad_files=config.skip_bad_files,
     )
 
 
