@@ -7,47 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from interop_helpers import TOLERANCE, max_logit_difference, random_images, randomise
+from interop_helpers import TOLERANCE, max_logit_difference, random_images, randomise, write_original_npz
 
 from vitkit import VisionTransformer
 from vitkit.interop import load_jax_npz, to_timm
 from vitkit.model import get_config
 
 SMALL = dict(image_size=32, patch_size=8, hidden_dim=32, depth=2, num_heads=4, mlp_dim=64, num_classes=5)
-
-
-def write_original_npz(model: VisionTransformer, path: Path, with_positions: bool = True) -> None:
-    """The google-research vision_transformer layout: Flax kernels (in, out), attention kernels per head."""
-    s = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    c = model.config
-    heads, head_dim, d = c.num_heads, c.hidden_dim // c.num_heads, c.hidden_dim
-    w = {
-        "embedding/kernel": s["patch_embed.proj.weight"].transpose(2, 3, 1, 0),
-        "embedding/bias": s["patch_embed.proj.bias"],
-        "Transformer/encoder_norm/scale": s["norm.weight"],
-        "Transformer/encoder_norm/bias": s["norm.bias"],
-    }
-    if c.class_token:
-        w["cls"] = s["cls_token"]
-    if with_positions:
-        w["Transformer/posembed_input/pos_embedding"] = s["pos_embed"]
-    for i in range(c.depth):
-        block, ours = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
-        attention = block + "MultiHeadDotProductAttention_1/"
-        for norm, name in (("norm1", "LayerNorm_0"), ("norm2", "LayerNorm_2")):
-            w[f"{block}{name}/scale"], w[f"{block}{name}/bias"] = s[ours + norm + ".weight"], s[ours + norm + ".bias"]
-        for name, theirs in (("q", "query"), ("k", "key"), ("v", "value")):
-            w[f"{attention}{theirs}/kernel"] = s[f"{ours}attn.{name}.weight"].T.reshape(d, heads, head_dim)
-            w[f"{attention}{theirs}/bias"] = s[f"{ours}attn.{name}.bias"].reshape(heads, head_dim)
-        w[attention + "out/kernel"] = s[ours + "attn.proj.weight"].T.reshape(heads, head_dim, d)
-        w[attention + "out/bias"] = s[ours + "attn.proj.bias"]
-        for fc, name in (("fc1", "Dense_0"), ("fc2", "Dense_1")):
-            w[f"{block}MlpBlock_3/{name}/kernel"] = s[f"{ours}mlp.{fc}.weight"].T
-            w[f"{block}MlpBlock_3/{name}/bias"] = s[f"{ours}mlp.{fc}.bias"]
-    if c.pre_logits_dim:
-        w["pre_logits/kernel"], w["pre_logits/bias"] = s["pre_logits.0.weight"].T, s["pre_logits.0.bias"]
-    w["head/kernel"], w["head/bias"] = s["head.weight"].T, s["head.bias"]
-    np.savez(path, **w)
 
 
 def test_npz_loads_exactly_and_timm_reads_the_same_file_to_the_same_logits(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from vitkit import __version__
 from vitkit.cli.common import EXIT_FAILED, EXIT_USAGE, report_error
 
 # Subcommands in the order `vitkit --help` lists them; each is the module vitkit.cli.<name>.
-COMMANDS = ("train", "evaluate", "predict", "models")
+COMMANDS = ("train", "evaluate", "predict", "models", "convert", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,8 +7,10 @@ layer; its preprocessing lives in the model's ``pretrained_cfg``. timm is import
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
@@ -46,6 +48,27 @@ def timm_model_from_state_dict(state_dict: dict[str, Tensor], name: str) -> Timm
     check_state_dict(state, model.state_dict(), what=f"timm's {name}")
     model.load_state_dict(state)
     return model
+
+
+def timm_hub_config(weights: Path, name: str | None) -> tuple[str, dict[str, Any]]:
+    """The architecture name and preprocessing that timm's config.json beside a downloaded weights file gives
+    (``name``, when given, wins); without either the architecture is unknown, which is an error."""
+    config_file = weights.parent / "config.json"
+    saved = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if not isinstance(saved, dict) or "architecture" not in saved:
+        saved = {}
+    name = name or saved.get("architecture")
+    if name is None:
+        raise ValueError(
+            f"{weights}: name the timm architecture with --model (e.g. vit_base_patch16_224); "
+            f"there is no timm config.json beside the file to read it from"
+        )
+    pretrained = saved.get("pretrained_cfg", {})
+    fields = ("interpolation", "crop_pct", "crop_mode", "mean", "std")
+    preprocessing = {field: pretrained[field] for field in fields if pretrained.get(field) is not None}
+    if preprocessing.get("crop_mode") not in (None, "center", "squash"):
+        del preprocessing["crop_mode"]
+    return name, preprocessing
 
 
 def _unsupported(model: TimmViT) -> list[str]:

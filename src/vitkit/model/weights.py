@@ -30,16 +30,22 @@ WEIGHTS_FILE = "model.safetensors"
 HEAD_KEYS = ("head.weight", "head.bias")
 
 
+def interpolate_position_vectors(pos_embed: Tensor, old_grid: Pair, new_grid: Pair, num_prefix_tokens: int) -> Tensor:
+    """Position vectors (1, prefix + gh*gw, D) resampled to another patch grid (bicubic, antialiased), the CLS
+    position kept as is. No shortcut for an equal grid, so an exported graph can take the grid from its input."""
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    dim = pos_embed.shape[-1]
+    grid = grid.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2).float()  # (1, D, gh, gw)
+    grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False, antialias=True)
+    grid = grid.flatten(2).transpose(1, 2).to(pos_embed.dtype)  # (1, gh' * gw', D)
+    return torch.cat([prefix, grid], dim=1)
+
+
 def resize_position_vectors(pos_embed: Tensor, old_grid: Pair, new_grid: Pair, num_prefix_tokens: int) -> Tensor:
     """Resample position vectors to another patch grid (bicubic), keeping the CLS position as is."""
     if tuple(old_grid) == tuple(new_grid):
         return pos_embed
-    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-    dim = pos_embed.shape[-1]
-    grid = grid.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False, antialias=True)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(pos_embed.dtype)
-    return torch.cat([prefix, grid], dim=1)
+    return interpolate_position_vectors(pos_embed, old_grid, new_grid, num_prefix_tokens)
 
 
 def fit_position_vectors(table: Tensor, source_grid: Pair, config: ViTConfig) -> Tensor:
