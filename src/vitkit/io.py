@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -59,6 +60,40 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"{path} is not a readable safetensors weights file: {err}") from err
+
+
+# PyTorch's pickle-based weight files; read with weights_only=True, never as plain pickles.
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
+
+
+def load_pickle_weights_only(path: str | os.PathLike, what: str = "PyTorch file") -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain containers only, so a hostile pickle cannot run code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, ImportError) as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+        # torch's message goes on to explain how to load the file unsafely; keep only what was refused.
+        why = next((line.split("error:", 1)[1] for line in lines if line.startswith("WeightsUnpickler error:")), lines[0])
+        raise ValueError(
+            f"{path} is not a readable {what}: refused by the weights-only loader, which loads tensors and plain "
+            f"values but never code ({why.strip().split('. ')[0]})"
+        ) from err
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Weights from ``.safetensors``, or from ``.pt``/``.pth``/``.bin`` through the weights-only loader."""
+    path = Path(path)
+    if path.suffix.lower() not in PICKLE_SUFFIXES:
+        return load_safetensors(path)
+    state = load_pickle_weights_only(path, "weights file")
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ValueError(f"{path} holds no state dict (a mapping of names to tensors), got {type(state).__name__}")
+    return state
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:

@@ -13,17 +13,25 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from vitkit import __version__
 from vitkit.cli.common import EXIT_FAILED, EXIT_USAGE, report_error
 
 # Subcommands in the order `vitkit --help` lists them; each is the module vitkit.cli.<name>.
-COMMANDS = ("train", "evaluate", "predict", "models", "convert", "export")
+COMMANDS = ("train", "evaluate", "predict", "explain", "models", "convert", "export")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake reported on one line (the full usage of `train` is a page long)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The `vitkit` argument parser with its subcommands."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vitkit",
         description="Train, evaluate and use Vision Transformers.",
         epilog="Run `vitkit COMMAND --help` for a command's options.",

@@ -28,7 +28,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "name (vit_b_16), or for .npz files a vitkit name giving the image size; a timm file's config.json "
         "beside it is read when this is left out",
     )
-    parser.add_argument("--out", metavar="RUN_DIR", required=True, help="the run folder to write (must not hold a model)")
+    parser.add_argument("--out", metavar="RUN_DIR", required=True, help="run folder to write (must not hold a model)")
     parser.set_defaults(func=run)
 
 

@@ -48,7 +48,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def _default_check_sizes(image_size: tuple[int, int], patch_size: tuple[int, int]) -> list[tuple[int, int]]:
     def scaled(factor: float) -> tuple[int, int]:
-        return tuple(max(p, round(s * factor / p) * p) for s, p in zip(image_size, patch_size))  # type: ignore[return-value]
+        height, width = (max(p, round(s * factor / p) * p) for s, p in zip(image_size, patch_size))
+        return (height, width)
 
     return [scaled(1.5), scaled(0.5)]
 
@@ -70,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         )
         for size in sizes:
             if any(s % p for s, p in zip(size, model.patch_size)):
-                raise ValueError(f"--check-size {size[0]}x{size[1]} is not a multiple of the patch size {model.patch_size}")
+                patch = model.patch_size
+                raise ValueError(f"--check-size {size[0]}x{size[1]} is not a multiple of the patch size {patch}")
         path = export_onnx(model, args.out, dynamic_image_size=args.dynamic_image_size)
         differences = check_onnx(model, path, image_sizes=tuple(sizes))
         print(f"wrote {path} (input 'images' (batch, {model.in_channels}, H, W), output 'logits')")

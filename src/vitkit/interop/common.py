@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import pickle
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from vitkit.io import load_safetensors
+from vitkit.io import PICKLE_SUFFIXES, load_pickle_weights_only, load_safetensors
 from vitkit.model import VisionTransformer, ViTConfig
 from vitkit.model.weights import load_weights
 
-logger = logging.getLogger(__name__)
 
-TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 # Checkpoints written by training scripts often wrap the weights in one of these keys.
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 
@@ -30,20 +28,20 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such weights file: {path}")
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         return load_safetensors(path)
-    if path.suffix not in TORCH_SUFFIXES:
-        raise ValueError(f"{path}: expected a .safetensors or {'/'.join(TORCH_SUFFIXES)} weights file")
+    if path.suffix.lower() not in PICKLE_SUFFIXES:
+        raise ValueError(f"{path}: expected a .safetensors or {'/'.join(PICKLE_SUFFIXES)} weights file")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        data = load_pickle_weights_only(path, "PyTorch weights file")
+    except OSError as err:  # a truncated zip archive fails in the reader, before unpickling
         raise ValueError(f"{path} is not a readable PyTorch weights file (truncated, or not one): {err}") from err
     for key in _WRAPPER_KEYS:
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]
     if not isinstance(data, dict) or not all(isinstance(v, Tensor) for v in data.values()):
         raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    if all(k.startswith("module.") for k in data):
+    if data and all(k.startswith("module.") for k in data):
         data = {k.removeprefix("module."): v for k, v in data.items()}
     return data
 
@@ -73,3 +71,19 @@ def build_model(config: ViTConfig, state: dict[str, Tensor]) -> VisionTransforme
         model = VisionTransformer(config)
     load_weights(model, {k: v.contiguous() for k, v in state.items()}, assign=True)
     return model.eval()
+
+
+def from_peer(
+    model_or_state_dict: Any,
+    name: str | None,
+    library: str,
+    model_by_name: Callable[[dict[str, Tensor], str], Any],
+    convert: Callable[[Any], tuple[ViTConfig, dict[str, Tensor]]],
+) -> VisionTransformer:
+    """A vitkit model from a peer model, or from a state dict whose architecture ``name`` builds the peer model
+    (no download) that checks it; a state dict alone does not say the number of heads."""
+    if isinstance(model_or_state_dict, dict):
+        if name is None:
+            raise ValueError(f"a {library} state dict needs name= (--model for vitkit convert), its architecture")
+        model_or_state_dict = model_by_name(model_or_state_dict, name)
+    return build_model(*convert(model_or_state_dict))

@@ -40,7 +40,8 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         if arrays and all(key.startswith(prefix) for key in arrays):
             arrays = {key.removeprefix(prefix): value for key, value in arrays.items()}
     if "embedding/kernel" not in arrays:
-        raise ValueError(f"{path} has no 'embedding/kernel': not an original ViT checkpoint (keys: {sorted(arrays)[:8]})")
+        keys = sorted(arrays)[:8]
+        raise ValueError(f"{path} has no 'embedding/kernel': not an original ViT checkpoint (keys: {keys})")
     return arrays
 
 

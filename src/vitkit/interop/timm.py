@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
-from vitkit.interop.common import build_model, fuse_qkv, split_qkv
+from vitkit.interop.common import from_peer, fuse_qkv, split_qkv
 from vitkit.model import VisionTransformer, ViTConfig
 from vitkit.model.weights import check_state_dict
 
@@ -139,15 +139,11 @@ def from_timm(model_or_state_dict: nn.Module | dict[str, Tensor], name: str | No
 
     A state dict alone does not say the number of heads, so ``name`` (e.g. ``vit_base_patch16_224``) is needed.
     """
-    if isinstance(model_or_state_dict, dict):
-        if name is None:
-            raise ValueError("a timm state dict needs name=, the timm architecture (e.g. 'vit_base_patch16_224')")
-        model_or_state_dict = timm_model_from_state_dict(model_or_state_dict, name)
-    return build_model(*convert_timm(model_or_state_dict))
+    return from_peer(model_or_state_dict, name, "timm", timm_model_from_state_dict, convert_timm)
 
 
 def to_timm(model: VisionTransformer) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """(timm state dict, keyword arguments): ``timm.create_model(TIMM_EXPORT_NAME, **kwargs)`` accepts the state dict."""
+    """(timm state dict, keyword arguments) such that ``timm.create_model(TIMM_EXPORT_NAME, **kwargs)`` takes it."""
     config = model.config
     if config.pre_logits_dim:
         raise ValueError("timm's VisionTransformer has no pre-logits layer; this model has one (pre_logits_dim)")

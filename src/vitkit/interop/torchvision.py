@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
-from vitkit.interop.common import build_model, fuse_qkv, rename, split_qkv
+from vitkit.interop.common import from_peer, fuse_qkv, rename, split_qkv
 from vitkit.model import VisionTransformer, ViTConfig
 from vitkit.model.weights import check_state_dict
 
@@ -103,11 +103,7 @@ def convert_torchvision(model: TorchvisionViT) -> tuple[ViTConfig, dict[str, Ten
 
 def from_torchvision(model_or_state_dict: nn.Module | dict[str, Tensor], name: str | None = None) -> VisionTransformer:
     """A vitkit model with the logits of a torchvision ViT, given as a model or as a state dict of ``name``."""
-    if isinstance(model_or_state_dict, dict):
-        if name is None:
-            raise ValueError("a torchvision state dict needs name=, the torchvision architecture (e.g. 'vit_b_16')")
-        model_or_state_dict = torchvision_model_from_state_dict(model_or_state_dict, name)
-    return build_model(*convert_torchvision(model_or_state_dict))
+    return from_peer(model_or_state_dict, name, "torchvision", torchvision_model_from_state_dict, convert_torchvision)
 
 
 def to_torchvision(model: VisionTransformer) -> tuple[dict[str, Tensor], dict[str, Any]]:

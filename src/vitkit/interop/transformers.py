@@ -53,15 +53,16 @@ def _names(config: ViTConfig, keys: set[str]) -> dict[str, str]:
         names.update({"head.weight": "classifier.weight", "head.bias": "classifier.bias"})
     for i in range(config.depth):
         for ours, theirs in _LAYER_NAMES[version].items():
-            suffixes = ("weight",) if ours in ("attn.q", "attn.k", "attn.v") and not config.qkv_bias else ("weight", "bias")
-            for suffix in suffixes:
+            no_bias = ours in ("attn.q", "attn.k", "attn.v") and not config.qkv_bias
+            for suffix in ("weight",) if no_bias else ("weight", "bias"):
                 names[f"blocks.{i}.{ours}.{suffix}"] = f"{_LAYER_PREFIX[version]}{i}.{theirs}.{suffix}"
     return names
 
 
 def _preprocessing(folder: Path | None) -> dict[str, Any]:
     """ViTConfig preprocessing fields from a folder's preprocessor_config.json (ViTImageProcessor's defaults)."""
-    saved = json.loads((folder / PREPROCESSOR_FILE).read_text()) if folder and (folder / PREPROCESSOR_FILE).is_file() else {}
+    file = folder / PREPROCESSOR_FILE if folder else None
+    saved = json.loads(file.read_text()) if file and file.is_file() else {}
     resample = {code: name for name, code in PIL_RESAMPLE.items()}.get(saved.get("resample", 2), "bilinear")
     fields: dict[str, Any] = dict(
         interpolation=resample,

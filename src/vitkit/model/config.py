@@ -7,6 +7,7 @@ holds next to ``model.safetensors``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,17 @@ def to_pair(value: int | Sequence[int], name: str) -> Pair:
     if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
         raise ValueError(f"{name} must be a positive int or a (height, width) pair of them, got {value!r}")
     return pair  # type: ignore[return-value]
+
+
+def _is_number(value: Any) -> bool:
+    """A real, finite number (bools are not numbers here: ``dropout=True`` is a mistake)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _numbers(value: Any, name: str) -> tuple[float, ...]:
+    if not isinstance(value, (list, tuple)) or not all(_is_number(v) for v in value):
+        raise ValueError(f"{name} must be a list of numbers, one per channel, got {value!r}")
+    return tuple(float(v) for v in value)
 
 
 def _divisible_sizes_near(size: int, patch: int) -> str:
@@ -75,15 +87,17 @@ class ViTConfig:
         self.patch_size = to_pair(self.patch_size, "patch_size")
         for axis, size, patch in zip(("height", "width"), self.image_size, self.patch_size):
             if size % patch:
+                larger = ", the patch is larger than the image" if patch > size else ""
                 raise ValueError(
-                    f"image {axis} {size} is not divisible by patch {axis} {patch}: "
+                    f"image {axis} {size} is not divisible by patch {axis} {patch} (image_size {self.image_size}, "
+                    f"patch_size {self.patch_size}{larger}): "
                     f"use an image {axis} that is a multiple of {patch}, such as {_divisible_sizes_near(size, patch)}"
                 )
         for name in ("in_channels", "hidden_dim", "depth", "num_heads", "mlp_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not isinstance(self.num_classes, int) or self.num_classes < 0:
+        if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or self.num_classes < 0:
             raise ValueError(f"num_classes must be an int >= 0 (0 means no head), got {self.num_classes!r}")
         if self.hidden_dim % self.num_heads:
             raise ValueError(
@@ -99,23 +113,30 @@ class ViTConfig:
             )
         if self.pool not in POOL_CHOICES:
             raise ValueError(f"pool must be one of {POOL_CHOICES}, got {self.pool!r}")
+        for name in ("class_token", "qkv_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.pool == "cls" and not self.class_token:
             raise ValueError("pool='cls' needs class_token=True: there is no CLS token to classify from")
         for name in ("dropout", "attention_dropout", "drop_path"):
             value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
+            if not _is_number(value) or not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value!r}")
         if not isinstance(self.pre_logits_dim, int) or isinstance(self.pre_logits_dim, bool) or self.pre_logits_dim < 0:
             raise ValueError(f"pre_logits_dim must be an int >= 0 (0: no pre-logits), got {self.pre_logits_dim!r}")
+        if not isinstance(self.fc_norm, bool):
+            raise ValueError(f"fc_norm must be true or false, got {self.fc_norm!r}")
         if self.interpolation not in INTERPOLATION_CHOICES:
             raise ValueError(f"interpolation must be one of {INTERPOLATION_CHOICES}, got {self.interpolation!r}")
         if self.crop_mode not in CROP_MODE_CHOICES:
             raise ValueError(f"crop_mode must be one of {CROP_MODE_CHOICES}, got {self.crop_mode!r}")
-        if not 0.0 < self.crop_pct <= 1.0:
-            raise ValueError(f"crop_pct must be in (0, 1] (1 means no margin is cropped away), got {self.crop_pct!r}")
-        if self.layer_norm_eps <= 0:
-            raise ValueError(f"layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
+        if not _is_number(self.crop_pct) or not 0.0 < self.crop_pct <= 1.0:
+            raise ValueError(f"crop_pct must be a number in (0, 1] (1 means no margin is cropped away), got {self.crop_pct!r}")
+        if not _is_number(self.layer_norm_eps) or self.layer_norm_eps <= 0:
+            raise ValueError(f"layer_norm_eps must be a positive number, got {self.layer_norm_eps!r}")
         if self.class_names is not None:
+            if not isinstance(self.class_names, (list, tuple)):
+                raise ValueError(f"class_names must be a list of names, one per class, got {self.class_names!r}")
             self.class_names = [str(name) for name in self.class_names]
             if len(self.class_names) != self.num_classes:
                 raise ValueError(
@@ -124,7 +145,7 @@ class ViTConfig:
         for name in ("mean", "std"):
             value = getattr(self, name)
             if value is not None:
-                value = tuple(float(v) for v in value)
+                value = _numbers(value, name)
                 if len(value) != self.in_channels:
                     raise ValueError(
                         f"{name} has {len(value)} values but in_channels is {self.in_channels}: one per channel"

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vitkit.io import load_safetensors, read_json, save_safetensors, write_json
+from vitkit.io import load_state_dict_file, read_json, save_safetensors, write_json
 from vitkit.model.config import Pair, ViTConfig, to_pair
 
 if TYPE_CHECKING:
@@ -174,7 +174,10 @@ def save_pretrained(model: VisionTransformer, directory: str | os.PathLike) -> P
 
 
 def from_pretrained(path: str | os.PathLike, **overrides: Any) -> VisionTransformer:
-    """Rebuild a model from a folder (or a ``.safetensors`` file with ``config.json`` beside it).
+    """Rebuild a model from a folder (or a weights file with ``config.json`` beside it).
+
+    Weights are read with safetensors, or for ``.pt``/``.pth``/``.bin`` with ``torch.load(weights_only=True)``:
+    loading never runs code from the file.
 
     ``overrides`` change config fields: another ``image_size`` resizes the position vectors, another
     ``num_classes`` gives a fresh head; dropouts and the like simply apply.
@@ -189,7 +192,11 @@ def from_pretrained(path: str | os.PathLike, **overrides: Any) -> VisionTransfor
     if new_classes and "class_names" not in overrides:
         overrides["class_names"] = None
     model = VisionTransformer(saved.replace(**overrides))
-    load_weights(model, load_safetensors(weights_file), source_grid=saved.grid_size, strict_head=not new_classes)
+    state_dict = load_state_dict_file(weights_file)
+    try:
+        load_weights(model, state_dict, source_grid=saved.grid_size, strict_head=not new_classes)
+    except ValueError as err:
+        raise ValueError(f"{weights_file} does not fit the model {config_file} describes: {err}") from err
     if new_classes:
         logger.warning("new head for %d classes (the weights had %d)", model.num_classes, saved.num_classes)
     return model

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
-from vitkit.io import atomic_path, load_safetensors, read_json, save_safetensors
+from vitkit.io import atomic_path, load_pickle_weights_only, load_safetensors, read_json, save_safetensors
 from vitkit.model import ViTConfig
 from vitkit.model.weights import find_weights
 
@@ -49,10 +48,7 @@ def _weights_id(path: Path) -> str | None:
 
 
 def _load_state(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only: no code runs
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        raise ValueError(f"{path} is not a readable vitkit training state: {err}") from err
+    return load_pickle_weights_only(path, "vitkit training state")  # tensors and plain values only: no code runs
 
 
 def load_checkpoint(run_dir: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:

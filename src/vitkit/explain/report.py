@@ -1,0 +1,194 @@
+"""An explanation folder: every picture as a PNG, and an index.html that shows them together.
+
+`vitkit explain` writes one for the images it is given; a training run writes a small one (patch grid and
+rollout of a few validation images) at its end.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from vitkit.evaluation import class_names_of
+from vitkit.explain import figures, maps
+from vitkit.io import atomic_path
+from vitkit.model import VisionTransformer
+
+logger = logging.getLogger(__name__)
+
+INDEX_FILE = "index.html"
+
+
+def load_images(model: VisionTransformer, paths: Sequence[str | os.PathLike]) -> Tensor:
+    """Image files preprocessed as the model's weights expect them: (B, C, H, W)."""
+    from vitkit.data import eval_transform, load_image
+
+    if not paths:
+        raise ValueError("no images to explain: give at least one image file")
+    transform = eval_transform(model.config)
+    return torch.stack([transform(load_image(Path(path), model.in_channels)) for path in paths])
+
+
+def _normalisation(model: VisionTransformer) -> tuple[Sequence[float], Sequence[float]]:
+    # As eval_transform normalises: a model saved without mean/std gets pixels in [0, 1].
+    config = model.config
+    return config.mean or (0.0,) * config.in_channels, config.std or (1.0,) * config.in_channels
+
+
+def _file_stem(index: int, name: str) -> str:
+    # Numbered, so two images called "cat.png" in different folders do not overwrite each other.
+    return f"{index:02d}-" + (re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem) or "image")
+
+
+class _Report:
+    """Collects the PNGs of one folder and writes index.html listing them by section."""
+
+    def __init__(self, out: Path, title: str) -> None:
+        self.out, self.title = out, title
+        self.sections: list[tuple[str, list[tuple[str, str]]]] = []
+
+    def section(self, heading: str) -> None:
+        self.sections.append((heading, []))
+
+    def add(self, fig: figures.Figure, file_name: str, caption: str) -> None:
+        figures.save_png(fig, self.out / file_name)
+        self.sections[-1][1].append((file_name, caption))
+
+    def write_index(self) -> Path:
+        parts = [
+            "<!doctype html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>{html.escape(self.title)}</title>",
+            "<style>body{font-family:sans-serif;margin:2em}figure{display:inline-block;margin:0 1em 1em 0;"
+            "vertical-align:top}img{max-width:100%;border:1px solid #ddd}figcaption{max-width:40em}</style>",
+            f"</head><body><h1>{html.escape(self.title)}</h1>",
+        ]
+        for heading, items in self.sections:
+            parts.append(f"<h2>{html.escape(heading)}</h2>")
+            for file_name, caption in items:
+                parts.append(
+                    f'<figure><img src="{html.escape(file_name)}" alt="{html.escape(caption)}">'
+                    f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+                )
+        parts.append("</body></html>\n")
+        path = self.out / INDEX_FILE
+        with atomic_path(path) as tmp:
+            tmp.write_text("\n".join(parts), encoding="utf-8")
+        return path
+
+
+def _top_k(model: VisionTransformer, images: Tensor, k: int) -> list[list[tuple[str, float]]]:
+    names = class_names_of(model)
+    with maps.evaluating(model), torch.no_grad():
+        probabilities = model(images).float().softmax(dim=1).cpu()
+    values, indices = probabilities.topk(min(k, model.num_classes), dim=1)
+    return [[(names[i], p) for p, i in zip(v.tolist(), ix.tolist())] for v, ix in zip(values, indices)]
+
+
+def explain_images(
+    model: VisionTransformer,
+    images: Tensor,
+    names: Sequence[str],
+    out: str | os.PathLike,
+    *,
+    head_fusion: str = "mean",
+    discard_ratio: float = 0.0,
+    top_k: int = 3,
+    target: int | None = None,
+    num_filters: int = 28,
+) -> Path:
+    """Write every picture of ``images`` (preprocessed, named ``names``) and of the model into ``out``.
+
+    Per image: the patch grid, the attention rollout beside the top-k predictions, Grad-CAM for ``target``
+    (default: the predicted class) and the last block's attention per head. For the model: position-embedding
+    similarity, mean attention distance over the images, patch-embedding filters. Returns index.html's path.
+    """
+    if len(names) != len(images):
+        raise ValueError(f"got {len(images)} images but {len(names)} names")
+    if model.num_classes < 1:
+        raise ValueError("this model has no classification head (num_classes is 0); there is nothing to explain")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    images = images.to(next(model.parameters()).device)
+    config = model.config
+    class_names = class_names_of(model)
+    mean, std = _normalisation(model)
+    with maps.evaluating(model):
+        attentions = model.get_attention_maps(images)
+    rollouts = maps.rollout(attentions, config, head_fusion, discard_ratio).numpy()
+    heads = maps.head_attention_of(attentions, config).numpy()
+    cams = maps.grad_cam(model, images, target).numpy()
+    predictions = _top_k(model, images, top_k)
+    source = "the CLS token" if config.pool == "cls" else "the mean of the patch tokens"
+    fusion = f"heads fused by {head_fusion}" + (f", weakest {discard_ratio:.0%} discarded" if discard_ratio else "")
+
+    report = _Report(out, f"What the model looks at: {len(images)} image(s)")
+    for index, (image, name) in enumerate(zip(images, names)):
+        stem = _file_stem(index, name)
+        shown = figures.display_image(image, mean, std)
+        cam_class = predictions[index][0][0] if target is None else class_names[target]
+        report.section(f"{name}: predicted {predictions[index][0][0]} ({predictions[index][0][1]:.1%})")
+        report.add(figures.patch_grid_figure(shown, config.patch_size, config.class_token),
+                   f"{stem}-patch-grid.png", "the image as the model sees it, cut into its patches (tokens)")  # fmt: skip
+        report.add(figures.rollout_figure(shown, rollouts[index], predictions[index], f"attention rollout ({fusion})"),
+                   f"{stem}-rollout.png", f"attention rollout from {source} ({fusion}), beside the top predictions")  # fmt: skip
+        report.add(figures.heat_figure(shown, cams[index], f"Grad-CAM for class {cam_class}", "class evidence"),
+                   f"{stem}-grad-cam.png", f"Grad-CAM for class {cam_class} on the last block's patch tokens")  # fmt: skip
+        report.add(figures.head_attention_figure(shown, heads[index], f"last block: attention from {source}"),
+                   f"{stem}-heads.png", f"the last block's attention from {source}, one map per head")  # fmt: skip
+
+    report.section("The model")
+    report.add(figures.position_similarity_figure(maps.position_similarity(model).numpy()), "position-similarity.png",
+               "cosine similarity of each patch position's embedding with every other position's")  # fmt: skip
+    report.add(figures.attention_distance_figure(maps.attention_distance(attentions, config).numpy(), config.image_size),
+               "attention-distance.png", "mean attention distance of each head per block, over the given images")  # fmt: skip
+    most = min(num_filters, config.hidden_dim, config.in_channels * config.patch_size[0] * config.patch_size[1])
+    report.add(figures.embedding_filters_figure(maps.embedding_filters(model, most).numpy()), "embedding-filters.png",
+               "principal components of the patch-embedding filters: what the model measures in a patch")  # fmt: skip
+    return report.write_index()
+
+
+def explain_files(model: VisionTransformer, paths: Sequence[str | os.PathLike], out: str | os.PathLike,
+                  **options: object) -> Path:  # fmt: skip
+    """:func:`explain_images` for image files, preprocessed as the model expects."""
+    return explain_images(model, load_images(model, paths), [str(path) for path in paths], out, **options)
+
+
+def write_run_pictures(
+    model: VisionTransformer, dataset: Dataset, out: str | os.PathLike, count: int = 3
+) -> Path | None:
+    """The patch grid and attention rollout of the first ``count`` images of ``dataset`` (validation (image, label)
+    pairs, preprocessed), drawn at the end of a training run so that every run shows what it learned.
+
+    Drawing must never cost a run: any failure is logged as a warning and None returned.
+    """
+    try:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        samples = [dataset[i] for i in range(min(count, len(dataset)))]
+        images = torch.stack([image for image, _ in samples])
+        names = class_names_of(model)
+        mean, std = _normalisation(model)
+        images = images.to(next(model.parameters()).device)
+        rollouts = maps.attention_rollout(model, images).numpy()
+        predictions = _top_k(model, images, 3)
+        report = _Report(out, "What the trained model looks at: validation images")
+        for index, image in enumerate(images):
+            shown = figures.display_image(image, mean, std)
+            report.section(f"validation image {index}, labelled {names[int(samples[index][1])]}")
+            report.add(figures.patch_grid_figure(shown, model.config.patch_size, model.config.class_token),
+                       f"{index:02d}-patch-grid.png", "the image cut into patches")  # fmt: skip
+            report.add(figures.rollout_figure(shown, rollouts[index], predictions[index]),
+                       f"{index:02d}-rollout.png", "attention rollout beside the top predictions")  # fmt: skip
+        return report.write_index()
+    except Exception as err:  # noqa: BLE001 - a picture is not worth a finished run
+        logger.warning("could not draw the run's explanation pictures into %s: %s", out, err)
+        return None

@@ -1,0 +1,84 @@
+"""Large folders: predict and evaluate stream their results, so memory does not grow with the number of images.
+
+The folder here has 600 images (benchmarks/predict_load.py measures 50,000); Python's allocations are traced
+while the results flow, and the memory held after the 600th image is the memory held after the 100th.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from torch.utils.data import Dataset
+
+from vitkit.data import build_folder_eval_data
+from vitkit.evaluation import evaluate
+from vitkit.prediction import predict_files
+
+COUNT = 600
+FIRST = 100
+GROWTH_LIMIT = 64 * 1024  # bytes: a few stray objects; 500 kept results would take about 300 KiB
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("large")
+    pixels = np.random.default_rng(0).integers(0, 256, (COUNT, 8, 8), dtype=np.uint8)
+    for c in ("a", "b"):
+        (root / c).mkdir()
+    for i in range(COUNT):
+        Image.fromarray(pixels[i], "L").save(root / "ab"[i % 2] / f"{i:05d}.png")
+    return root
+
+
+@contextlib.contextmanager
+def traced() -> Iterator[None]:
+    tracemalloc.start()
+    try:
+        yield
+    finally:
+        tracemalloc.stop()
+
+
+def test_predict_streams_results_with_flat_memory(folder: Path, tiny_classifier) -> None:
+    model = tiny_classifier(["a", "b"], channels=1)
+    seen = 0
+    with traced():
+        for result in predict_files(model, [folder], top_k=1, batch_size=50):
+            seen += 1
+            assert "top_k" in result
+            if seen == FIRST:
+                held_early = tracemalloc.get_traced_memory()[0]
+        held_late = tracemalloc.get_traced_memory()[0]
+    assert seen == COUNT
+    assert held_late - held_early < GROWTH_LIMIT, f"memory grew by {held_late - held_early} bytes"
+
+
+class Probe(Dataset):
+    """A data set that notes the traced memory when evaluation reaches sample FIRST and the last sample."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base, self.held = base, {}
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        if index in (FIRST, len(self) - 1):
+            self.held[index] = tracemalloc.get_traced_memory()[0]
+        return self.base[index]
+
+
+def test_evaluate_keeps_counts_not_results(folder: Path, tiny_classifier) -> None:
+    model = tiny_classifier(["a", "b"], channels=1)
+    probe = Probe(build_folder_eval_data(folder, model.config))
+    with traced():
+        metrics = evaluate(model, probe, batch_size=50)
+    assert metrics["num_samples"] == COUNT and sum(map(sum, metrics["confusion_matrix"])) == COUNT
+    growth = probe.held[COUNT - 1] - probe.held[FIRST]
+    assert growth < GROWTH_LIMIT, f"memory grew by {growth} bytes between sample {FIRST} and {COUNT - 1}"
