@@ -60,7 +60,7 @@ def test_a_timm_state_dict_needs_and_uses_the_architecture_name() -> None:
 
 def test_a_state_dict_of_another_architecture_lists_the_bad_keys() -> None:
     peer, _ = make_timm("test-vit")
-    with pytest.raises(ValueError, match=r"timm's vit_tiny_patch16_224: .*mismatched shapes: .*cls_token: weights \(1, 1, 64\) vs expected \(1, 1, 192\)"):
+    with pytest.raises(ValueError, match=r"timm's vit_tiny_patch16_224: .*mismatched shapes: .*cls_token: weights \(1, 1, 64\) vs model \(1, 1, 192\)"):
         from_timm(peer.state_dict(), name="vit_tiny_patch16_224")
     truncated = {k: v for k, v in peer.state_dict().items() if not k.startswith("blocks.5.")}
     with pytest.raises(ValueError, match=r"missing keys: \['blocks.5.attn.proj.bias'"):

@@ -69,7 +69,7 @@ def test_state_dict_errors_list_missing_unexpected_and_mismatched_keys():
     message = str(raised.value)
     assert "missing keys: ['blocks.1.mlp.fc1.bias']" in message
     assert "unexpected keys: ['blocks.0.attn.qkv.weight']" in message
-    assert "head.weight: weights (7, 32) vs expected (3, 32)" in message
+    assert "head.weight: weights (7, 32) vs model (3, 32)" in message
 
 
 def test_find_weights_says_what_it_expected(tmp_path):

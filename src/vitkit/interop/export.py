@@ -8,7 +8,6 @@ exactly as ``set_image_size`` resizes them (bicubic, antialiased: ONNX Resize fr
 from __future__ import annotations
 
 import copy
-import logging
 import os
 from pathlib import Path
 
@@ -21,8 +20,6 @@ from vitkit.io import atomic_path, save_safetensors
 from vitkit.model import VisionTransformer
 from vitkit.model.config import Pair
 from vitkit.model.weights import interpolate_position_vectors
-
-logger = logging.getLogger(__name__)
 
 ONNX_OPSET = 18  # Resize with antialiasing
 MAX_ONNX_SIDE = 4096  # the largest image side the dynamic graph is declared for

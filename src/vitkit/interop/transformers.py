@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
+from vitkit.data.transforms import resize_size
 from vitkit.interop.common import build_model, rename
 from vitkit.model import VisionTransformer, ViTConfig
 
@@ -182,9 +183,8 @@ def _image_processor(config: ViTConfig) -> Any:
         return transformers.ViTImageProcessor(size={"height": height, "width": width}, **common)
     if config.crop_mode == "squash":
         raise ValueError("transformers has no image processor that squashes and then crops; use crop_mode 'center'")
-    shortest = int(max(height, width) / config.crop_pct)
     return transformers.BitImageProcessor(
-        size={"shortest_edge": shortest},
+        size={"shortest_edge": resize_size(max(height, width), config.crop_pct)},
         do_center_crop=True,
         crop_size={"height": height, "width": width},
         do_convert_rgb=config.in_channels == 3,

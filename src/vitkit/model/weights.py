@@ -102,7 +102,7 @@ def check_state_dict(
     missing = sorted(k for k in set(expected) - set(state) if k not in ignore_missing)
     unexpected = sorted(set(state) - set(expected))
     mismatched = [
-        f"{key}: weights {tuple(value.shape)} vs expected {tuple(expected[key].shape)}"
+        f"{key}: weights {tuple(value.shape)} vs model {tuple(expected[key].shape)}"
         for key, value in sorted(state.items())
         if key in expected and value.shape != expected[key].shape
     ]
