@@ -7,7 +7,7 @@ instead of an exception.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,15 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[Path, str
             yield path, None  # load_image says what is wrong with a FIFO, a broken link, ...
         else:
             yield path, f"no such file or folder: {path}"
+
+
+def top_k_classes(logits: Tensor, names: Sequence[str], k: int) -> list[list[dict[str, Any]]]:
+    """Per image, the k most probable classes as [{"class": name, "probability": p}, ...], best first."""
+    values, indices = logits.float().softmax(dim=1).topk(min(k, logits.shape[1]), dim=1)
+    return [
+        [{"class": names[i], "probability": round(p, 6)} for p, i in zip(row_values, row_indices)]
+        for row_values, row_indices in zip(values.tolist(), indices.tolist())
+    ]
 
 
 @torch.inference_mode()
@@ -73,19 +82,12 @@ def predict_files(
     def run(pending: list[tuple[Path, Tensor | str]]) -> Iterator[dict[str, Any]]:
         images = [item for _, item in pending if isinstance(item, Tensor)]
         if images:
-            probs = model(torch.stack(images).to(device)).float().softmax(dim=1).cpu()
-            best = iter(zip(*probs.topk(k, dim=1)))
+            best = iter(top_k_classes(model(torch.stack(images).to(device)), names, k))
         for path, item in pending:
             if isinstance(item, str):
                 yield {"path": str(path), "error": item}
-                continue
-            values, indices = next(best)
-            yield {
-                "path": str(path),
-                "top_k": [
-                    {"class": names[i], "probability": round(p, 6)} for p, i in zip(values.tolist(), indices.tolist())
-                ],
-            }
+            else:
+                yield {"path": str(path), "top_k": next(best)}
 
     pending: list[tuple[Path, Tensor | str]] = []
     num_images = 0

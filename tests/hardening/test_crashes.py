@@ -8,6 +8,7 @@ that has its final name must be complete (writes go to a temporary file, are flu
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import multiprocessing
 import os
@@ -124,4 +125,84 @@ def test_kill_9_at_random_moments_then_resume_loses_nothing(reference: Path, tmp
         assert not (run_dir / "model.safetensors").exists(), "killed before the end"
     assert steps == sorted(steps) and len(set(steps)) == KILLS, f"each kill at a later step: {steps}"
     resume(run_dir)
+    assert_nothing_lost(reference, run_dir)
+
+
+@pytest.mark.parametrize("write", ["weights", "state"])
+def test_a_full_disk_while_saving_is_a_clear_error_and_the_previous_checkpoint_survives(
+    reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write: str
+) -> None:
+    import vitkit.io
+
+    target, name = (vitkit.io, "save_file") if write == "weights" else (torch, "save")
+    real = getattr(target, name)
+    calls = []
+
+    def fills_the_disk_on_call_30(obj: object, path: object, *args: object, **kwargs: object) -> None:
+        calls.append(path)
+        if len(calls) == 30:
+            Path(path).write_bytes(b"the first bytes of a file that did not fit")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(target, name, fills_the_disk_on_call_30)
+    run_dir = tmp_path / "full_disk"
+    with pytest.raises(OSError, match=r"No space left on device.*previous checkpoint .*intact.*--resume") as info:
+        train(recipe(run_dir))
+    assert info.value.errno == errno.ENOSPC and str(run_dir) in str(info.value)
+    monkeypatch.undo()
+    assert assert_no_half_written_file(run_dir) == 29, "the checkpoint before the full disk"
+    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")], "no temporary file left behind"
+    resume(run_dir)
+    assert_nothing_lost(reference, run_dir)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(reference: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "interrupted"
+    config_file = tmp_path / "recipe.json"
+    write_json(recipe(run_dir, save_every=50).to_dict(), config_file)
+    command = [sys.executable, "-m", "vitkit", "train", "--config", str(config_file)]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while checkpoint_time(run_dir) is None:  # the first checkpoint (step 50): training is under way
+            assert child.poll() is None, child.communicate()
+            assert time.monotonic() < deadline, "no checkpoint after 180 s"
+            time.sleep(0.01)
+        time.sleep(0.2)
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            child.kill()
+    assert child.returncode == 130, err
+    assert "Traceback" not in err and f"vitkit train --resume {run_dir}" in err, err
+    saved_step = assert_no_half_written_file(run_dir)
+    assert f"after step {saved_step}" in err, err  # the checkpoint was written at the interruption
+    assert not (run_dir / "model.safetensors").exists()
+    resume(run_dir)
+    assert_nothing_lost(reference, run_dir)
+
+
+def kill_data_workers_at(step: int) -> Callable[[int, int, torch.nn.Module], None]:
+    def on_step_end(epoch: int, done: int, model: torch.nn.Module) -> None:
+        if done == step:
+            workers = multiprocessing.active_children()
+            assert workers, "the data loader runs worker processes"
+            for worker in workers:
+                os.kill(worker.pid, signal.SIGKILL)
+
+    return on_step_end
+
+
+def test_a_data_worker_that_dies_is_a_clear_error_and_the_checkpoint_stays_usable(
+    reference: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "worker_died"
+    with pytest.raises(RuntimeError, match=r"data-loading worker .*died.*checkpoint .*step \d+.*--resume") as info:
+        train(recipe(run_dir, workers=1), on_step_end=kill_data_workers_at(40))
+    assert str(run_dir) in str(info.value)
+    assert assert_no_half_written_file(run_dir) >= 40
+    resume(run_dir, workers=0)
     assert_nothing_lost(reference, run_dir)

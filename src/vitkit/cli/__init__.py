@@ -19,7 +19,7 @@ from vitkit import __version__
 from vitkit.cli.common import EXIT_FAILED, EXIT_USAGE, report_error
 
 # Subcommands in the order `vitkit --help` lists them; each is the module vitkit.cli.<name>.
-COMMANDS = ("train", "evaluate", "predict", "explain", "models", "convert", "export")
+COMMANDS = ("train", "evaluate", "predict", "explain", "serve", "models", "convert", "export")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,13 +65,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         message, code = str(err), EXIT_FAILED
     except (ValueError, OSError) as err:  # ImageLoadError is a ValueError, FileNotFoundError an OSError
         message, code = str(err), EXIT_USAGE
-    except KeyboardInterrupt:
-        message, code = "interrupted", 130
+    except KeyboardInterrupt as err:  # TrainingInterrupted says where the checkpoint is and how to resume
+        message, code = str(err) or "interrupted", 130
     except RuntimeError as err:
         from vitkit.training import NonFiniteLossError  # already imported by the run that raised it
+        from vitkit.training.interrupts import DataWorkerError
 
-        if not isinstance(err, NonFiniteLossError):
+        if not isinstance(err, (NonFiniteLossError, DataWorkerError)):
             raise
-        message, code = str(err), EXIT_FAILED  # a diverged run
+        message, code = str(err), EXIT_FAILED  # a diverged run, a data worker that died
     report_error(message)
     return code

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import logging
 import os
 import stat
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -30,8 +32,12 @@ _EXPECTED = "expected a readable image file (PNG, JPEG, BMP, GIF, TIFF, WebP, ..
 class ImageLoadError(ValueError):
     """A file could not be decoded as an image; the message names the file (also in ``path``) and the ``reason``."""
 
-    path: Path | None = None
+    path: Path | str | None = None
     reason: str | None = None
+
+
+class ImageTooLargeError(ImageLoadError):
+    """An image declares more pixels than the caller (or PIL.Image.MAX_IMAGE_PIXELS) allows."""
 
 
 def _check_channels(channels: int) -> None:
@@ -113,41 +119,49 @@ def _reason(exc: Exception) -> str:
     return f"damaged image data ({type(exc).__name__}: {exc})"
 
 
-def _error(path: Path, reason: str) -> ImageLoadError:
-    error = ImageLoadError(f"cannot read {path} as an image: {reason}; {_EXPECTED}")
+def _error(path: Path | str, reason: str, kind: type[ImageLoadError] = ImageLoadError) -> ImageLoadError:
+    error = kind(f"cannot read {path} as an image: {reason}; {_EXPECTED}")
     error.path, error.reason = path, reason
     return error
 
 
 @contextlib.contextmanager
-def _opened(path: Path) -> Iterator[Image.Image]:
+def _opened(source: Path | BinaryIO, name: Path | str, max_pixels: int | None = None) -> Iterator[Image.Image]:
     """Image.open with every way a file can be bad turned into an ImageLoadError naming it and the reason.
 
-    Pillow refuses images over twice its pixel limit and only warns between one and two times it; vitkit refuses
-    everything over the limit, so a decompression bomb fails the same clear way whatever its size.
+    ``source`` is a file path or bytes in memory, ``name`` what error messages call it. Pillow refuses images over
+    twice its pixel limit and only warns between one and two times it; vitkit refuses everything over the limit (or
+    over ``max_pixels``, if lower) with an ImageTooLargeError, so a decompression bomb fails the same clear way
+    whatever its size, before any pixel is decoded.
     """
-    problem = _file_problem(path)
+    problem = _file_problem(source) if isinstance(source, Path) else None
     if problem is not None:
-        raise _error(path, problem)
+        raise _error(name, problem)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused just below, with a clearer message
-            image = Image.open(path)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise _error(path, _reason(exc)) from exc
+            image = Image.open(source)
+    except Image.DecompressionBombError as exc:
+        raise _error(name, _reason(exc), ImageTooLargeError) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise _error(name, _reason(exc)) from exc
     with image:
         width, height = image.size
+        if max_pixels is not None and width * height > max_pixels:
+            reason = f"{width}x{height} = {width * height:,} pixels is more than the limit of {max_pixels:,}"
+            raise _error(name, reason, ImageTooLargeError)
         limit = Image.MAX_IMAGE_PIXELS
         if limit is not None and width * height > limit:
             raise _error(
-                path,
+                name,
                 f"decompression bomb: {width}x{height} = {width * height:,} pixels is more than the limit of "
                 f"{limit:,} (PIL.Image.MAX_IMAGE_PIXELS; raise it only for files you trust)",
+                ImageTooLargeError,
             )
         try:
             yield image
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise _error(path, _reason(exc)) from exc
+            raise _error(name, _reason(exc)) from exc
 
 
 def load_image(path: str | os.PathLike, channels: int) -> Image.Image:
@@ -161,7 +175,21 @@ def load_image(path: str | os.PathLike, channels: int) -> Image.Image:
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         raise FileNotFoundError(f"image file {path} does not exist")
-    with _opened(path) as image:
+    return _decoded(_opened(path, path), channels)
+
+
+def decode_image(data: bytes, channels: int, name: str = "image", max_pixels: int | None = None) -> Image.Image:
+    """:func:`load_image` for bytes already in memory (an upload); ``name`` only labels error messages.
+
+    With ``max_pixels``, an image whose header declares more pixels raises :class:`ImageTooLargeError` before any
+    pixel is decoded, so a small file cannot make the caller allocate a huge image.
+    """
+    _check_channels(channels)
+    return _decoded(_opened(io.BytesIO(data), name, max_pixels), channels)
+
+
+def _decoded(opened: contextlib.AbstractContextManager[Image.Image], channels: int) -> Image.Image:
+    with opened as image:
         image.load()
         ImageOps.exif_transpose(image, in_place=True)
     return convert_image(image, channels)
@@ -177,7 +205,7 @@ def image_header(path: str | os.PathLike) -> tuple[int, tuple[int, int]]:
     channels is 1 when the mode is one of GRAYSCALE_MODES (grey, grey+alpha, 1-bit, 16-bit, float) and 3 otherwise;
     palette images count as colour even when their palette happens to be grey.
     """
-    with _opened(Path(path)) as image:
+    with _opened(Path(path), Path(path)) as image:
         return _channels_of(image.mode), (image.height, image.width)
 
 
@@ -186,7 +214,7 @@ def check_image(path: str | os.PathLike) -> tuple[int, tuple[int, int]]:
 
     JPEGs are decoded at 1/8 scale (still every block), which makes the check cheap even for large photos.
     """
-    with _opened(Path(path)) as image:
+    with _opened(Path(path), Path(path)) as image:
         header = _channels_of(image.mode), (image.height, image.width)
         image.draft(None, (1, 1))
         image.load()

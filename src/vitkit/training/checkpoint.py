@@ -36,9 +36,16 @@ def save_checkpoint(run_dir: Path, weights: dict[str, Tensor], state: dict[str, 
     """Write ``last.safetensors`` + ``last_state.pt`` so that a crash at any point leaves a consistent pair."""
     checkpoint_id = uuid.uuid4().hex
     pending = run_dir / _PENDING_STATE
-    with atomic_path(pending) as tmp:
-        torch.save({**state, _ID_KEY: checkpoint_id}, tmp)
-    save_safetensors(weights, run_dir / LAST_WEIGHTS, metadata={_ID_KEY: checkpoint_id})
+    try:
+        with atomic_path(pending) as tmp:
+            torch.save({**state, _ID_KEY: checkpoint_id}, tmp)
+        save_safetensors(weights, run_dir / LAST_WEIGHTS, metadata={_ID_KEY: checkpoint_id})
+    except OSError as err:  # a full disk, a quota, a lost network drive: the previous pair is untouched
+        raise OSError(
+            err.errno,
+            f"could not write a checkpoint in {run_dir} ({err.strerror or err}); the previous checkpoint there is "
+            f"intact: free some space, then continue with `vitkit train --resume {run_dir}`",
+        ) from err
     os.replace(pending, run_dir / LAST_STATE)
 
 

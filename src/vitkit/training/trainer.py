@@ -50,6 +50,7 @@ from vitkit.training.config import (
     load_train_config,
 )
 from vitkit.training.distributed import DistContext
+from vitkit.training.interrupts import DataWorkerError, TrainingInterrupted, is_worker_death, stop_on_ctrl_c
 from vitkit.training.loaders import build_loaders
 from vitkit.training.metrics import MetricsLog, read_metrics
 from vitkit.training.optim import build_optimizer, build_scheduler, lr_factor
@@ -294,12 +295,21 @@ class Trainer:
             )  # fmt: skip
             if self.step:
                 logger.info("resuming at epoch %d, step %d", self.epoch + 1, self.step)
-        for epoch in range(self.epoch, config.epochs):
-            started = time.perf_counter()
-            self._train_epoch(epoch, on_step_end)
-            record = self._end_epoch(epoch, started)
-            if on_epoch_end is not None and self.ctx.is_main:
-                on_epoch_end(record)
+        with stop_on_ctrl_c() as self.ctrl_c_pressed:
+            for epoch in range(self.epoch, config.epochs):
+                started = time.perf_counter()
+                try:
+                    self._train_epoch(epoch, on_step_end)
+                    record = self._end_epoch(epoch, started)
+                except (RuntimeError, ConnectionError, EOFError) as err:
+                    if not is_worker_death(err):
+                        raise
+                    raise DataWorkerError(
+                        f"a data-loading worker process died during epoch {epoch + 1} ({err}); {self._kept()}: "
+                        f"continue with `vitkit train --resume {self.run_dir}` (fewer --workers if memory ran short)"
+                    ) from err
+                if on_epoch_end is not None and self.ctx.is_main:
+                    on_epoch_end(record)
         final = self.ema.module if self.ema is not None else self.model
         if self.ctx.is_main:
             final.save_pretrained(self.run_dir)
@@ -341,7 +351,24 @@ class Trainer:
                 self._save_checkpoint()
             if on_step_end is not None:
                 on_step_end(epoch, self.step, self.model)
+            if distributed.any_process(self.ctrl_c_pressed(), self.ctx, self.device):
+                self._stop_after_ctrl_c(epoch)
         bar.close()
+
+    def _stop_after_ctrl_c(self, epoch: int) -> None:
+        """Ctrl-C: a checkpoint of the step just finished (every process stops at the same step), then stop."""
+        if self.saved_step != self.step:
+            self._save_checkpoint()
+        raise TrainingInterrupted(
+            f"interrupted by Ctrl-C after step {self.step} (epoch {epoch + 1}); the checkpoint is saved in "
+            f"{self.run_dir}: continue with `vitkit train --resume {self.run_dir}`"
+        )
+
+    def _kept(self) -> str:
+        """What a stopped run still has: its last good checkpoint, if any."""
+        if self.saved_step is None:
+            return "no checkpoint had been written yet"
+        return f"the last good checkpoint ({LAST_WEIGHTS}, step {self.saved_step}) in {self.run_dir} is kept"
 
     def _forward_backward(
         self, network: nn.Module, images: torch.Tensor, labels: torch.Tensor, sync: bool, epoch: int
@@ -388,12 +415,8 @@ class Trainer:
             return
         where = f"epoch {epoch + 1}, optimizer step {self.step + 1}"
         shown = value if not math.isfinite(value) else "non-finite in another process"
-        if self.saved_step is None:
-            kept = "no checkpoint had been written yet"
-        else:
-            kept = f"the last good checkpoint ({LAST_WEIGHTS}, step {self.saved_step}) in {self.run_dir} is kept"
         raise NonFiniteLossError(
-            f"training stopped: the {what} became {shown} at {where}; {kept}. "
+            f"training stopped: the {what} became {shown} at {where}; {self._kept()}. "
             "Try a lower --lr, a longer --warmup-epochs or --clip-grad, then --resume or start again",
             epoch=epoch + 1,
             step=self.step + 1,
