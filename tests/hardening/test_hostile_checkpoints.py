@@ -58,8 +58,8 @@ def saved_model(folder: Path, **changes: object) -> Path:
 
 
 def tiny_train_config(out: Path, **changes: object) -> TrainConfig:
-    return TrainConfig(hidden_dim=16, depth=1, num_heads=2, mlp_dim=32, epochs=1, batch_size=64, progress=False,
-                       tensorboard=False, out=str(out), **changes)  # fmt: skip
+    return TrainConfig.from_dict(dict(hidden_dim=16, depth=1, num_heads=2, mlp_dim=32, epochs=1, batch_size=64,
+                                      progress=False, tensorboard=False, out=str(out), **changes))  # fmt: skip
 
 
 def refused(call, marker: Path, *words: str) -> None:
@@ -81,7 +81,7 @@ def test_every_entry_point_refuses_a_pickle_that_would_run_code(marker: Path, tm
     (folder / "model.safetensors").write_bytes(hostile_bytes(marker, zip_format=True))
     refused(lambda: VisionTransformer.from_pretrained(folder), marker, "not a readable safetensors")
 
-    # A run folder: load_run of a finished run, of an unfinished one (last.safetensors), and --resume (last_state.pt)
+    # A run folder: load_run of a finished run, an unfinished one's last.safetensors, and --resume (last_state.pt)
     run = tmp_path / "run"
     config = tiny_train_config(run, model="vit_digits")
     saved_model(run)
@@ -90,12 +90,18 @@ def test_every_entry_point_refuses_a_pickle_that_would_run_code(marker: Path, tm
     refused(lambda: load_run(run), marker, "model.safetensors")
     (run / "model.safetensors").unlink()
     (run / LAST_WEIGHTS).write_bytes(hostile_bytes(marker, zip_format=True))
-    refused(lambda: load_run(run), marker, LAST_WEIGHTS)
+    refused(lambda: VisionTransformer.from_pretrained(run / LAST_WEIGHTS), marker, LAST_WEIGHTS)
     refused(lambda: train(config.replace(resume=str(run))), marker, LAST_WEIGHTS)
     weights = VisionTransformer.from_pretrained(saved_model(tmp_path / "good")).state_dict()
     save_checkpoint(run, weights, {"step": 0})
     (run / LAST_STATE).write_bytes(hostile_bytes(marker, zip_format=True))
     refused(lambda: train(config.replace(resume=str(run))), marker, "weights-only loader", "never code")
+
+    # The web server
+    pytest.importorskip("fastapi")
+    from vitkit.serve.app import create_app
+
+    refused(lambda: create_app(folder), marker, "not a readable safetensors")
 
     # The command line: train --init-from, predict, evaluate
     for name, zip_format in (("evil.safetensors", True), ("evil.bin", False)):
