@@ -143,3 +143,33 @@ def test_wrong_weights_fail_naming_the_mismatch(tmp_path: Path, capsys) -> None:
     torch.save({"not": "tensors"}, tmp_path / "wider" / "plain.pt")
     with pytest.raises(ValueError, match="holds no state dict"):
         VisionTransformer.from_pretrained(tmp_path / "wider" / "plain.pt")
+
+
+def test_vitkit_convert_refuses_hostile_checkpoints_of_every_library(marker: Path, tmp_path: Path, capsys) -> None:
+    if "convert" not in cli.COMMANDS:
+        pytest.skip("`vitkit convert` (the interop work) is not on this branch yet")
+    np = pytest.importorskip("numpy")
+    evil_pth, evil_bin, evil_npz = tmp_path / "evil.pth", tmp_path / "evil.bin", tmp_path / "evil.npz"
+    evil_pth.write_bytes(hostile_bytes(marker, zip_format=True))
+    evil_bin.write_bytes(hostile_bytes(marker, zip_format=False))
+    np.savez(evil_npz, **{"embedding/kernel": np.array([Payload(marker)], dtype=object)})  # pickled inside the .npy
+    transformers_dir = tmp_path / "hf"
+    transformers_dir.mkdir()
+    write_json({"model_type": "vit", "architectures": ["ViTForImageClassification"], "hidden_size": 16,
+                "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32, "image_size": 8,
+                "patch_size": 4, "num_channels": 1}, transformers_dir / "config.json")  # fmt: skip
+    (transformers_dir / "pytorch_model.bin").write_bytes(hostile_bytes(marker, zip_format=True))
+    cases = [
+        [evil_pth, "--from", "timm", "--model", "vit_tiny_patch16_224"],
+        [evil_bin, "--from", "timm", "--model", "vit_tiny_patch16_224"],
+        [evil_pth, "--from", "torchvision", "--model", "vit_b_16"],
+        [evil_npz, "--from", "jax", "--model", "vit_tiny_patch16_224"],
+        [transformers_dir, "--from", "transformers"],
+    ]
+    for case in cases:
+        code = cli.main(["convert", *map(str, case), "--out", str(tmp_path / "converted")])
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if "vitkit: error" in line]  # peers may log warnings too
+        assert code == 2 and len(errors) == 1 and errors[0].startswith("vitkit: error: "), err
+        assert not marker.exists(), f"converting {case} ran the hostile pickle"
+        assert not (tmp_path / "converted" / "model.safetensors").exists()
