@@ -30,12 +30,13 @@ from vitkit.training.metrics import read_metrics
 
 # 179 steps of batch 8 on the digits, a checkpoint after every step: a kill quite possibly lands mid-write.
 RECIPE = dict(hidden_dim=16, depth=1, num_heads=2, mlp_dim=32, epochs=1, batch_size=8, save_every=1,
-              warmup_epochs=0.5, drop_path=0.1, progress=False, tensorboard=False)  # fmt: skip
+              warmup_epochs=0.5, drop_path=0.1, progress=False, tensorboard=False,
+              cache="off")  # fmt: skip  # DataLoader workers that can die (cached data needs none)
 KILLS = 5
 
 
 def recipe(out: Path, **changes: object) -> TrainConfig:
-    return TrainConfig(**{**RECIPE, "out": str(out), **changes})
+    return TrainConfig.from_dict({**RECIPE, "out": str(out), **changes})
 
 
 @pytest.fixture(autouse=True)

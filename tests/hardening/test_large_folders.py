@@ -7,6 +7,9 @@ while the results flow, and the memory held after the 600th image is the memory 
 from __future__ import annotations
 
 import contextlib
+import io
+import re
+import sys
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +19,7 @@ import pytest
 from PIL import Image
 from torch.utils.data import Dataset
 
+from vitkit import cli
 from vitkit.data import build_folder_eval_data
 from vitkit.evaluation import evaluate
 from vitkit.prediction import predict_files
@@ -82,3 +86,25 @@ def test_evaluate_keeps_counts_not_results(folder: Path, tiny_classifier) -> Non
     assert metrics["num_samples"] == COUNT and sum(map(sum, metrics["confusion_matrix"])) == COUNT
     growth = probe.held[COUNT - 1] - probe.held[FIRST]
     assert growth < GROWTH_LIMIT, f"memory grew by {growth} bytes between sample {FIRST} and {COUNT - 1}"
+
+
+class Terminal(io.StringIO):
+    """A stderr that says it is a terminal, where vitkit shows its progress bars."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_progress_bars_show_the_rate_on_a_terminal(
+    command: str, folder: Path, tiny_classifier, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    run_dir = tiny_classifier(["a", "b"], channels=1).save_pretrained(tmp_path / "run")
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    options = [str(folder)] if command == "predict" else ["--data-dir", str(folder), "--json"]
+    assert cli.main([command, str(run_dir), *options]) == 0
+    bar = terminal.getvalue()
+    assert f"{'predicting' if command == 'predict' else 'evaluating'}: " in bar and f"/{COUNT} [" in bar
+    assert re.search(r"\d+(\.\d+)?(k)?img/s", bar), bar
+    assert len(capsys.readouterr().out.splitlines()) == (COUNT if command == "predict" else 1)

@@ -7,7 +7,14 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vitkit.cli.common import add_device_argument, int_at_least, load_run_model, percent, pick_cli_device
+from vitkit.cli.common import (
+    add_device_argument,
+    add_fast_argument,
+    int_at_least,
+    load_run_model,
+    percent,
+    pick_cli_device,
+)
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -43,6 +50,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int_at_least(1), default=256, help="images per batch (default: 256)")
     parser.add_argument("--workers", type=int_at_least(0), default=0, help="data-loading processes (default: 0)")
     add_device_argument(parser)
+    add_fast_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -73,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from vitkit.evaluation import evaluate, save_confusion_matrix
 
     device = pick_cli_device(args.device)
-    model = load_run_model(args.run_dir, device)
+    model = load_run_model(args.run_dir, device, fast=args.fast)
     dataset, description = evaluation_data(args, model)
     metrics = evaluate(model, dataset, batch_size=args.batch_size, workers=args.workers, device=device, progress=True)
     if args.plot is not None:

@@ -6,7 +6,15 @@ import argparse
 import json
 import sys
 
-from vitkit.cli.common import EXIT_FAILED, add_device_argument, int_at_least, load_run_model, pick_cli_device, report_error
+from vitkit.cli.common import (
+    EXIT_FAILED,
+    add_device_argument,
+    add_fast_argument,
+    int_at_least,
+    load_run_model,
+    pick_cli_device,
+    report_error,
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -24,6 +32,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--batch-size", type=int_at_least(1), default=64, help="images per batch (default: 64)")
     add_device_argument(parser)
+    add_fast_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -34,13 +43,14 @@ def run(args: argparse.Namespace) -> int:
     """
     from tqdm.auto import tqdm
 
-    from vitkit.prediction import predict_files
+    from vitkit.prediction import expand_paths, predict_files
 
     device = pick_cli_device(args.device)
-    model = load_run_model(args.run_dir, device)
+    model = load_run_model(args.run_dir, device, fast=args.fast)
     failed = total = 0
+    count = sum(1 for _ in expand_paths(args.paths))  # file names only, for the bar's total and time left
     results = predict_files(model, args.paths, args.top_k, batch_size=args.batch_size, device=device)
-    for result in tqdm(results, desc="predicting", unit="img", disable=None, file=sys.stderr, leave=False):
+    for result in tqdm(results, total=count, desc="predicting", unit="img", disable=None, file=sys.stderr, leave=False):
         total += 1
         if "error" in result:
             failed += 1

@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+LAST_WEIGHTS = "last.safetensors"  # a training run's latest checkpoint (vitkit.training.checkpoint)
 HEAD_KEYS = ("head.weight", "head.bias")
 
 
@@ -129,13 +130,24 @@ def load_weights(
 
 
 def find_weights(path: str | os.PathLike) -> tuple[Path, Path | None]:
-    """The file to load for ``path`` (a folder's model.safetensors, or the file itself) and config.json beside it."""
+    """Which weights file to load for ``path``, and the config.json beside it: the one rule every loader follows.
+
+    A file is itself; a folder gives its model.safetensors. A run that did not finish has only its checkpoint
+    (last.safetensors): that is an error saying how to finish the run or to load the checkpoint by its path,
+    never a silent half-trained model.
+    """
     path = Path(path)
     expected = f"a vitkit model or run folder ({CONFIG_FILE} + {WEIGHTS_FILE}) or a .safetensors file"
     if path.is_dir():
         weights = path / WEIGHTS_FILE
         if not weights.is_file():
-            raise FileNotFoundError(f"{path} has no {WEIGHTS_FILE}; expected {expected}")
+            hint = ""
+            if (path / LAST_WEIGHTS).is_file():
+                hint = (
+                    f"; the run did not finish: continue it with `vitkit train --resume {path}`, or load its last "
+                    f"checkpoint as {path / LAST_WEIGHTS}"
+                )
+            raise FileNotFoundError(f"{path} has no {WEIGHTS_FILE}; expected {expected}{hint}")
     elif path.is_file():
         weights = path
     else:

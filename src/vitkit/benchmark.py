@@ -1,0 +1,292 @@
+"""Speed beside the peers: one process, same threads, same inputs, inference mode, rounds interleaved.
+
+Every model of one comparison (vitkit plain, vitkit optimized, timm, transformers, torchvision,
+vit-pytorch, ONNX Runtime int8) is timed once per round, round after round, so that noise on a shared
+machine hits all of them alike; images/s is the median over rounds. GFLOP/s uses the architecture's
+multiply-adds (counted once with torch's FlopCounterMode on the plain model, 2 FLOPs each), and its share
+of a float32 matrix-multiply peak timed in the same rounds. Peak memory is the peak resident memory of a
+fresh process that builds the model and runs the batch, minus that process's memory after imports.
+Peers are optional (the `bench` extra): a missing one is skipped with a note.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from vitkit.model import VisionTransformer, get_config
+from vitkit.model.config import ViTConfig
+
+logger = logging.getLogger(__name__)
+
+FP32_PEERS = ("timm", "transformers", "torchvision", "vit-pytorch")
+VITKIT_VARIANTS = ("vitkit", "vitkit exact", "vitkit fast")
+MATMUL_SHAPE = (3152, 768, 3072)  # ViT-B/16's MLP at batch 16: (16 * 197 tokens, width) @ (width, mlp)
+
+
+def _timm(config: ViTConfig, name: str) -> nn.Module:
+    import timm
+
+    return timm.create_model(name, img_size=config.image_size, num_classes=config.num_classes)
+
+
+def _transformers(config: ViTConfig, name: str) -> Callable[[Tensor], Tensor]:
+    from transformers import ViTConfig as HFConfig
+    from transformers import ViTForImageClassification
+
+    hf = HFConfig(
+        hidden_size=config.hidden_dim, num_hidden_layers=config.depth, num_attention_heads=config.num_heads,
+        intermediate_size=config.mlp_dim, image_size=config.image_size[0], patch_size=config.patch_size[0],
+        num_labels=config.num_classes, layer_norm_eps=config.layer_norm_eps, attn_implementation="sdpa",
+    )  # fmt: skip
+    model = ViTForImageClassification(hf).eval()
+    return _Logits(model)
+
+
+class _Logits(nn.Module):
+    """transformers returns an output object: take its logits, as a user would."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(pixel_values=images).logits
+
+
+def _torchvision(config: ViTConfig, name: str) -> nn.Module:
+    from torchvision.models.vision_transformer import VisionTransformer as TorchvisionViT
+
+    return TorchvisionViT(
+        image_size=config.image_size[0], patch_size=config.patch_size[0], num_layers=config.depth,
+        num_heads=config.num_heads, hidden_dim=config.hidden_dim, mlp_dim=config.mlp_dim,
+        num_classes=config.num_classes,
+    )  # fmt: skip
+
+
+def _vit_pytorch(config: ViTConfig, name: str) -> nn.Module:
+    from vit_pytorch import ViT
+
+    return ViT(
+        image_size=config.image_size[0], patch_size=config.patch_size[0], num_classes=config.num_classes,
+        dim=config.hidden_dim, depth=config.depth, heads=config.num_heads, mlp_dim=config.mlp_dim,
+    )  # fmt: skip
+
+
+def _vitkit(config: ViTConfig, name: str, **options: Any) -> nn.Module:
+    import vitkit
+
+    torch.manual_seed(0)
+    model = VisionTransformer(config)
+    return vitkit.optimize(model, **options) if options else model
+
+
+BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "vitkit": _vitkit,
+    "vitkit exact": lambda config, name: _vitkit(config, name, exact=True),
+    "vitkit fast": lambda config, name: _vitkit(config, name, exact=False),
+    "timm": _timm,
+    "transformers": _transformers,
+    "torchvision": _torchvision,
+    "vit-pytorch": _vit_pytorch,
+    "onnxruntime int8": lambda config, name: _vitkit(config, name, onnxruntime=True, int8=True),
+}
+
+
+def build(label: str, name: str, image_size: int) -> nn.Module | None:
+    """The model ``label`` at the named size, in eval mode; None (logged) when its library is not installed."""
+    config = get_config(name, image_size=image_size)
+    try:
+        return BUILDERS[label](config, name).eval()
+    except ImportError as err:
+        logger.warning("%s skipped: %s", label, err)
+        return None
+
+
+def flops_per_image(name: str, image_size: int) -> float:
+    """FLOPs of one image through the plain model (2 per multiply-add), counted by torch, not by hand."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = get_config(name, image_size=image_size)
+    with torch.device("meta"):
+        model = VisionTransformer(config)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, config.in_channels, *config.image_size, device="meta"))
+    return float(counter.get_total_flops())
+
+
+def _timed(fn: Callable[[], Any], repeats: int) -> float:
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def interleaved_seconds(calls: dict[str, Callable[[], Any]], rounds: int, repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each entry, timed round by round (each round runs every entry once)."""
+    with torch.inference_mode():
+        for fn in calls.values():
+            for _ in range(warmup):
+                fn()
+        seconds: dict[str, list[float]] = {label: [] for label in calls}
+        for _ in range(rounds):
+            for label, fn in calls.items():
+                seconds[label].append(_timed(fn, repeats))
+    return {label: statistics.median(values) for label, values in seconds.items()}
+
+
+def _matmul_call() -> tuple[Callable[[], Tensor], float]:
+    m, k, n = MATMUL_SHAPE
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    return (lambda: a @ b), 2.0 * m * k * n
+
+
+def _peak_memory_child(task: tuple, queue: Any) -> None:
+    """In a fresh process: build, run once, report (peak RSS - RSS after imports) in MiB."""
+    label, name, image_size, batch_size, threads, train = task
+    torch.set_num_threads(threads)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    model = build(label, name, image_size)
+    if model is None:
+        queue.put(None)
+        return
+    images = torch.randn(batch_size, 3, image_size, image_size)
+    if train:
+        _training_step(model.train(), torch.optim.AdamW(model.parameters()), images)()
+    else:
+        with torch.inference_mode():
+            model(images)
+    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+
+
+def peak_memory_mib(
+    label: str, name: str, image_size: int, batch_size: int, threads: int, train: bool = False
+) -> float | None:
+    """Peak memory of building ``label`` and running one batch (or one training step), in a fresh process."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(
+        target=_peak_memory_child, args=((label, name, image_size, batch_size, threads, train), queue)
+    )
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def _training_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor) -> Callable[[], None]:
+    labels = torch.zeros(images.shape[0], dtype=torch.long)
+
+    def step() -> None:
+        loss = nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+@dataclass
+class Row:
+    """One model in one comparison."""
+
+    label: str
+    images_per_s: float
+    ratio_to_fastest_peer: float | None = None
+    gflops_per_s: float | None = None
+    share_of_matmul_peak: float | None = None
+    peak_memory_mib: float | None = None
+
+
+@dataclass
+class Comparison:
+    """Every model on the same inputs: one model name, image size and batch size (or a training step)."""
+
+    model: str
+    image_size: int
+    batch_size: int
+    kind: str  # "inference" or "training"
+    threads: int
+    matmul_peak_gflops: float | None
+    rows: list[Row] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{k: v for k, v in self.__dict__.items() if k != "rows"}, "rows": [r.__dict__ for r in self.rows]}
+
+
+def compare_inference(
+    name: str,
+    image_size: int,
+    batch_sizes: list[int],
+    labels: list[str],
+    rounds: int,
+    memory: bool,
+    models: dict[str, nn.Module] | None = None,
+) -> list[Comparison]:
+    """Images/s, ratio to the fastest fp32 peer, GFLOP/s, share of the matmul peak, peak memory."""
+    threads = torch.get_num_threads()
+    if models is None:
+        models = {label: model for label in labels if (model := build(label, name, image_size)) is not None}
+    flops = flops_per_image(name, image_size)
+    comparisons = []
+    for batch_size in batch_sizes:
+        torch.manual_seed(0)
+        images = torch.randn(batch_size, 3, image_size, image_size)
+        calls: dict[str, Callable[[], Any]] = {label: (lambda m=model: m(images)) for label, model in models.items()}
+        matmul, matmul_flops = _matmul_call()
+        calls["matmul peak"] = matmul
+        repeats = max(1, 4 // batch_size)
+        seconds = interleaved_seconds(calls, rounds, repeats)
+        peak = matmul_flops / seconds.pop("matmul peak") / 1e9
+        throughput = {label: batch_size / s for label, s in seconds.items()}
+        fastest = max((throughput[p] for p in FP32_PEERS if p in throughput), default=None)
+        comparison = Comparison(name, image_size, batch_size, "inference", threads, peak)
+        for label, speed in throughput.items():
+            gflops = flops * speed / 1e9
+            mib = peak_memory_mib(label, name, image_size, batch_size, threads) if memory else None
+            comparison.rows.append(
+                Row(label, speed, speed / fastest if fastest else None, gflops, gflops / peak, mib)
+            )
+        comparisons.append(comparison)
+        logger.info("%s at %d, batch %d: done", name, image_size, batch_size)
+    return comparisons
+
+
+def compare_training(name: str, batch_size: int, rounds: int, memory: bool) -> Comparison:
+    """One training step (forward, backward, AdamW) of vitkit and timm on the same batch."""
+    threads = torch.get_num_threads()
+    image_size = get_config(name).image_size[0]
+    torch.manual_seed(0)
+    images = torch.randn(batch_size, 3, image_size, image_size)
+    steps = {}
+    for label in ("vitkit", "timm"):
+        model = build(label, name, image_size)
+        if model is not None:
+            steps[label] = _training_step(model.train(), torch.optim.AdamW(model.parameters()), images)
+    seconds: dict[str, list[float]] = {label: [] for label in steps}
+    for step in steps.values():
+        step()  # warm-up (and AdamW state)
+    for _ in range(rounds):
+        for label, step in steps.items():
+            seconds[label].append(_timed(step, 1))
+    flops = 3 * flops_per_image(name, image_size)  # backward costs about twice the forward
+    matmul, matmul_flops = _matmul_call()
+    peak = matmul_flops / interleaved_seconds({"matmul": matmul}, rounds, 3)["matmul"] / 1e9
+    comparison = Comparison(name, image_size, batch_size, "training", threads, peak)
+    timm_speed = batch_size / statistics.median(seconds["timm"]) if "timm" in seconds else None
+    for label, values in seconds.items():
+        speed = batch_size / statistics.median(values)
+        mib = peak_memory_mib(label, name, image_size, batch_size, threads, train=True) if memory else None
+        gflops = flops * speed / 1e9
+        comparison.rows.append(Row(label, speed, speed / timm_speed if timm_speed else None, gflops, gflops / peak, mib))
+    return comparison

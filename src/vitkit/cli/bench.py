@@ -1,0 +1,106 @@
+"""`vitkit bench`: images/s beside timm, transformers, torchvision and vit-pytorch, in one process."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+from vitkit.cli.common import int_at_least
+
+DEFAULT_MODELS = ("vit_small_patch16_224", "vit_base_patch16_224")
+PEERS = ("timm", "transformers", "torchvision", "vit-pytorch")  # benchmark.FP32_PEERS, without importing torch
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "bench",
+        help="inference and training speed beside the peer libraries (table + JSON)",
+        description="Time vitkit against timm, transformers, torchvision and vit-pytorch (those installed: "
+        "pip install 'vitkit[bench]') on the same inputs in one process, rounds interleaved; images/s is the "
+        "median over rounds. Also: ViT-S/16 at larger images beside timm, and a training step beside timm.",
+    )
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="registered model names")
+    parser.add_argument("--batch-sizes", nargs="+", type=int_at_least(1), default=[1, 16], help="default: 1 16")
+    parser.add_argument("--rounds", type=int_at_least(1), default=5, help="timed rounds (default: 5)")
+    parser.add_argument("--threads", type=int_at_least(1), help="torch and ONNX Runtime threads (default: torch's)")
+    parser.add_argument(
+        "--peers", nargs="*", choices=PEERS, default=list(PEERS), help="peer libraries to time (default: all installed)"
+    )
+    parser.add_argument(
+        "--fast", action="store_true", help="also time vitkit.optimize(model) and ONNX Runtime int8 of the same model"
+    )
+    parser.add_argument(
+        "--scaling-sizes", nargs="*", type=int_at_least(16), default=[224, 384, 512],
+        help="image sizes for ViT-S/16 beside timm, batch 1 (default: 224 384 512; none to skip)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--train-batch-size", type=int_at_least(0), default=32, help="ViT-S/16 training step batch (0 skips; default 32)"
+    )
+    parser.add_argument("--no-memory", action="store_true", help="skip peak memory (a fresh process per model)")
+    parser.add_argument("--quick", action="store_true", help="a short run: at most 2 rounds, no memory, no scaling, no training")
+    parser.add_argument("--json", metavar="PATH", default="bench.json", help="where to write results (default: bench.json)")
+    parser.set_defaults(func=run)
+
+
+def _cell(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def print_table(comparison: dict[str, Any]) -> None:
+    c = comparison
+    peak = _cell(c["matmul_peak_gflops"], ".0f")
+    print(f"\n{c['model']} {c['kind']}, {c['image_size']}px, batch {c['batch_size']}, {c['threads']} threads "
+          f"(matmul peak {peak} GFLOP/s)")  # fmt: skip
+    ratio_name = "vs timm" if c["kind"] == "training" else "vs fastest peer"
+    print(f"  {'library':18s} {'images/s':>9s} {ratio_name:>16s} {'GFLOP/s':>8s} {'of peak':>8s} {'peak MiB':>9s}")
+    for row in c["rows"]:
+        share = None if row["share_of_matmul_peak"] is None else 100 * row["share_of_matmul_peak"]
+        print(f"  {row['label']:18s} {row['images_per_s']:9.2f} {_cell(row['ratio_to_fastest_peer'], '.2f'):>15s}x "
+              f"{_cell(row['gflops_per_s'], '.0f'):>8s} {_cell(share, '.0f'):>7s}% "
+              f"{_cell(row['peak_memory_mib'], '.0f'):>9s}")  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from vitkit import benchmark
+    from vitkit.io import write_json
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.rounds, args.no_memory, args.scaling_sizes, args.train_batch_size = min(args.rounds, 2), True, [], 0
+    memory = not args.no_memory
+    labels = ["vitkit", "vitkit exact", *(["vitkit fast", "onnxruntime int8"] if args.fast else []), *args.peers]
+    comparisons = []
+    for name in args.models:
+        for comparison in benchmark.compare_inference(name, 224, args.batch_sizes, labels, args.rounds, memory):
+            print_table(comparison.to_dict())
+            comparisons.append(comparison)
+    for size in args.scaling_sizes:
+        scaling_labels = ["vitkit", *(["vitkit fast"] if args.fast else []), *(["timm"] if "timm" in args.peers else [])]
+        for comparison in benchmark.compare_inference("vit_small_patch16_224", size, [1], scaling_labels, args.rounds, memory):
+            print_table(comparison.to_dict())
+            comparisons.append(comparison)
+    if args.train_batch_size:
+        comparison = benchmark.compare_training("vit_small_patch16_224", args.train_batch_size, args.rounds, memory)
+        print_table(comparison.to_dict())
+        comparisons.append(comparison)
+    machine = {"cpu": _cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+               "python": platform.python_version()}  # fmt: skip
+    write_json({"machine": machine, "comparisons": [c.to_dict() for c in comparisons]}, Path(args.json))
+    print(f"\nresults: {args.json} ({machine['cpu']})")
+    return 0
+
+
+def _cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what platform knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()

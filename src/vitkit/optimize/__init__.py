@@ -1,0 +1,117 @@
+"""A fast inference path: ``optimize(model)`` returns a model with the same call and the same ``config``.
+
+Each option is an inference transform applied to a copy of the model from outside its class (the model
+file keeps reading like the seed, and training keeps its separate q/k/v layers):
+
+- ``fuse_qkv``: q, k, v weights stacked into one linear layer (exact);
+- ``int8``: dynamic int8 quantization of the encoder's linear layers;
+- ``bf16``: bfloat16 weights and activations (CPUs with AVX-512 BF16 or AMX, GPUs);
+- ``tome``: Token Merging, ``r`` tokens merged per block (training-free; see :func:`default_tome`);
+- ``compile``: ``torch.compile`` of the result;
+- ``onnxruntime``: an ONNX Runtime session (fp32, or int8 with ``int8=True``) behind the same call.
+
+``exact=True`` keeps float32 logits (within 1e-5 of the plain model): fused q/k/v only, unless
+``compile`` is asked for too. The default turns on the fastest combination that stays within the
+accuracy bar measured in benchmarks/optimize_accuracy.py (top-1 agreement with float32 >= 99%, accuracy
+lower by <= 0.5 points on a trained model): fused q/k/v + int8 + Token Merging of a quarter of the patches.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+import types
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitkit.model.config import ViTConfig
+from vitkit.model.vit import VisionTransformer
+from vitkit.optimize.bf16 import to_bf16
+from vitkit.optimize.fuse import fuse_qkv as fuse_qkv_layers
+from vitkit.optimize.quantize import quantize_int8
+from vitkit.optimize.tome import apply_tome
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["default_tome", "optimize"]
+
+
+def default_tome(config: ViTConfig) -> int:
+    """Tokens merged per block by default: a quarter of the patches over the whole depth (ViT-B/16 at 224: 4).
+
+    Measured on a digits model (benchmarks/optimize_accuracy.py): merging a quarter of the patches kept top-1
+    agreement with float32 above 99% and accuracy unchanged; half of them did not. Mean-pooled models merge
+    nothing (their head would average merged tokens without their sizes).
+    """
+    if config.pool != "cls":
+        return 0
+    return config.num_patches // 4 // config.depth
+
+
+def optimize(
+    model: VisionTransformer,
+    exact: bool = False,
+    *,
+    fuse_qkv: bool = True,
+    int8: bool | None = None,
+    bf16: bool = False,
+    tome: int | None = None,
+    compile: bool = False,
+    onnxruntime: bool = False,
+    int8_backend: str = "auto",
+) -> nn.Module:
+    """An inference copy of ``model`` (eval mode, no gradients); the original is left untouched.
+
+    ``int8`` defaults to on unless ``exact``, ``bf16`` or a GPU model says otherwise; ``tome`` to
+    :func:`default_tome` unless ``exact``. Options that change the numbers (int8, bf16, tome > 0) cannot be
+    combined with ``exact=True``.
+    """
+    if not isinstance(model, VisionTransformer):
+        raise ValueError(f"optimize expects a vitkit VisionTransformer, got {type(model).__name__}")
+    on_cpu = model.patch_embed.proj.weight.device.type == "cpu"
+    if tome is None:
+        tome = 0 if exact or onnxruntime else default_tome(model.config)
+    if int8 is None:
+        int8 = not exact and not bf16 and on_cpu
+    if exact and (int8 or bf16 or tome):
+        raise ValueError(
+            f"exact=True keeps float32 logits, but int8={int8}, bf16={bf16}, tome={tome} change them: "
+            "drop those options or use exact=False"
+        )
+    if int8 and bf16:
+        raise ValueError("choose int8 or bf16, not both: int8 layers take float32 activations")
+    if int8 and not on_cpu:
+        raise ValueError("int8 dynamic quantization runs on the CPU: move the model to the CPU or use bf16=True")
+    if onnxruntime and (bf16 or tome or compile):
+        raise ValueError("the ONNX Runtime path takes int8=True/False only, not bf16, tome or compile")
+    fast = copy.deepcopy(model).eval().requires_grad_(False)
+    if onnxruntime:
+        from vitkit.optimize.onnx_runtime import OnnxRuntimeModel
+
+        return OnnxRuntimeModel(fast, int8=int8)
+    if fuse_qkv or tome:
+        fuse_qkv_layers(fast)
+    if tome:
+        apply_tome(fast, tome)
+    if bf16:
+        to_bf16(fast)
+    if int8:
+        quantize_int8(fast, int8_backend)
+    logger.info(
+        "optimized: fuse_qkv=%s int8=%s bf16=%s tome=%s compile=%s", fuse_qkv or bool(tome), int8, bf16, tome, compile
+    )
+    return torch.compile(fast) if compile else fast
+
+
+class _CallablePackage(types.ModuleType):
+    """``vitkit.optimize`` names both this package and its function: importing a submodule (``vitkit.optimize.fuse``)
+    sets the attribute ``vitkit.optimize`` to the package, so the package, called, is the function."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> nn.Module:
+        return optimize(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage
