@@ -117,3 +117,25 @@ def test_cache_on_and_off_give_the_same_batches_without_moves() -> None:
     a, b = (batches(Loaders(data, 64, 1, 0, 0, DistContext(), cpu), epoch=0) for data in (cached, files))
     for (xa, ya), (xb, yb) in zip(a, b, strict=True):
         assert torch.allclose(xa, xb, atol=1e-5) and torch.equal(ya, yb)
+
+
+@pytest.mark.parametrize("policy", ["randaugment", "trivialaugment"])
+def test_automatic_policies_take_the_per_sample_path_and_change_the_batch(policy: str) -> None:
+    cpu = torch.device("cpu")
+    plain, auto = (build_data("digits", aug=AugmentConfig(auto_augment=name), cache="on") for name in ("none", policy))
+    plain_loaders, auto_loaders = (Loaders(data, 64, 1, 0, 0, DistContext(), cpu) for data in (plain, auto))
+    assert plain_loaders.augment is not None and auto_loaders.augment is None  # no batched form: per sample
+    (x_plain, y_plain), (x_auto, y_auto) = next(plain_loaders.epoch(0)), next(auto_loaders.epoch(0))
+    assert torch.equal(y_plain, y_auto) and not torch.allclose(x_plain, x_auto)
+
+
+@pytest.mark.parametrize(("mixup", "cutmix"), [(0.8, 0.0), (0.0, 1.0)])
+def test_mixup_and_cutmix_change_images_and_soften_targets(mixup: float, cutmix: float) -> None:
+    from vitkit.data import build_batch_mixer
+
+    x, y = normalised(images(16)), torch.arange(16) % 10
+    torch.manual_seed(0)
+    mixed, targets = build_batch_mixer(mixup, cutmix, 10)(x, y)
+    assert not torch.equal(mixed, x)
+    assert targets.shape == (16, 10) and torch.allclose(targets.sum(dim=1), torch.ones(16))
+    assert (targets.max(dim=1).values < 1).all()  # every sample shares its label with another one
