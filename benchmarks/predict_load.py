@@ -2,8 +2,9 @@
 
 Writes COUNT tiny PNGs (grey noise, 10 class folders) into a temporary folder, saves a small random-weight model
 beside them, then runs each command as its own process on a tenth of the folder and on all of it: a memory that
-stays flat (streamed results) shows as the same peak RSS for both sizes. Peak RSS is the child process's own
-(os.wait4), images/s is the folder size over the command's wall time (start-up included).
+stays flat (streamed results) shows as the same peak RSS for both sizes. Peak RSS and CPU time are the child
+process's own (os.wait4); images/s is the folder size over the wall time and, steadier on a shared machine, over the
+CPU time (both include start-up: compare the two sizes for the per-image cost).
 
     python benchmarks/predict_load.py [--count 50000] [--size 16]
 """
@@ -34,8 +35,8 @@ def write_folder(root: Path, count: int, size: int) -> Path:
     return root
 
 
-def run_measured(command: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MiB) of one child process; its output is discarded."""
+def run_measured(command: list[str]) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds, peak RSS in MiB) of one child process; its output is discarded."""
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "2"})
     _, status, usage = os.wait4(process.pid, 0)
@@ -43,7 +44,7 @@ def run_measured(command: list[str]) -> tuple[float, float]:
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise subprocess.CalledProcessError(process.returncode, command)
-    return seconds, usage.ru_maxrss / 1024  # Linux reports KiB
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024  # Linux reports KiB
 
 
 def main() -> None:
@@ -69,12 +70,14 @@ def main() -> None:
             "evaluate": lambda folder: [*cli, "evaluate", str(run_dir), "--data-dir", str(folder), "--json",
                                         "--batch-size", "256", "--plot", str(tmp_path / "cm.png")],
         }  # fmt: skip
-        print(f"{'command':<9} {'images':>8} {'seconds':>8} {'images/s':>9} {'peak RSS':>10}")
+        print(f"{'command':<9} {'images':>8} {'wall s':>7} {'images/s':>9} {'CPU s':>7} {'images/CPU s':>13} "
+              f"{'peak RSS':>10}")  # fmt: skip
         for name, command in commands.items():
             for size_name, folder in folders.items():
-                seconds, peak = run_measured(command(folder))
+                seconds, cpu, peak = run_measured(command(folder))
                 count = sizes[size_name]
-                print(f"{name:<9} {count:>8,} {seconds:>8.1f} {count / seconds:>9,.0f} {peak:>7.0f} MiB", flush=True)
+                print(f"{name:<9} {count:>8,} {seconds:>7.1f} {count / seconds:>9,.0f} {cpu:>7.1f} {count / cpu:>13,.0f} "
+                      f"{peak:>6.0f} MiB", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

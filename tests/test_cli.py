@@ -184,7 +184,7 @@ def test_a_path_that_is_not_a_run_is_a_clear_error(
     )
     code, _, err = run_cli(capsys, command, tmp_path, *extra)
     assert code == 2
-    assert err.startswith(f"vitkit: error: {tmp_path} has no config.json and no model.safetensors")
+    assert err.startswith(f"vitkit: error: {tmp_path} has no model.safetensors")
     # An interrupted run: the error says how to finish it.
     vitkit.create_model("vit_digits").save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").rename(tmp_path / LAST_WEIGHTS)

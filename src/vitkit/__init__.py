@@ -5,8 +5,7 @@ Names are imported on first use (PEP 562), so that `import vitkit` and `vitkit -
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from vitkit.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -23,14 +22,4 @@ _EXPORTS = {
 
 __all__ = [*_EXPORTS, "__version__"]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'vitkit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

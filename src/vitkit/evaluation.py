@@ -1,17 +1,20 @@
 """Accuracy of a trained model on a labelled data set: top-1, top-5, per class, and a confusion matrix.
 
-Used by `vitkit evaluate`; importable on its own so notebooks get the same numbers as the command.
+One evaluation loop (:func:`tally`) serves `vitkit evaluate`, notebooks and the trainer's per-epoch validation:
+its sums stay on the model's device until the caller reads them, so a GPU is never stalled per batch, and a
+distributed run all-reduces them as they are.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from matplotlib.figure import Figure
-from sklearn.metrics import ConfusionMatrixDisplay
+import torch.nn.functional as F
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -27,7 +30,68 @@ def class_names_of(model: VisionTransformer) -> list[str]:
     return model.config.labels
 
 
+@dataclass
+class Tally:
+    """Sums over a labelled data set, on the device they were computed on."""
+
+    loss: Tensor  # summed cross-entropy (float64 scalar)
+    topk_hits: Tensor  # samples whose label is among the best k guesses (int64 scalar)
+    confusion: Tensor  # (num_classes, num_classes) int64 counts, rows true class, columns top-1 guess
+
+    @property
+    def count(self) -> Tensor:
+        return self.confusion.sum()
+
+    @property
+    def correct(self) -> Tensor:
+        return self.confusion.trace()
+
+
 @torch.inference_mode()
+def tally(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    num_classes: int,
+    device: torch.device,
+    *,
+    k: int = 5,
+    bf16: bool = False,
+) -> Tally:
+    """Run ``model`` (in eval mode) over (images, labels) batches; labels are checked on the host, before the copy."""
+    k = min(k, num_classes)
+    loss = torch.zeros((), dtype=torch.float64, device=device)
+    topk_hits = torch.zeros((), dtype=torch.int64, device=device)
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        for images, labels in batches:
+            labels = torch.as_tensor(labels, dtype=torch.int64)
+            if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+                raise ValueError(
+                    f"data set labels must lie in [0, {num_classes - 1}] for this {num_classes}-class "
+                    f"model, got labels from {labels.min().item()} to {labels.max().item()}"
+                )
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = model(images).float()
+            loss += F.cross_entropy(logits, labels, reduction="sum")
+            guesses = logits.topk(k, dim=1).indices  # (B, k), best first
+            topk_hits += (guesses == labels[:, None]).any(dim=1).sum()
+            # (true, predicted) as one index into the flat matrix
+            confusion += torch.bincount(labels * num_classes + guesses[:, 0], minlength=num_classes**2)
+    finally:
+        model.train(was_training)
+    return Tally(loss, topk_hits, confusion.view(num_classes, num_classes))
+
+
+def counted(batches: Iterable[tuple[Tensor, Tensor]], bar: tqdm) -> Iterator[tuple[Tensor, Tensor]]:
+    """The batches, advancing a progress bar by each one's size."""
+    for images, labels in batches:
+        bar.update(len(labels))
+        yield images, labels
+
+
 def evaluate(
     model: VisionTransformer,
     dataset: Dataset,
@@ -48,33 +112,14 @@ def evaluate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    num_classes = model.num_classes
-    k = min(5, num_classes)
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    top1_hits = topk_hits = total = 0
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     bar = tqdm(total=len(dataset), desc="evaluating", unit="img", leave=False, disable=None if progress else True)
     try:
-        for images, labels in loader:
-            bar.update(len(labels))
-            labels = torch.as_tensor(labels, dtype=torch.int64)
-            if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-                raise ValueError(
-                    f"data set labels must lie in [0, {num_classes - 1}] for this {num_classes}-class "
-                    f"model, got labels from {labels.min().item()} to {labels.max().item()}"
-                )
-            logits = model(images.to(device)).float().cpu()
-            guesses = logits.topk(k, dim=1).indices  # (B, k), best first
-            top1_hits += int((guesses[:, 0] == labels).sum())
-            topk_hits += int((guesses == labels[:, None]).any(dim=1).sum())
-            total += labels.numel()
-            pairs = labels * num_classes + guesses[:, 0]  # (true, predicted) as one index into the flat matrix
-            confusion += torch.bincount(pairs, minlength=num_classes**2).view(num_classes, num_classes)
+        sums = tally(model, counted(loader, bar), model.num_classes, device)
     finally:
         bar.close()
-        model.train(was_training)
+    confusion = sums.confusion.cpu()
+    total = int(confusion.sum())
     if total == 0:
         raise ValueError("cannot evaluate on an empty data set: it holds no images")
     names = class_names_of(model)
@@ -83,8 +128,8 @@ def evaluate(
         name: (confusion[i, i].item() / support[i].item() if support[i] else None) for i, name in enumerate(names)
     }
     return {
-        "top1": top1_hits / total,
-        "top5": topk_hits / total,
+        "top1": int(confusion.trace()) / total,
+        "top5": int(sums.topk_hits) / total,
         "num_samples": total,
         "class_names": names,
         "per_class": per_class,
@@ -99,6 +144,9 @@ def save_confusion_matrix(
 
     Uses a bare matplotlib Figure (Agg canvas, no pyplot state), so it works headless and in threads.
     """
+    from matplotlib.figure import Figure
+    from sklearn.metrics import ConfusionMatrixDisplay
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n = len(class_names)

@@ -74,13 +74,20 @@ def load_pickle_weights_only(path: str | os.PathLike, what: str = "PyTorch file"
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, ImportError) as err:
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
-        # torch's message goes on to explain how to load the file unsafely; keep only what was refused.
-        why = next((line.split("error:", 1)[1] for line in lines if line.startswith("WeightsUnpickler error:")), lines[0])
         raise ValueError(
             f"{path} is not a readable {what}: refused by the weights-only loader, which loads tensors and plain "
-            f"values but never code ({why.strip().split('. ')[0]})"
+            f"values but never code ({refusal_reason(err)})"
         ) from err
+
+
+def refusal_reason(err: BaseException) -> str:
+    """The line of a weights-only loading error that says what was refused.
+
+    torch's message goes on for lines about how to load the file unsafely; a user should see what was refused.
+    """
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+    why = next((line.split("error:", 1)[1] for line in lines if line.startswith("WeightsUnpickler error:")), lines[0])
+    return why.strip().split(". ")[0]
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -129,14 +129,14 @@ def test_folder_datasets_pickle_for_spawned_workers(tmp_path: Path, image_folder
 
 def test_folder_split_is_stratified_and_seeded(tmp_path: Path, image_folder) -> None:
     image_folder(tmp_path / "train", {"a": 10, "b": 20}, modes=("L",), size=(8, 8))
-    bundle = build_data("folder", data_dir=tmp_path, val_fraction=0.2, seed=5)
+    bundle = build_data("folder", data_dir=tmp_path, val_fraction=0.2, seed=5, cache="off")
     assert (len(bundle.train), len(bundle.val)) == (24, 6)
     assert Counter(_labels(bundle.val)) == {0: 2, 1: 4}
     assert bundle.in_channels == 1 and bundle.image_size == (8, 8)
     val_paths = [bundle.val.base.dataset.samples[i][0] for i in bundle.val.base.indices]
-    again = build_data("folder", data_dir=tmp_path, val_fraction=0.2, seed=5)
+    again = build_data("folder", data_dir=tmp_path, val_fraction=0.2, seed=5, cache="off")
     assert val_paths == [again.val.base.dataset.samples[i][0] for i in again.val.base.indices]
-    other = build_data("folder", data_dir=tmp_path, val_fraction=0.2, seed=6)
+    other = build_data("folder", data_dir=tmp_path, val_fraction=0.2, seed=6, cache="off")
     assert val_paths != [other.val.base.dataset.samples[i][0] for i in other.val.base.indices]
     assert set(val_paths).isdisjoint(bundle.train.base.dataset.samples[i][0] for i in bundle.train.base.indices)
 
@@ -174,7 +174,7 @@ def test_folder_ignores_hidden_and_non_image_files(tmp_path: Path, image_folder)
 def test_corrupt_image_names_the_file(tmp_path: Path, image_folder) -> None:
     image_folder(tmp_path / "train", {"a": 4, "b": 4}, size=(32, 32))
     image_folder(tmp_path / "val", {"a": 1, "b": 1})
-    bundle = build_data("folder", data_dir=tmp_path, image_size=8)
+    bundle = build_data("folder", data_dir=tmp_path, image_size=8, cache="off")
     broken = tmp_path / "train" / "a" / "0.png"
     assert bundle.train.base.samples[0][0] == str(broken)
     broken.write_bytes(broken.read_bytes()[:-60])  # truncated: the header still reads, the pixels do not
@@ -182,8 +182,9 @@ def test_corrupt_image_names_the_file(tmp_path: Path, image_folder) -> None:
         bundle.train[0]
     assert bundle.train[1][0].shape == (3, 8, 8)
     # build_data decodes every training image before anything else, so it fails early too.
-    with pytest.raises(ImageLoadError, match=f"1 bad file.*\n  {broken}: truncated"):
-        build_data("folder", data_dir=tmp_path, image_size=8, channels=3)
+    for cache in ("on", "off"):
+        with pytest.raises(ImageLoadError, match=f"1 bad file.*\n  {broken}: truncated"):
+            build_data("folder", data_dir=tmp_path, image_size=8, channels=3, cache=cache)
     # Scanning the folder (channels and size unknown) reads headers: a file that is no image at all fails there.
     broken.write_text("not an image")
     with pytest.raises(ImageLoadError, match=str(broken)):

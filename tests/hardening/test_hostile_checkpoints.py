@@ -58,8 +58,8 @@ def saved_model(folder: Path, **changes: object) -> Path:
 
 
 def tiny_train_config(out: Path, **changes: object) -> TrainConfig:
-    return TrainConfig(hidden_dim=16, depth=1, num_heads=2, mlp_dim=32, epochs=1, batch_size=64, progress=False,
-                       tensorboard=False, out=str(out), **changes)  # fmt: skip
+    return TrainConfig.from_dict(dict(hidden_dim=16, depth=1, num_heads=2, mlp_dim=32, epochs=1, batch_size=64,
+                                      progress=False, tensorboard=False, out=str(out), **changes))  # fmt: skip
 
 
 def refused(call, marker: Path, *words: str) -> None:
@@ -81,7 +81,7 @@ def test_every_entry_point_refuses_a_pickle_that_would_run_code(marker: Path, tm
     (folder / "model.safetensors").write_bytes(hostile_bytes(marker, zip_format=True))
     refused(lambda: VisionTransformer.from_pretrained(folder), marker, "not a readable safetensors")
 
-    # A run folder: load_run of a finished run, of an unfinished one (last.safetensors), and --resume (last_state.pt)
+    # A run folder: load_run of a finished run, an unfinished one's last.safetensors, and --resume (last_state.pt)
     run = tmp_path / "run"
     config = tiny_train_config(run, model="vit_digits")
     saved_model(run)
@@ -90,12 +90,18 @@ def test_every_entry_point_refuses_a_pickle_that_would_run_code(marker: Path, tm
     refused(lambda: load_run(run), marker, "model.safetensors")
     (run / "model.safetensors").unlink()
     (run / LAST_WEIGHTS).write_bytes(hostile_bytes(marker, zip_format=True))
-    refused(lambda: load_run(run), marker, LAST_WEIGHTS)
+    refused(lambda: VisionTransformer.from_pretrained(run / LAST_WEIGHTS), marker, LAST_WEIGHTS)
     refused(lambda: train(config.replace(resume=str(run))), marker, LAST_WEIGHTS)
     weights = VisionTransformer.from_pretrained(saved_model(tmp_path / "good")).state_dict()
     save_checkpoint(run, weights, {"step": 0})
     (run / LAST_STATE).write_bytes(hostile_bytes(marker, zip_format=True))
     refused(lambda: train(config.replace(resume=str(run))), marker, "weights-only loader", "never code")
+
+    # The web server
+    pytest.importorskip("fastapi")
+    from vitkit.serve.app import create_app
+
+    refused(lambda: create_app(folder), marker, "not a readable safetensors")
 
     # The command line: train --init-from, predict, evaluate
     for name, zip_format in (("evil.safetensors", True), ("evil.bin", False)):
@@ -137,3 +143,33 @@ def test_wrong_weights_fail_naming_the_mismatch(tmp_path: Path, capsys) -> None:
     torch.save({"not": "tensors"}, tmp_path / "wider" / "plain.pt")
     with pytest.raises(ValueError, match="holds no state dict"):
         VisionTransformer.from_pretrained(tmp_path / "wider" / "plain.pt")
+
+
+def test_vitkit_convert_refuses_hostile_checkpoints_of_every_library(marker: Path, tmp_path: Path, capsys) -> None:
+    if "convert" not in cli.COMMANDS:
+        pytest.skip("`vitkit convert` (the interop work) is not on this branch yet")
+    np = pytest.importorskip("numpy")
+    evil_pth, evil_bin, evil_npz = tmp_path / "evil.pth", tmp_path / "evil.bin", tmp_path / "evil.npz"
+    evil_pth.write_bytes(hostile_bytes(marker, zip_format=True))
+    evil_bin.write_bytes(hostile_bytes(marker, zip_format=False))
+    np.savez(evil_npz, **{"embedding/kernel": np.array([Payload(marker)], dtype=object)})  # pickled inside the .npy
+    transformers_dir = tmp_path / "hf"
+    transformers_dir.mkdir()
+    write_json({"model_type": "vit", "architectures": ["ViTForImageClassification"], "hidden_size": 16,
+                "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32, "image_size": 8,
+                "patch_size": 4, "num_channels": 1}, transformers_dir / "config.json")  # fmt: skip
+    (transformers_dir / "pytorch_model.bin").write_bytes(hostile_bytes(marker, zip_format=True))
+    cases = [
+        [evil_pth, "--from", "timm", "--model", "vit_tiny_patch16_224"],
+        [evil_bin, "--from", "timm", "--model", "vit_tiny_patch16_224"],
+        [evil_pth, "--from", "torchvision", "--model", "vit_b_16"],
+        [evil_npz, "--from", "jax", "--model", "vit_tiny_patch16_224"],
+        [transformers_dir, "--from", "transformers"],
+    ]
+    for case in cases:
+        code = cli.main(["convert", *map(str, case), "--out", str(tmp_path / "converted")])
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if "vitkit: error" in line]  # peers may log warnings too
+        assert code == 2 and len(errors) == 1 and errors[0].startswith("vitkit: error: "), err
+        assert not marker.exists(), f"converting {case} ran the hostile pickle"
+        assert not (tmp_path / "converted" / "model.safetensors").exists()

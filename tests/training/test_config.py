@@ -1,4 +1,5 @@
-"""TrainConfig: config files (TOML, YAML, JSON), flags that override them, validation, resume precedence."""
+"""TrainConfig: config files (TOML, YAML, JSON), flags that override them, validation, resume precedence, and the
+nested model (ViTConfig) and augmentation (AugmentConfig) settings whose flags are generated."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from vitkit.data import AugmentConfig
-from vitkit.io import write_json
+from vitkit.io import read_json, write_json
+from vitkit.model import ViTConfig
 from vitkit.training import TrainConfig, add_train_arguments, config_from_args, read_config_file
+from vitkit.training.config import DATA_DECIDED
 
 
 def parse(*argv: str) -> TrainConfig:
@@ -32,7 +35,8 @@ def test_toml_file_values_and_flag_precedence(tmp_path: Path) -> None:
     assert config.lr == 0.02  # typed flag beats the file
     assert config.epochs == 5  # file beats the default
     assert config.image_size == (8, 8)
-    assert config.auto_augment == "randaugment"
+    assert config.augment == {"auto_augment": "randaugment"}
+    assert config.augmentation().auto_augment == "randaugment"
     assert config.tensorboard is False
     assert config.batch_size == TrainConfig().batch_size  # neither file nor flag: default
     assert parse("--config", str(path), "--tensorboard").tensorboard is True
@@ -42,7 +46,7 @@ def test_yaml_file_and_flags(tmp_path: Path) -> None:
     path = tmp_path / "run.yaml"
     path.write_text("epochs: 7\nbatch_size: 32\nmixup: 1\ndrop-path: 0.2\nimage_size: 16\n")
     config = parse("--config", str(path), "--epochs", "9", "--image-size", "16x24")
-    assert (config.epochs, config.batch_size, config.drop_path) == (9, 32, 0.2)
+    assert (config.epochs, config.batch_size, config.vit["drop_path"]) == (9, 32, 0.2)
     assert config.mixup == 1.0 and isinstance(config.mixup, float)
     assert config.image_size == (16, 24)
     assert TrainConfig.from_file(path).image_size == (16, 16)
@@ -62,7 +66,11 @@ def test_unknown_keys_are_named(tmp_path: Path) -> None:
         ('amp = "fp16"', "amp='fp16' is invalid"),
         ("lr = true", "lr must be a number"),
         ("label_smoothing = 1.5", "label_smoothing=1.5 is invalid"),
-        ("batch_size = 7\nnproc = 2", "batch_size 7 does not split evenly between 2 processes"),
+        ("nproc = 2", "nproc is not a training setting: the command line starts the processes"),
+        ('pool = "max"', "vit.pool='max' is invalid"),
+        ("depth = 2.5", "vit.depth must be an integer"),
+        ("[augment]\nhflip = 2", "AugmentConfig.hflip=2.0 is invalid"),
+        ("[vit]\nwidth = 3", r"unknown vit setting\(s\) \['width'\]"),
         ('dataset = "cifar10"', "needs data_dir"),
         ("epochs = 2.5", "epochs must be an integer"),
     ],
@@ -89,18 +97,58 @@ def test_data_dir_means_folder() -> None:
     assert TrainConfig(data_dir="somewhere").dataset == "folder"
 
 
-def test_every_field_has_a_flag_and_every_augmentation_a_field() -> None:
+def test_every_setting_has_a_flag() -> None:
+    """Flags are generated: every TrainConfig field, every ViTConfig field the data does not decide, every
+    augmentation setting."""
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
     flags = {option for action in parser._actions for option in action.option_strings}
-    for f in dataclasses.fields(TrainConfig):
-        assert "--" + f.name.replace("_", "-") in flags
-    assert {f.name for f in dataclasses.fields(AugmentConfig)} <= {f.name for f in dataclasses.fields(TrainConfig)}
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("vit", "augment")]
+    names += [f.name for f in dataclasses.fields(ViTConfig) if f.name not in DATA_DECIDED]
+    names += [f.name for f in dataclasses.fields(AugmentConfig)]
+    for name in names:
+        assert "--" + name.replace("_", "-") in flags, name
+
+
+def test_architecture_flags_reach_the_model_and_the_saved_config(tmp_path: Path) -> None:
+    from vitkit.training import train
+
+    config = parse(
+        "--pos-embed", "sincos", "--pool", "mean", "--no-class-token", "--no-qkv-bias", "--attention-dropout", "0.1",
+        "--hidden-dim", "32", "--depth", "1", "--num-heads", "2", "--mlp-dim", "32", "--patch-size", "4",
+        "--hflip", "0.5", "--epochs", "1", "--no-progress", "--no-tensorboard", "--out", str(tmp_path / "run"),
+    )  # fmt: skip
+    expected = dict(pos_embed="sincos", pool="mean", class_token=False, qkv_bias=False, attention_dropout=0.1)
+    assert config.vit == {**expected, "drop_path": 0.1, "hidden_dim": 32, "depth": 1, "num_heads": 2,
+                          "mlp_dim": 32, "patch_size": (4, 4)}  # fmt: skip
+    result = train(config)
+    model_config = result.model.config
+    assert {key: getattr(model_config, key) for key in expected} == expected
+    weights = result.model.state_dict()
+    assert "blocks.0.attn.q.weight" in weights and "blocks.0.attn.q.bias" not in weights  # no q/k/v biases
+    assert "cls_token" not in weights and "pos_embed" in dict(result.model.named_buffers())  # sin-cos: fixed
+    saved = read_json(result.run_dir / "train_config.json")
+    assert saved["vit"]["pos_embed"] == "sincos" and saved["vit"]["class_token"] is False
+    assert saved["augment"] == {"hflip": 0.5}
+    assert read_json(result.run_dir / "config.json")["pool"] == "mean"
+
+
+def test_nested_and_flat_files_mean_the_same(tmp_path: Path) -> None:
+    nested, flat = tmp_path / "nested.toml", tmp_path / "flat.yaml"
+    nested.write_text('epochs = 3\n[vit]\ndepth = 2\npos-embed = "sincos"\n[augment]\nhflip = 0.5\n')
+    flat.write_text("epochs: 3\ndepth: 2\npos_embed: sincos\nhflip: 0.5\n")
+    assert TrainConfig.from_file(nested) == TrainConfig.from_file(flat)
+    assert TrainConfig.from_file(nested).vit == {"drop_path": 0.1, "depth": 2, "pos_embed": "sincos"}
+    # flags merge into the file's nested settings key by key
+    config = parse("--config", str(nested), "--depth", "3", "--no-class-token", "--pool", "mean")
+    assert config.vit == {"drop_path": 0.1, "depth": 3, "pos_embed": "sincos", "class_token": False, "pool": "mean"}
 
 
 def test_round_trip_through_dict() -> None:
-    config = TrainConfig(image_size=28, patch_size=(4, 2), lr=0.5, mixup=0.2)
+    config = TrainConfig.from_dict(dict(image_size=28, patch_size=(4, 2), lr=0.5, mixup=0.2, hflip=0.5))
+    assert config.vit["patch_size"] == (4, 2) and config.augment == {"hflip": 0.5}
     assert TrainConfig.from_dict(config.to_dict()) == config
+    assert config.replace(depth=3).vit == {**config.vit, "depth": 3}
 
 
 def test_resume_starts_from_the_saved_config(tmp_path: Path) -> None:
@@ -111,12 +159,11 @@ def test_resume_starts_from_the_saved_config(tmp_path: Path) -> None:
 
 
 def test_default_run_folder_is_named_after_data_and_model(tmp_path) -> None:
-    from vitkit.training import TrainConfig
-    from vitkit.training.trainer import resolve_run_dir
+    from vitkit.training import prepare_config
 
-    assert resolve_run_dir(TrainConfig(model="vit_digits")).name.startswith("digits-vit_digits-")
-    assert resolve_run_dir(TrainConfig(init_from=str(tmp_path))).name.startswith("digits-finetuned-")
-    assert resolve_run_dir(TrainConfig(name="mine")) == Path("runs") / "mine"
+    assert Path(prepare_config(TrainConfig()).out).name.startswith("digits-vit_digits-")
+    assert Path(prepare_config(TrainConfig(init_from=str(tmp_path))).out).name.startswith("digits-finetuned-")
+    assert prepare_config(TrainConfig(name="mine")).out == str(Path("runs") / "mine")
 
 
 def test_a_run_without_out_or_model_is_named_after_the_default_model(tmp_path, monkeypatch) -> None:
@@ -125,5 +172,5 @@ def test_a_run_without_out_or_model_is_named_after_the_default_model(tmp_path, m
     from vitkit.training import TrainConfig, train
 
     monkeypatch.chdir(tmp_path)
-    result = train(TrainConfig(**TINY, epochs=1, progress=False, tensorboard=False))
+    result = train(TrainConfig.from_dict(dict(**TINY, epochs=1, progress=False, tensorboard=False)))
     assert result.run_dir.parent == Path("runs") and result.run_dir.name.startswith("digits-vit_digits-")

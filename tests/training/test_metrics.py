@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from vitkit.training import format_epoch_line, train
-from vitkit.training.metrics import FIELDS
+from vitkit.cli.train import format_epoch_line
+from vitkit.training import train
+from vitkit.training.checkpoint import load_checkpoint
+from vitkit.training.metrics import FIELDS, read_metrics
 
 
 def test_metric_files_plots_and_tensorboard(tiny) -> None:
     lines: list[str] = []
     config = tiny(epochs=2, tensorboard=True, lr=1e-3, min_lr=1e-5)
-    result = train(config, on_epoch_end=lambda record: lines.append(format_epoch_line(record, config.epochs)))
+
+    def report(record: dict) -> None:
+        # a reported epoch is already in the checkpoint and in metrics.jsonl: a kill now loses nothing reported
+        _, state = load_checkpoint(Path(config.out))
+        assert state["epoch"] == record["epoch"] and state["history"][-1] == record
+        assert read_metrics(Path(config.out))[-1] == record
+        lines.append(format_epoch_line(record, config.epochs))
+
+    result = train(config, on_epoch_end=report)
     run = result.run_dir
 
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -49,14 +60,17 @@ def test_tensorboard_off_and_warmup_longer_than_the_run(tiny) -> None:
     assert (result.run_dir / "train_config.json").is_file() and (result.run_dir / "config.json").is_file()
 
 
-def test_plots_are_rate_limited_and_brought_up_to_date_on_close(tmp_path) -> None:
+def test_plots_are_drawn_in_the_background_and_brought_up_to_date_on_close(tmp_path) -> None:
     from vitkit.training.metrics import MetricsLog
 
-    log = MetricsLog(tmp_path, lr_schedule=[1e-3] * 4, completed_epochs=0, completed_steps=0, tensorboard=False)
+    log = MetricsLog(tmp_path, lr_schedule=[1e-3] * 4, completed_steps=0, tensorboard=False)
     record = dict.fromkeys(FIELDS, 0.5)
-    log.log_epoch({**record, "epoch": 1, "step": 2})
-    first = (tmp_path / "accuracy.png").read_bytes()  # the first epoch is always drawn
-    log.log_epoch({**record, "epoch": 2, "step": 4, "val_acc": 0.9})
+    history = [{**record, "epoch": 1, "step": 2}]
+    log.log_epoch(history)
+    log._drawing.result()  # the first epoch is always drawn, in the plotting thread
+    first = (tmp_path / "accuracy.png").read_bytes()
+    history.append({**record, "epoch": 2, "step": 4, "val_acc": 0.9})
+    log.log_epoch(history)
     assert (tmp_path / "accuracy.png").read_bytes() == first  # within PLOT_INTERVAL_S: not redrawn yet
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2  # but the metric files are
     log.close()

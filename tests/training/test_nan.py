@@ -40,3 +40,18 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny, value: f
     assert all(torch.isfinite(t).all() for t in weights.values())
     assert all(torch.isfinite(t).all() for t in load_safetensors(Path(config.out) / "best.safetensors").values())
     assert not (Path(config.out) / "model.safetensors").exists()
+
+
+def test_a_non_finite_gradient_with_a_finite_loss_stops_before_the_update(tiny) -> None:
+    """The gradient-norm check: a hook turns the head's gradient into NaN from step 6 on, the loss stays finite."""
+    config = tiny(epochs=1)
+
+    def poison_gradients(epoch: int, done: int, model: torch.nn.Module) -> None:
+        if done == 5:
+            model.head.weight.register_hook(lambda grad: grad * math.nan)
+
+    with pytest.raises(NonFiniteLossError, match="the gradient norm became nan at epoch 1, optimizer step 6") as caught:
+        train(config, on_step_end=poison_gradients)
+    assert caught.value.step == 6
+    assert "no checkpoint had been written yet" in str(caught.value)
+    assert not (Path(config.out) / "last.safetensors").exists()

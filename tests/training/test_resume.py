@@ -13,7 +13,8 @@ import torch
 from training_helpers import assert_same_weights, subprocess_env, without_timings
 
 from vitkit.io import load_safetensors, write_json
-from vitkit.training import TrainConfig, load_run, load_train_config, train
+from vitkit.model import VisionTransformer
+from vitkit.training import load_run, load_train_config, train
 from vitkit.training.checkpoint import load_checkpoint
 from vitkit.training.metrics import read_metrics
 
@@ -55,7 +56,10 @@ def test_crash_mid_epoch_then_resume_is_bitwise_identical(tiny) -> None:
     _, state = load_checkpoint(Path(crashed.out))
     assert state["epoch"] == 1 and 0 < state["step_in_epoch"] < steps_per_epoch  # really mid-epoch
     assert len(read_metrics(Path(crashed.out))) == 1
-    unfinished, _ = load_run(crashed.out)  # an interrupted run can still be evaluated: its last checkpoint
+    with pytest.raises(FileNotFoundError, match="the run did not finish: continue it with `vitkit train --resume"):
+        load_run(crashed.out)
+    # an interrupted run can still be evaluated, asked for by its checkpoint's path
+    unfinished = VisionTransformer.from_pretrained(Path(crashed.out) / "last.safetensors")
     assert_same_weights(unfinished.state_dict(), load_safetensors(Path(crashed.out) / "last.safetensors"))
     resumed = resume(Path(crashed.out))
     assert_same_run(Path(reference.run_dir), resumed.run_dir)
@@ -107,7 +111,16 @@ def test_a_finished_run_folder_is_not_overwritten(tiny) -> None:
         train(config)
 
 
-def test_resume_needs_a_checkpoint(tmp_path: Path) -> None:
-    write_json(TrainConfig(model="vit_digits", out=str(tmp_path)).to_dict(), tmp_path / "train_config.json")
-    with pytest.raises(FileNotFoundError, match="nothing to resume"):
-        resume(tmp_path)
+def test_resume_before_the_first_checkpoint_starts_over_with_the_saved_settings(tiny, caplog) -> None:
+    """A run killed before its first checkpoint left only its settings: --resume trains it from the start."""
+    config = tiny("killed", epochs=1, lr=2e-3)
+    run_dir = Path(config.out)
+    with pytest.raises(Crash):
+        train(config, on_step_end=crash_at(3))  # the first checkpoint comes at the end of the epoch
+    assert not (run_dir / "last.safetensors").exists()
+    with caplog.at_level("WARNING"):
+        resumed = resume(run_dir)
+    assert "has no checkpoint" in caplog.text and "starting it from the beginning" in caplog.text
+    assert load_train_config(run_dir).lr == 2e-3
+    reference = train(tiny("reference", epochs=1, lr=2e-3))
+    assert_same_run(reference.run_dir, resumed.run_dir)

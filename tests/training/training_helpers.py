@@ -22,7 +22,7 @@ def tiny_config(out: Path, **changes: object) -> TrainConfig:
         out=str(out),
     )  # fmt: skip
     values.update(changes)
-    return TrainConfig(**values)
+    return TrainConfig.from_dict(values)
 
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 0.0) -> None:

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import os
+import pickle
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -19,7 +20,7 @@ from vitkit import __version__
 from vitkit.cli.common import EXIT_FAILED, EXIT_USAGE, report_error
 
 # Subcommands in the order `vitkit --help` lists them; each is the module vitkit.cli.<name>.
-COMMANDS = ("train", "evaluate", "predict", "explain", "serve", "models", "bench")
+COMMANDS = ("train", "evaluate", "predict", "explain", "serve", "models", "bench", "convert", "export")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,6 +64,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except ChildProcessError as err:  # a torchrun child failed: a run that failed, not a bad input
         message, code = str(err), EXIT_FAILED
+    except pickle.UnpicklingError as err:  # a peer library's weights-only loader refused a checkpoint
+        from vitkit.io import refusal_reason
+
+        message = f"refused to load a checkpoint that is not plain tensors and values: {refusal_reason(err)}"
+        code = EXIT_USAGE
     except (ValueError, OSError) as err:  # ImageLoadError is a ValueError, FileNotFoundError an OSError
         message, code = str(err), EXIT_USAGE
     except KeyboardInterrupt as err:  # TrainingInterrupted says where the checkpoint is and how to resume

@@ -31,8 +31,7 @@ def load_run_model(run_dir: str | os.PathLike, device: torch.device, fast: bool 
     ``fast`` passes it through ``vitkit.optimize`` (the `--fast` flag).
     """
     from vitkit.model import VisionTransformer
-    from vitkit.model.weights import CONFIG_FILE, WEIGHTS_FILE
-    from vitkit.training.checkpoint import LAST_WEIGHTS
+    from vitkit.model.weights import CONFIG_FILE, WEIGHTS_FILE, find_weights
 
     run_dir = Path(run_dir)
     expected = f"a vitkit run folder holding {CONFIG_FILE} and {WEIGHTS_FILE}, as `vitkit train` writes"
@@ -40,13 +39,10 @@ def load_run_model(run_dir: str | os.PathLike, device: torch.device, fast: bool 
         raise FileNotFoundError(f"run folder not found: {run_dir} (expected {expected})")
     if not run_dir.is_dir():
         raise NotADirectoryError(f"{run_dir} is not a folder (expected {expected})")
-    missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (run_dir / name).is_file()]
-    if missing:
-        hint = ""
-        if (run_dir / LAST_WEIGHTS).is_file():
-            hint = f"; the run did not finish: continue it with `vitkit train --resume {run_dir}`"
-        raise FileNotFoundError(f"{run_dir} has no {' and no '.join(missing)} (expected {expected}){hint}")
-    model = VisionTransformer.from_pretrained(run_dir).to(device).eval()
+    weights, config = find_weights(run_dir)
+    if config is None:
+        raise FileNotFoundError(f"{run_dir} has no {CONFIG_FILE} beside {weights.name} (expected {expected})")
+    model = VisionTransformer.from_pretrained(weights).to(device).eval()
     if fast:
         from vitkit.optimize import optimize
 

@@ -43,13 +43,14 @@ def run(args: argparse.Namespace) -> int:
     """
     from tqdm.auto import tqdm
 
-    from vitkit.prediction import predict_files
+    from vitkit.prediction import expand_paths, predict_files
 
     device = pick_cli_device(args.device)
     model = load_run_model(args.run_dir, device, fast=args.fast)
     failed = total = 0
+    count = sum(1 for _ in expand_paths(args.paths))  # file names only, for the bar's total and time left
     results = predict_files(model, args.paths, args.top_k, batch_size=args.batch_size, device=device)
-    for result in tqdm(results, desc="predicting", unit="img", disable=None, file=sys.stderr, leave=False):
+    for result in tqdm(results, total=count, desc="predicting", unit="img", disable=None, file=sys.stderr, leave=False):
         total += 1
         if "error" in result:
             failed += 1

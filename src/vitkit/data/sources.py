@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -14,24 +15,25 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision import datasets
 
+from vitkit.data.augment_config import CACHE_CHOICES, SOURCES, AugmentConfig, default_augment
 from vitkit.data.images import IMAGE_EXTENSIONS, ImageLoadError, check_images, find_image_files, load_image
 from vitkit.data.seeded import SeededTransformDataset, TransformedDataset
 from vitkit.data.transforms import (
-    AugmentConfig,
+    build_decode_transform,
     build_eval_transform,
     build_train_transform,
     compute_mean_std,
-    default_augment,
     eval_transform,
+    pixel_statistics,
 )
 from vitkit.model.config import ViTConfig, to_pair
 
 logger = logging.getLogger(__name__)
 
-SOURCES = ("digits", "folder", "mnist", "fashion-mnist", "cifar10", "cifar100", "svhn")
 FOLDER_EXTENSIONS = IMAGE_EXTENSIONS
 _FOLDER_LAYOUT = "DIR/train/<class>/<images> and optionally DIR/val/<class>/<images>"
 
@@ -59,10 +61,36 @@ class DataBundle:
     source: str
     val_name: str
     augment: AugmentConfig
+    # The data decoded once at the training size when it is cached (--cache): (images uint8 (N, C, H, W), labels)
+    # of each split. Training then augments whole batches of it (vitkit.data.batch_augment) and reads no files.
+    memory: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+
+CACHE_LIMIT_BYTES = 1 << 30  # --cache auto keeps a data set in memory when its decoded pixels fit in 1 GiB
+
+
+def decode_all(dataset: Dataset, size: tuple[int, int], channels: int, workers: int) -> tuple[Tensor, Tensor]:
+    """Every (image, label) of ``dataset`` as uint8 (N, C, H, W) at ``size`` and int64 labels, decoded in workers."""
+    if isinstance(dataset, TensorDataset) and dataset.tensors[0].shape[1:] == (channels, *size):
+        return dataset.tensors[0], dataset.tensors[1].long()  # already decoded (the digits)
+    decoded = TransformedDataset(dataset, build_decode_transform(size, channels))
+    # A generator of its own: iterating must not draw from torch's global one (the model's initial weights come next).
+    loader = DataLoader(decoded, batch_size=256, num_workers=workers, generator=torch.Generator())
+    images, labels = zip(*loader, strict=True) if len(decoded) else ((), ())
+    return torch.cat(images).as_subclass(Tensor), torch.cat(labels).long()
+
+
+def _cache_decision(cache: str, count: int, size: tuple[int, int], channels: int) -> bool:
+    if cache not in CACHE_CHOICES:
+        raise ValueError(f"cache must be one of {CACHE_CHOICES}, got {cache!r}")
+    needed = count * channels * size[0] * size[1]
+    if cache == "auto" and needed > CACHE_LIMIT_BYTES:
+        logger.info("not caching the data set: its %.1f GiB of pixels exceed --cache auto's 1 GiB", needed / 2**30)
+    return cache == "on" or (cache == "auto" and needed <= CACHE_LIMIT_BYTES)
 
 
 class BadImageFilesError(ImageLoadError):
@@ -229,6 +257,8 @@ def build_data(
     download: bool = False,
     aug: AugmentConfig | None = None,
     channels: int | None = None,
+    cache: str = "auto",
+    workers: int = 0,
     skip_bad_files: bool = False,
 ) -> DataBundle:
     """Load `source`, split it, and attach the train (seeded augmentation) and eval transforms.
@@ -238,7 +268,9 @@ def build_data(
     1 channel if every training image is grey, else 3; default size the median shorter side. torchvision sets:
     `data_dir` is their root, their test split is the held-out one. Normalisation statistics come from the training
     images at the training size; `aug` None means default_augment(source). A folder's images are all decoded once
-    first: a bad file raises BadImageFilesError listing every one, or is left out with `skip_bad_files`.
+    first: a bad file raises BadImageFilesError listing every one, or is left out with `skip_bad_files`. `cache` "on"
+    (or "auto", when the pixels fit in 1 GiB) decodes both splits once, in `workers` processes, and keeps them in
+    memory.
     """
     if source not in SOURCES:
         raise ValueError(f"unknown data source {source!r}; expected one of {list(SOURCES)}")
@@ -263,7 +295,18 @@ def build_data(
     channels = channels or native_channels
     size = to_pair(image_size or native_size, "image_size")
     aug = aug if aug is not None else default_augment(source)
-    mean, std = compute_mean_std(train_base, size, channels, seed=seed)
+    memory = None
+    if _cache_decision(cache, len(train_base) + len(val_base), size, channels):
+        started = time.perf_counter()
+        memory = (*decode_all(train_base, size, channels, workers), *decode_all(val_base, size, channels, workers))
+        logger.info("decoded %d images into memory in %.1f s", len(train_base) + len(val_base),
+                    time.perf_counter() - started)  # fmt: skip
+        train_base, val_base = TensorDataset(*memory[:2]), TensorDataset(*memory[2:])  # no file is read again
+    if memory is not None:  # every training image, as the model sees them (before normalisation)
+        pixels = memory[0].transpose(0, 1).flatten(1).double() / 255
+        mean, std = pixel_statistics(pixels.sum(1), pixels.square().sum(1), pixels.shape[1])
+    else:
+        mean, std = compute_mean_std(train_base, size, channels, seed=seed)
     logger.info(
         "%s: %d train / %d %s images, %d classes, %d channel(s), size %s, mean %s, std %s",
         *(source, len(train_base), len(val_base), val_name, len(class_names), channels, size),
@@ -280,6 +323,7 @@ def build_data(
         source=source,
         val_name=val_name,
         augment=aug,
+        memory=memory,
     )
 
 

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import PIL.Image
@@ -17,86 +15,17 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from vitkit.data.augment_config import AugmentConfig
 from vitkit.data.images import convert_image
 from vitkit.model.config import ViTConfig, to_pair
 
 logger = logging.getLogger(__name__)
 
-AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment")
 INTERPOLATIONS = {
     "nearest": v2.InterpolationMode.NEAREST,
     "bilinear": v2.InterpolationMode.BILINEAR,
     "bicubic": v2.InterpolationMode.BICUBIC,
 }
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Training-time augmentation. The field defaults mean "no augmentation"; `default_augment` gives each data set's.
-
-    crop_scale_min: lower bound of RandomResizedCrop's area fraction; 1.0 turns the random crop off (plain resize).
-    hflip: probability of a horizontal flip.
-    affine_degrees / affine_translate / affine_scale: RandomAffine with rotation in [-d, d] degrees, shifts up to
-        this fraction of the width/height, zoom in [1 - s, 1 + s]; all 0 turns it off. affine_interpolation:
-        "bilinear" or "nearest" (keeps tiny images' pixel values crisp, as their test images are).
-    auto_augment: "none", "randaugment" (2 ops of strength randaugment_magnitude, 0..30) or "trivialaugment"
-        (TrivialAugmentWide).
-    random_erasing: probability of RandomErasing (applied after normalisation, erasing to the mean).
-    """
-
-    crop_scale_min: float = 1.0
-    hflip: float = 0.0
-    affine_degrees: float = 0.0
-    affine_translate: float = 0.0
-    affine_scale: float = 0.0
-    affine_interpolation: str = "bilinear"
-    auto_augment: str = "none"
-    randaugment_magnitude: int = 9
-    random_erasing: float = 0.0
-
-    def __post_init__(self) -> None:
-        checks = {
-            "crop_scale_min": (0.0 < self.crop_scale_min <= 1.0, "in (0, 1]"),
-            "hflip": (0.0 <= self.hflip <= 1.0, "a probability in [0, 1]"),
-            "affine_degrees": (0.0 <= self.affine_degrees <= 180.0, "in [0, 180]"),
-            "affine_translate": (0.0 <= self.affine_translate <= 1.0, "a fraction in [0, 1]"),
-            "affine_scale": (0.0 <= self.affine_scale < 1.0, "in [0, 1)"),
-            "affine_interpolation": (self.affine_interpolation in INTERPOLATIONS, f"one of {sorted(INTERPOLATIONS)}"),
-            "auto_augment": (self.auto_augment in AUTO_AUGMENTS, f"one of {AUTO_AUGMENTS}"),
-            "randaugment_magnitude": (0 <= self.randaugment_magnitude <= 30, "an integer in [0, 30]"),
-            "random_erasing": (0.0 <= self.random_erasing <= 1.0, "a probability in [0, 1]"),
-        }
-        for name, (ok, expected) in checks.items():
-            if not ok:
-                raise ValueError(f"AugmentConfig.{name}={getattr(self, name)!r} is invalid; expected {expected}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-_DIGIT_LIKE = AugmentConfig(affine_degrees=10.0, affine_translate=0.1, affine_scale=0.1)
-_DEFAULT_AUGMENTS = {
-    # Upright digits: a flip or a large crop changes the class or loses the digit; small affine moves do not.
-    "digits": dataclasses.replace(_DIGIT_LIKE, affine_interpolation="nearest"),
-    "mnist": _DIGIT_LIKE,
-    "svhn": _DIGIT_LIKE,
-    "fashion-mnist": AugmentConfig(hflip=0.5, affine_translate=0.1, affine_scale=0.1),
-    # Natural images: the DeiT-style recipe scaled down for small images.
-    "cifar10": AugmentConfig(crop_scale_min=0.5, hflip=0.5, auto_augment="trivialaugment", random_erasing=0.25),
-    "cifar100": AugmentConfig(crop_scale_min=0.5, hflip=0.5, auto_augment="trivialaugment", random_erasing=0.25),
-    "folder": AugmentConfig(crop_scale_min=0.5, hflip=0.5),
-}
-
-
-def default_augment(source: str, **overrides: Any) -> AugmentConfig:
-    """The augmentation that suits `source`, with the non-None `overrides` applied (None means "keep the default")."""
-    if source not in _DEFAULT_AUGMENTS:
-        raise ValueError(f"unknown data source {source!r}; expected one of {sorted(_DEFAULT_AUGMENTS)}")
-    fields = {f.name for f in dataclasses.fields(AugmentConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown augmentation option(s) {unknown}; expected some of {sorted(fields)}")
-    return dataclasses.replace(_DEFAULT_AUGMENTS[source], **{k: v for k, v in overrides.items() if v is not None})
 
 
 @contextlib.contextmanager
@@ -142,6 +71,11 @@ class ConvertChannels(v2.Transform):
         raise ValueError(f"cannot convert an image tensor of shape {tuple(inpt.shape)} to {self.channels} channel(s)")
 
 
+def resize_size(side: int, crop_pct: float) -> int:
+    """The resized side whose centre ``side`` pixels are a ``crop_pct`` crop: floor(side / crop_pct), as timm."""
+    return math.floor(round(side / crop_pct, 6))  # rounded first: 32 / (32 / 36) must give 36, not 35
+
+
 def _resize_crop(
     size: tuple[int, int], interpolation: str = "bilinear", crop_pct: float = 1.0, crop_mode: str = "center"
 ) -> list[v2.Transform]:
@@ -149,18 +83,23 @@ def _resize_crop(
 
     "center" resizes the shorter side to max(h, w) / crop_pct, which covers (h, w) whatever the aspect ratio (for
     square sizes timm's eval resize); "squash" resizes to exactly (h, w) / crop_pct (transformers' ViT processor
-    at crop_pct 1). Sizes are rounded down, as timm does.
+    at crop_pct 1).
     """
     mode = INTERPOLATIONS[interpolation]
     if crop_mode == "squash":
-        resize = v2.Resize([math.floor(s / crop_pct) for s in size], interpolation=mode, antialias=True)
+        resize = v2.Resize([resize_size(s, crop_pct) for s in size], interpolation=mode, antialias=True)
     else:
-        resize = v2.Resize(math.floor(max(size) / crop_pct), interpolation=mode, antialias=True)
+        resize = v2.Resize(resize_size(max(size), crop_pct), interpolation=mode, antialias=True)
     return [resize, v2.CenterCrop(size)]
 
 
 def _to_float() -> list[v2.Transform]:
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+
+
+def build_decode_transform(image_size: int | Sequence[int], channels: int) -> v2.Compose:
+    """PIL image or uint8 tensor -> uint8 (channels, h, w) at the training size: what a cached data set keeps."""
+    return v2.Compose([ConvertChannels(channels), *_resize_crop(to_pair(image_size, "image_size")), v2.ToImage()])
 
 
 def _unnormalised_eval_steps(image_size: int | Sequence[int], channels: int, **resize: Any) -> list[v2.Transform]:
@@ -264,6 +203,13 @@ def compute_mean_std(
             total += pixels.sum(dim=1)
             total_sq += pixels.square().sum(dim=1)
             count += pixels.shape[1]
+    return pixel_statistics(total, total_sq, count)
+
+
+def pixel_statistics(
+    total: torch.Tensor, total_sq: torch.Tensor, count: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (mean, std) from sums of pixels and of their squares; a flat channel gets std 1."""
     mean = total / count
     std = (total_sq / count - mean.square()).clamp_min(0).sqrt()
     if bool((std < 1e-6).any()):

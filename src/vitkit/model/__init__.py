@@ -1,15 +1,19 @@
-"""The Vision Transformer model, its configuration and the registry of named variants."""
+"""The Vision Transformer model, its configuration and the registry of named variants.
 
-from vitkit.model.config import ViTConfig
-from vitkit.model.registry import count_parameters, create_model, get_config, list_models
-from vitkit.model.vit import VisionTransformer, patchify
+Names are imported on first use (PEP 562): ``vitkit.model.config`` (no torch) serves the command line's flags.
+"""
 
-__all__ = [
-    "ViTConfig",
-    "VisionTransformer",
-    "count_parameters",
-    "create_model",
-    "get_config",
-    "list_models",
-    "patchify",
-]
+from __future__ import annotations
+
+from vitkit.lazy import lazy_exports
+
+# public name -> module that defines it
+_EXPORTS = {
+    "ViTConfig": "vitkit.model.config",
+    **dict.fromkeys(("count_parameters", "create_model", "get_config", "list_models"), "vitkit.model.registry"),
+    **dict.fromkeys(("VisionTransformer", "patchify"), "vitkit.model.vit"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -21,11 +21,10 @@ from torch import Tensor
 
 from vitkit.io import atomic_path, load_pickle_weights_only, load_safetensors, read_json, save_safetensors
 from vitkit.model import ViTConfig
-from vitkit.model.weights import find_weights
+from vitkit.model.weights import LAST_WEIGHTS, find_weights
 
 logger = logging.getLogger(__name__)
 
-LAST_WEIGHTS = "last.safetensors"
 LAST_STATE = "last_state.pt"
 BEST_WEIGHTS = "best.safetensors"
 _PENDING_STATE = LAST_STATE + ".next"

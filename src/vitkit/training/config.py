@@ -1,8 +1,15 @@
 """Every setting of a training run in one dataclass, read from a config file and/or command-line flags.
 
+The model's architecture and the augmentation are nested settings: ``vit`` holds overrides of the named model's
+:class:`~vitkit.model.ViTConfig` and ``augment`` overrides of the data set's :class:`~vitkit.data.AugmentConfig`.
+Their flags are generated from those two dataclasses (``--pos-embed``, ``--no-class-token``, ``--hflip`` ...), so a
+new architectural choice or augmentation is settable from the command line and config files without code here.
+Config files may nest them (``[vit]`` / ``[augment]`` tables) or write them flat (``depth = 4``), as flags do.
+
 Precedence, lowest first: the dataclass defaults, the run being resumed (``--resume``), the config file
-(``--config``), then the flags the user actually typed. Flags are registered with ``argparse.SUPPRESS`` defaults,
-so an untyped flag leaves no attribute behind and cannot mask a config-file value.
+(``--config``), then the flags the user actually typed; nested settings merge key by key. Flags are registered
+with ``argparse.SUPPRESS`` defaults, so an untyped flag leaves no attribute behind and cannot mask a file value.
+This module imports no torch: `vitkit --help` builds its flags from it.
 """
 
 from __future__ import annotations
@@ -20,10 +27,15 @@ from typing import Any
 
 import yaml
 
-from vitkit.data import AUTO_AUGMENTS, SOURCES, AugmentConfig
-from vitkit.data.transforms import INTERPOLATIONS
-from vitkit.io import read_json
-from vitkit.model.config import Pair, to_pair
+from vitkit.data.augment_config import (
+    AUTO_AUGMENTS,
+    CACHE_CHOICES,
+    INTERPOLATION_NAMES,
+    SOURCES,
+    AugmentConfig,
+    default_augment,
+)
+from vitkit.model.config import POOL_CHOICES, POS_EMBED_CHOICES, Pair, ViTConfig, to_pair
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -35,9 +47,45 @@ DEFAULT_MODEL = "vit_digits"
 AMP_CHOICES = ("auto", "bf16", "off")
 # Settings that may change when a run is resumed without changing what it computes (epochs extends the schedule).
 RESUMABLE_CHANGES = frozenset(
-    {"epochs", "workers", "nproc", "save_every", "tensorboard", "progress", "resume", "out", "name", "download",
+    {"epochs", "workers", "save_every", "tensorboard", "progress", "resume", "out", "name", "download",
      "device", "data_dir", "deterministic"}
 )  # fmt: skip
+
+# ViTConfig fields the data decides (size, channels, classes, normalisation); every other one is a `vit` setting.
+DATA_DECIDED = frozenset({"image_size", "in_channels", "num_classes", "class_names", "mean", "std"})
+VIT_SETTINGS = tuple(f.name for f in dataclasses.fields(ViTConfig) if f.name not in DATA_DECIDED)
+AUGMENT_SETTINGS = tuple(f.name for f in dataclasses.fields(AugmentConfig))
+NESTED = {"vit": VIT_SETTINGS, "augment": AUGMENT_SETTINGS}
+# The recipe's stochastic depth: every model trains with it unless told otherwise.
+DEFAULT_VIT: dict[str, Any] = {"drop_path": 0.1}
+# Help of the generated flags (a setting missing here still gets a flag, with a generic help).
+_VIT_HELP = {
+    "patch_size": "patch size, N or HxW",
+    "hidden_dim": "token width",
+    "depth": "number of encoder blocks",
+    "num_heads": "attention heads per block",
+    "mlp_dim": "hidden width of the blocks' MLP",
+    "pos_embed": "position vectors: learned, or fixed 2-D sine-cosine",
+    "pool": "classify from the CLS token or from the mean of the patch tokens",
+    "class_token": "prepend a CLS token (--no-class-token needs --pool mean)",
+    "dropout": "dropout rate",
+    "attention_dropout": "dropout rate of the attention weights",
+    "drop_path": "stochastic depth rate of the last block (rises linearly with depth); recipe default 0.1",
+    "qkv_bias": "biases on the query, key and value projections",
+    "layer_norm_eps": "LayerNorm epsilon",
+}
+_AUGMENT_HELP = {
+    "crop_scale_min": "smallest area fraction of the random resized crop; 1 turns it off",
+    "hflip": "probability of a horizontal flip",
+    "affine_degrees": "random rotation in [-D, D] degrees",
+    "affine_translate": "random shift up to this fraction of the image size",
+    "affine_scale": "random zoom in [1 - S, 1 + S]",
+    "affine_interpolation": "resampling of the random affine",
+    "auto_augment": "automatic augmentation policy",
+    "randaugment_magnitude": "RandAugment magnitude (0-30)",
+    "random_erasing": "probability of random erasing",
+}
+_CHOICES = {"pos_embed": POS_EMBED_CHOICES, "pool": POOL_CHOICES}
 
 
 def _flag(default: Any, help: str, **argparse_options: Any) -> Any:
@@ -59,18 +107,19 @@ class TrainConfig:
     download: bool = _flag(False, "let torchvision download --dataset into --data-dir")
     val_fraction: float = _flag(0.1, "held-out fraction of an image folder without val/")
     image_size: Pair | None = _flag(None, "training image size, N or HxW; default: the data set's", metavar="SIZE")
-    workers: int = _flag(0, "data-loading worker processes")
+    workers: int = _flag(0, "data-loading worker processes (also decode an image folder for --cache)")
+    cache: str = _flag(
+        "auto", "keep the decoded images in memory (no file reads after the first pass; whole-batch augmentation): "
+        "auto (when they fit in 1 GiB), on, off", choices=CACHE_CHOICES,
+    )  # fmt: skip
     # --- model
     model: str | None = _flag(
         None, f"named configuration (see `vitkit models`); default: that of --init-from, else {DEFAULT_MODEL}"
     )
-    patch_size: Pair | None = _flag(None, "patch size, N or HxW; default: the model's", metavar="SIZE")
-    hidden_dim: int | None = _flag(None, "token width; default: the model's")
-    depth: int | None = _flag(None, "number of encoder blocks; default: the model's")
-    num_heads: int | None = _flag(None, "attention heads per block; default: the model's")
-    mlp_dim: int | None = _flag(None, "hidden width of the blocks' MLP; default: the model's")
-    drop_path: float | None = _flag(0.1, "stochastic depth rate of the last block (rises linearly with depth)")
-    dropout: float | None = _flag(None, "dropout rate; default: the model's")
+    vit: dict[str, Any] = field(
+        default_factory=lambda: dict(DEFAULT_VIT),
+        metadata={"help": "overrides of the model's ViTConfig (flags: one per setting, below)"},
+    )
     init_from: str | None = _flag(
         None,
         "fine-tune from these weights (run folder or .safetensors): new head, resized position embeddings as needed",
@@ -89,16 +138,10 @@ class TrainConfig:
     ema_decay: float = _flag(0.99, "decay per optimizer step of the weights' EMA; 0 turns the EMA off")
     mixup: float = _flag(0.0, "MixUp alpha; 0 turns it off")
     cutmix: float = _flag(0.0, "CutMix alpha; 0 turns it off")
-    # --- augmentation (None: the data set's default, see vitkit.data.default_augment)
-    crop_scale_min: float | None = _flag(None, "smallest area fraction of the random resized crop; 1 turns it off")
-    hflip: float | None = _flag(None, "probability of a horizontal flip")
-    affine_degrees: float | None = _flag(None, "random rotation in [-D, D] degrees")
-    affine_translate: float | None = _flag(None, "random shift up to this fraction of the image size")
-    affine_scale: float | None = _flag(None, "random zoom in [1 - S, 1 + S]")
-    affine_interpolation: str | None = _flag(None, "resampling of the random affine", choices=sorted(INTERPOLATIONS))
-    auto_augment: str | None = _flag(None, "automatic augmentation policy", choices=AUTO_AUGMENTS)
-    randaugment_magnitude: int | None = _flag(None, "RandAugment magnitude (0-30)")
-    random_erasing: float | None = _flag(None, "probability of random erasing")
+    # --- augmentation: overrides of the data set's default (vitkit.data.default_augment)
+    augment: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "overrides of the data set's AugmentConfig (flags: one per setting)"}
+    )
     skip_bad_files: bool = _flag(
         False, "leave out image files that cannot be read (reporting how many) instead of failing before training"
     )
@@ -107,7 +150,6 @@ class TrainConfig:
     amp: str = _flag("auto", "bf16 autocast: auto (on CUDA), bf16 (also on the CPU) or off", choices=AMP_CHOICES)
     device: str = _flag("auto", "auto (cuda if available), cpu, cuda, cuda:N")
     deterministic: bool = _flag(True, "use deterministic algorithms (torch.use_deterministic_algorithms)")
-    nproc: int = _flag(1, "processes to train with (DistributedDataParallel through torchrun)")
     # --- the run folder
     out: str | None = _flag(None, "run folder; default: runs/NAME", metavar="DIR")
     name: str | None = _flag(None, "run name; default: DATASET-MODEL-DATE-TIME")
@@ -119,7 +161,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
+            if f.name not in NESTED:
+                setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
+        self.vit = _coerce_nested("vit", self.vit, VIT_SETTINGS, typing.get_type_hints(ViTConfig))
+        self.augment = _coerce_nested("augment", self.augment, AUGMENT_SETTINGS, typing.get_type_hints(AugmentConfig))
         if self.dataset is None:
             self.dataset = "folder" if self.data_dir is not None else "digits"
         self._check()
@@ -129,11 +174,9 @@ class TrainConfig:
             if not ok:
                 raise ValueError(f"{name}={getattr(self, name)!r} is invalid: expected {expected}")
 
-        for name, choices in (("dataset", SOURCES), ("amp", AMP_CHOICES)):
+        for name, choices in (("dataset", SOURCES), ("amp", AMP_CHOICES), ("cache", CACHE_CHOICES)):
             need(getattr(self, name) in choices, name, f"one of {list(choices)}")
-        for name, choices in (("auto_augment", AUTO_AUGMENTS), ("affine_interpolation", sorted(INTERPOLATIONS))):
-            need(getattr(self, name) in (None, *choices), name, f"one of {list(choices)}")
-        for name in ("epochs", "batch_size", "accum_steps", "nproc"):
+        for name in ("epochs", "batch_size", "accum_steps"):
             need(getattr(self, name) >= 1, name, "an integer >= 1")
         for name in ("workers", "save_every", "seed"):
             need(getattr(self, name) >= 0, name, "an integer >= 0")
@@ -141,11 +184,16 @@ class TrainConfig:
             need(getattr(self, name) >= 0, name, "a number >= 0")
         need(self.lr > 0, "lr", "a number > 0")
         need(self.min_lr <= self.lr, "min_lr", f"a number <= lr ({self.lr})")
-        for name in ("label_smoothing", "ema_decay", "drop_path", "dropout"):
-            value = getattr(self, name)
-            need(value is None or 0 <= value < 1, name, "a number in [0, 1)")
+        for name in ("label_smoothing", "ema_decay"):
+            need(0 <= getattr(self, name) < 1, name, "a number in [0, 1)")
         need(0 < self.val_fraction < 1, "val_fraction", "a fraction in (0, 1)")
-        check_batch_split(self.batch_size, self.nproc)
+        for name, choices in _CHOICES.items():
+            if name in self.vit and self.vit[name] not in choices:
+                raise ValueError(f"vit.{name}={self.vit[name]!r} is invalid: expected one of {list(choices)}")
+        for name in ("dropout", "attention_dropout", "drop_path"):
+            if not 0 <= self.vit.get(name, 0.0) < 1:
+                raise ValueError(f"vit.{name}={self.vit[name]!r} is invalid: expected a number in [0, 1)")
+        self.augmentation()  # AugmentConfig checks the augmentation settings
         if self.dataset == "digits" and self.data_dir is not None:
             raise ValueError(f"the digits data set is built in and takes no data_dir (got {self.data_dir!r})")
         if self.dataset != "digits" and self.data_dir is None:
@@ -153,17 +201,20 @@ class TrainConfig:
 
     # --- conversions ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready values (sizes as [height, width] lists)."""
+        """Plain JSON-ready values (sizes as [height, width] lists, nested settings as objects)."""
         data = dataclasses.asdict(self)
-        for name in ("image_size", "patch_size"):
-            if data[name] is not None:
-                data[name] = list(data[name])
+        if data["image_size"] is not None:
+            data["image_size"] = list(data["image_size"])
+        data["vit"] = {k: list(v) if isinstance(v, tuple) else v for k, v in data["vit"].items()}
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
-        """Build from a mapping of field names (``-`` or ``_``); unknown keys are an error naming them."""
-        return cls(**_check_keys(data, source))
+        """Build from a mapping of setting names (``-`` or ``_``; nested or flat); unknown keys are an error.
+
+        Nested settings missing from ``data`` keep their defaults (the recipe's drop_path).
+        """
+        return cls(**merge_settings(_defaults(), _check_keys(data, source)))
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> TrainConfig:
@@ -171,12 +222,29 @@ class TrainConfig:
         return cls.from_dict(read_config_file(path), str(path))
 
     def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with some fields changed, validated again."""
-        return dataclasses.replace(self, **changes)
+        """A copy with some settings changed (flat names reach into ``vit`` / ``augment``), validated again."""
+        return TrainConfig(**merge_settings(self.to_dict(), _check_keys(changes, "replace()")))
 
-    def augment_overrides(self) -> dict[str, Any]:
-        """The augmentation fields for ``vitkit.data.default_augment(source, **overrides)`` (None: its default)."""
-        return {f.name: getattr(self, f.name, None) for f in dataclasses.fields(AugmentConfig)}
+    def augmentation(self) -> AugmentConfig:
+        """The data set's default augmentation with this run's overrides."""
+        return default_augment(self.dataset, **self.augment)
+
+    @property
+    def model_name(self) -> str:
+        """The named model a run starts from (vit_digits unless told or fine-tuning)."""
+        return self.model or DEFAULT_MODEL
+
+
+def _defaults() -> dict[str, Any]:
+    return {"vit": dict(DEFAULT_VIT), "augment": {}}
+
+
+def merge_settings(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``changes`` (both in nested form); nested settings merge key by key."""
+    merged = {**base, **{k: v for k, v in changes.items() if k not in NESTED}}
+    for name in NESTED:
+        merged[name] = {**base.get(name, {}), **changes.get(name, {})}
+    return merged
 
 
 def check_batch_split(batch_size: int, processes: int) -> None:
@@ -189,14 +257,43 @@ def check_batch_split(batch_size: int, processes: int) -> None:
 
 
 def _check_keys(data: Any, source: str) -> dict[str, Any]:
+    """Keys normalised (``-`` -> ``_``) and nested: flat ViT and augmentation settings move into their tables."""
     if not isinstance(data, dict):
         raise ValueError(f"{source}: expected a mapping of training settings, got {type(data).__name__}")
     values = {str(key).replace("-", "_"): value for key, value in data.items()}
+    if "nproc" in values:
+        raise ValueError(
+            f"{source}: nproc is not a training setting: the command line starts the processes (vitkit train --nproc N)"
+        )
+    nested: dict[str, Any] = {}
+    for name, settings in NESTED.items():
+        table = values.pop(name, None) or {}
+        if not isinstance(table, dict):
+            raise ValueError(f"{source}: {name} must be a table of settings, got {table!r}")
+        table = {str(key).replace("-", "_"): value for key, value in table.items()}
+        # Flat settings; null meant "the default" in vitkit 0.1's flat train_config.json.
+        table.update({key: value for key in settings if key in values and (value := values.pop(key)) is not None})
+        unknown = sorted(set(table) - set(settings))
+        if unknown:
+            raise ValueError(f"{source}: unknown {name} setting(s) {unknown}; known: {sorted(settings)}")
+        nested[name] = table
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"{source}: unknown training setting(s) {unknown}; known settings: {sorted(known)}")
-    return values
+        raise ValueError(
+            f"{source}: unknown training setting(s) {unknown}; known settings: {sorted(known - set(NESTED))}, "
+            f"model settings {sorted(VIT_SETTINGS)}, augmentation settings {sorted(AUGMENT_SETTINGS)}"
+        )
+    return {**values, **nested}
+
+
+def _coerce_nested(name: str, table: Any, settings: tuple[str, ...], hints: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ValueError(f"{name} must be a mapping of settings, got {table!r}")
+    unknown = sorted(set(table) - set(settings))
+    if unknown:
+        raise ValueError(f"unknown {name} setting(s) {unknown}; known: {sorted(settings)}")
+    return {key: _coerce(f"{name}.{key}", value, hints[key]) for key, value in table.items()}
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
@@ -215,7 +312,7 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         return value
     if typing.get_origin(kind) is tuple:
         return to_pair(tuple(value) if isinstance(value, list) else value, name)
-    expected = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}[kind]
+    expected = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}.get(kind, str(kind))
     raise ValueError(f"{name} must be {expected}, got {value!r}")
 
 
@@ -245,7 +342,11 @@ def load_train_config(run_dir: str | os.PathLike) -> TrainConfig:
     path = Path(run_dir) / TRAIN_CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a vitkit run folder: it has no {TRAIN_CONFIG_FILE}")
-    return TrainConfig.from_dict(read_json(path), str(path))
+    from vitkit.io import read_json  # vitkit.io imports torch; the flags need none
+
+    saved = read_json(path)
+    saved.pop("nproc", None)  # recorded by vitkit 0.1, whose library started the processes itself
+    return TrainConfig.from_dict(saved, str(path))
 
 
 # --- command line ---------------------------------------------------------------------------------
@@ -260,37 +361,69 @@ def _parse_size(text: str) -> Pair:
         raise argparse.ArgumentTypeError(f"expected a size such as 28 or 28x32, got {text!r}") from None
 
 
+def _add_flag(
+    parser: argparse._ActionsContainer, name: str, dest: str, hint: Any, help_text: str, **options: Any
+) -> None:
+    """One flag for a setting of type ``hint``: booleans get --x / --no-x, sizes N or HxW."""
+    flag = "--" + name.replace("_", "-")
+    kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    kind = next(k for k in kinds if k is not type(None))
+    if kind is bool:
+        parser.add_argument(
+            flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+        )
+        return
+    parse = _parse_size if typing.get_origin(kind) is tuple else kind
+    if parse not in (_parse_size, int, float, str):
+        return  # a setting no flag can spell (a list): config files only
+    if "choices" not in options and "metavar" not in options:
+        options["metavar"] = {_parse_size: "SIZE", int: "N", float: "X", str: "TEXT"}[parse]
+    parser.add_argument(flag, dest=dest, type=parse, default=argparse.SUPPRESS, help=help_text, **options)
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register ``--config`` and one flag per :class:`TrainConfig` field (``batch_size`` -> ``--batch-size``)."""
+    """Register ``--config``, one flag per :class:`TrainConfig` field and one per ``vit`` / ``augment`` setting."""
     parser.add_argument(
         "--config", metavar="FILE", default=argparse.SUPPRESS,
         help="TOML, YAML or JSON file of settings (field names as keys); flags given here override it",
     )  # fmt: skip
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
+        if f.name in NESTED:
+            continue
         options = dict(f.metadata)
         help_text = options.pop("help")
         if f.default is not None:
             help_text += f" (default: {f.default})"
-        flag = "--" + f.name.replace("_", "-")
-        kinds = typing.get_args(hints[f.name]) or (hints[f.name],)
-        kind = next(k for k in kinds if k is not type(None))
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
-            continue
-        parse = _parse_size if typing.get_origin(kind) is tuple else kind
-        parser.add_argument(flag, type=parse, default=argparse.SUPPRESS, help=help_text, **options)
+        _add_flag(parser, f.name, f.name, hints[f.name], help_text, **options)
+    vit_hints = typing.get_type_hints(ViTConfig)
+    group = parser.add_argument_group("model (overrides of the model's ViTConfig; default: the model's)")
+    for name in VIT_SETTINGS:
+        help_text = _VIT_HELP.get(name, f"ViTConfig.{name}")
+        choices = {"choices": _CHOICES[name]} if name in _CHOICES else {}
+        _add_flag(group, name, f"vit.{name}", vit_hints[name], help_text, **choices)
+    augment_hints = typing.get_type_hints(AugmentConfig)
+    group = parser.add_argument_group("augmentation (default: the data set's, see vitkit.data.default_augment)")
+    for name in AUGMENT_SETTINGS:
+        choices = {"auto_augment": AUTO_AUGMENTS, "affine_interpolation": INTERPOLATION_NAMES}.get(name)
+        options = {"choices": choices} if choices else {}
+        _add_flag(group, name, f"augment.{name}", augment_hints[name], _AUGMENT_HELP.get(name, name), **options)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The resolved config: defaults < resumed run's config < ``--config`` file < flags typed on the command line."""
-    typed = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    typed: dict[str, Any] = {name: {} for name in NESTED}
+    for dest, value in vars(args).items():
+        table, _, key = dest.rpartition(".")
+        if table in NESTED:
+            typed[table][key] = value
+        elif dest in {f.name for f in dataclasses.fields(TrainConfig)}:
+            typed[dest] = value
     config_file = getattr(args, "config", None)
     from_file = read_config_file(config_file) if config_file else {}
     resume = typed.get("resume", from_file.get("resume"))
-    values = load_train_config(resume).to_dict() if resume else {}
-    values.update(from_file)
-    values.update(typed)
+    values = load_train_config(resume).to_dict() if resume else _defaults()
+    values = merge_settings(merge_settings(values, from_file), typed)
     if resume:
         values["resume"] = resume
-    return TrainConfig.from_dict(values, "command line")
+    return TrainConfig(**values)

@@ -1,4 +1,4 @@
-"""Several processes, one model: torchrun detection, process groups, reductions, and ``--nproc`` relaunching.
+"""Several processes, one model: torchrun detection, process groups and reductions.
 
 Under ``torchrun`` every process runs the same training loop on its share of each batch; DistributedDataParallel
 averages the gradients, so all processes hold the same weights. Only rank 0 writes files and logs.
@@ -9,11 +9,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -120,18 +117,3 @@ def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
     gathered: list[Any] = [None] * ctx.world_size
     dist.all_gather_object(gathered, obj)
     return gathered
-
-
-def launch(nproc: int, config_file: Path) -> None:
-    """Run ``vitkit train --config FILE`` in ``nproc`` processes through torchrun and wait for them."""
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        "-m", "vitkit", "train", "--config", str(config_file),
-    ]  # fmt: skip
-    logger.info("starting %d training processes: %s", nproc, " ".join(command))
-    returncode = subprocess.run(command, check=False).returncode
-    if returncode != 0:
-        raise ChildProcessError(
-            f"distributed training with {nproc} processes failed (torchrun exit code {returncode}); "
-            "the processes' own error messages are above"
-        )

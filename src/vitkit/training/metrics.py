@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,9 @@ FIELDS = (
     "epoch_time_s",
 )  # fmt: skip
 _MAX_PLOT_POINTS = 2000
-# Drawing three PNGs costs ~0.4 s: on runs whose epochs take a second, redrawing after each epoch would be a third
-# of the run. Plots are redrawn after an epoch once this many seconds have passed, and always when the log closes.
-PLOT_INTERVAL_S = 5.0
+# Drawing three PNGs costs ~0.4 s of CPU: they are drawn in a background thread (off the training loop's path), at
+# most once per this many seconds, and brought up to date when the log closes.
+PLOT_INTERVAL_S = 10.0
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -38,22 +39,24 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 class MetricsLog:
-    """Keeps the per-epoch history and rewrites the metric files and plots from it after every epoch.
+    """Rewrites the metric files and plots from the run's history (kept in its checkpoints) after every epoch.
 
     Rewriting (atomically) rather than appending means a resumed run simply drops the epochs it redoes.
-    The plots follow at most every PLOT_INTERVAL_S seconds and are brought up to date by ``close``.
+    The plots follow in a background thread at most every PLOT_INTERVAL_S seconds and are brought up to date by
+    ``close``.
     """
 
     def __init__(
-        self, run_dir: Path, *, lr_schedule: Sequence[float], completed_epochs: int, completed_steps: int,
-        tensorboard: bool,
-    ) -> None:  # fmt: skip
+        self, run_dir: Path, *, lr_schedule: Sequence[float], completed_steps: int, tensorboard: bool
+    ) -> None:
         self.run_dir = run_dir
         self.lr_schedule = lr_schedule
-        self.history = [r for r in read_metrics(run_dir) if r["epoch"] <= completed_epochs]
+        self.history: list[dict[str, Any]] = []
         self.writer = _summary_writer(run_dir / "tensorboard", completed_steps) if tensorboard else None
+        self._plotter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitkit-plots")
+        self._drawing: Future | None = None
         self._plotted_at: float | None = None
-        self._plotted_epochs = len(self.history)
+        self._plotted_epochs = 0
 
     def log_step(self, step: int, loss: float, lr: float) -> None:
         """Per-step scalars for TensorBoard (the files and plots are per epoch)."""
@@ -61,8 +64,10 @@ class MetricsLog:
             self.writer.add_scalar("train/loss_step", loss, step)
             self.writer.add_scalar("train/lr", lr, step)
 
-    def log_epoch(self, record: dict[str, Any]) -> None:
-        self.history.append(record)
+    def log_epoch(self, history: list[dict[str, Any]]) -> None:
+        """Report the epochs of ``history``, its last one new."""
+        self.history = list(history)
+        record = history[-1]
         with atomic_path(self.run_dir / METRICS_JSONL) as tmp:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history), encoding="utf-8")
         with atomic_path(self.run_dir / METRICS_CSV) as tmp:
@@ -71,8 +76,10 @@ class MetricsLog:
             writer.writeheader()
             writer.writerows(self.history)
             tmp.write_text(buffer.getvalue(), encoding="utf-8")
-        if self._plotted_at is None or time.monotonic() - self._plotted_at >= PLOT_INTERVAL_S:
-            self._plot()
+        due = self._plotted_at is None or time.monotonic() - self._plotted_at >= PLOT_INTERVAL_S
+        if due and (self._drawing is None or self._drawing.done()):
+            self._plotted_at, self._plotted_epochs = time.monotonic(), len(self.history)
+            self._drawing = self._plotter.submit(self._plot, self.history)
         if self.writer is not None:
             for key in FIELDS[2:]:
                 if record.get(key) is not None and key != "lr":
@@ -80,17 +87,20 @@ class MetricsLog:
             self.writer.flush()
 
     def close(self) -> None:
+        """Wait for the plots, drawing the last epochs if the background thread has not."""
+        if self._drawing is not None:
+            self._drawing.result()  # an error in drawing surfaces here
+        self._plotter.shutdown()
         if self._plotted_epochs < len(self.history):
-            self._plot()
+            self._plot(self.history)
         if self.writer is not None:
             self.writer.close()
 
-    def _plot(self) -> None:
-        steps_done = self.history[-1]["step"]
-        self._plotted_at, self._plotted_epochs = time.monotonic(), len(self.history)
+    def _plot(self, history: list[dict[str, Any]]) -> None:
+        steps_done = history[-1]["step"]
 
         def series(ax: Any, key: str, label: str, scale: float = 1.0) -> None:
-            points = [(r["epoch"], r[key] * scale) for r in self.history if r.get(key) is not None]
+            points = [(r["epoch"], r[key] * scale) for r in history if r.get(key) is not None]
             if points:
                 epochs, values = zip(*points, strict=True)
                 ax.plot(epochs, values, marker="o", markersize=3, label=label)
