@@ -102,3 +102,21 @@ def test_intermediates_equal_timms() -> None:
                 for a, b in zip(ours, theirs, strict=True):
                     a = a[:, 1:] if fmt == "NLC" else a  # timm leaves the CLS token out of sequences too
                     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_attention_maps_come_from_the_one_forward_pass() -> None:
+    torch.manual_seed(0)
+    model = VisionTransformer(**SMALL).eval()
+    images = torch.randn(2, 3, 8, 12)
+    calls = []
+    handles = [block.attn.q.register_forward_hook(lambda *_: calls.append(1)) for block in model.blocks]
+    try:
+        maps = model.get_attention_maps(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(calls) == 3  # each block's queries computed once: no second pass to read the probabilities
+    # The pass that gives the maps is the model's own: the same block outputs as the ordinary forward.
+    second = model.blocks[1]
+    second_input = second.norm1(block_outputs_by_hooks(model, images)[0])
+    torch.testing.assert_close(maps[1], second.attn(second_input, return_attention=True)[1])

@@ -78,6 +78,25 @@ def test_explain_adds_the_attention_rollout_as_png(client: TestClient, served_mo
     assert patch_brightness.argmax() == expected.argmax()
 
 
+def test_fast_predicts_through_vitkit_optimize_and_explains_with_the_plain_model(served_model: VisionTransformer) -> None:
+    from vitkit import optimize
+    from vitkit.data import decode_image, eval_transform
+    from vitkit.explain import attention_rollout
+
+    data = png_bytes(4)
+    image = eval_transform(served_model.config)(decode_image(data, 3))[None]
+    with torch.no_grad():
+        expected = optimize(served_model)(image).float().softmax(dim=1)[0]
+        plain = served_model(image).softmax(dim=1)[0]
+    with TestClient(create_app(served_model, fast=True)) as client:
+        assert client.get("/model").json()["fast"] is True
+        response = client.post("/predict?top_k=10&explain=1", files=upload(("a.png", data, "image/png")))
+    answer = response.json()["predictions"][0]
+    assert torch.allclose(probabilities_of(answer, CLASSES), expected, atol=1e-5)
+    assert not torch.allclose(expected, plain, atol=1e-5), "the fast path is a different computation"
+    assert torch.allclose(torch.tensor(answer["attention"]["rollout"]), attention_rollout(served_model, image)[0].float(), atol=1e-5)
+
+
 def test_health_counts_forward_passes_and_model_describes_the_model(client: TestClient, served_model: VisionTransformer) -> None:
     assert client.get("/health").json() == {"status": "ok", "forward_passes": 0, "images": 0}
     client.post("/predict", files=upload(("a.png", png_bytes(1), "image/png"), ("b.png", png_bytes(2), "image/png")))

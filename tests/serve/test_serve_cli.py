@@ -27,7 +27,7 @@ def test_several_workers_rebuild_the_app_from_the_environment(run_dir: Path, mon
     monkeypatch.delenv(ENVIRONMENT_VARIABLE, raising=False)
     threads = torch.get_num_threads()
     try:
-        assert main(["serve", str(run_dir), "--workers", "2", "--port", "8123", "--max-files", "3"]) == 0
+        assert main(["serve", str(run_dir), "--workers", "2", "--port", "8123", "--max-files", "3", "--fast"]) == 0
         assert (launched["workers"], launched["factory"], launched["port"]) == (2, True, 8123)
         module, factory = launched["app"].split(":")
         app = getattr(importlib.import_module(module), factory)()  # what each worker process runs
@@ -36,7 +36,7 @@ def test_several_workers_rebuild_the_app_from_the_environment(run_dir: Path, mon
         torch.set_num_threads(threads)
     with TestClient(app) as client:
         info = client.get("/model").json()
-        assert (info["name"], info["limits"]["max_files"]) == ("tiny-run", 3)
+        assert (info["name"], info["limits"]["max_files"], info["fast"]) == ("tiny-run", 3, True)
         assert client.post("/predict", files=[("files", ("a.png", png_bytes(1), "image/png"))]).status_code == 200
 
 

@@ -37,7 +37,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="fraction of the weakest attention weights the rollout drops in each row, in [0, 1) (default: 0)",
     )  # fmt: skip
     parser.add_argument("--top-k", type=int_at_least(1), default=3, help="predictions shown per image (default: 3)")
-    parser.add_argument("--target", metavar="CLASS", help="class (name or index) for Grad-CAM (default: the predicted one)")
+    parser.add_argument(
+        "--target", metavar="CLASS", help="class (name or index) for Grad-CAM (default: the predicted one)"
+    )
     parser.add_argument(
         "--filters", type=int_at_least(1), default=28, help="principal components of the patch filters (default: 28)"
     )
@@ -58,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
         elif args.target.isdigit() and int(args.target) < len(names):
             target = int(args.target)
         else:
-            raise ValueError(f"--target {args.target!r} is not one of the model's classes {names} or an index below {len(names)}")
+            raise ValueError(
+                f"--target {args.target!r} is not one of the model's classes {names} or an index below {len(names)}"
+            )
     index = explain_files(
         model, args.images, args.out, head_fusion=args.head_fusion, discard_ratio=args.discard_ratio,
         top_k=args.top_k, target=target, num_filters=args.filters,

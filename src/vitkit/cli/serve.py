@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 
-from vitkit.cli.common import add_device_argument, int_at_least
+from vitkit.cli.common import add_device_argument, add_fast_argument, int_at_least
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -22,7 +22,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--workers", type=int_at_least(1), default=1, help="server processes, each with its own copy of the model (default: 1)"
     )
-    parser.add_argument("--fast", action="store_true", help="predict through vitkit.optimize (the fast path)")
+    add_fast_argument(parser)
     parser.add_argument("--max-batch", type=int_at_least(1), default=32, help="images per forward pass (default: 32; 1: no batching)")
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests (default: 5)")
     parser.add_argument("--max-files", type=int_at_least(1), default=16, help="images per request (default: 16)")

@@ -71,6 +71,11 @@ class ConvertChannels(v2.Transform):
         raise ValueError(f"cannot convert an image tensor of shape {tuple(inpt.shape)} to {self.channels} channel(s)")
 
 
+def resize_size(side: int, crop_pct: float) -> int:
+    """The resized side whose centre ``side`` pixels are a ``crop_pct`` crop: floor(side / crop_pct), as timm."""
+    return math.floor(round(side / crop_pct, 6))  # rounded first: 32 / (32 / 36) must give 36, not 35
+
+
 def _resize_crop(
     size: tuple[int, int], interpolation: str = "bilinear", crop_pct: float = 1.0, crop_mode: str = "center"
 ) -> list[v2.Transform]:
@@ -78,13 +83,13 @@ def _resize_crop(
 
     "center" resizes the shorter side to max(h, w) / crop_pct, which covers (h, w) whatever the aspect ratio (for
     square sizes timm's eval resize); "squash" resizes to exactly (h, w) / crop_pct (transformers' ViT processor
-    at crop_pct 1). Sizes are rounded down, as timm does.
+    at crop_pct 1).
     """
     mode = INTERPOLATIONS[interpolation]
     if crop_mode == "squash":
-        resize = v2.Resize([math.floor(s / crop_pct) for s in size], interpolation=mode, antialias=True)
+        resize = v2.Resize([resize_size(s, crop_pct) for s in size], interpolation=mode, antialias=True)
     else:
-        resize = v2.Resize(math.floor(max(size) / crop_pct), interpolation=mode, antialias=True)
+        resize = v2.Resize(resize_size(max(size), crop_pct), interpolation=mode, antialias=True)
     return [resize, v2.CenterCrop(size)]
 
 

@@ -70,8 +70,9 @@ def patch_grid_figure(image: np.ndarray, patch_size: Sequence[int], class_token:
     size = max(5, min(12, 160 / max(gh, gw)))
     for index in range(gh * gw):
         row, col = divmod(index, gw)
+        label = dict(boxstyle="round,pad=0.1", fc="black", alpha=0.5, lw=0)
         ax.text(col * pw + pw / 2 - 0.5, row * ph + ph / 2 - 0.5, str(first + index), ha="center", va="center",
-                fontsize=size, color="white", bbox=dict(boxstyle="round,pad=0.1", fc="black", alpha=0.5, lw=0))  # fmt: skip
+                fontsize=size, color="white", bbox=label)  # fmt: skip
     cls = "token 0 is the CLS token, so patches start at 1" if class_token else "no CLS token: patches start at 0"
     ax.set_title(f"{gh} x {gw} patches of {ph} x {pw} pixels, read row by row\n({cls})")
     return fig

@@ -25,6 +25,7 @@ from vitkit.model import VisionTransformer
 logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.html"
+RUN_PICTURES = "explain"  # the folder of a run's pictures, beside its weights
 
 
 def load_images(model: VisionTransformer, paths: Sequence[str | os.PathLike]) -> Tensor:
@@ -132,24 +133,25 @@ def explain_images(
 
     report = _Report(out, f"What the model looks at: {len(images)} image(s)")
     for index, (image, name) in enumerate(zip(images, names)):
-        stem = _file_stem(index, name)
-        shown = figures.display_image(image, mean, std)
-        cam_class = predictions[index][0][0] if target is None else class_names[target]
-        report.section(f"{name}: predicted {predictions[index][0][0]} ({predictions[index][0][1]:.1%})")
-        report.add(figures.patch_grid_figure(shown, config.patch_size, config.class_token),
-                   f"{stem}-patch-grid.png", "the image as the model sees it, cut into its patches (tokens)")  # fmt: skip
-        report.add(figures.rollout_figure(shown, rollouts[index], predictions[index], f"attention rollout ({fusion})"),
-                   f"{stem}-rollout.png", f"attention rollout from {source} ({fusion}), beside the top predictions")  # fmt: skip
-        report.add(figures.heat_figure(shown, cams[index], f"Grad-CAM for class {cam_class}", "class evidence"),
-                   f"{stem}-grad-cam.png", f"Grad-CAM for class {cam_class} on the last block's patch tokens")  # fmt: skip
-        report.add(figures.head_attention_figure(shown, heads[index], f"last block: attention from {source}"),
-                   f"{stem}-heads.png", f"the last block's attention from {source}, one map per head")  # fmt: skip
+        stem, shown, top = _file_stem(index, name), figures.display_image(image, mean, std), predictions[index]
+        cam_class = top[0][0] if target is None else class_names[target]
+        report.section(f"{name}: predicted {top[0][0]} ({top[0][1]:.1%})")
+        grid = figures.patch_grid_figure(shown, config.patch_size, config.class_token)
+        report.add(grid, f"{stem}-patch-grid.png", "the image as the model sees it, cut into its patches (tokens)")
+        rolled = figures.rollout_figure(shown, rollouts[index], top, f"attention rollout ({fusion})")
+        report.add(rolled, f"{stem}-rollout.png", f"attention rollout from {source} ({fusion}), beside the predictions")
+        cam = figures.heat_figure(shown, cams[index], f"Grad-CAM for class {cam_class}", "class evidence")
+        report.add(cam, f"{stem}-grad-cam.png", f"Grad-CAM for class {cam_class} on the tokens the last block reads")
+        attended = figures.head_attention_figure(shown, heads[index], f"last block: attention from {source}")
+        report.add(attended, f"{stem}-heads.png", f"the last block's attention from {source}, one map per head")
 
     report.section("The model")
-    report.add(figures.position_similarity_figure(maps.position_similarity(model).numpy()), "position-similarity.png",
+    similarity = figures.position_similarity_figure(maps.position_similarity(model).numpy())
+    report.add(similarity, "position-similarity.png",
                "cosine similarity of each patch position's embedding with every other position's")  # fmt: skip
-    report.add(figures.attention_distance_figure(maps.attention_distance(attentions, config).numpy(), config.image_size),
-               "attention-distance.png", "mean attention distance of each head per block, over the given images")  # fmt: skip
+    distance = maps.attention_distance(attentions, config).numpy()
+    report.add(figures.attention_distance_figure(distance, config.image_size), "attention-distance.png",
+               "mean attention distance of each head per block, over the given images")  # fmt: skip
     most = min(num_filters, config.hidden_dim, config.in_channels * config.patch_size[0] * config.patch_size[1])
     report.add(figures.embedding_filters_figure(maps.embedding_filters(model, most).numpy()), "embedding-filters.png",
                "principal components of the patch-embedding filters: what the model measures in a patch")  # fmt: skip

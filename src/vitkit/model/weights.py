@@ -31,16 +31,22 @@ LAST_WEIGHTS = "last.safetensors"  # a training run's latest checkpoint (vitkit.
 HEAD_KEYS = ("head.weight", "head.bias")
 
 
+def interpolate_position_vectors(pos_embed: Tensor, old_grid: Pair, new_grid: Pair, num_prefix_tokens: int) -> Tensor:
+    """Position vectors (1, prefix + gh*gw, D) resampled to another patch grid (bicubic, antialiased), the CLS
+    position kept as is. No shortcut for an equal grid, so an exported graph can take the grid from its input."""
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    dim = pos_embed.shape[-1]
+    grid = grid.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2).float()  # (1, D, gh, gw)
+    grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False, antialias=True)
+    grid = grid.flatten(2).transpose(1, 2).to(pos_embed.dtype)  # (1, gh' * gw', D)
+    return torch.cat([prefix, grid], dim=1)
+
+
 def resize_position_vectors(pos_embed: Tensor, old_grid: Pair, new_grid: Pair, num_prefix_tokens: int) -> Tensor:
     """Resample position vectors to another patch grid (bicubic), keeping the CLS position as is."""
     if tuple(old_grid) == tuple(new_grid):
         return pos_embed
-    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-    dim = pos_embed.shape[-1]
-    grid = grid.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False, antialias=True)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(pos_embed.dtype)
-    return torch.cat([prefix, grid], dim=1)
+    return interpolate_position_vectors(pos_embed, old_grid, new_grid, num_prefix_tokens)
 
 
 def fit_position_vectors(table: Tensor, source_grid: Pair, config: ViTConfig) -> Tensor:
@@ -88,7 +94,10 @@ def set_image_size(model: VisionTransformer, image_size: int | Pair) -> None:
 
 
 def check_state_dict(
-    state: dict[str, Tensor], expected: dict[str, Tensor], ignore_missing: tuple[str, ...] = ()
+    state: dict[str, Tensor],
+    expected: dict[str, Tensor],
+    ignore_missing: tuple[str, ...] = (),
+    what: str = "this model",
 ) -> None:
     """Raise a ValueError listing every missing, unexpected and mismatched key (with shapes), if there is any."""
     missing = sorted(k for k in set(expected) - set(state) if k not in ignore_missing)
@@ -103,16 +112,21 @@ def check_state_dict(
             f"{what}: {items}" for what, items in
             (("missing keys", missing), ("unexpected keys", unexpected), ("mismatched shapes", mismatched)) if items
         ]  # fmt: skip
-        raise ValueError("weights do not fit this model: " + "; ".join(problems))
+        raise ValueError(f"weights do not fit {what}: " + "; ".join(problems))
 
 
 def load_weights(
-    model: VisionTransformer, state_dict: dict[str, Tensor], source_grid: Pair | None = None, strict_head: bool = True
+    model: VisionTransformer,
+    state_dict: dict[str, Tensor],
+    source_grid: Pair | None = None,
+    strict_head: bool = True,
+    assign: bool = False,
 ) -> None:
     """Load ``state_dict`` into ``model``, fitting position vectors made for ``source_grid`` to the model's grid.
 
     ``source_grid`` defaults to a square grid inferred from the weights. With ``strict_head=False`` a head whose
-    shape differs (or is absent) is left as initialised: fine-tuning on other classes.
+    shape differs (or is absent) is left as initialised: fine-tuning on other classes. ``assign=True`` makes the
+    tensors of ``state_dict`` the model's own (for a model built on the meta device, whose every key is given).
     """
     state, own = dict(state_dict), model.state_dict()
     if "pos_embed" in state and state["pos_embed"].shape != own["pos_embed"].shape:
@@ -126,7 +140,7 @@ def load_weights(
     # A fixed sin-cos table may be absent (files written before it was saved): the model's own is then used.
     optional = ("pos_embed",) if model.config.pos_embed == "sincos" else ()
     check_state_dict(state, own, optional + (() if strict_head else HEAD_KEYS))
-    model.load_state_dict(state, strict=False)
+    model.load_state_dict(state, strict=False, assign=assign)
 
 
 def find_weights(path: str | os.PathLike) -> tuple[Path, Path | None]:

@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -128,14 +129,16 @@ async def read_uploads(request: Request, settings: ServeSettings) -> list[tuple[
 
 
 def heatmap_png(values: Tensor, size: tuple[int, int]) -> bytes:
-    """A (gh, gw) map scaled to [0, 1], smoothly resized to ``size`` (h, w) and coloured with matplotlib's inferno."""
+    """A (gh, gw) map as a PNG of the model's input size (h, w), one square per patch, coloured as `vitkit explain`
+    draws it (its colour map, from 0 to the map's largest value)."""
     from matplotlib import colormaps
 
+    from vitkit.explain.figures import HEAT
+
     values = values.detach().float().cpu()
-    values = (values - values.min()) / (values.max() - values.min()).clamp_min(1e-12)
-    resized = torch.nn.functional.interpolate(values[None, None], size=size, mode="bilinear", align_corners=False)
-    rgba = colormaps["inferno"](resized[0, 0].clamp(0, 1).numpy(), bytes=True)
-    return _png(Image.fromarray(rgba[..., :3]))
+    scaled = values / values.max().clamp_min(1e-12)
+    squares = torch.nn.functional.interpolate(scaled[None, None], size=size, mode="nearest")[0, 0]
+    return _png(Image.fromarray(colormaps[HEAT](squares.clamp(0, 1).numpy(), bytes=True)[..., :3]))
 
 
 def _png(image: Image.Image) -> bytes:
@@ -216,11 +219,10 @@ class ModelService:
 
     def model_view_png(self, image: Tensor) -> bytes:
         """The preprocessed image as the model sees it (resized, cropped), normalisation undone."""
-        mean = torch.tensor(self.mean).view(-1, 1, 1)
-        std = torch.tensor(self.std).view(-1, 1, 1)
-        pixels = (image * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8)
-        array = pixels.permute(1, 2, 0).numpy()
-        return _png(Image.fromarray(array[..., 0] if array.shape[2] == 1 else array))
+        from vitkit.explain.figures import display_image
+
+        pixels = np.rint(display_image(image, self.mean, self.std) * 255).astype(np.uint8)
+        return _png(Image.fromarray(pixels))
 
     async def predict(self, uploads: Sequence[tuple[str, bytes]], top_k: int, explain: bool) -> list[dict[str, Any]]:
         images = await run_in_threadpool(self.preprocess, uploads)

@@ -194,6 +194,9 @@ class Trainer:
         if self.metrics is not None:
             final.save_pretrained(self.run_dir)
             self.metrics.close()
+            from vitkit.explain.report import RUN_PICTURES, write_run_pictures  # the pictures layer, loaded late
+
+            write_run_pictures(final, self.data.val, self.run_dir / RUN_PICTURES)  # logs a failure, never raises
         return self.history, final
 
     def _train_epoch(self, epoch: int, on_step_end: StepCallback | None) -> None:

@@ -1,0 +1,101 @@
+"""`vitkit export`: a run's model as ONNX (checked with onnxruntime), a transformers folder or a timm state dict."""
+
+from __future__ import annotations
+
+import argparse
+
+FORMATS = ("onnx", "transformers", "timm")
+ONNX_TOLERANCE = 1e-4
+
+
+def _size(text: str) -> tuple[int, int]:
+    """argparse type: 224 or 224x320 (height x width)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 224 or 224x320, got {text!r}") from None
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected a size such as 224 or 224x320, got {text!r}")
+    return (parts[0], parts[-1])
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "export",
+        help="write a run's model as ONNX, a transformers folder or a timm state dict",
+        description="onnx: a model with a dynamic batch size, checked with onnxruntime against PyTorch (the max "
+        "abs difference of logits is printed); --dynamic-image-size interpolates the position vectors in the graph "
+        "so one file serves several image sizes. transformers: a folder for "
+        "ViTForImageClassification.from_pretrained, with an image-processor config. timm: a state dict and the "
+        "timm.create_model(...) call it fits.",
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="run folder (config.json + model.safetensors)")
+    parser.add_argument("--format", choices=FORMATS, required=True, help="what to write")
+    parser.add_argument("--out", metavar="PATH", required=True, help="the .onnx file, transformers folder or timm file")
+    parser.add_argument(
+        "--dynamic-image-size", action="store_true", help="onnx: accept any image size that is a multiple of the patch"
+    )
+    parser.add_argument(
+        "--check-size",
+        type=_size,
+        action="append",
+        metavar="HxW",
+        help="onnx with --dynamic-image-size: an image size to check (repeatable; default: 1.5x and 0.5x the model's, "
+        "rounded to patches)",
+    )
+    parser.set_defaults(func=run)
+
+
+def _default_check_sizes(image_size: tuple[int, int], patch_size: tuple[int, int]) -> list[tuple[int, int]]:
+    def scaled(factor: float) -> tuple[int, int]:
+        height, width = (max(p, round(s * factor / p) * p) for s, p in zip(image_size, patch_size))
+        return (height, width)
+
+    return [scaled(1.5), scaled(0.5)]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export, check where a check is possible, print the result and how to load it."""
+    import torch
+
+    from vitkit.cli.common import EXIT_FAILED, load_run_model, report_error
+
+    model = load_run_model(args.run_dir, torch.device("cpu"))
+    if args.format == "onnx":
+        from vitkit.interop.export import check_onnx, export_onnx
+
+        if args.check_size and not args.dynamic_image_size:
+            raise ValueError("--check-size needs --dynamic-image-size (a fixed-size model takes one image size)")
+        sizes = args.check_size or (
+            _default_check_sizes(model.image_size, model.patch_size) if args.dynamic_image_size else []
+        )
+        for size in sizes:
+            if any(s % p for s, p in zip(size, model.patch_size)):
+                patch = model.patch_size
+                raise ValueError(f"--check-size {size[0]}x{size[1]} is not a multiple of the patch size {patch}")
+        path = export_onnx(model, args.out, dynamic_image_size=args.dynamic_image_size)
+        differences = check_onnx(model, path, image_sizes=tuple(sizes))
+        print(f"wrote {path} (input 'images' (batch, {model.in_channels}, H, W), output 'logits')")
+        for name, difference in differences.items():
+            print(f"  onnxruntime vs PyTorch, {name}: max abs difference of logits {difference:.3g}")
+        worst = max(differences.values())
+        if worst > ONNX_TOLERANCE:
+            report_error(f"the ONNX model differs from PyTorch by {worst:.3g} (more than {ONNX_TOLERANCE:g})")
+            return EXIT_FAILED
+        return 0
+    if args.format == "transformers":
+        from vitkit.interop import to_transformers
+
+        folder = to_transformers(model, args.out)
+        print(f"wrote {folder}: load it with transformers.ViTForImageClassification.from_pretrained({str(folder)!r})")
+        print(f"  and its preprocessing with transformers.AutoImageProcessor.from_pretrained({str(folder)!r})")
+        return 0
+    from vitkit.interop.export import export_timm
+
+    call = export_timm(model, args.out)
+    loader = "safetensors.torch.load_file" if str(args.out).endswith(".safetensors") else "torch.load"
+    print(f"wrote {args.out}: a timm state dict; load it with")
+    print("  import functools, timm, torch" if "functools" in call else "  import timm, torch")
+    print(f"  model = {call}")
+    print(f"  model.load_state_dict({loader}({str(args.out)!r}))")
+    return 0

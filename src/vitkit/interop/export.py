@@ -1,0 +1,113 @@
+"""vitkit models out: ONNX (checked with onnxruntime), a transformers folder, a timm state dict.
+
+ONNX export uses ``torch.onnx.export``'s dynamo exporter: the batch dimension is always dynamic, and with
+``dynamic_image_size`` the height and width are too, the position vectors being interpolated inside the graph
+exactly as ``set_image_size`` resizes them (bicubic, antialiased: ONNX Resize from opset 18).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from vitkit.interop.timm import create_model_call, to_timm
+from vitkit.io import atomic_path, save_safetensors
+from vitkit.model import VisionTransformer
+from vitkit.model.config import Pair
+from vitkit.model.weights import interpolate_position_vectors
+
+ONNX_OPSET = 18  # Resize with antialiasing
+MAX_ONNX_SIDE = 4096  # the largest image side the dynamic graph is declared for
+
+
+class AnyImageSize(nn.Module):
+    """The model at any image size whose sides are multiples of the patch size: the position vectors are
+    interpolated to the input's patch grid in the forward pass (so a traced graph keeps the interpolation)."""
+
+    def __init__(self, model: VisionTransformer) -> None:
+        super().__init__()
+        if model.config.pos_embed != "learned":
+            raise ValueError("a dynamic image size needs learned position vectors; export this model at a fixed size")
+        self.model = model
+
+    def forward(self, images: Tensor) -> Tensor:
+        model = self.model
+        grid = (images.shape[-2] // model.patch_size[0], images.shape[-1] // model.patch_size[1])
+        tokens = model.patch_embed(images)
+        if model.config.class_token:
+            tokens = torch.cat([model.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        config = model.config
+        x = tokens + interpolate_position_vectors(model.pos_embed, config.grid_size, grid, config.num_prefix_tokens)
+        for block in model.blocks:
+            x = block(x)
+        return model.forward_head(model.norm(x))
+
+
+def export_onnx(model: VisionTransformer, path: str | os.PathLike, dynamic_image_size: bool = False) -> Path:
+    """Write ``model`` as ONNX (input "images" (B, C, H, W), output "logits"), batch size dynamic."""
+    path = Path(path)
+    model = copy.deepcopy(model).float().cpu().eval()
+    height, width = model.image_size
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    shapes: dict[int, object] = {0: batch}
+    module: nn.Module = model
+    if dynamic_image_size:
+        module = AnyImageSize(model).eval()
+        ph, pw = model.patch_size
+        shapes[2] = ph * torch.export.Dim("grid_height", min=1, max=MAX_ONNX_SIDE // ph)
+        shapes[3] = pw * torch.export.Dim("grid_width", min=1, max=MAX_ONNX_SIDE // pw)
+    example = torch.zeros(2, model.in_channels, height, width)
+    program = torch.onnx.export(
+        module, (example,), input_names=["images"], output_names=["logits"], dynamic_shapes={"images": shapes},
+        opset_version=ONNX_OPSET, dynamo=True, verbose=False,
+    )  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        program.save(tmp)
+    return path
+
+
+@torch.no_grad()
+def check_onnx(
+    model: VisionTransformer,
+    path: str | os.PathLike,
+    batch_sizes: tuple[int, ...] = (1, 5),
+    image_sizes: tuple[Pair, ...] = (),
+    seed: int = 0,
+) -> dict[str, float]:
+    """Max abs difference of logits, onnxruntime vs PyTorch, on random images: per batch size at the model's
+    size, and per extra image size against the PyTorch model resized to it (``set_image_size``)."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(seed)
+    model = copy.deepcopy(model).float().cpu().eval()
+    cases = [(f"batch {b}", model, (b, *model.image_size)) for b in batch_sizes]
+    for size in image_sizes:
+        resized = copy.deepcopy(model)
+        resized.set_image_size(size)
+        cases.append((f"image {size[0]}x{size[1]}", resized, (2, *size)))
+    differences = {}
+    for name, reference, (batch, height, width) in cases:
+        images = torch.randn(batch, model.in_channels, height, width, generator=generator)
+        (logits,) = session.run(["logits"], {"images": images.numpy()})
+        differences[name] = float(np.abs(logits - reference(images).numpy()).max())
+    return differences
+
+
+def export_timm(model: VisionTransformer, path: str | os.PathLike) -> str:
+    """Write a timm state dict (``.safetensors``, else ``torch.save``) and return the ``create_model`` call it fits."""
+    path = Path(path)
+    state, kwargs = to_timm(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        save_safetensors(state, path)
+    else:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    return create_model_call(kwargs)
