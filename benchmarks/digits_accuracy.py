@@ -64,7 +64,8 @@ def main() -> None:
             )
     vit_s, vit_acc, svc_acc = (statistics.median(column) for column in zip(*rows))
     print(f"median over {len(rows)} seed(s): vitkit {100 * vit_acc:.2f}% in {vit_s:.1f} s, SVC {100 * svc_acc:.2f}%")
-    print(f"bar: >= 98.00% in <= 90 s -> {'met' if vit_acc >= 0.98 and vit_s <= 90 else 'NOT met'}")
+    met = all(acc >= 0.989 and seconds <= 60 for seconds, acc, _ in rows)
+    print(f"bar: >= 98.90% in <= 60 s on every seed -> {'met' if met else 'NOT met'}")
 
 
 if __name__ == "__main__":
