@@ -29,7 +29,8 @@ from vitkit.io import write_json
 OPTIONS: dict[str, dict[str, Any]] = {
     "float32": {},
     "exact (fused q/k/v)": {"exact": True},
-    "default (fused + int8)": {},
+    "fused + int8": {"tome": 0},
+    "default (fused + int8 + ToMe)": {},
     "int8 via torchao": {"int8_backend": "torchao"},
     "bf16": {"bf16": True},
     "ToMe r=1": {"int8": False, "tome": 1},
@@ -40,14 +41,15 @@ OPTIONS: dict[str, dict[str, Any]] = {
 }
 SPEED_OPTIONS = {
     label: OPTIONS[label]
-    for label in ("float32", "exact (fused q/k/v)", "default (fused + int8)", "int8 via torchao", "bf16", "ONNX Runtime int8")
+    for label in ("float32", "exact (fused q/k/v)", "fused + int8", "default (fused + int8 + ToMe)", "int8 via torchao", "bf16",
+                  "ONNX Runtime int8")  # fmt: skip
 }
 SPEED_OPTIONS.update({
     "ToMe r=8": {"int8": False, "tome": 8},
     "int8 + ToMe r=8": {"tome": 8},
     "bf16 + ToMe r=8": {"bf16": True, "tome": 8},
-    "exact + torch.compile": {"exact": True, "compile": True},
 })  # fmt: skip
+COMPILE_OPTIONS = {"exact + torch.compile": {"exact": True, "compile": True}}
 
 
 def build(model: vitkit.VisionTransformer, label: str, options: dict[str, Any]) -> torch.nn.Module:
@@ -93,10 +95,13 @@ def accuracy_table(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def speed_table(rounds: int, name: str = "vit_base_patch16_224", batch_size: int = 16) -> list[dict[str, Any]]:
+def speed_table(
+    rounds: int, compile: bool, name: str = "vit_base_patch16_224", batch_size: int = 16
+) -> list[dict[str, Any]]:
     torch.manual_seed(0)
     model = vitkit.create_model(name).eval()
-    models = {label: m for label, options in SPEED_OPTIONS.items() if (m := build(model, label, options)) is not None}
+    options = {**SPEED_OPTIONS, **(COMPILE_OPTIONS if compile else {})}
+    models = {label: m for label, option in options.items() if (m := build(model, label, option)) is not None}
     images = torch.randn(batch_size, 3, 224, 224)
     first_call = {}
     for label, m in models.items():  # the first call pays for torch.compile's compilation
@@ -113,26 +118,32 @@ def speed_table(rounds: int, name: str = "vit_base_patch16_224", batch_size: int
     return rows
 
 
+def trained_accuracy(run_dir: Path | None, epochs: int) -> list[dict[str, Any]]:
+    """The accuracy table on ``run_dir``, or on a digits run trained here with `vitkit train`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if run_dir is None:
+            run_dir = Path(tmp) / "digits"
+            command = [sys.executable, "-m", "vitkit", "-q", "train", "--epochs", str(epochs), "--out", str(run_dir),
+                       "--no-progress", "--no-tensorboard"]  # fmt: skip
+            subprocess.run(command, check=True)
+        print(f"accuracy on the held-out digits of {run_dir} (torch {torch.__version__}, {torch.get_num_threads()} threads)")
+        return accuracy_table(run_dir)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", type=Path, help="a finished `vitkit train` run on the digits (else train one)")
     parser.add_argument("--epochs", type=int, default=60, help="epochs when training here (default: 60)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds for the speed table (0 skips it)")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (minutes of compiling)")
+    parser.add_argument("--skip-accuracy", action="store_true", help="only the speed table")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "optimize_accuracy.json")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        run_dir = args.run_dir
-        if run_dir is None:
-            run_dir = Path(tmp) / "digits"
-            command = [sys.executable, "-m", "vitkit", "-q", "train", "--epochs", str(args.epochs), "--out", str(run_dir),
-                       "--no-progress", "--no-tensorboard"]  # fmt: skip
-            subprocess.run(command, check=True)
-        print(f"accuracy on the held-out digits of {run_dir} (torch {torch.__version__}, {torch.get_num_threads()} threads)")
-        accuracy = accuracy_table(run_dir)
+    accuracy = [] if args.skip_accuracy else trained_accuracy(args.run_dir, args.epochs)
     speed = []
     if args.rounds:
         print(f"\nspeed: vit_base_patch16_224, batch 16, {torch.get_num_threads()} threads, median of {args.rounds} rounds")
-        speed = speed_table(args.rounds)
+        speed = speed_table(args.rounds, args.compile)
     write_json({"accuracy": accuracy, "speed": speed}, args.json)
     print(f"results: {args.json}")
 

@@ -1,8 +1,8 @@
 """An ONNX Runtime session behind the model's own call: images in, logits (a torch tensor) out.
 
-The model is exported with ``torch.onnx.export`` (batch size left free) and, for int8, quantized with
-ONNX Runtime's own dynamic quantization (int8 weights, activations quantized per call), the route a
-user would otherwise take by hand.
+The model is exported with vitkit.interop's exporter (``torch.onnx.export``, batch size left free) and,
+for int8, quantized with ONNX Runtime's own dynamic quantization (int8 weights, activations quantized
+per call), the route a user would otherwise take by hand.
 """
 
 from __future__ import annotations
@@ -17,28 +17,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vitkit.interop.export import export_onnx
 from vitkit.model.config import ViTConfig
 from vitkit.model.vit import VisionTransformer
 
 logger = logging.getLogger(__name__)
-
-
-def export_onnx(model: VisionTransformer, path: Path) -> Path:
-    """Write ``model`` (fp32, eval) as ONNX with a free batch dimension: input ``images``, output ``logits``."""
-    config = model.config
-    example = torch.zeros(2, config.in_channels, *config.image_size)
-    torch.onnx.export(
-        model.eval(),
-        (example,),
-        str(path),
-        input_names=["images"],
-        output_names=["logits"],
-        dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
-        dynamo=True,
-        external_data=False,
-        verbose=False,
-    )
-    return path
 
 
 @contextlib.contextmanager
