@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -23,3 +23,13 @@ def tiny_classifier() -> Callable[..., VisionTransformer]:
         return VisionTransformer(**{**options, **overrides})
 
     return make
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One CPU thread: tiny models gain nothing from more, runs stay fast when other processes load the machine, and
+    subprocess runs (started with OMP_NUM_THREADS=1) compute exactly what in-process runs compute, bit for bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,8 +1,6 @@
 """A small ViT trained on the digits with a blank border, shared by the explanation tests (about 10 s, once)."""
 
 from __future__ import annotations
-
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -28,12 +26,8 @@ class Digits:
 
 
 @pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: one thread is fastest, and much faster than two when other processes load the machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread: None) -> None:
+    """Every test here runs on one CPU thread (the fixture in tests/conftest.py)."""
 
 
 def tiny_digit_model(seed: int, mean: float, std: float) -> VisionTransformer:

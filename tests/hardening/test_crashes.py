@@ -40,13 +40,7 @@ def recipe(out: Path, **changes: object) -> TrainConfig:
     return TrainConfig.from_dict({**RECIPE, "out": str(out), **changes})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One CPU thread, as in the forked and spawned children: the same arithmetic, bit for bit."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

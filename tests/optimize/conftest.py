@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from sklearn.datasets import load_digits
@@ -12,12 +10,8 @@ from vitkit import VisionTransformer
 
 
 @pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One thread: tiny models gain nothing from more, and other processes load the machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread: None) -> None:
+    """Every test here runs on one CPU thread (the fixture in tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,10 +23,5 @@ def tiny(tmp_path: Path) -> Callable[..., TrainConfig]:
 
 
 @pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Train on one CPU thread: the tiny models gain nothing from more, runs stay fast when other processes load the
-    machine, and subprocess runs (started with OMP_NUM_THREADS=1) compute exactly what in-process runs compute."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread: None) -> None:
+    """Every test here runs on one CPU thread (the fixture in tests/conftest.py)."""
