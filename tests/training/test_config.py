@@ -88,6 +88,10 @@ def test_unreadable_files(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("epochs = = 2\n")
     with pytest.raises(ValueError, match="could not be parsed"):
         read_config_file(tmp_path / "bad.toml")
+    (tmp_path / "bad.yaml").write_text("epochs: [2\nlr: 0.1\n")
+    with pytest.raises(ValueError, match="could not be parsed") as caught:
+        read_config_file(tmp_path / "bad.yaml")
+    assert "\n" not in str(caught.value) and "bad.yaml" in str(caught.value)
     (tmp_path / "x.ini").write_text("[a]\n")
     with pytest.raises(ValueError, match="unknown extension"):
         read_config_file(tmp_path / "x.ini")

@@ -333,7 +333,8 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         else:
             raise ValueError(f"config file {path} has an unknown extension {suffix!r}: use .toml, .yaml, .yml or .json")
     except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError) as err:
-        raise ValueError(f"config file {path} could not be parsed: {err}") from err
+        detail = " ".join(str(err).split())  # YAML's messages span several lines: keep the error to one
+        raise ValueError(f"config file {path} could not be parsed: {detail}") from err
     return _check_keys(data, f"config file {path}")
 
 
