@@ -2,32 +2,58 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
+import pytest
 import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from training_helpers import assert_same_weights, write_digit_folder
 
 from vitkit.io import load_safetensors
 from vitkit.training import load_train_config, train
 from vitkit.training.checkpoint import load_checkpoint
+from vitkit.training.loop import ema_with_warmup
 
 DETERMINISTIC = dict(drop_path=0.0, dropout=0.0, mixup=0.0, cutmix=0.0)
 
 
+def test_ema_warm_up_on_a_hand_worked_case() -> None:
+    """One weight taking the values 0, 11, 0, 4 with decay 0.25: the warm-up decay (1 + n) / (10 + n) is 2/11 on the
+    second update and reaches the cap 0.25 on the third (n = 2: 3/12)."""
+    weight = nn.Linear(1, 1, bias=False)
+    ema = AveragedModel(weight, multi_avg_fn=ema_with_warmup(0.25), use_buffers=True)
+    averages = []
+    for value in (0.0, 11.0, 0.0, 4.0):
+        weight.weight.data.fill_(value)
+        ema.update_parameters(weight)
+        averages.append(ema.module.weight.item())
+    # 0 (the first update copies); 2/11 * 0 + 9/11 * 11 = 9; 0.25 * 9 + 0.75 * 0 = 2.25; 0.25 * 2.25 + 0.75 * 4 = 3.5625
+    assert averages == pytest.approx([0.0, 9.0, 2.25, 3.5625], abs=1e-6)
+
+
 def test_ema_follows_the_weights_and_is_the_final_model(tiny) -> None:
+    from timm.utils.model_ema import ModelEmaV3
+
     decay = 0.9
     seen: list[dict[str, torch.Tensor]] = []
     result = train(
         tiny(epochs=1, ema_decay=decay),
         on_step_end=lambda epoch, step, model: seen.append({k: v.clone() for k, v in model.state_dict().items()}),
     )
-    expected = dict(seen[0])  # the first update copies the weights
-    for n, weights in enumerate(seen[1:], start=1):
-        d = min(decay, (1 + n) / (10 + n))  # decay warm-up
-        expected = {k: d * expected[k] + (1 - d) * weights[k] for k in expected}
+    # The reference is timm's EMA fed the same weights. Its decay at step t is 1 - (1 + (t - 1) / 9) ** -1 =
+    # (t - 1) / (t + 8) (warmup_gamma 9, warmup_power 1), capped at `decay`; vitkit's k-th update (k >= 2) uses
+    # (1 + n) / (10 + n) after n = k - 1 updates = k / (k + 9): the same at t = k + 1. Both start as a copy.
+    model = copy.deepcopy(result.model)
+    model.load_state_dict(seen[0])
+    reference = ModelEmaV3(model, decay=decay, use_warmup=True, warmup_gamma=9, warmup_power=1)
+    for k, weights in enumerate(seen[1:], start=2):
+        model.load_state_dict(weights)
+        reference.update(model, step=k + 1)
     _, state = load_checkpoint(result.run_dir)
     ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
-    assert_same_weights(ema, expected, atol=1e-6)
+    assert_same_weights(ema, reference.module.state_dict(), atol=1e-6)
     final = load_safetensors(result.run_dir / "model.safetensors")
     assert_same_weights(final, ema)
     assert not torch.equal(final["head.weight"], load_safetensors(result.run_dir / "last.safetensors")["head.weight"])
