@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -168,7 +169,29 @@ def test_models_lists_every_named_configuration_with_its_parameter_count(capsys:
     rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
     assert sorted(rows) == vitkit.list_models()
     assert rows["vit_base_patch16_224"][1:3] == ["86.6M", "86,567,656"]
-    assert rows["vit_digits"][2] == f"{vitkit.count_parameters('vit_digits'):,}"
+    assert rows["vit_digits"][2] == f"{sum(p.numel() for p in vitkit.create_model('vit_digits').parameters()):,}"
+
+
+def test_help_and_models_do_not_import_torch() -> None:
+    """`vitkit --help` and `vitkit models` start fast because they never load torch (a property, not a timing)."""
+    program = (
+        "import contextlib, io, sys\n"
+        "from vitkit import cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert cli.main(['models']) == 0\n"
+        "    try:\n"
+        "        cli.main(['--help'])\n"
+        "    except SystemExit as done:\n"
+        "        assert done.code == 0\n"
+        "print(sorted(name for name in ('torch', 'torchvision') if name in sys.modules))\n"
+    )
+    source = str(Path(vitkit.__file__).parents[1])  # the vitkit under test, also when another one is installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([source, os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=120, check=False, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"
 
 
 @pytest.mark.parametrize("command", ["evaluate", "predict"])

@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 
 from vitkit import VisionTransformer
-from vitkit.data import eval_transform, load_image
 from vitkit.prediction import expand_paths, predict_files
 
 CLASS_NAMES = ["zero", "one", "two", "three"]
@@ -99,13 +98,21 @@ def test_probabilities_are_the_models_softmax_whatever_the_batching(images: dict
     small_batches = list(predict_files(model, paths, top_k=10, batch_size=1))
     assert small_batches == list(predict_files(model, paths, top_k=10, batch_size=64))
 
-    with torch.no_grad():
-        logits = model.eval()(eval_transform(model.config)(load_image(images["big"], 3))[None])
-    expected = logits.softmax(dim=1)[0]
-    top = small_batches[2]["top_k"]
-    assert len(top) == len(CLASS_NAMES), "top_k is capped at the number of classes"
-    for entry in top:
-        assert entry["probability"] == pytest.approx(expected[CLASS_NAMES.index(entry["class"])].item(), abs=1e-6)
+    # The expected preprocessing is timm's eval transform on the model's settings (resize the shorter side, centre
+    # crop, normalise); a greyscale file becomes RGB as PIL converts it.
+    from timm.data import create_transform
+
+    config = model.config
+    timm_transform = create_transform(
+        config.image_size, interpolation=config.interpolation, crop_pct=config.crop_pct, mean=config.mean, std=config.std
+    )
+    for position, name in ((2, "big"), (3, "gray")):
+        with Image.open(images[name]) as image, torch.no_grad():
+            expected = model.eval()(timm_transform(image.convert("RGB"))[None]).softmax(dim=1)[0]
+        top = small_batches[position]["top_k"]
+        assert len(top) == len(CLASS_NAMES), "top_k is capped at the number of classes"
+        for entry in top:
+            assert entry["probability"] == pytest.approx(expected[CLASS_NAMES.index(entry["class"])].item(), abs=1e-6)
 
 
 def test_model_without_class_names_or_statistics(images: dict[str, Path], tiny_model: Callable[..., VisionTransformer]) -> None:

@@ -35,14 +35,16 @@ def test_rollout_mass_lies_mostly_on_the_pen_strokes(digits_and_model) -> None:
     assert stroke_share(attention_rollout(model, digits.images, discard_ratio=0.5), ink) > trained - 0.02
 
 
-def test_grad_cam_mass_is_denser_on_the_pen_strokes_than_on_blank_paper(digits_and_model) -> None:
+def test_grad_cam_is_denser_on_the_strokes_but_random_weights_straddle_it(digits_and_model) -> None:
     digits, model, randoms = digits_and_model
     ink = digits.ink()
     area = ink.float().mean().item()
     trained = stroke_share(grad_cam(model, digits.images, digits.labels), ink)
-    assert trained > 1.3 * area  # measured: 0.44 against an area share of 0.28
-    # Unlike the rollout, Grad-CAM of random weights may also follow the strokes (it weights the input's own
-    # features; cf. Adebayo et al. 2018, "Sanity checks for saliency maps"): measured 0.03 to 0.94 over 6 seeds,
-    # so no threshold separates trained from random weights here, and none is asserted.
+    assert trained > 1.3 * area  # measured: 0.45 against an area share of 0.28
+    # Unlike the rollout, Grad-CAM cannot tell these weights from random ones: its features are signed, so on
+    # random weights the sign of the weighted sum decides whether the map lights the strokes or the blank paper.
+    # Measured over random seeds 1 to 8 (predicted class): 0.02 0.41 0.98 0.03 0.11 0.42 0.05 0.12; some seeds
+    # land far above the trained model, others far below the area share, so no threshold separates them.
     untrained = [stroke_share(grad_cam(m, digits.images), ink) for m in randoms]
-    assert all(0.0 <= share <= 1.0 for share in untrained)
+    assert min(untrained) < 0.5 * area
+    assert max(untrained) > trained + 0.3

@@ -198,7 +198,7 @@ def test_grad_cam_equals_pytorch_grad_cam(pool: dict) -> None:
         cam = cam - cam.min(axis=(1, 2), keepdims=True)
         return cam / (1e-7 + cam.max(axis=(1, 2), keepdims=True))
 
-    with GradCAM(model, target_layers=[model.blocks[-2]], reshape_transform=to_grid) as peer:
+    with GradCAM(model, target_layers=[model.blocks[-1].norm1], reshape_transform=to_grid) as peer:
         for target in (None, 2):
             theirs = peer(images, targets=None if target is None else [ClassifierOutputTarget(target)] * 3)
             ours = grad_cam(model, images, target).numpy()

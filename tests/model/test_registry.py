@@ -38,6 +38,35 @@ def test_parameter_counts_equal_timm(name):
     assert vitkit.count_parameters(name) == sum(p.numel() for p in reference.parameters())
 
 
+def meta_model_count(config: vitkit.ViTConfig) -> int:
+    """Parameters of the model itself, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = vitkit.VisionTransformer(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", vitkit.list_models())
+def test_counting_from_the_sizes_equals_counting_the_built_model(name):
+    assert vitkit.count_parameters(name) == meta_model_count(vitkit.get_config(name))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        dict(pos_embed="sincos"),  # a buffer: no position parameters
+        dict(class_token=False, pool="mean"),
+        dict(qkv_bias=False),
+        dict(fc_norm=True, pre_logits_dim=48),
+        dict(num_classes=0),
+        dict(image_size=(32, 48), patch_size=(8, 4), in_channels=1),
+    ],
+)
+def test_counting_from_the_sizes_follows_every_architectural_choice(changes):
+    config = vitkit.get_config("vit_nano_patch4_32", **changes)
+    assert config.num_parameters == meta_model_count(config)
+    assert config.num_parameters != vitkit.get_config("vit_nano_patch4_32").num_parameters
+
+
 def test_create_model_with_overrides():
     model = vitkit.create_model("vit_tiny_patch16_224", num_classes=10, image_size=32, pos_embed="sincos")
     assert model.num_classes == 10 and model.image_size == (32, 32) and model.config.grid_size == (2, 2)

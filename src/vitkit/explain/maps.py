@@ -116,21 +116,36 @@ def head_attention(model: VisionTransformer, images: Tensor) -> Tensor:
 def grad_cam(model: VisionTransformer, images: Tensor, target: int | Sequence[int] | Tensor | None = None) -> Tensor:
     """Grad-CAM (Selvaraju et al., 2017) for class ``target`` (default: the predicted one) -> (B, gh, gw), >= 0.
 
-    The activations are the patch tokens the last block reads: its output patch tokens cannot be used, since
-    a CLS-token classifier's score does not depend on them. Each feature is weighted by its gradient averaged
-    over the patches; the weighted sum per patch, clipped at zero, is the map (in units of the class score).
+    The activations are the last block's first LayerNorm output on the patch tokens: what its attention reads
+    (keys and values), and pytorch-grad-cam's layer for ViTs. The last block's output patch tokens cannot be
+    used, since a CLS-token classifier's score does not depend on them. Each feature is weighted by its gradient
+    averaged over the patches; the weighted sum per patch, clipped at zero, is the map (in units of the class
+    score). The features are signed, so on random weights the sign of that sum, and with it whether the map
+    lights the pen strokes or the blank paper, is a coin toss: do not read much into a poorly trained model's map.
     """
     config = model.config
-    with evaluating(model), torch.enable_grad():
-        tokens = model.embed(images)
-        for block in model.blocks[:-1]:
-            tokens = block(tokens)
-        tokens = tokens.detach().requires_grad_(True)  # (B, N, D): what the last block reads
-        logits = model.forward_head(model.norm(model.blocks[-1](tokens)))
-        targets = _targets(target, logits)
-        (gradients,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), tokens)
+    last = model.blocks[-1]
+    read: list[Tensor] = []
+
+    def as_leaf(module: torch.nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+        read.append(output.detach().requires_grad_(True))  # (B, N, D): the gradient is taken with respect to it
+        return read[-1]
+
+    with evaluating(model):
+        with torch.no_grad():
+            tokens = model.embed(images)
+            for block in model.blocks[:-1]:
+                tokens = block(tokens)
+        handle = last.norm1.register_forward_hook(as_leaf)
+        try:
+            with torch.enable_grad():
+                logits = model.forward_head(model.norm(last(tokens)))
+                targets = _targets(target, logits)
+                (gradients,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), read[0])
+        finally:
+            handle.remove()
     prefix = config.num_prefix_tokens
-    patches, patch_gradients = tokens.detach()[:, prefix:], gradients[:, prefix:]  # (B, P, D)
+    patches, patch_gradients = read[0].detach()[:, prefix:], gradients[:, prefix:]  # (B, P, D)
     weights = patch_gradients.mean(dim=1, keepdim=True)  # (B, 1, D): how much each feature raises the score
     cam = (weights * patches).sum(dim=-1).clamp_min(0)
     return cam.reshape(images.shape[0], *config.grid_size).float().cpu()

@@ -141,7 +141,8 @@ def explain_images(
         rolled = figures.rollout_figure(shown, rollouts[index], top, f"attention rollout ({fusion})")
         report.add(rolled, f"{stem}-rollout.png", f"attention rollout from {source} ({fusion}), beside the predictions")
         cam = figures.heat_figure(shown, cams[index], f"Grad-CAM for class {cam_class}", "class evidence")
-        report.add(cam, f"{stem}-grad-cam.png", f"Grad-CAM for class {cam_class} on the tokens the last block reads")
+        cam_caption = f"Grad-CAM for class {cam_class} on what the last block's attention reads"
+        report.add(cam, f"{stem}-grad-cam.png", cam_caption)
         attended = figures.head_attention_figure(shown, heads[index], f"last block: attention from {source}")
         report.add(attended, f"{stem}-heads.png", f"the last block's attention from {source}, one map per head")
 

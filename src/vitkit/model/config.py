@@ -191,6 +191,24 @@ class ViTConfig:
         return self.grid_size[0] * self.grid_size[1]
 
     @property
+    def num_parameters(self) -> int:
+        """Trainable parameters of the model this config builds, counted from the sizes alone (no torch), so that
+        `vitkit models` lists them without loading torch. A sin-cos position table is a buffer, not a parameter."""
+
+        def linear(n_in: int, n_out: int, bias: bool = True) -> int:
+            return n_in * n_out + (n_out if bias else 0)
+
+        d, norm = self.hidden_dim, 2 * self.hidden_dim  # a LayerNorm: weight and bias
+        patch_embed = linear(self.in_channels * self.patch_size[0] * self.patch_size[1], d)
+        cls_token = d if self.class_token else 0
+        positions = d * (self.num_prefix_tokens + self.num_patches) if self.pos_embed == "learned" else 0
+        attention = 3 * linear(d, d, self.qkv_bias) + linear(d, d)
+        block = 2 * norm + attention + linear(d, self.mlp_dim) + linear(self.mlp_dim, d)
+        pre_logits = linear(d, self.pre_logits_dim) if self.pre_logits_dim else 0
+        head = linear(self.pre_logits_dim or d, self.num_classes) if self.num_classes else 0
+        return patch_embed + cls_token + positions + self.depth * block + norm + pre_logits + head
+
+    @property
     def labels(self) -> list[str]:
         """The class names, or "0".."N-1" for a model built without any (e.g. create_model)."""
         return list(self.class_names) if self.class_names else [str(i) for i in range(self.num_classes)]

@@ -1,13 +1,16 @@
-"""Named ViT configurations, as timm names them (``vit_base_patch16_224``), plus small ones for small images."""
+"""Named ViT configurations, as timm names them (``vit_base_patch16_224``), plus small ones for small images.
+
+Listing them and counting their parameters needs no torch (`vitkit models` starts fast); building one does.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from vitkit.model.config import ViTConfig
-from vitkit.model.vit import VisionTransformer
+
+if TYPE_CHECKING:
+    from vitkit.model.vit import VisionTransformer
 
 # Width, depth, heads and MLP size of the ViT paper's model sizes (Table 1) and DeiT's Ti/S.
 _SIZES: dict[str, dict[str, int]] = {
@@ -66,11 +69,11 @@ def get_config(name: str, **overrides: Any) -> ViTConfig:
 
 def create_model(name: str, **overrides: Any) -> VisionTransformer:
     """Build the named model, e.g. ``create_model("vit_base_patch16_224", num_classes=10, image_size=384)``."""
+    from vitkit.model.vit import VisionTransformer  # torch loads here, not when the names are listed
+
     return VisionTransformer(get_config(name, **overrides))
 
 
 def count_parameters(name: str, **overrides: Any) -> int:
-    """Parameter count of a named model, built on the meta device so even ViT-H costs no memory."""
-    with torch.device("meta"):
-        model = create_model(name, **overrides)
-    return sum(p.numel() for p in model.parameters())
+    """Trainable parameter count of a named model, from its sizes alone: no torch, no memory, even for ViT-H."""
+    return get_config(name, **overrides).num_parameters

@@ -82,15 +82,29 @@ def _source_grid(num_positions: int, source_grid: Pair | None) -> Pair:
     return source_grid
 
 
-def set_image_size(model: VisionTransformer, image_size: int | Pair) -> None:
-    """Use ``model`` at another image size, its position vectors fitted to the new grid."""
+def set_image_size(
+    model: VisionTransformer, image_size: int | Pair, optimizer: torch.optim.Optimizer | None = None
+) -> None:
+    """Use ``model`` at another image size, its position vectors fitted to the new grid.
+
+    Learned vectors are resized in place: the parameter stays the same object, so an optimizer built before the
+    resize trains the resized vectors rather than a stale copy of the old ones. Its running state for them (AdamW's
+    moments) was made for the old grid: pass ``optimizer`` to drop that state, so that they start afresh on the
+    new grid. Kept, it makes the optimizer's next step fail on the mismatched sizes instead of training silently.
+    """
     old_grid = model.config.grid_size
     model.config = model.config.replace(image_size=to_pair(image_size, "image_size"))
+    if model.config.grid_size == old_grid:
+        return
     table = fit_position_vectors(model.pos_embed.data, old_grid, model.config)
-    if isinstance(model.pos_embed, nn.Parameter):
-        model.pos_embed = nn.Parameter(table, requires_grad=model.pos_embed.requires_grad)
-    else:
+    if not isinstance(model.pos_embed, nn.Parameter):
         model.pos_embed = table.to(model.pos_embed.device)
+        return
+    param = model.pos_embed
+    param.data = table
+    param.grad = None  # a gradient for the old grid cannot be added to
+    if optimizer is not None and optimizer.state.pop(param, None):
+        logger.info("the optimizer's state of the position vectors restarts on the %s grid", model.config.grid_size)
 
 
 def check_state_dict(

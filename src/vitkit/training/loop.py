@@ -57,7 +57,8 @@ class NonFiniteLossError(RuntimeError):
 
 
 def ema_with_warmup(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor], None]:
-    """EMA update for AveragedModel whose decay warms up as min(decay, (1 + n) / (10 + n)) after n updates (as timm).
+    """EMA update for AveragedModel whose decay warms up as min(decay, (1 + n) / (10 + n)) after n updates
+    (the num_updates rule of TensorFlow's ExponentialMovingAverage).
 
     A fixed decay of 0.99 would hold the EMA near the first weights for hundreds of steps, useless in short runs;
     with the warm-up it follows the weights closely at first and averages over ~1 / (1 - decay) steps later on.
