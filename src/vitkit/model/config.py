@@ -199,14 +199,27 @@ class ViTConfig:
             return n_in * n_out + (n_out if bias else 0)
 
         d, norm = self.hidden_dim, 2 * self.hidden_dim  # a LayerNorm: weight and bias
-        patch_embed = linear(self.in_channels * self.patch_size[0] * self.patch_size[1], d)
+        width = self.conv_stem_width
+        stem_in = [self.in_channels] + [width] * (self.conv_stem - 1) if self.conv_stem else []
+        stem = sum(linear(9 * channels, width, bias=False) + 2 * width for channels in stem_in)  # conv, GroupNorm
+        patch = (width if self.conv_stem else self.in_channels) * self.patch_size[0] * self.patch_size[1]
+        if self.patch_embed == "shifted":
+            patch_embed = 2 * 5 * patch + linear(5 * patch, d)  # LayerNorm over the five views' patches, projection
+        else:
+            patch_embed = linear(patch, d)
         cls_token = d if self.class_token else 0
         positions = d * (self.num_prefix_tokens + self.num_patches) if self.pos_embed == "learned" else 0
-        attention = 3 * linear(d, d, self.qkv_bias) + linear(d, d)
+        attention = 3 * linear(d, d, self.qkv_bias) + linear(d, d) + (self.num_heads if self.locality_attention else 0)
         block = 2 * norm + attention + linear(d, self.mlp_dim) + linear(self.mlp_dim, d)
+        seq_pool = linear(d, 1) if self.pool == "seq" else 0
         pre_logits = linear(d, self.pre_logits_dim) if self.pre_logits_dim else 0
         head = linear(self.pre_logits_dim or d, self.num_classes) if self.num_classes else 0
-        return patch_embed + cls_token + positions + self.depth * block + norm + pre_logits + head
+        return stem + patch_embed + cls_token + positions + self.depth * block + norm + seq_pool + pre_logits + head
+
+    @property
+    def conv_stem_width(self) -> int:
+        """Channels of the convolutional stem's layers: half the token width."""
+        return max(self.hidden_dim // 2, 1)
 
     @property
     def labels(self) -> list[str]:

@@ -55,7 +55,7 @@ class ConvStem(nn.Module):
 
     def __init__(self, config: ViTConfig) -> None:
         super().__init__()
-        self.width = max(config.hidden_dim // 2, 1)  # half the token width
+        self.width = config.conv_stem_width  # half the token width
         layers: list[nn.Module] = []
         for i in range(config.conv_stem):
             channels = config.in_channels if i == 0 else self.width
