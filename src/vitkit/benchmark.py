@@ -205,8 +205,10 @@ def _peak_memory_child(task: tuple, queue: Any) -> None:
     peaks = {}
     for batch_size in sorted(batch_sizes):
         images = torch.randn(batch_size, 3, image_size, image_size)
-        if train:
-            _training_step(model.train(), torch.optim.AdamW(model.parameters()), images)()
+        if train:  # two steps: from the second on, AdamW's state and the last gradients are held too
+            step = _training_step(model.train(), torch.optim.AdamW(model.parameters()), images)
+            step()
+            step()
         else:
             with torch.inference_mode():
                 model(images)
@@ -219,7 +221,7 @@ def _peak_memory_child(task: tuple, queue: Any) -> None:
 def peak_memories_mib(
     label: str, name: str, image_size: int, batch_sizes: list[int], threads: int, train: bool = False
 ) -> list[float | None]:
-    """Peak memory of building ``label`` and running each batch (or one training step each), in MiB.
+    """Peak memory of building ``label`` and running each batch (or two training steps each), in MiB.
 
     One fresh process builds the model and runs the batches, smallest first, the peak reset between them: each
     figure is about the memory that a process running only that batch would need above its imports.
@@ -238,7 +240,7 @@ def peak_memories_mib(
 def peak_memory_mib(
     label: str, name: str, image_size: int, batch_size: int, threads: int, train: bool = False
 ) -> float | None:
-    """Peak memory of building ``label`` and running one batch (or one training step), in MiB, in a fresh process."""
+    """Peak memory of building ``label`` and running one batch (or two training steps), in MiB, in a fresh process."""
     return peak_memories_mib(label, name, image_size, [batch_size], threads, train)[0]
 
 
