@@ -5,19 +5,24 @@ vit-pytorch, ONNX Runtime int8) is timed once per round, round after round, so t
 machine hits all of them alike; images/s is the median over rounds. GFLOP/s uses the architecture's
 multiply-adds (counted once with torch's FlopCounterMode on the plain model, 2 FLOPs each), and its share
 of a float32 matrix-multiply peak timed in the same rounds. Peak memory is the peak resident memory of a
-fresh process that builds the model and runs the batch, minus that process's memory after imports.
+fresh process that builds the model and runs the batch (each batch size in turn, smallest first, the peak reset
+between them), minus that process's memory after importing torch, vitkit and the model's library.
 Peers are optional (the `bench` extra): a missing one is skipped with a note.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import multiprocessing
 import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -151,37 +156,90 @@ def _matmul_call() -> tuple[Callable[[], Tensor], float]:
     return (lambda: a @ b), 2.0 * m * k * n
 
 
+# What each builder imports, imported before the baseline: peak memory is the model's, not its library's import.
+LIBRARY_MODULES = {
+    "timm": "timm",
+    "transformers": "transformers.models.vit.modeling_vit",
+    "torchvision": "torchvision.models.vision_transformer",
+    "vit-pytorch": "vit_pytorch",
+    "onnxruntime int8": "onnxruntime",
+}
+
+
+def _memory_kib() -> tuple[int, int]:
+    """This process's (resident, peak resident) memory in KiB: /proc/self/status on Linux, else getrusage's peak."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+        return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+    except (OSError, KeyError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // (1024 if sys.platform == "darwin" else 1)
+        return peak, peak
+
+
+def _reset_peak() -> None:
+    """Set the recorded peak resident memory (VmHWM) to the current one (Linux >= 4.0; elsewhere a no-op)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        logger.debug("cannot reset the peak resident memory: it counts from the process start")
+
+
 def _peak_memory_child(task: tuple, queue: Any) -> None:
-    """In a fresh process: build, run once, report (peak RSS - RSS after imports) in MiB."""
-    label, name, image_size, batch_size, threads, train = task
+    """In a fresh process: import, build, run each batch once; report (peak RSS - RSS after imports) in MiB each.
+
+    Not getrusage's ru_maxrss on Linux: a spawned child starts with its parent's peak (the kernel keeps the
+    forked copy's peak across exec), so under a parent bigger than the model every child reported 0. VmHWM
+    is the child's own address space's peak, reset after the imports and after each batch (smallest first).
+    """
+    label, name, image_size, batch_sizes, threads, train = task
     torch.set_num_threads(threads)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if label in LIBRARY_MODULES:
+        with contextlib.suppress(ImportError):  # build() logs it and gives None
+            importlib.import_module(LIBRARY_MODULES[label])
+    before, _ = _memory_kib()
+    _reset_peak()
     model = build(label, name, image_size)
     if model is None:
         queue.put(None)
         return
-    images = torch.randn(batch_size, 3, image_size, image_size)
-    if train:
-        _training_step(model.train(), torch.optim.AdamW(model.parameters()), images)()
-    else:
-        with torch.inference_mode():
-            model(images)
-    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+    peaks = {}
+    for batch_size in sorted(batch_sizes):
+        images = torch.randn(batch_size, 3, image_size, image_size)
+        if train:
+            _training_step(model.train(), torch.optim.AdamW(model.parameters()), images)()
+        else:
+            with torch.inference_mode():
+                model(images)
+        del images
+        peaks[batch_size] = (_memory_kib()[1] - before) / 1024
+        _reset_peak()
+    queue.put(peaks)
+
+
+def peak_memories_mib(
+    label: str, name: str, image_size: int, batch_sizes: list[int], threads: int, train: bool = False
+) -> list[float | None]:
+    """Peak memory of building ``label`` and running each batch (or one training step each), in MiB.
+
+    One fresh process builds the model and runs the batches, smallest first, the peak reset between them: each
+    figure is about the memory that a process running only that batch would need above its imports.
+    """
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(
+        target=_peak_memory_child, args=((label, name, image_size, list(batch_sizes), threads, train), queue)
+    )
+    process.start()
+    peaks = queue.get()
+    process.join()
+    return [None if peaks is None else peaks[b] for b in batch_sizes]
 
 
 def peak_memory_mib(
     label: str, name: str, image_size: int, batch_size: int, threads: int, train: bool = False
 ) -> float | None:
-    """Peak memory of building ``label`` and running one batch (or one training step), in a fresh process."""
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(
-        target=_peak_memory_child, args=((label, name, image_size, batch_size, threads, train), queue)
-    )
-    process.start()
-    result = queue.get()
-    process.join()
-    return result
+    """Peak memory of building ``label`` and running one batch (or one training step), in MiB, in a fresh process."""
+    return peak_memories_mib(label, name, image_size, [batch_size], threads, train)[0]
 
 
 def _training_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor) -> Callable[[], None]:
@@ -238,8 +296,9 @@ def compare_inference(
     if models is None:
         models = {label: model for label in labels if (model := build(label, name, image_size)) is not None}
     flops = flops_per_image(name, image_size)
+    memories = {label: peak_memories_mib(label, name, image_size, batch_sizes, threads) for label in models if memory}
     comparisons = []
-    for batch_size in batch_sizes:
+    for i, batch_size in enumerate(batch_sizes):
         torch.manual_seed(0)
         images = torch.randn(batch_size, 3, image_size, image_size)
         calls: dict[str, Callable[[], Any]] = {label: (lambda m=model: m(images)) for label, model in models.items()}
@@ -253,7 +312,7 @@ def compare_inference(
         comparison = Comparison(name, image_size, batch_size, "inference", threads, peak)
         for label, speed in throughput.items():
             gflops = flops * speed / 1e9
-            mib = peak_memory_mib(label, name, image_size, batch_size, threads) if memory else None
+            mib = memories[label][i] if memory else None
             comparison.rows.append(
                 Row(label, speed, speed / fastest if fastest else None, gflops, gflops / peak, mib)
             )

@@ -1,0 +1,22 @@
+"""Peak memory of `vitkit bench`: a real measurement, also from a process that is bigger than the model."""
+
+from __future__ import annotations
+
+import torch
+
+from vitkit import benchmark
+from vitkit.model import VisionTransformer, get_config
+
+IMAGE_MIB = 3 * 224 * 224 * 4 / 2**20  # one float32 224x224 RGB image
+
+
+def test_peak_memory_grows_with_the_batch_even_under_a_big_parent() -> None:
+    # A parent holding 1 GiB, as the benchmark script does after building every model: the children's
+    # peaks used to start at the parent's and every row read 0.
+    ballast = torch.ones(2**28)  # 1 GiB, written, so resident
+    one, sixteen = benchmark.peak_memories_mib("vitkit", "vit_tiny_patch16_224", 224, [1, 16], threads=1)
+    assert ballast.sum().item() == 2**28
+    weights_mib = sum(p.numel() for p in VisionTransformer(get_config("vit_tiny_patch16_224")).parameters()) * 4 / 2**20
+    assert one is not None and sixteen is not None
+    assert one >= weights_mib  # the model's weights are resident at the peak
+    assert sixteen - one >= 15 * IMAGE_MIB  # at least the 15 more input images, resident throughout the pass
