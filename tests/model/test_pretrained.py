@@ -113,6 +113,30 @@ def test_load_with_new_number_of_classes_replaces_the_head(tmp_path, caplog):
     assert "new head" in caplog.text
 
 
+def test_reset_head_gives_a_fresh_head_for_other_classes_and_keeps_the_rest(tmp_path):
+    torch.manual_seed(0)
+    model = VisionTransformer(**SMALL, class_names=["a", "b", "c"]).eval()
+    images = torch.randn(2, 1, 8, 8)
+    trunk = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("head.")}
+    features = model.forward_features(images)[:, 0].detach()  # the CLS token's final features
+    names = ["v", "w", "x", "y", "z"]
+    model.reset_head(5, names)
+    assert (model.num_classes, model.config.class_names, model.head.weight.shape) == (5, names, (5, 32))
+    assert torch.equal(model.head.bias, torch.zeros(5))
+    assert 0.01 < model.head.weight.std() < 0.03 and model.head.weight.abs().max() <= 0.04  # N(0, 0.02) cut at 2 std
+    assert all(torch.equal(v, trunk[k]) for k, v in model.state_dict().items() if not k.startswith("head."))
+    torch.testing.assert_close(model(images), features @ model.head.weight.T + model.head.bias)
+    assert {name for name, _ in model.named_parameters()} >= {"head.weight", "head.bias"}  # an optimizer sees them
+    model.save_pretrained(tmp_path)
+    loaded = VisionTransformer.from_pretrained(tmp_path).eval()
+    assert loaded.config.class_names == names and torch.equal(loaded(images), model(images))
+    with pytest.raises(ValueError, match="class_names has 2 names but num_classes is 4"):
+        model.reset_head(4, ["p", "q"])
+    assert model.num_classes == 5, "a refused reset leaves the model as it was"
+    model.reset_head(0)  # no head: the model gives the pooled features
+    torch.testing.assert_close(model(images), features)
+
+
 def test_load_weights_rejects_weights_of_another_model():
     small = VisionTransformer(**SMALL)
     wider = VisionTransformer(**{**SMALL, "hidden_dim": 64})

@@ -59,6 +59,9 @@ def test_counting_from_the_sizes_equals_counting_the_built_model(name):
         dict(fc_norm=True, pre_logits_dim=48),
         dict(num_classes=0),
         dict(image_size=(32, 48), patch_size=(8, 4), in_channels=1),
+        dict(patch_embed="shifted", locality_attention=True),
+        dict(conv_stem=2, pool="seq"),
+        dict(conv_stem=1, patch_embed="shifted", in_channels=1),
     ],
 )
 def test_counting_from_the_sizes_follows_every_architectural_choice(changes):

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from attention_reference import reference_attention
 
 from vitkit import VisionTransformer, ViTConfig
 from vitkit.model import patchify
@@ -107,9 +108,15 @@ def test_attention_maps_are_probability_rows_per_block_and_head():
         assert m.shape == (3, 4, 17, 17)
         assert (m >= 0).all()
         torch.testing.assert_close(m.sum(-1), torch.ones(3, 4, 17))
-    # The first map is exactly the first block's attention on its normalised input.
-    first = model.blocks[0].attn(model.blocks[0].norm1(model.embed(images)), return_attention=True)[1]
-    torch.testing.assert_close(maps[0], first)
+    # The first map is the hand-written attention of the first block on its input spelled out: patches through the
+    # linear projection, the CLS token first, position vectors added, LayerNorm.
+    proj, block = model.patch_embed.proj, model.blocks[0]
+    tokens = patchify(images, (2, 2)) @ proj.weight.flatten(1).T + proj.bias
+    tokens = torch.cat([model.cls_token.expand(3, 1, 32), tokens], dim=1) + model.pos_embed
+    normalised = torch.nn.functional.layer_norm(tokens, (32,), block.norm1.weight, block.norm1.bias, eps=1e-6)
+    with torch.no_grad():
+        expected = reference_attention(block.attn, normalised)[1]
+    torch.testing.assert_close(maps[0], expected, atol=1e-6, rtol=1e-5)
 
 
 def test_dropouts_and_drop_path_act_only_in_training():

@@ -12,7 +12,8 @@ from torch.optim.swa_utils import AveragedModel
 from training_helpers import assert_same_weights, write_digit_folder
 
 from vitkit.io import load_safetensors
-from vitkit.training import load_train_config, train
+from vitkit.model import VisionTransformer
+from vitkit.training import TrainConfig, load_train_config, train
 from vitkit.training.checkpoint import load_checkpoint
 from vitkit.training.loop import ema_with_warmup
 
@@ -105,6 +106,93 @@ def test_seed_decides_the_run(tiny) -> None:
     assert not torch.equal(final[0]["head.weight"], final[2]["head.weight"])
 
 
+class _Stop(Exception):
+    """Stops a run part-way, carrying what the test came for."""
+
+    def __init__(self, value: object) -> None:
+        super().__init__("stopped by the test")
+        self.value = value
+
+
+def first_training_batch(config: TrainConfig, monkeypatch: pytest.MonkeyPatch) -> torch.Tensor:
+    """The images of a run's first training step, as the model receives them (augmented, mixed, normalised)."""
+    forward = VisionTransformer.forward
+
+    def capture(model: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
+        if model.training:
+            raise _Stop(images.detach().clone())
+        return forward(model, images)
+
+    with monkeypatch.context() as patched, pytest.raises(_Stop) as caught:
+        patched.setattr(VisionTransformer, "forward", capture)
+        train(config)
+    return caught.value.value
+
+
+# Each flag against the same settings without it; the image folder's own default augmentation is turned off.
+NO_AUGMENTATION = dict(crop_scale_min=1.0, hflip=0.0)
+AFFINE, RANDAUGMENT = dict(affine_degrees=10.0), dict(auto_augment="randaugment")
+FLAG_CHANGES = {
+    "crop_scale_min": ({}, dict(crop_scale_min=0.6)),
+    "hflip": ({}, dict(hflip=0.5)),
+    "affine_degrees": ({}, AFFINE),
+    "affine_translate": ({}, dict(affine_translate=0.1)),
+    "affine_scale": ({}, dict(affine_scale=0.1)),
+    "affine_interpolation": (AFFINE, {**AFFINE, "affine_interpolation": "nearest"}),
+    "auto_augment=randaugment": ({}, RANDAUGMENT),
+    "auto_augment=trivialaugment": ({}, dict(auto_augment="trivialaugment")),
+    "randaugment_magnitude": (RANDAUGMENT, {**RANDAUGMENT, "randaugment_magnitude": 20}),
+    "random_erasing": ({}, dict(random_erasing=0.5)),
+    "mixup": ({}, dict(mixup=0.8)),
+    "cutmix": ({}, dict(cutmix=1.0)),
+}
+
+
+@pytest.mark.parametrize("cache", ["on", "off"])  # whole-batch augmentation in memory; per-sample transforms
+def test_each_augmentation_and_mixing_flag_changes_the_batches(
+    tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: str
+) -> None:
+    folder = write_digit_folder(tmp_path / "digits", classes=[3, 5, 8], per_class=16, size=12)
+    batches: dict[tuple, torch.Tensor] = {}
+
+    def batch(flags: dict) -> torch.Tensor:
+        key = tuple(sorted(flags.items()))
+        if key not in batches:
+            config = tiny(f"run{len(batches)}", data_dir=str(folder), batch_size=16, cache=cache, patch_size=4,
+                          **{**NO_AUGMENTATION, **flags})  # fmt: skip
+            batches[key] = first_training_batch(config, monkeypatch)
+        return batches[key]
+
+    unchanged = [name for name, (without, with_) in FLAG_CHANGES.items() if torch.equal(batch(without), batch(with_))]
+    assert unchanged == []
+    # A flip changes nothing but the direction: each image is the plain one or its mirror (up to the float error of
+    # resampling the batch), and some are mirrors.
+    plain, flipped = batch({}), batch(dict(hflip=0.5))
+    mirrored = [torch.allclose(f, p.flip(-1), atol=1e-5) for p, f in zip(plain, flipped)]
+    kept = [torch.allclose(f, p, atol=1e-5) for p, f in zip(plain, flipped)]
+    assert all(m != k for m, k in zip(mirrored, kept)) and any(mirrored) and any(kept)
+
+
+def test_label_smoothing_and_gradient_clipping_change_the_updates(tiny) -> None:
+    """Neither touches the batches; both change the weights (clipping from the second AdamW step on: the first
+    divides the gradient by its own size)."""
+
+    def weights_after_two_steps(name: str, **flags: object) -> dict[str, torch.Tensor]:
+        def stop(epoch: int, step: int, model: nn.Module) -> None:
+            if step == 2:
+                raise _Stop({k: v.clone() for k, v in model.state_dict().items()})
+
+        with pytest.raises(_Stop) as caught:
+            train(tiny(name, epochs=1, **DETERMINISTIC, **flags), on_step_end=stop)
+        return caught.value.value
+
+    plain = weights_after_two_steps("plain", label_smoothing=0.0, clip_grad=0.0)
+    smoothed = weights_after_two_steps("smoothed", label_smoothing=0.2, clip_grad=0.0)
+    clipped = weights_after_two_steps("clipped", label_smoothing=0.0, clip_grad=0.01)
+    assert not torch.equal(plain["head.weight"], smoothed["head.weight"])
+    assert not torch.equal(plain["head.weight"], clipped["head.weight"])
+
+
 def test_image_folder_with_augmentation_and_mixing_flags(tiny, tmp_path: Path) -> None:
     folder = write_digit_folder(tmp_path / "digits", classes=[3, 5, 8], per_class=48, size=12)
     flags = dict(
@@ -116,7 +204,7 @@ def test_image_folder_with_augmentation_and_mixing_flags(tiny, tmp_path: Path) -
     config = tiny(data_dir=str(folder), batch_size=16, **flags)
     result = train(config)
     saved = load_train_config(result.run_dir)
-    assert saved.to_dict() == {**config.to_dict(), "model": "vit_digits", "name": "run"}
+    assert saved.to_dict() == {**config.to_dict(), "model": "vit_digits_stem", "name": "run"}
     assert result.model.image_size == (12, 12) and result.model.patch_size == (4, 4)
     assert result.model.config.class_names == ["eight", "five", "three"]
     assert all(0 <= record["train_acc"] <= 1 for record in result.history)

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from vitkit.model import VisionTransformer, ViTConfig
+from vitkit.model.vit import ShiftedPatchEmbedding
 
 HEAD_FUSIONS = ("mean", "max", "min")
 
@@ -33,7 +34,9 @@ def _classifier_view(matrix: Tensor, config: ViTConfig) -> Tensor:
     """(B, N, N) token-to-token weights -> (B, gh, gw): what the classifier's input draws from each patch.
 
     The classifier reads the CLS token (``pool="cls"``) or the mean of the patch tokens (``pool="mean"``); the
-    map is that row (or the mean of those rows) over the patch columns, renormalised to sum to 1.
+    map is that row (or the mean of those rows) over the patch columns, renormalised to sum to 1. Sequence
+    pooling (``pool="seq"``) reads a weighted mean of the patch tokens whose weights depend on the image and are
+    not among the attention probabilities; its maps use the plain mean, every patch token counted alike.
     """
     prefix = config.num_prefix_tokens
     if config.pool == "cls":
@@ -205,12 +208,36 @@ def embedding_filters(model: VisionTransformer, k: int = 28) -> Tensor:
     """The first ``k`` principal components of the patch projection's filters: (k, C, ph, pw).
 
     Each row of the projection is a filter over one patch; their principal components show what the model
-    measures in a patch (the ViT paper's figure 7, left, shows 28).
+    measures in a patch (the ViT paper's figure 7, left, shows 28). With shifted patch tokenization a token reads
+    its patch and four copies shifted by half a patch: its five filters add up to one filter over a window twice
+    the patch's size, (k, C, 2 ph, 2 pw), each weight scaled by the LayerNorm's gain on the normalised patch. A
+    convolutional stem (``conv_stem``) leaves no filter over pixels to show: that is a ValueError.
     """
-    weight = model.patch_embed.proj.weight.detach().double().cpu()  # (D, C, ph, pw)
+    weight = _pixel_filters(model)  # (D, C, fh, fw)
     filters = weight.flatten(1)  # (D, C * ph * pw)
     most = min(filters.shape)
     if not 1 <= k <= most:
         raise ValueError(f"k must be between 1 and {most} (the number of filters or of values in one), got {k}")
     _, _, components = torch.linalg.svd(filters - filters.mean(dim=0), full_matrices=False)
     return components[:k].reshape(k, *weight.shape[1:]).float()
+
+
+def _pixel_filters(model: VisionTransformer) -> Tensor:
+    """(D, C, fh, fw): each embedding feature's linear filter over the pixels around one patch."""
+    embed, config = model.patch_embed, model.config
+    if config.conv_stem:
+        raise ValueError(
+            f"this model cuts its patches from the features of a convolutional stem (conv_stem={config.conv_stem}), "
+            "not from pixels: its patch projection has no filters over pixels to show"
+        )
+    if not isinstance(embed, ShiftedPatchEmbedding):
+        return embed.proj.weight.detach().double().cpu()  # (D, C, ph, pw)
+    (ph, pw), channels = config.patch_size, config.in_channels
+    weight = (embed.proj.weight * embed.norm.weight).detach().double().cpu()
+    views = weight.reshape(weight.shape[0], 5, channels, ph, pw)  # the image, then its shifted copies
+    half_h, half_w = ph // 2, pw // 2
+    window = views.new_zeros(weight.shape[0], channels, ph + 2 * half_h, pw + 2 * half_w)
+    for view, (dy, dx) in zip(views.unbind(dim=1), [(0, 0), *embed.shifts]):
+        # the copy holds the image (dy, dx) away: its filter covers the window moved by that much
+        window[:, :, half_h + dy : half_h + dy + ph, half_w + dx : half_w + dx + pw] += view
+    return window

@@ -154,8 +154,12 @@ def explain_images(
     report.add(figures.attention_distance_figure(distance, config.image_size), "attention-distance.png",
                "mean attention distance of each head per block, over the given images")  # fmt: skip
     most = min(num_filters, config.hidden_dim, config.in_channels * config.patch_size[0] * config.patch_size[1])
-    report.add(figures.embedding_filters_figure(maps.embedding_filters(model, most).numpy()), "embedding-filters.png",
-               "principal components of the patch-embedding filters: what the model measures in a patch")  # fmt: skip
+    if config.conv_stem:  # patches of the stem's features: no filters over pixels (see maps.embedding_filters)
+        logger.info("no patch-embedding filters drawn: the patches are cut from a convolutional stem's features")
+    else:
+        report.add(figures.embedding_filters_figure(maps.embedding_filters(model, most).numpy()),
+                   "embedding-filters.png",
+                   "principal components of the patch-embedding filters: what the model measures in a patch")  # fmt: skip
     return report.write_index()
 
 

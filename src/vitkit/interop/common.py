@@ -65,6 +65,21 @@ def rename(state: dict[str, Tensor], names: dict[str, str], what: str) -> dict[s
     return {new: state[old].detach().clone() for new, old in names.items()}
 
 
+def refuse_what_peer_lacks(config: ViTConfig, peer: str, problems: dict[str, bool]) -> None:
+    """Raise a ValueError naming every part of a model that the ``peer`` model cannot hold: the ``problems`` present
+    and vitkit's options for small data sets, which no peer library's ViT has."""
+    problems = {
+        **problems,
+        "shifted patch tokenization (patch_embed='shifted')": config.patch_embed == "shifted",
+        "locality self-attention (locality_attention)": config.locality_attention,
+        "a convolutional stem (conv_stem)": bool(config.conv_stem),
+        "sequence pooling (pool='seq')": config.pool == "seq",
+    }
+    unsupported = [what for what, present in problems.items() if present]
+    if unsupported:
+        raise ValueError(f"{peer} cannot hold this model: {', '.join(unsupported)}")
+
+
 def build_model(config: ViTConfig, state: dict[str, Tensor]) -> VisionTransformer:
     """A vitkit model holding ``state`` exactly (every key checked), in eval mode."""
     with torch.device("meta"):  # no time spent on a random initialisation that the weights replace

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
-from vitkit.interop.common import from_peer, fuse_qkv, split_qkv
+from vitkit.interop.common import from_peer, fuse_qkv, refuse_what_peer_lacks, split_qkv
 from vitkit.model import VisionTransformer, ViTConfig
 from vitkit.model.weights import check_state_dict
 
@@ -149,6 +149,7 @@ def to_timm(model: VisionTransformer) -> tuple[dict[str, Tensor], dict[str, Any]
         raise ValueError("timm's VisionTransformer has no pre-logits layer; this model has one (pre_logits_dim)")
     if config.mlp_dim % config.hidden_dim:
         raise ValueError(f"timm sizes the MLP as a multiple of hidden_dim; mlp_dim {config.mlp_dim} is not one")
+    refuse_what_peer_lacks(config, "timm's VisionTransformer", {})
     kwargs: dict[str, Any] = dict(
         img_size=config.image_size[0] if config.image_size[0] == config.image_size[1] else list(config.image_size),
         patch_size=config.patch_size[0] if config.patch_size[0] == config.patch_size[1] else list(config.patch_size),

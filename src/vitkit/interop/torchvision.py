@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
-from vitkit.interop.common import from_peer, fuse_qkv, rename, split_qkv
+from vitkit.interop.common import from_peer, fuse_qkv, refuse_what_peer_lacks, rename, split_qkv
 from vitkit.model import VisionTransformer, ViTConfig
 from vitkit.model.weights import check_state_dict
 
@@ -111,15 +111,13 @@ def to_torchvision(model: VisionTransformer) -> tuple[dict[str, Tensor], dict[st
     config = model.config
     problems = {
         "a non-square image or patch": len({*config.image_size}) > 1 or len({*config.patch_size}) > 1,
-        "no class token or mean pooling": config.pool != "cls",
+        "no class token or mean pooling": config.pool == "mean" or not config.class_token,
         "fc_norm": config.fc_norm,
         "no q/k/v bias": not config.qkv_bias,
         "other than 3 input channels": config.in_channels != 3,
         "no classification head": not config.num_classes,
     }
-    unsupported = [what for what, present in problems.items() if present]
-    if unsupported:
-        raise ValueError(f"torchvision's VisionTransformer cannot hold this model: {', '.join(unsupported)}")
+    refuse_what_peer_lacks(config, "torchvision's VisionTransformer", problems)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     fused = {}
     for i in range(config.depth):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor, nn
 
 from vitkit.data.transforms import resize_size
-from vitkit.interop.common import build_model, rename
+from vitkit.interop.common import build_model, refuse_what_peer_lacks, rename
 from vitkit.model import VisionTransformer, ViTConfig
 
 if TYPE_CHECKING:
@@ -137,13 +137,11 @@ def to_transformers(model: VisionTransformer, directory: str | os.PathLike) -> P
 
     config = model.config
     problems = {
-        "mean pooling or no class token": config.pool != "cls",
+        "mean pooling or no class token": config.pool == "mean" or not config.class_token,
         "fc_norm": config.fc_norm,
         "a pre-logits layer": bool(config.pre_logits_dim),
     }
-    unsupported = [what for what, present in problems.items() if present]
-    if unsupported:
-        raise ValueError(f"transformers' ViTForImageClassification cannot hold this model: {', '.join(unsupported)}")
+    refuse_what_peer_lacks(config, "transformers' ViTForImageClassification", problems)
     labels = config.labels
     peer_config = transformers.ViTConfig(
         image_size=list(config.image_size),

@@ -15,7 +15,8 @@ from typing import Any
 Pair = tuple[int, int]
 
 POS_EMBED_CHOICES = ("learned", "sincos")
-POOL_CHOICES = ("cls", "mean")
+POOL_CHOICES = ("cls", "mean", "seq")
+PATCH_EMBED_CHOICES = ("linear", "shifted")
 INTERPOLATION_CHOICES = ("nearest", "bilinear", "bicubic")
 CROP_MODE_CHOICES = ("center", "squash")
 
@@ -60,7 +61,7 @@ class ViTConfig:
     num_heads: int = 12
     mlp_dim: int = 3072
     pos_embed: str = "learned"
-    pool: str = "cls"
+    pool: str = "cls"  # the CLS token, the "mean" of the patch tokens, or "seq": their learned weighted mean
     class_token: bool = True
     dropout: float = 0.0
     attention_dropout: float = 0.0
@@ -71,6 +72,14 @@ class ViTConfig:
     fc_norm: bool = False
     # The original ViT's pre-logits layer (Linear to this width, then tanh) before the head; 0 means none.
     pre_logits_dim: int = 0
+    # Options for small data sets, all off by default (see vit.py's modules; pool="seq" is one too):
+    # "shifted": shifted patch tokenization (Lee, Lee & Song, 2021), the patches of the image and of its four
+    # diagonal half-patch shifts, layer-normalised, then projected; "linear": the ViT paper's patch projection.
+    patch_embed: str = "linear"
+    # Locality self-attention (Lee, Lee & Song, 2021): a learned temperature per head, no token attends to itself.
+    locality_attention: bool = False
+    # 3x3 convolutions (stride 1, so the patch grid is unchanged) before the patches are cut; 0 means none.
+    conv_stem: int = 0
     # What the weights expect around them: label names and evaluation preprocessing (see data.eval_transform):
     # resize with `interpolation`, then take an `image_size` crop that covers `crop_pct` of the resized image.
     # crop_mode "center": the shorter side is resized (aspect kept) to fit image_size / crop_pct, then centre-crop;
@@ -118,6 +127,24 @@ class ViTConfig:
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.pool == "cls" and not self.class_token:
             raise ValueError("pool='cls' needs class_token=True: there is no CLS token to classify from")
+        if self.patch_embed not in PATCH_EMBED_CHOICES:
+            raise ValueError(f"patch_embed must be one of {PATCH_EMBED_CHOICES}, got {self.patch_embed!r}")
+        if self.patch_embed == "shifted" and min(self.patch_size) < 2:
+            raise ValueError(
+                f"patch_embed='shifted' shifts the image by half a patch, and patch_size {self.patch_size} has no "
+                f"half: use patches of at least 2x2"
+            )
+        if not isinstance(self.locality_attention, bool):
+            raise ValueError(f"locality_attention must be true or false, got {self.locality_attention!r}")
+        if self.locality_attention and self.num_prefix_tokens + self.num_patches < 2:
+            raise ValueError(
+                "locality_attention masks each token's attention to itself, so it needs at least 2 tokens; "
+                f"this model has 1 (grid {self.grid_size}, no class token)"
+            )
+        if not isinstance(self.conv_stem, int) or isinstance(self.conv_stem, bool) or self.conv_stem < 0:
+            raise ValueError(
+                f"conv_stem must be an int >= 0 (3x3 convolutions before the patches; 0: none), got {self.conv_stem!r}"
+            )
         for name in ("dropout", "attention_dropout", "drop_path"):
             value = getattr(self, name)
             if not _is_number(value) or not 0.0 <= value < 1.0:
@@ -172,14 +199,27 @@ class ViTConfig:
             return n_in * n_out + (n_out if bias else 0)
 
         d, norm = self.hidden_dim, 2 * self.hidden_dim  # a LayerNorm: weight and bias
-        patch_embed = linear(self.in_channels * self.patch_size[0] * self.patch_size[1], d)
+        width = self.conv_stem_width
+        stem_in = [self.in_channels] + [width] * (self.conv_stem - 1) if self.conv_stem else []
+        stem = sum(linear(9 * channels, width, bias=False) + 2 * width for channels in stem_in)  # conv, GroupNorm
+        patch = (width if self.conv_stem else self.in_channels) * self.patch_size[0] * self.patch_size[1]
+        if self.patch_embed == "shifted":
+            patch_embed = 2 * 5 * patch + linear(5 * patch, d)  # LayerNorm over the five views' patches, projection
+        else:
+            patch_embed = linear(patch, d)
         cls_token = d if self.class_token else 0
         positions = d * (self.num_prefix_tokens + self.num_patches) if self.pos_embed == "learned" else 0
-        attention = 3 * linear(d, d, self.qkv_bias) + linear(d, d)
+        attention = 3 * linear(d, d, self.qkv_bias) + linear(d, d) + (self.num_heads if self.locality_attention else 0)
         block = 2 * norm + attention + linear(d, self.mlp_dim) + linear(self.mlp_dim, d)
+        seq_pool = linear(d, 1) if self.pool == "seq" else 0
         pre_logits = linear(d, self.pre_logits_dim) if self.pre_logits_dim else 0
         head = linear(self.pre_logits_dim or d, self.num_classes) if self.num_classes else 0
-        return patch_embed + cls_token + positions + self.depth * block + norm + pre_logits + head
+        return stem + patch_embed + cls_token + positions + self.depth * block + norm + seq_pool + pre_logits + head
+
+    @property
+    def conv_stem_width(self) -> int:
+        """Channels of the convolutional stem's layers: half the token width."""
+        return max(self.hidden_dim // 2, 1)
 
     @property
     def labels(self) -> list[str]:

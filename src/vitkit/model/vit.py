@@ -3,6 +3,10 @@
 image -> patches -> linear projection (patch embeddings) -> + position vectors, CLS token first
 -> encoder blocks [LayerNorm -> multi-head self-attention -> residual -> LayerNorm -> MLP -> residual]
 -> LayerNorm -> classification head on the CLS token (or on the mean of the patch tokens).
+
+Options for small data sets, each a small module below and off by default: a convolutional stem before the
+patches (ConvStem), shifted patch tokenization (ShiftedPatchEmbedding), locality self-attention
+(LocalityAttention) and sequence pooling (SequencePooling).
 """
 
 from __future__ import annotations
@@ -39,6 +43,38 @@ def patchify(images: Tensor, patch_size: Pair) -> Tensor:
     return patches.reshape(b, (h // ph) * (w // pw), c * ph * pw)
 
 
+class ConvStem(nn.Module):
+    """Early convolutions (Xiao et al., 2021, "Early Convolutions Help Transformers See Better"), for small images.
+
+    ``conv_stem`` 3x3 convolutions, each normalised and followed by a ReLU, turn the pixels into local features
+    before the patches are cut: a convolution's bias towards nearby pixels is what a ViT lacks on little data.
+    Stride 1 keeps the image size, so the patch grid (and with it the position vectors and every map drawn over
+    the grid) is unchanged. The paper's stem normalises with BatchNorm; this one with GroupNorm of one group, each
+    image by its own statistics, so that splitting a batch between processes or accumulation steps changes nothing.
+    """
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        self.width = config.conv_stem_width  # half the token width
+        layers: list[nn.Module] = []
+        for i in range(config.conv_stem):
+            channels = config.in_channels if i == 0 else self.width
+            conv = nn.Conv2d(channels, self.width, kernel_size=3, padding=1, bias=False)
+            layers += [conv, nn.GroupNorm(1, self.width), nn.ReLU()]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.layers(images)  # (B, C, H, W) -> (B, width, H, W)
+
+
+def stem_and_channels(config: ViTConfig) -> tuple[nn.Module, int]:
+    """The convolutional stem (or nothing) and the channels the patches are then cut from."""
+    if config.conv_stem:
+        stem = ConvStem(config)
+        return stem, stem.width
+    return nn.Identity(), config.in_channels
+
+
 class PatchEmbedding(nn.Module):
     """Steps 1-2: patches through a trainable linear projection to ``hidden_dim``: the patch embeddings.
 
@@ -48,12 +84,46 @@ class PatchEmbedding(nn.Module):
 
     def __init__(self, config: ViTConfig) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(
-            config.in_channels, config.hidden_dim, kernel_size=config.patch_size, stride=config.patch_size
-        )
+        self.stem, channels = stem_and_channels(config)
+        self.proj = nn.Conv2d(channels, config.hidden_dim, kernel_size=config.patch_size, stride=config.patch_size)
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.proj(images).flatten(2).transpose(1, 2)  # (B, D, gh, gw) -> (B, num_patches, D)
+        return self.proj(self.stem(images)).flatten(2).transpose(1, 2)  # (B, D, gh, gw) -> (B, num_patches, D)
+
+
+class ShiftedPatchEmbedding(nn.Module):
+    """Shifted patch tokenization (Lee, Lee & Song, 2021, "Vision Transformer for Small-Size Datasets").
+
+    A patch also sees half a patch of its neighbours: the image and four copies of it shifted diagonally by half
+    a patch (zeros where a copy reads outside the image) are stacked on the channels, cut into patches, flattened,
+    layer-normalised and projected linearly to ``hidden_dim``. Each token then covers twice the patch's width and
+    height, more context per token for a model that has to learn locality from few images.
+    """
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        self.stem, channels = stem_and_channels(config)
+        self.patch_size = config.patch_size
+        half_h, half_w = config.patch_size[0] // 2, config.patch_size[1] // 2
+        # (dy, dx): the copy at (y, x) holds the image at (y + dy, x + dx): up-left, up-right, down-left, down-right.
+        self.shifts = [(dy, dx) for dy in (-half_h, half_h) for dx in (-half_w, half_w)]
+        features = 5 * channels * config.patch_size[0] * config.patch_size[1]
+        self.norm = nn.LayerNorm(features, eps=config.layer_norm_eps)
+        self.proj = nn.Linear(features, config.hidden_dim)
+
+    def shifted_views(self, images: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, 5C, H, W): the image, then its four diagonally shifted copies."""
+        height, width = images.shape[-2:]
+        half_h, half_w = self.patch_size[0] // 2, self.patch_size[1] // 2
+        padded = F.pad(images, (half_w, half_w, half_h, half_h))  # zeros around the image
+        copies = [
+            padded[..., half_h + dy : half_h + dy + height, half_w + dx : half_w + dx + width] for dy, dx in self.shifts
+        ]
+        return torch.cat([images, *copies], dim=1)
+
+    def forward(self, images: Tensor) -> Tensor:
+        patches = patchify(self.shifted_views(self.stem(images)), self.patch_size)  # (B, num_patches, 5C * ph * pw)
+        return self.proj(self.norm(patches))  # (B, num_patches, D)
 
 
 def sincos_position_vectors(grid_size: Pair, dim: int, num_prefix_tokens: int) -> Tensor:
@@ -79,6 +149,29 @@ def _fusable(layers: Sequence[nn.Module]) -> bool:
     return plain and len({layer.bias is None for layer in layers}) == 1
 
 
+class LocalityAttention(nn.Module):
+    """Locality self-attention (Lee, Lee & Song, 2021, "Vision Transformer for Small-Size Datasets").
+
+    Two changes that sharpen the attention of a ViT trained on little data: a learned temperature per head takes
+    the place of the fixed sqrt(d), softmax(q k^T / tau), and each token's logit for itself is masked out, so its
+    attention goes to the other tokens (the residual connection already carries the token itself). The temperature
+    starts at sqrt(d): at initialisation only the mask differs from plain attention.
+    """
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        self.head_dim = config.hidden_dim // config.num_heads
+        self.temperature = nn.Parameter(torch.full((config.num_heads,), math.sqrt(self.head_dim)))
+
+    def forward(self, q: Tensor) -> tuple[Tensor, Tensor]:
+        """Queries (B, h, N, d) rescaled so that the usual q k^T / sqrt(d) becomes q k^T / tau, and the (N, N)
+        mask to add to the logits: -inf on the diagonal, 0 elsewhere (a fused kernel takes both as they are)."""
+        n = q.shape[-2]
+        q = q * (math.sqrt(self.head_dim) / self.temperature).to(q.dtype)[:, None, None]
+        itself = torch.eye(n, dtype=torch.bool, device=q.device)
+        return q, torch.zeros(n, n, dtype=q.dtype, device=q.device).masked_fill(itself, float("-inf"))
+
+
 class MultiHeadSelfAttention(nn.Module):
     """Multi-head self-attention: q, k, v from three distinct linear layers, h heads, concatenated, projected."""
 
@@ -89,6 +182,7 @@ class MultiHeadSelfAttention(nn.Module):
         self.q = nn.Linear(config.hidden_dim, config.hidden_dim, bias=config.qkv_bias)
         self.k = nn.Linear(config.hidden_dim, config.hidden_dim, bias=config.qkv_bias)
         self.v = nn.Linear(config.hidden_dim, config.hidden_dim, bias=config.qkv_bias)
+        self.locality = LocalityAttention(config) if config.locality_attention else None
         self.attention_dropout = config.attention_dropout
         self.proj = nn.Linear(config.hidden_dim, config.hidden_dim)
         self.proj_dropout = nn.Dropout(config.dropout)
@@ -121,16 +215,40 @@ class MultiHeadSelfAttention(nn.Module):
         """(B, N, D) -> (B, N, D). With ``return_attention`` the softmax is spelled out, and its probabilities
         (B, h, N, N), each row summing to 1, come back too: read from this pass, not computed a second time."""
         q, k, v = (self.split_heads(t) for t in self.project_qkv(x))
+        mask = None
+        if self.locality is not None:
+            q, mask = self.locality(q)  # LSA: logits q k^T / tau, none for a token and itself
         dropout = self.attention_dropout if self.training else 0.0
         if return_attention:
-            attention = (q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)).softmax(dim=-1)  # (B, h, N, N)
+            logits = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
+            attention = (logits if mask is None else logits + mask).softmax(dim=-1)  # (B, h, N, N)
             heads = F.dropout(attention, dropout) @ v
-        else:
-            heads = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # softmax(q k^T / sqrt(d)) v, fused
+        else:  # softmax(q k^T / sqrt(d) + mask) v, fused
+            heads = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         b, _, n, _ = heads.shape
         concatenated = heads.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)  # (B, N, D)
         out = self.proj_dropout(self.proj(concatenated))
         return (out, attention) if return_attention else out
+
+
+class SequencePooling(nn.Module):
+    """Sequence pooling (Hassani et al., 2021, "Escaping the Big Data Paradigm with Compact Transformers").
+
+    The classifier reads a weighted mean of the patch tokens whose weights the model learns to give: a linear
+    layer scores each token, a softmax over the sequence turns the scores into weights. No CLS token is needed,
+    and unlike the plain mean the tokens that matter can count more.
+    """
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        self.score = nn.Linear(config.hidden_dim, 1)
+
+    def weights(self, tokens: Tensor) -> Tensor:
+        """(B, N, D) -> (B, N): each token's weight, every row summing to 1."""
+        return self.score(tokens).squeeze(-1).softmax(dim=-1)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return (self.weights(tokens).unsqueeze(1) @ tokens).squeeze(1)  # (B, 1, N) @ (B, N, D) -> (B, D)
 
 
 class MLP(nn.Module):
@@ -179,7 +297,7 @@ class VisionTransformer(nn.Module):
         elif kwargs:
             config = config.replace(**kwargs)
         self.config = config
-        self.patch_embed = PatchEmbedding(config)
+        self.patch_embed = ShiftedPatchEmbedding(config) if config.patch_embed == "shifted" else PatchEmbedding(config)
         num_positions = config.num_prefix_tokens + config.num_patches
         if config.class_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_dim))
@@ -203,6 +321,7 @@ class VisionTransformer(nn.Module):
             if config.pre_logits_dim
             else nn.Identity()
         )
+        self.seq_pool = SequencePooling(config) if config.pool == "seq" else None
         self.head = nn.Linear(self.head_input_dim, config.num_classes) if config.num_classes else nn.Identity()
         self.reset_parameters()
 
@@ -272,11 +391,15 @@ class VisionTransformer(nn.Module):
         return self.norm(x)
 
     def forward_head(self, tokens: Tensor) -> Tensor:
-        """Logits from the CLS token, or from the mean of the patch tokens when ``pool='mean'``."""
+        """Logits from the CLS token, or from the mean of the patch tokens (``pool='mean'``), or from their learned
+        weighted mean (``pool='seq'``)."""
+        patches = tokens[:, self.config.num_prefix_tokens :]
         if self.config.pool == "cls":
             pooled = tokens[:, 0]
+        elif self.seq_pool is not None:
+            pooled = self.seq_pool(patches)
         else:
-            pooled = tokens[:, self.config.num_prefix_tokens :].mean(dim=1)
+            pooled = patches.mean(dim=1)
         return self.head(self.pre_logits(self.fc_norm(pooled)))
 
     def forward(self, images: Tensor) -> Tensor:

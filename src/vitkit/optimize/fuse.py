@@ -42,6 +42,7 @@ class FusedSelfAttention(nn.Module):
         self.num_heads = attention.num_heads
         self.head_dim = attention.head_dim
         self.qkv = stack_linears([attention.q, attention.k, attention.v])
+        self.locality = attention.locality  # locality self-attention's temperatures, when the model has them
         self.proj = attention.proj
 
     def qkv_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -55,9 +56,13 @@ class FusedSelfAttention(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """The attention output (B, N, D), the keys (B, h, N, d) and, when asked, the probabilities (B, h, N, N).
 
-        ``bias`` is added to the logits: softmax(q k^T / sqrt(d) + bias) v.
+        ``bias`` is added to the logits: softmax(q k^T / sqrt(d) + bias) v (with locality self-attention, its
+        temperatures rescale q and its mask is added too).
         """
         q, k, v = self.qkv_heads(x)
+        if self.locality is not None:
+            q, mask = self.locality(q)
+            bias = mask if bias is None else bias + mask
         attention = None
         if return_attention:
             logits = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)

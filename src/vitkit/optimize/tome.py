@@ -78,7 +78,7 @@ class ProportionalAttention(FusedSelfAttention):
     def __init__(self, attention: FusedSelfAttention, sizes: TokenSizes) -> None:
         nn.Module.__init__(self)
         self.num_heads, self.head_dim = attention.num_heads, attention.head_dim
-        self.qkv, self.proj = attention.qkv, attention.proj
+        self.qkv, self.proj, self.locality = attention.qkv, attention.proj, attention.locality
         self.token_sizes = sizes
 
     def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:

@@ -35,7 +35,7 @@ from vitkit.data.augment_config import (
     AugmentConfig,
     default_augment,
 )
-from vitkit.model.config import POOL_CHOICES, POS_EMBED_CHOICES, Pair, ViTConfig, to_pair
+from vitkit.model.config import PATCH_EMBED_CHOICES, POOL_CHOICES, POS_EMBED_CHOICES, Pair, ViTConfig, to_pair
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -43,7 +43,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 TRAIN_CONFIG_FILE = "train_config.json"
-DEFAULT_MODEL = "vit_digits"
+DEFAULT_MODEL = "vit_digits_stem"
 AMP_CHOICES = ("auto", "bf16", "off")
 # Settings that may change when a run is resumed without changing what it computes (epochs extends the schedule).
 RESUMABLE_CHANGES = frozenset(
@@ -66,13 +66,19 @@ _VIT_HELP = {
     "num_heads": "attention heads per block",
     "mlp_dim": "hidden width of the blocks' MLP",
     "pos_embed": "position vectors: learned, or fixed 2-D sine-cosine",
-    "pool": "classify from the CLS token or from the mean of the patch tokens",
-    "class_token": "prepend a CLS token (--no-class-token needs --pool mean)",
+    "pool": "classify from the CLS token, the mean of the patch tokens, or their learned weighted mean (seq: "
+    "sequence pooling, Hassani et al. 2021)",
+    "class_token": "prepend a CLS token (--no-class-token needs --pool mean or seq)",
     "dropout": "dropout rate",
     "attention_dropout": "dropout rate of the attention weights",
     "drop_path": "stochastic depth rate of the last block (rises linearly with depth); recipe default 0.1",
     "qkv_bias": "biases on the query, key and value projections",
     "layer_norm_eps": "LayerNorm epsilon",
+    "patch_embed": "patch embedding: the ViT paper's linear projection, or shifted patch tokenization (Lee, Lee and "
+    "Song 2021: each patch also sees half a patch of its neighbours)",
+    "locality_attention": "locality self-attention (Lee, Lee and Song 2021): learned temperature per head, no "
+    "attention of a token to itself",
+    "conv_stem": "3x3 convolutions (GroupNorm, ReLU) before the patches are cut; 0: none",
 }
 _AUGMENT_HELP = {
     "crop_scale_min": "smallest area fraction of the random resized crop; 1 turns it off",
@@ -85,7 +91,7 @@ _AUGMENT_HELP = {
     "randaugment_magnitude": "RandAugment magnitude (0-30)",
     "random_erasing": "probability of random erasing",
 }
-_CHOICES = {"pos_embed": POS_EMBED_CHOICES, "pool": POOL_CHOICES}
+_CHOICES = {"pos_embed": POS_EMBED_CHOICES, "pool": POOL_CHOICES, "patch_embed": PATCH_EMBED_CHOICES}
 
 
 def _flag(default: Any, help: str, **argparse_options: Any) -> Any:
@@ -126,7 +132,7 @@ class TrainConfig:
         metavar="RUN_DIR_OR_FILE",
     )
     # --- optimisation
-    epochs: int = _flag(60, "passes over the training set")
+    epochs: int = _flag(40, "passes over the training set")
     batch_size: int = _flag(64, "images per forward pass over all processes (split evenly between them)")
     accum_steps: int = _flag(1, "forward passes per optimizer step (gradient accumulation)")
     lr: float = _flag(1e-3, "peak learning rate of AdamW")
@@ -231,7 +237,7 @@ class TrainConfig:
 
     @property
     def model_name(self) -> str:
-        """The named model a run starts from (vit_digits unless told or fine-tuning)."""
+        """The named model a run starts from (DEFAULT_MODEL unless told or fine-tuning)."""
         return self.model or DEFAULT_MODEL
 
 
