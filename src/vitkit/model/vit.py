@@ -143,12 +143,6 @@ def sincos_position_vectors(grid_size: Pair, dim: int, num_prefix_tokens: int) -
     return table.float().unsqueeze(0)
 
 
-def _fusable(layers: Sequence[nn.Module]) -> bool:
-    """Whether ``layers`` can be run as one stacked product: plain ``nn.Linear``s, no hooks, all biased or none."""
-    plain = all(type(layer) is nn.Linear and not (layer._forward_hooks or layer._forward_pre_hooks) for layer in layers)
-    return plain and len({layer.bias is None for layer in layers}) == 1
-
-
 class LocalityAttention(nn.Module):
     """Locality self-attention (Lee, Lee & Song, 2021, "Vision Transformer for Small-Size Datasets").
 
@@ -191,30 +185,10 @@ class MultiHeadSelfAttention(nn.Module):
         b, n, _ = x.shape
         return x.reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, N, d)
 
-    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """q, k, v (B, N, D), each from its own linear layer: ``self.q(x)``, ``self.k(x)``, ``self.v(x)``.
-
-        When gradients flow (training) the three products are done as one, x @ [Wq; Wk; Wv]^T + [bq; bk; bv]:
-        the same numbers, one (D -> 3D) multiply forward and one backward instead of three. Measured on
-        ViT-S/16 AdamW steps at batch 32 (2 CPU threads): the peak memory from the second step on fell from
-        about 2,930 to 2,720 MiB, timm's level (its one fused qkv layer: 2,750 MiB); the speed stayed timm's
-        (within 2 %). The layers stay three, with their own weights, state-dict keys and gradients: autograd
-        of the concatenation hands each layer its share. At inference (no gradients) the three layers are
-        called: the concatenation would copy the weights on every call, for no measured gain. So are layers
-        that are not plain ``nn.Linear`` (quantized, wrapped) or that carry hooks.
-        """
-        layers = (self.q, self.k, self.v)
-        if not (torch.is_grad_enabled() and _fusable(layers)):
-            return self.q(x), self.k(x), self.v(x)
-        weight = torch.cat([layer.weight for layer in layers])
-        bias = None if self.q.bias is None else torch.cat([layer.bias for layer in layers])
-        q, k, v = F.linear(x, weight, bias).chunk(3, dim=-1)
-        return q, k, v
-
     def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """(B, N, D) -> (B, N, D). With ``return_attention`` the softmax is spelled out, and its probabilities
         (B, h, N, N), each row summing to 1, come back too: read from this pass, not computed a second time."""
-        q, k, v = (self.split_heads(t) for t in self.project_qkv(x))
+        q, k, v = self.split_heads(self.q(x)), self.split_heads(self.k(x)), self.split_heads(self.v(x))
         mask = None
         if self.locality is not None:
             q, mask = self.locality(q)  # LSA: logits q k^T / tau, none for a token and itself
