@@ -25,7 +25,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="registered model names")
     parser.add_argument("--batch-sizes", nargs="+", type=int_at_least(1), default=[1, 16], help="default: 1 16")
-    parser.add_argument("--rounds", type=int_at_least(1), default=5, help="timed rounds (default: 5)")
+    parser.add_argument("--rounds", type=int_at_least(1), default=3, help="timed rounds (default: 3)")
     parser.add_argument("--threads", type=int_at_least(1), help="torch and ONNX Runtime threads (default: torch's)")
     parser.add_argument(
         "--peers", nargs="*", choices=PEERS, default=list(PEERS), help="peer libraries to time (default: all installed)"
