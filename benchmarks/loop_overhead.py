@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from vitkit.data.batch_augment import step_generator
 from vitkit.evaluation import tally
 from vitkit.training import TrainConfig, build_model, build_run_data, train
+from vitkit.training.config import DEFAULT_MODEL
 from vitkit.training.distributed import DistContext
 from vitkit.training.loaders import Loaders
 
@@ -71,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", help="an image folder (default: the built-in digits)")
     parser.add_argument("--image-size", type=int)
-    parser.add_argument("--model", default="vit_digits")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--epochs", type=int, default=4, help="epochs per round (the first of each is not counted)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())

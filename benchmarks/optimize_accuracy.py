@@ -42,9 +42,12 @@ OPTIONS: dict[str, dict[str, Any]] = {
 SPEED_OPTIONS = {
     label: OPTIONS[label]
     for label in ("float32", "exact (fused q/k/v)", "fused + int8", "default (fused + int8 + ToMe)", "int8 via torchao", "bf16",
-                  "ONNX Runtime int8")  # fmt: skip
+                  "ONNX Runtime fp32", "ONNX Runtime int8")  # fmt: skip
 }
+# ToMe on ViT-B/16 (196 patches, 12 blocks) at the digits runs' shares: r=4 merges a quarter of the patches
+# (as r=1 on vit_digits and the default), r=8 half of them (as r=2).
 SPEED_OPTIONS.update({
+    "ToMe r=4": {"int8": False, "tome": 4},
     "ToMe r=8": {"int8": False, "tome": 8},
     "int8 + ToMe r=8": {"tome": 8},
     "bf16 + ToMe r=8": {"bf16": True, "tome": 8},

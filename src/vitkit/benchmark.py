@@ -5,8 +5,8 @@ vit-pytorch, ONNX Runtime int8) is timed once per round, round after round, so t
 machine hits all of them alike; images/s is the median over rounds. GFLOP/s uses the architecture's
 multiply-adds (counted once with torch's FlopCounterMode on the plain model, 2 FLOPs each), and its share
 of a float32 matrix-multiply peak timed in the same rounds. Peak memory is the peak resident memory of a
-fresh process that builds the model and runs the batch (each batch size in turn, smallest first, the peak reset
-between them), minus that process's memory after importing torch, vitkit and the model's library.
+fresh process that builds the model, then runs the batch (each batch size in turn, smallest first, the peak reset
+before each), minus that process's memory after importing torch, vitkit and the model's library.
 Peers are optional (the `bench` extra): a missing one is skipped with a note.
 """
 
@@ -187,9 +187,11 @@ def _reset_peak() -> None:
 def _peak_memory_child(task: tuple, queue: Any) -> None:
     """In a fresh process: import, build, run each batch once; report (peak RSS - RSS after imports) in MiB each.
 
+    The peak is reset before each batch (smallest first): it is the running model's, with its weights and
+    whatever building left resident, not building's own passing peak (an ONNX export, ``optimize``'s copy).
     Not getrusage's ru_maxrss on Linux: a spawned child starts with its parent's peak (the kernel keeps the
     forked copy's peak across exec), so under a parent bigger than the model every child reported 0. VmHWM
-    is the child's own address space's peak, reset after the imports and after each batch (smallest first).
+    is the child's own address space's peak.
     """
     label, name, image_size, batch_sizes, threads, train = task
     torch.set_num_threads(threads)
@@ -197,32 +199,33 @@ def _peak_memory_child(task: tuple, queue: Any) -> None:
         with contextlib.suppress(ImportError):  # build() logs it and gives None
             importlib.import_module(LIBRARY_MODULES[label])
     before, _ = _memory_kib()
-    _reset_peak()
     model = build(label, name, image_size)
     if model is None:
         queue.put(None)
         return
     peaks = {}
     for batch_size in sorted(batch_sizes):
+        _reset_peak()
         images = torch.randn(batch_size, 3, image_size, image_size)
-        if train:
-            _training_step(model.train(), torch.optim.AdamW(model.parameters()), images)()
+        if train:  # two steps: from the second on, AdamW's state and the last gradients are held too
+            step = _training_step(model.train(), torch.optim.AdamW(model.parameters()), images)
+            step()
+            step()
         else:
             with torch.inference_mode():
                 model(images)
         del images
         peaks[batch_size] = (_memory_kib()[1] - before) / 1024
-        _reset_peak()
     queue.put(peaks)
 
 
 def peak_memories_mib(
     label: str, name: str, image_size: int, batch_sizes: list[int], threads: int, train: bool = False
 ) -> list[float | None]:
-    """Peak memory of building ``label`` and running each batch (or one training step each), in MiB.
+    """Peak memory of ``label`` running each batch (or two training steps each), in MiB, above its imports.
 
-    One fresh process builds the model and runs the batches, smallest first, the peak reset between them: each
-    figure is about the memory that a process running only that batch would need above its imports.
+    One fresh process builds the model and runs the batches, smallest first, the peak reset before each: each
+    figure is about the memory that a process running only that batch needs above its imports, once built.
     """
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
@@ -238,7 +241,7 @@ def peak_memories_mib(
 def peak_memory_mib(
     label: str, name: str, image_size: int, batch_size: int, threads: int, train: bool = False
 ) -> float | None:
-    """Peak memory of building ``label`` and running one batch (or one training step), in MiB, in a fresh process."""
+    """Peak memory of ``label`` running one batch (or two training steps), in MiB, measured in a fresh process."""
     return peak_memories_mib(label, name, image_size, [batch_size], threads, train)[0]
 
 

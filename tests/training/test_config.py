@@ -165,7 +165,7 @@ def test_resume_starts_from_the_saved_config(tmp_path: Path) -> None:
 def test_default_run_folder_is_named_after_data_and_model(tmp_path) -> None:
     from vitkit.training import prepare_config
 
-    assert Path(prepare_config(TrainConfig()).out).name.startswith("digits-vit_digits-")
+    assert Path(prepare_config(TrainConfig()).out).name.startswith("digits-vit_digits_stem-")
     assert Path(prepare_config(TrainConfig(init_from=str(tmp_path))).out).name.startswith("digits-finetuned-")
     assert prepare_config(TrainConfig(name="mine")).out == str(Path("runs") / "mine")
 
@@ -177,4 +177,4 @@ def test_a_run_without_out_or_model_is_named_after_the_default_model(tmp_path, m
 
     monkeypatch.chdir(tmp_path)
     result = train(TrainConfig.from_dict(dict(**TINY, epochs=1, progress=False, tensorboard=False)))
-    assert result.run_dir.parent == Path("runs") and result.run_dir.name.startswith("digits-vit_digits-")
+    assert result.run_dir.parent == Path("runs") and result.run_dir.name.startswith("digits-vit_digits_stem-")

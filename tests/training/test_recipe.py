@@ -204,7 +204,7 @@ def test_image_folder_with_augmentation_and_mixing_flags(tiny, tmp_path: Path) -
     config = tiny(data_dir=str(folder), batch_size=16, **flags)
     result = train(config)
     saved = load_train_config(result.run_dir)
-    assert saved.to_dict() == {**config.to_dict(), "model": "vit_digits", "name": "run"}
+    assert saved.to_dict() == {**config.to_dict(), "model": "vit_digits_stem", "name": "run"}
     assert result.model.image_size == (12, 12) and result.model.patch_size == (4, 4)
     assert result.model.config.class_names == ["eight", "five", "three"]
     assert all(0 <= record["train_acc"] <= 1 for record in result.history)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="registered model names")
     parser.add_argument("--batch-sizes", nargs="+", type=int_at_least(1), default=[1, 16], help="default: 1 16")
-    parser.add_argument("--rounds", type=int_at_least(1), default=5, help="timed rounds (default: 5)")
+    parser.add_argument("--rounds", type=int_at_least(1), default=3, help="timed rounds (default: 3)")
     parser.add_argument("--threads", type=int_at_least(1), help="torch and ONNX Runtime threads (default: torch's)")
     parser.add_argument(
         "--peers", nargs="*", choices=PEERS, default=list(PEERS), help="peer libraries to time (default: all installed)"
@@ -74,25 +75,31 @@ def run(args: argparse.Namespace) -> int:
     if args.quick:
         args.rounds, args.no_memory, args.scaling_sizes, args.train_batch_size = min(args.rounds, 2), True, [], 0
     memory = not args.no_memory
+    start = time.perf_counter()
+    comparisons: list[benchmark.Comparison] = []
+
+    def show(comparison: benchmark.Comparison) -> None:
+        print_table(comparison.to_dict())
+        print(f"  ({time.perf_counter() - start:.0f} s into the run)")
+        comparisons.append(comparison)
+
     labels = ["vitkit", "vitkit exact", *(["vitkit fast", "onnxruntime int8"] if args.fast else []), *args.peers]
-    comparisons = []
     for name in args.models:
         for comparison in benchmark.compare_inference(name, 224, args.batch_sizes, labels, args.rounds, memory):
-            print_table(comparison.to_dict())
-            comparisons.append(comparison)
+            show(comparison)
     for size in args.scaling_sizes:
         scaling_labels = ["vitkit", *(["vitkit fast"] if args.fast else []), *(["timm"] if "timm" in args.peers else [])]
         for comparison in benchmark.compare_inference("vit_small_patch16_224", size, [1], scaling_labels, args.rounds, memory):
-            print_table(comparison.to_dict())
-            comparisons.append(comparison)
+            show(comparison)
     if args.train_batch_size:
         comparison = benchmark.compare_training("vit_small_patch16_224", args.train_batch_size, args.rounds, memory)
-        print_table(comparison.to_dict())
-        comparisons.append(comparison)
+        show(comparison)
     machine = {"cpu": _cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                "python": platform.python_version()}  # fmt: skip
-    write_json({"machine": machine, "comparisons": [c.to_dict() for c in comparisons]}, Path(args.json))
-    print(f"\nresults: {args.json} ({machine['cpu']})")
+    seconds = time.perf_counter() - start
+    results = {"machine": machine, "run_seconds": seconds, "comparisons": [c.to_dict() for c in comparisons]}
+    write_json(results, Path(args.json))
+    print(f"\nresults: {args.json} ({machine['cpu']}; the run took {seconds / 60:.1f} min)")
     return 0
 
 

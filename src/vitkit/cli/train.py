@@ -17,8 +17,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     parser = commands.add_parser(
         "train",
-        help="train a model (default: vit_digits on the built-in digits data set)",
-        description="Train a Vision Transformer. With no arguments: vit_digits on scikit-learn's 8x8 digits.",
+        help="train a model (default: vit_digits_stem on the built-in digits data set)",
+        description="Train a Vision Transformer. With no arguments: vit_digits_stem on scikit-learn's 8x8 digits.",
     )
     add_train_arguments(parser)
     parser.add_argument(

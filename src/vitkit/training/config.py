@@ -43,7 +43,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 TRAIN_CONFIG_FILE = "train_config.json"
-DEFAULT_MODEL = "vit_digits"
+DEFAULT_MODEL = "vit_digits_stem"
 AMP_CHOICES = ("auto", "bf16", "off")
 # Settings that may change when a run is resumed without changing what it computes (epochs extends the schedule).
 RESUMABLE_CHANGES = frozenset(
@@ -132,7 +132,7 @@ class TrainConfig:
         metavar="RUN_DIR_OR_FILE",
     )
     # --- optimisation
-    epochs: int = _flag(60, "passes over the training set")
+    epochs: int = _flag(40, "passes over the training set")
     batch_size: int = _flag(64, "images per forward pass over all processes (split evenly between them)")
     accum_steps: int = _flag(1, "forward passes per optimizer step (gradient accumulation)")
     lr: float = _flag(1e-3, "peak learning rate of AdamW")
@@ -237,7 +237,7 @@ class TrainConfig:
 
     @property
     def model_name(self) -> str:
-        """The named model a run starts from (vit_digits unless told or fine-tuning)."""
+        """The named model a run starts from (DEFAULT_MODEL unless told or fine-tuning)."""
         return self.model or DEFAULT_MODEL
 
 

@@ -76,7 +76,7 @@ def build_run_data(config: TrainConfig, channels: int | None = None) -> DataBund
 
 
 def build_model(config: TrainConfig, data: DataBundle, init_config: ViTConfig | None = None) -> VisionTransformer:
-    """The architecture of ``config.model`` (else of the fine-tuning source, else vit_digits) with the run's
+    """The architecture of ``config.model`` (else of the fine-tuning source, else vit_digits_stem) with the run's
     ``vit`` overrides, fitted to the data (size, channels, classes, normalisation)."""
     base = init_config if config.model is None and init_config is not None else get_config(config.model_name)
     return VisionTransformer(
