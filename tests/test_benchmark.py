@@ -23,3 +23,14 @@ def test_peak_memory_grows_with_the_batch_even_under_a_big_parent() -> None:
         assert one is not None and sixteen is not None, label
         assert one >= weights_mib, label  # the model's weights are resident at the peak
         assert sixteen - one >= 15 * IMAGE_MIB, label  # at least the 15 more input images, resident throughout
+
+
+def test_a_subset_of_rows_is_compared_with_its_own_fastest_peer() -> None:
+    comparison = benchmark.Comparison("vit_small_patch16_224", 224, 1, "inference", 2, 100.0, [
+        benchmark.Row("vitkit", 10.0), benchmark.Row("timm", 5.0), benchmark.Row("transformers", 20.0),
+    ])  # fmt: skip
+    whole = benchmark.with_peer_ratios(comparison)
+    assert [row.ratio_to_fastest_peer for row in whole.rows] == [0.5, 0.25, 1.0]
+    subset = benchmark.with_peer_ratios(comparison, ["vitkit", "timm"])
+    assert [(row.label, row.ratio_to_fastest_peer) for row in subset.rows] == [("vitkit", 2.0), ("timm", 1.0)]
+    assert [row.ratio_to_fastest_peer for row in comparison.rows] == [None, None, None]  # the original is left as it was

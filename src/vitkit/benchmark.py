@@ -13,6 +13,7 @@ Peers are optional (the `bench` extra): a missing one is skipped with a note.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ctypes
 import gc
 import importlib
@@ -298,6 +299,16 @@ class Comparison:
         return {**{k: v for k, v in self.__dict__.items() if k != "rows"}, "rows": [r.__dict__ for r in self.rows]}
 
 
+def with_peer_ratios(comparison: Comparison, labels: list[str] | None = None) -> Comparison:
+    """``comparison`` (only the rows of ``labels``, if given) with each row's images/s over the fastest fp32
+    peer's among those rows: the scaling table at 224 is the main table's rows for vitkit and timm."""
+    rows = [row for row in comparison.rows if labels is None or row.label in labels]
+    fastest = max((row.images_per_s for row in rows if row.label in FP32_PEERS), default=None)
+    return dataclasses.replace(comparison, rows=[
+        dataclasses.replace(row, ratio_to_fastest_peer=row.images_per_s / fastest if fastest else None) for row in rows
+    ])  # fmt: skip
+
+
 def compare_inference(
     name: str,
     image_size: int,
@@ -320,19 +331,16 @@ def compare_inference(
         calls: dict[str, Callable[[], Any]] = {label: (lambda m=model: m(images)) for label, model in models.items()}
         matmul, matmul_flops = _matmul_call()
         calls["matmul peak"] = matmul
-        repeats = max(1, 4 // batch_size)
+        repeats = max(1, 2 // batch_size)  # a batch of 1 twice per timing: calls of 0.05 s and up
         seconds = interleaved_seconds(calls, rounds, repeats)
         peak = matmul_flops / seconds.pop("matmul peak") / 1e9
-        throughput = {label: batch_size / s for label, s in seconds.items()}
-        fastest = max((throughput[p] for p in FP32_PEERS if p in throughput), default=None)
         comparison = Comparison(name, image_size, batch_size, "inference", threads, peak)
-        for label, speed in throughput.items():
+        for label, s in seconds.items():
+            speed = batch_size / s
             gflops = flops * speed / 1e9
             mib = memories[label][i] if memory else None
-            comparison.rows.append(
-                Row(label, speed, speed / fastest if fastest else None, gflops, gflops / peak, mib)
-            )
-        comparisons.append(comparison)
+            comparison.rows.append(Row(label, speed, None, gflops, gflops / peak, mib))
+        comparisons.append(with_peer_ratios(comparison))
         logger.info("%s at %d, batch %d: done", name, image_size, batch_size)
     return comparisons
 
