@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from vitkit import benchmark
@@ -11,12 +12,25 @@ IMAGE_MIB = 3 * 224 * 224 * 4 / 2**20  # one float32 224x224 RGB image
 
 
 def test_peak_memory_grows_with_the_batch_even_under_a_big_parent() -> None:
+    pytest.importorskip("timm")
     # A parent holding 1 GiB, as the benchmark script does after building every model: the children's
     # peaks used to start at the parent's and every row read 0.
     ballast = torch.ones(2**28)  # 1 GiB, written, so resident
-    one, sixteen = benchmark.peak_memories_mib("vitkit", "vit_tiny_patch16_224", 224, [1, 16], threads=1)
+    memories = benchmark.peak_memories_mib(["vitkit", "timm"], "vit_tiny_patch16_224", 224, [1, 16], threads=1)
     assert ballast.sum().item() == 2**28
     weights_mib = sum(p.numel() for p in VisionTransformer(get_config("vit_tiny_patch16_224")).parameters()) * 4 / 2**20
-    assert one is not None and sixteen is not None
-    assert one >= weights_mib  # the model's weights are resident at the peak
-    assert sixteen - one >= 15 * IMAGE_MIB  # at least the 15 more input images, resident throughout the pass
+    for label, (one, sixteen) in memories.items():  # two processes at a time: each peak is still its own
+        assert one is not None and sixteen is not None, label
+        assert one >= weights_mib, label  # the model's weights are resident at the peak
+        assert sixteen - one >= 15 * IMAGE_MIB, label  # at least the 15 more input images, resident throughout
+
+
+def test_a_subset_of_rows_is_compared_with_its_own_fastest_peer() -> None:
+    comparison = benchmark.Comparison("vit_small_patch16_224", 224, 1, "inference", 2, 100.0, [
+        benchmark.Row("vitkit", 10.0), benchmark.Row("timm", 5.0), benchmark.Row("transformers", 20.0),
+    ])  # fmt: skip
+    whole = benchmark.with_peer_ratios(comparison)
+    assert [row.ratio_to_fastest_peer for row in whole.rows] == [0.5, 0.25, 1.0]
+    subset = benchmark.with_peer_ratios(comparison, ["vitkit", "timm"])
+    assert [(row.label, row.ratio_to_fastest_peer) for row in subset.rows] == [("vitkit", 2.0), ("timm", 1.0)]
+    assert [row.ratio_to_fastest_peer for row in comparison.rows] == [None, None, None]  # the original is left as it was

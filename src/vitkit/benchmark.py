@@ -13,6 +13,9 @@ Peers are optional (the `bench` extra): a missing one is skipped with a note.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import ctypes
+import gc
 import importlib
 import logging
 import multiprocessing
@@ -21,6 +24,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,18 +181,23 @@ def _memory_kib() -> tuple[int, int]:
 
 
 def _reset_peak() -> None:
-    """Set the recorded peak resident memory (VmHWM) to the current one (Linux >= 4.0; elsewhere a no-op)."""
+    """Hand freed memory back to the system (glibc's malloc_trim), then set the recorded peak resident memory
+    (VmHWM) to the current one (Linux >= 4.0; elsewhere a no-op)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         logger.debug("cannot reset the peak resident memory: it counts from the process start")
 
 
-def _peak_memory_child(task: tuple, queue: Any) -> None:
+def _peak_memory_child(task: tuple) -> dict[int, float] | None:
     """In a fresh process: import, build, run each batch once; report (peak RSS - RSS after imports) in MiB each.
 
-    The peak is reset before each batch (smallest first): it is the running model's, with its weights and
-    whatever building left resident, not building's own passing peak (an ONNX export, ``optimize``'s copy).
+    Before each batch (smallest first) freed memory is handed back and the peak reset: the figure is the running
+    model's, with its weights, not building's own passing peak (an ONNX export, ``optimize``'s copy) or the
+    allocator's leftovers from it.
     Not getrusage's ru_maxrss on Linux: a spawned child starts with its parent's peak (the kernel keeps the
     forked copy's peak across exec), so under a parent bigger than the model every child reported 0. VmHWM
     is the child's own address space's peak.
@@ -201,8 +210,7 @@ def _peak_memory_child(task: tuple, queue: Any) -> None:
     before, _ = _memory_kib()
     model = build(label, name, image_size)
     if model is None:
-        queue.put(None)
-        return
+        return None
     peaks = {}
     for batch_size in sorted(batch_sizes):
         _reset_peak()
@@ -216,33 +224,39 @@ def _peak_memory_child(task: tuple, queue: Any) -> None:
                 model(images)
         del images
         peaks[batch_size] = (_memory_kib()[1] - before) / 1024
-    queue.put(peaks)
+    return peaks
 
 
 def peak_memories_mib(
-    label: str, name: str, image_size: int, batch_sizes: list[int], threads: int, train: bool = False
-) -> list[float | None]:
-    """Peak memory of ``label`` running each batch (or two training steps each), in MiB, above its imports.
+    labels: list[str],
+    name: str,
+    image_size: int,
+    batch_sizes: list[int],
+    threads: int,
+    train: bool = False,
+    processes: int = 2,
+) -> dict[str, list[float | None]]:
+    """Peak memory of each of ``labels`` running each batch (or two training steps each), in MiB, above its imports.
 
-    One fresh process builds the model and runs the batches, smallest first, the peak reset before each: each
-    figure is about the memory that a process running only that batch needs above its imports, once built.
+    Each label gets one fresh process that builds the model and runs the batches, smallest first, the peak reset
+    before each: each figure is about the memory that a process running only that batch needs once the model is
+    built. ``processes`` of them run at a time (a process's peak is its own, and nothing is timed meanwhile).
     """
     context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(
-        target=_peak_memory_child, args=((label, name, image_size, list(batch_sizes), threads, train), queue)
-    )
-    process.start()
-    peaks = queue.get()
-    process.join()
-    return [None if peaks is None else peaks[b] for b in batch_sizes]
+    with ProcessPoolExecutor(processes, mp_context=context, max_tasks_per_child=1) as pool:
+        futures = {
+            label: pool.submit(_peak_memory_child, (label, name, image_size, list(batch_sizes), threads, train))
+            for label in labels
+        }
+        peaks = {label: future.result() for label, future in futures.items()}
+    return {label: [None if p is None else p[b] for b in batch_sizes] for label, p in peaks.items()}
 
 
 def peak_memory_mib(
     label: str, name: str, image_size: int, batch_size: int, threads: int, train: bool = False
 ) -> float | None:
     """Peak memory of ``label`` running one batch (or two training steps), in MiB, measured in a fresh process."""
-    return peak_memories_mib(label, name, image_size, [batch_size], threads, train)[0]
+    return peak_memories_mib([label], name, image_size, [batch_size], threads, train)[label][0]
 
 
 def _training_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor) -> Callable[[], None]:
@@ -285,6 +299,16 @@ class Comparison:
         return {**{k: v for k, v in self.__dict__.items() if k != "rows"}, "rows": [r.__dict__ for r in self.rows]}
 
 
+def with_peer_ratios(comparison: Comparison, labels: list[str] | None = None) -> Comparison:
+    """``comparison`` (only the rows of ``labels``, if given) with each row's images/s over the fastest fp32
+    peer's among those rows: the scaling table at 224 is the main table's rows for vitkit and timm."""
+    rows = [row for row in comparison.rows if labels is None or row.label in labels]
+    fastest = max((row.images_per_s for row in rows if row.label in FP32_PEERS), default=None)
+    return dataclasses.replace(comparison, rows=[
+        dataclasses.replace(row, ratio_to_fastest_peer=row.images_per_s / fastest if fastest else None) for row in rows
+    ])  # fmt: skip
+
+
 def compare_inference(
     name: str,
     image_size: int,
@@ -299,7 +323,7 @@ def compare_inference(
     if models is None:
         models = {label: model for label in labels if (model := build(label, name, image_size)) is not None}
     flops = flops_per_image(name, image_size)
-    memories = {label: peak_memories_mib(label, name, image_size, batch_sizes, threads) for label in models if memory}
+    memories = peak_memories_mib(list(models), name, image_size, batch_sizes, threads) if memory else {}
     comparisons = []
     for i, batch_size in enumerate(batch_sizes):
         torch.manual_seed(0)
@@ -307,19 +331,16 @@ def compare_inference(
         calls: dict[str, Callable[[], Any]] = {label: (lambda m=model: m(images)) for label, model in models.items()}
         matmul, matmul_flops = _matmul_call()
         calls["matmul peak"] = matmul
-        repeats = max(1, 4 // batch_size)
+        repeats = max(1, 2 // batch_size)  # a batch of 1 twice per timing: calls of 0.05 s and up
         seconds = interleaved_seconds(calls, rounds, repeats)
         peak = matmul_flops / seconds.pop("matmul peak") / 1e9
-        throughput = {label: batch_size / s for label, s in seconds.items()}
-        fastest = max((throughput[p] for p in FP32_PEERS if p in throughput), default=None)
         comparison = Comparison(name, image_size, batch_size, "inference", threads, peak)
-        for label, speed in throughput.items():
+        for label, s in seconds.items():
+            speed = batch_size / s
             gflops = flops * speed / 1e9
             mib = memories[label][i] if memory else None
-            comparison.rows.append(
-                Row(label, speed, speed / fastest if fastest else None, gflops, gflops / peak, mib)
-            )
-        comparisons.append(comparison)
+            comparison.rows.append(Row(label, speed, None, gflops, gflops / peak, mib))
+        comparisons.append(with_peer_ratios(comparison))
         logger.info("%s at %d, batch %d: done", name, image_size, batch_size)
     return comparisons
 
@@ -346,9 +367,10 @@ def compare_training(name: str, batch_size: int, rounds: int, memory: bool) -> C
     peak = matmul_flops / interleaved_seconds({"matmul": matmul}, rounds, 3)["matmul"] / 1e9
     comparison = Comparison(name, image_size, batch_size, "training", threads, peak)
     timm_speed = batch_size / statistics.median(seconds["timm"]) if "timm" in seconds else None
+    memories = peak_memories_mib(list(seconds), name, image_size, [batch_size], threads, train=True) if memory else {}
     for label, values in seconds.items():
         speed = batch_size / statistics.median(values)
-        mib = peak_memory_mib(label, name, image_size, batch_size, threads, train=True) if memory else None
+        mib = memories[label][0] if memory else None
         gflops = flops * speed / 1e9
         comparison.rows.append(Row(label, speed, speed / timm_speed if timm_speed else None, gflops, gflops / peak, mib))
     return comparison
