@@ -1,6 +1,6 @@
 """The side-by-side speed benchmark of the README: `vitkit bench --fast`, its JSON, and a plot of it.
 
-Runs the real command in this process (every peer installed, rounds interleaved; over 10 minutes on
+Runs the real command in this process (every peer installed, rounds interleaved; about 8 minutes on
 2 cores with the defaults), writes benchmarks/results/speed.json, the table speed.md and the plot speed.png:
 images/s relative to the fastest fp32 peer, for each comparison. Extra flags go to `vitkit bench`
 (for a short run: --quick).

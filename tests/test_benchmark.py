@@ -34,3 +34,11 @@ def test_a_subset_of_rows_is_compared_with_its_own_fastest_peer() -> None:
     subset = benchmark.with_peer_ratios(comparison, ["vitkit", "timm"])
     assert [(row.label, row.ratio_to_fastest_peer) for row in subset.rows] == [("vitkit", 2.0), ("timm", 1.0)]
     assert [row.ratio_to_fastest_peer for row in comparison.rows] == [None, None, None]  # the original is left as it was
+
+
+def test_each_round_starts_with_another_entry() -> None:
+    order: list[str] = []
+    calls = {label: (lambda label=label: order.append(label)) for label in "abc"}
+    seconds = benchmark.interleaved_seconds(calls, rounds=3, repeats=1, warmup=0)
+    assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # every entry once in each position
+    assert set(seconds) == {"a", "b", "c"} and all(s >= 0 for s in seconds.values())

@@ -142,15 +142,21 @@ def _timed(fn: Callable[[], Any], repeats: int) -> float:
 
 
 def interleaved_seconds(calls: dict[str, Callable[[], Any]], rounds: int, repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each entry, timed round by round (each round runs every entry once)."""
+    """Median seconds per call of each entry, timed round by round (each round runs every entry once).
+
+    Each round starts one entry further down the list, so that no entry always runs first or always follows the
+    same one (what an entry leaves in the caches and the allocator is then shared out among all of them).
+    """
+    labels = list(calls)
     with torch.inference_mode():
         for fn in calls.values():
             for _ in range(warmup):
                 fn()
         seconds: dict[str, list[float]] = {label: [] for label in calls}
-        for _ in range(rounds):
-            for label, fn in calls.items():
-                seconds[label].append(_timed(fn, repeats))
+        for round_index in range(rounds):
+            start = round_index % len(labels)
+            for label in labels[start:] + labels[:start]:
+                seconds[label].append(_timed(calls[label], repeats))
     return {label: statistics.median(values) for label, values in seconds.items()}
 
 

@@ -166,6 +166,19 @@ class LocalityAttention(nn.Module):
         return q, torch.zeros(n, n, dtype=q.dtype, device=q.device).masked_fill(itself, float("-inf"))
 
 
+def cast_once_for_autocast(x: Tensor) -> Tensor:
+    """``x`` in autocast's dtype when autocast is on, else as it is.
+
+    Each of the three q, k, v layers would otherwise cast its input on its own, and keep its own bf16 copy for
+    the backward pass: two more (B, N, D) tensors a block than one fused qkv layer keeps (measured on an H200,
+    ViT-B/16, batch 128: 10 % more training memory than timm). Cast here, the three share one copy.
+    """
+    device = x.device.type
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        return x.to(torch.get_autocast_dtype(device))
+    return x
+
+
 class MultiHeadSelfAttention(nn.Module):
     """Multi-head self-attention: q, k, v from three distinct linear layers, h heads, concatenated, projected."""
 
@@ -188,6 +201,7 @@ class MultiHeadSelfAttention(nn.Module):
     def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """(B, N, D) -> (B, N, D). With ``return_attention`` the softmax is spelled out, and its probabilities
         (B, h, N, N), each row summing to 1, come back too: read from this pass, not computed a second time."""
+        x = cast_once_for_autocast(x)
         q, k, v = self.split_heads(self.q(x)), self.split_heads(self.k(x)), self.split_heads(self.v(x))
         mask = None
         if self.locality is not None:
