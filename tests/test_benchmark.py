@@ -42,3 +42,24 @@ def test_each_round_starts_with_another_entry() -> None:
     seconds = benchmark.interleaved_seconds(calls, rounds=3, repeats=1, warmup=0)
     assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # every entry once in each position
     assert set(seconds) == {"a", "b", "c"} and all(s >= 0 for s in seconds.values())
+
+
+def test_training_steps_are_timed_with_gradients() -> None:
+    weight = torch.ones(3, requires_grad=True)
+    grads: list[torch.Tensor] = []
+
+    def step() -> None:
+        (weight * 2).sum().backward()  # fails in inference mode: no graph to go back through
+        grads.append(weight.grad.clone())
+
+    benchmark.interleaved_seconds({"step": step}, rounds=2, repeats=1, inference=False)
+    assert len(grads) == 3 and torch.equal(grads[-1], torch.full((3,), 6.0))  # warm-up + 2 rounds, accumulated
+
+
+def test_training_comparison_is_against_timm() -> None:
+    pytest.importorskip("timm")
+    comparison = benchmark.compare_training("vit_tiny_patch16_224", batch_size=2, rounds=1, memory=False)
+    rows = {row.label: row for row in comparison.rows}
+    assert set(rows) == {"vitkit", "timm"} and comparison.kind == "training"
+    assert rows["timm"].ratio_to_fastest_peer == pytest.approx(1.0)
+    assert rows["vitkit"].ratio_to_fastest_peer == pytest.approx(rows["vitkit"].images_per_s / rows["timm"].images_per_s)

@@ -141,14 +141,17 @@ def _timed(fn: Callable[[], Any], repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def interleaved_seconds(calls: dict[str, Callable[[], Any]], rounds: int, repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each entry, timed round by round (each round runs every entry once).
+def interleaved_seconds(
+    calls: dict[str, Callable[[], Any]], rounds: int, repeats: int, warmup: int = 1, inference: bool = True
+) -> dict[str, float]:
+    """Median seconds per call of each entry, timed round by round (each round runs every entry once), in
+    inference mode unless ``inference`` is False (training steps).
 
     Each round starts one entry further down the list, so that no entry always runs first or always follows the
     same one (what an entry leaves in the caches and the allocator is then shared out among all of them).
     """
     labels = list(calls)
-    with torch.inference_mode():
+    with torch.inference_mode(inference):
         for fn in calls.values():
             for _ in range(warmup):
                 fn()
@@ -362,20 +365,15 @@ def compare_training(name: str, batch_size: int, rounds: int, memory: bool) -> C
         model = build(label, name, image_size)
         if model is not None:
             steps[label] = _training_step(model.train(), torch.optim.AdamW(model.parameters()), images)
-    seconds: dict[str, list[float]] = {label: [] for label in steps}
-    for step in steps.values():
-        step()  # warm-up (and AdamW state)
-    for _ in range(rounds):
-        for label, step in steps.items():
-            seconds[label].append(_timed(step, 1))
+    seconds = interleaved_seconds(steps, rounds, 1, inference=False)  # the warm-up call creates AdamW's state
     flops = 3 * flops_per_image(name, image_size)  # backward costs about twice the forward
     matmul, matmul_flops = _matmul_call()
     peak = matmul_flops / interleaved_seconds({"matmul": matmul}, rounds, 3)["matmul"] / 1e9
     comparison = Comparison(name, image_size, batch_size, "training", threads, peak)
-    timm_speed = batch_size / statistics.median(seconds["timm"]) if "timm" in seconds else None
+    timm_speed = batch_size / seconds["timm"] if "timm" in seconds else None
     memories = peak_memories_mib(list(seconds), name, image_size, [batch_size], threads, train=True) if memory else {}
-    for label, values in seconds.items():
-        speed = batch_size / statistics.median(values)
+    for label, median in seconds.items():
+        speed = batch_size / median
         mib = memories[label][0] if memory else None
         gflops = flops * speed / 1e9
         comparison.rows.append(Row(label, speed, speed / timm_speed if timm_speed else None, gflops, gflops / peak, mib))
