@@ -22,11 +22,8 @@ FlopCounterMode), whatever an optimization skips. Writes a Markdown table and JS
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import statistics
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,22 +44,6 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def seconds_per_call(calls: dict[str, Callable[[], Any]], device: torch.device, rounds: int, repeats: int) -> dict[str, float]:
-    """Median seconds per call of each entry over ``rounds`` interleaved rounds (two warm-up calls each)."""
-    for fn in calls.values():
-        fn(), fn()
-    synchronize(device)
-    seconds: dict[str, list[float]] = {label: [] for label in calls}
-    for _ in range(rounds):
-        for label, fn in calls.items():
-            start = time.perf_counter()
-            for _ in range(repeats):
-                fn()
-            synchronize(device)
-            seconds[label].append((time.perf_counter() - start) / repeats)
-    return {label: statistics.median(values) for label, values in seconds.items()}
-
-
 def peak_memory_mib(fn: Callable[[], Any], model: nn.Module, device: torch.device) -> float | None:
     """GPU memory that one call needs above what was allocated before it, plus the model's weights, in MiB."""
     if device.type != "cuda":
@@ -74,12 +55,6 @@ def peak_memory_mib(fn: Callable[[], Any], model: nn.Module, device: torch.devic
     synchronize(device)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     return (torch.cuda.max_memory_allocated(device) - before + weights) / 2**20
-
-
-@contextlib.contextmanager
-def autocast(dtype: torch.dtype | None, device: torch.device) -> Iterator[None]:
-    with torch.autocast(device.type, dtype) if dtype is not None else contextlib.nullcontext():
-        yield
 
 
 def peers(name: str, device: torch.device) -> dict[str, nn.Module]:
@@ -125,28 +100,16 @@ def compare(
     images = torch.randn(batch_size, 3, 224, 224, device=device)
     calls = {label: (lambda m=model: m(images)) for label, model in models.items()}
     flops = benchmark.flops_per_image(name, 224)
-    with torch.inference_mode(), autocast(dtype, device):
+    with torch.inference_mode(), torch.autocast(device.type, dtype, enabled=dtype is not None):
         memory = {label: peak_memory_mib(fn, models[label], device) for label, fn in calls.items()}
-        seconds = seconds_per_call(calls, device, rounds, repeats=max(1, 16 // batch_size))
+        seconds = benchmark.interleaved_seconds(
+            calls, rounds, repeats=max(1, 16 // batch_size), warmup=2, synchronize=lambda: synchronize(device)
+        )
     comparison = benchmark.Comparison(name, 224, batch_size, kind, torch.get_num_threads(), None)
     for label, s in seconds.items():
         speed = batch_size / s
         comparison.rows.append(benchmark.Row(label, speed, None, flops * speed / 1e9, None, memory[label]))
     return benchmark.with_peer_ratios(comparison)
-
-
-def training_step(model: nn.Module, images: Tensor, dtype: torch.dtype | None) -> Callable[[], None]:
-    labels = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
-    optimizer = torch.optim.AdamW(model.parameters(), fused=True)
-
-    def step() -> None:
-        with autocast(dtype, images.device):
-            loss = nn.functional.cross_entropy(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
 
 
 def compare_training(name: str, batch_size: int, device: torch.device, rounds: int, dtype: torch.dtype | None) -> benchmark.Comparison:
@@ -155,11 +118,14 @@ def compare_training(name: str, batch_size: int, device: torch.device, rounds: i
     images = torch.randn(batch_size, 3, 224, 224, device=device)
     models = {label: model.to(device).train() for label in ("vitkit", "timm")
               if (model := benchmark.build(label, name, 224)) is not None}  # fmt: skip
-    steps = {label: training_step(model, images, dtype) for label, model in models.items()}
+    steps = {label: benchmark.training_step(model, torch.optim.AdamW(model.parameters(), fused=True), images, dtype)
+             for label, model in models.items()}  # fmt: skip
     for step in steps.values():
         step()  # the optimizer's state exists from here on
     memory = {label: peak_memory_mib(step, models[label], device) for label, step in steps.items()}
-    seconds = seconds_per_call(steps, device, rounds, repeats=1)
+    seconds = benchmark.interleaved_seconds(
+        steps, rounds, repeats=1, warmup=2, inference=False, synchronize=lambda: synchronize(device)
+    )
     flops = 3 * benchmark.flops_per_image(name, 224)  # backward costs about twice the forward
     kind = f"training, {'bf16 autocast' if dtype else 'fp32'}"
     comparison = benchmark.Comparison(name, 224, batch_size, kind, torch.get_num_threads(), None)

@@ -63,3 +63,24 @@ def test_training_comparison_is_against_timm() -> None:
     assert set(rows) == {"vitkit", "timm"} and comparison.kind == "training"
     assert rows["timm"].ratio_to_fastest_peer == pytest.approx(1.0)
     assert rows["vitkit"].ratio_to_fastest_peer == pytest.approx(rows["vitkit"].images_per_s / rows["timm"].images_per_s)
+
+
+def test_synchronize_waits_after_the_warm_up_and_after_each_timing() -> None:
+    events: list[str] = []
+    calls = {label: (lambda label=label: events.append(label)) for label in "ab"}
+    benchmark.interleaved_seconds(calls, rounds=2, repeats=2, synchronize=lambda: events.append("sync"))
+    # warm-up a, b, then each timing's two calls followed by one wait; the second round starts with b
+    assert events == ["a", "b", "sync", "a", "a", "sync", "b", "b", "sync", "b", "b", "sync", "a", "a", "sync"]
+
+
+def test_training_step_runs_its_forward_under_the_autocast_asked_for() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    dtypes: list[torch.dtype] = []
+    model.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = model.weight.detach().clone()
+    benchmark.training_step(model, optimizer, torch.randn(2, 4))()
+    benchmark.training_step(model, optimizer, torch.randn(2, 4), autocast=torch.bfloat16)()
+    assert dtypes == [torch.float32, torch.bfloat16]
+    assert not torch.equal(model.weight, before)  # the optimizer stepped

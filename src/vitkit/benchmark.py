@@ -13,8 +13,8 @@ Peers are optional (the `bench` extra): a missing one is skipped with a note.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import ctypes
+import dataclasses
 import gc
 import importlib
 import logging
@@ -134,18 +134,26 @@ def flops_per_image(name: str, image_size: int) -> float:
     return float(counter.get_total_flops())
 
 
-def _timed(fn: Callable[[], Any], repeats: int) -> float:
+def _timed(fn: Callable[[], Any], repeats: int, synchronize: Callable[[], Any] | None = None) -> float:
     start = time.perf_counter()
     for _ in range(repeats):
         fn()
+    if synchronize is not None:
+        synchronize()
     return (time.perf_counter() - start) / repeats
 
 
 def interleaved_seconds(
-    calls: dict[str, Callable[[], Any]], rounds: int, repeats: int, warmup: int = 1, inference: bool = True
+    calls: dict[str, Callable[[], Any]],
+    rounds: int,
+    repeats: int,
+    warmup: int = 1,
+    inference: bool = True,
+    synchronize: Callable[[], Any] | None = None,
 ) -> dict[str, float]:
     """Median seconds per call of each entry, timed round by round (each round runs every entry once), in
-    inference mode unless ``inference`` is False (training steps).
+    inference mode unless ``inference`` is False (training steps). ``synchronize`` (e.g. ``torch.cuda.synchronize``)
+    waits for work that a call only queued, after the warm-up and after each timing's repeats.
 
     Each round starts one entry further down the list, so that no entry always runs first or always follows the
     same one (what an entry leaves in the caches and the allocator is then shared out among all of them).
@@ -155,11 +163,13 @@ def interleaved_seconds(
         for fn in calls.values():
             for _ in range(warmup):
                 fn()
+        if synchronize is not None:
+            synchronize()
         seconds: dict[str, list[float]] = {label: [] for label in calls}
         for round_index in range(rounds):
             start = round_index % len(labels)
             for label in labels[start:] + labels[:start]:
-                seconds[label].append(_timed(calls[label], repeats))
+                seconds[label].append(_timed(calls[label], repeats, synchronize))
     return {label: statistics.median(values) for label, values in seconds.items()}
 
 
@@ -225,7 +235,7 @@ def _peak_memory_child(task: tuple) -> dict[int, float] | None:
         _reset_peak()
         images = torch.randn(batch_size, 3, image_size, image_size)
         if train:  # two steps: from the second on, AdamW's state and the last gradients are held too
-            step = _training_step(model.train(), torch.optim.AdamW(model.parameters()), images)
+            step = training_step(model.train(), torch.optim.AdamW(model.parameters()), images)
             step()
             step()
         else:
@@ -261,18 +271,16 @@ def peak_memories_mib(
     return {label: [None if p is None else p[b] for b in batch_sizes] for label, p in peaks.items()}
 
 
-def peak_memory_mib(
-    label: str, name: str, image_size: int, batch_size: int, threads: int, train: bool = False
-) -> float | None:
-    """Peak memory of ``label`` running one batch (or two training steps), in MiB, measured in a fresh process."""
-    return peak_memories_mib([label], name, image_size, [batch_size], threads, train)[label][0]
-
-
-def _training_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor) -> Callable[[], None]:
-    labels = torch.zeros(images.shape[0], dtype=torch.long)
+def training_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, autocast: torch.dtype | None = None
+) -> Callable[[], None]:
+    """One training step of ``model`` on ``images`` (forward, cross-entropy, backward, ``optimizer``), the forward
+    under autocast to ``autocast`` when given."""
+    labels = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
 
     def step() -> None:
-        loss = nn.functional.cross_entropy(model(images), labels)
+        with torch.autocast(images.device.type, autocast, enabled=autocast is not None):
+            loss = nn.functional.cross_entropy(model(images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -364,7 +372,7 @@ def compare_training(name: str, batch_size: int, rounds: int, memory: bool) -> C
     for label in ("vitkit", "timm"):
         model = build(label, name, image_size)
         if model is not None:
-            steps[label] = _training_step(model.train(), torch.optim.AdamW(model.parameters()), images)
+            steps[label] = training_step(model.train(), torch.optim.AdamW(model.parameters()), images)
     seconds = interleaved_seconds(steps, rounds, 1, inference=False)  # the warm-up call creates AdamW's state
     flops = 3 * flops_per_image(name, image_size)  # backward costs about twice the forward
     matmul, matmul_flops = _matmul_call()
