@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -84,3 +87,24 @@ def test_training_step_runs_its_forward_under_the_autocast_asked_for() -> None:
     benchmark.training_step(model, optimizer, torch.randn(2, 4), autocast=torch.bfloat16)()
     assert dtypes == [torch.float32, torch.bfloat16]
     assert not torch.equal(model.weight, before)  # the optimizer stepped
+
+
+RESIDENT_AFTER_TWO_FREED_BLOCKS = """
+import torch
+from vitkit import benchmark
+{setup}
+for _ in range(2):  # glibc mmaps the first 20 MiB block, then raises its threshold and keeps the second on its heap
+    block = torch.ones(5 * 2**20)
+    del block
+print(round(benchmark._memory_kib()[0] / 1024))
+"""
+
+
+def test_unpooled_malloc_gives_freed_blocks_back() -> None:
+    def resident_mib(setup: str) -> int:
+        code = RESIDENT_AFTER_TWO_FREED_BLOCKS.format(setup=setup)
+        return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+    pooled = resident_mib("")
+    unpooled = resident_mib("benchmark.unpooled_malloc()")
+    assert pooled - unpooled >= 15  # the second 20 MiB block stayed resident only with glibc's pooling

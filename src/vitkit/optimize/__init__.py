@@ -4,15 +4,17 @@ Each option is an inference transform applied to a copy of the model from outsid
 file keeps reading like the seed, and training keeps its separate q/k/v layers):
 
 - ``fuse_qkv``: q, k, v weights stacked into one linear layer (exact);
-- always (exact): the MLP's GELU written in place, over the first layer's output;
-- ``int8``: dynamic int8 quantization of the encoder's linear layers;
+- always (exact): the MLP's GELU written in place, over the first layer's output, and on the CPU the MLP run in
+  chunks of rows whose activations stay in reused memory;
+- ``int8``: dynamic int8 quantization of the encoder's linear layers (``int8_backend``: "auto", one of PyTorch's
+  quantized engines, or "torchao"; see :mod:`vitkit.optimize.quantize`);
 - ``bf16``: bfloat16 weights and activations (CPUs with AVX-512 BF16 or AMX, GPUs);
 - ``tome``: Token Merging, ``r`` tokens merged per block (training-free; see :func:`default_tome`);
 - ``compile``: ``torch.compile`` of the result;
 - ``onnxruntime``: an ONNX Runtime session (fp32, or int8 with ``int8=True``) behind the same call.
 
-``exact=True`` keeps float32 logits (within 1e-5 of the plain model): fused q/k/v and GELU in place only, unless
-``compile`` is asked for too. The default turns on the fastest combination that stays within the
+``exact=True`` keeps float32 logits (within 1e-5 of the plain model): fused q/k/v, GELU in place and the MLP in
+chunks only, unless ``compile`` is asked for too. The default turns on the fastest combination that stays within the
 accuracy bar measured in benchmarks/optimize_accuracy.py (top-1 agreement with float32 >= 99%, accuracy
 lower by <= 0.5 points on a trained model): fused q/k/v + int8 + Token Merging of a quarter of the patches.
 """
@@ -31,6 +33,7 @@ from torch import nn
 from vitkit.model.config import ViTConfig
 from vitkit.model.vit import VisionTransformer
 from vitkit.optimize.bf16 import to_bf16
+from vitkit.optimize.chunk import chunk_mlps
 from vitkit.optimize.fuse import fuse_qkv as fuse_qkv_layers
 from vitkit.optimize.inplace import inplace_gelu
 from vitkit.optimize.quantize import quantize_int8
@@ -96,6 +99,8 @@ def optimize(
 
         return OnnxRuntimeModel(fast, int8=int8)
     inplace_gelu(fast)
+    if on_cpu:
+        chunk_mlps(fast)
     if fuse_qkv or tome:
         fuse_qkv_layers(fast)
     if tome:
