@@ -115,13 +115,19 @@ def test_inexact_options_agree_with_float32(
     assert len(fast.get_attention_maps(images[:2])) == 2
 
 
-def test_default_is_fused_int8_and_merges_a_quarter_of_the_patches() -> None:
+def test_default_is_fused_int8_and_merges_a_quarter_of_the_patches_in_large_models() -> None:
     assert default_tome(vitkit.get_config("vit_base_patch16_224")) == 4  # 196 patches // 4 // 12 blocks
-    assert default_tome(vitkit.get_config("vit_digits")) == 1
-    assert default_tome(vitkit.get_config("vit_digits", pool="mean", class_token=False)) == 0
+    assert default_tome(vitkit.get_config("vit_large_patch16_224")) == 2  # 196 // 4 // 24
+    assert default_tome(vitkit.get_config("vit_small_patch16_224")) == 0  # 384 x 197: merging cost more than it saved
+    assert default_tome(vitkit.get_config("vit_small_patch16_224", image_size=384)) == 12  # 384 x 577: it pays again
+    assert default_tome(vitkit.get_config("vit_tiny_patch16_224", image_size=384)) == 0  # 192 x 577
+    assert default_tome(vitkit.get_config("vit_digits")) == 0
+    assert default_tome(vitkit.get_config("vit_base_patch16_224", pool="mean", class_token=False)) == 0
+    large = random_model(image_size=64, hidden_dim=160)  # 160 wide x 1,025 tokens > 768 x 197
+    assert [block.r for block in vitkit.optimize(large).blocks] == [128, 128]  # 1,024 patches // 4 // 2 blocks
     model = random_model()
     fast = vitkit.optimize(model)
-    assert [block.r for block in fast.blocks] == [2, 2]  # 16 patches // 4 // 2 blocks
+    assert not hasattr(fast.blocks[0], "r")  # 32 x 17: no merging
     assert not isinstance(fast.blocks[0].mlp.fc1, torch.nn.Linear)  # a quantized layer now
     assert isinstance(fast.head, torch.nn.Linear) and isinstance(model.blocks[0].mlp.fc1, torch.nn.Linear)
 
