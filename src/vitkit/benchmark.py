@@ -204,6 +204,12 @@ M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 UNPOOLED_BYTES = 128 * 1024  # glibc's initial mmap threshold
 
 
+def _glibc(function: str, *args: int) -> None:
+    """Call one of glibc's malloc tuning functions; elsewhere (not glibc) do nothing."""
+    with contextlib.suppress(OSError, AttributeError):
+        getattr(ctypes.CDLL("libc.so.6"), function)(*args)
+
+
 def unpooled_malloc() -> None:
     """From now on glibc serves every block of 128 KiB or more straight from the system and gives it back when freed
     (a fixed mmap threshold; elsewhere a no-op), so that resident memory follows the live tensors.
@@ -212,16 +218,14 @@ def unpooled_malloc() -> None:
     peak depends on the order of past allocations: the same ViT-S/16 training step (batch 32) peaked anywhere from
     2,485 to 2,983 MiB from one fresh process to the next, while with blocks unpooled it peaked at 2,196 to 2,200.
     """
-    with contextlib.suppress(OSError, AttributeError):  # not glibc
-        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, UNPOOLED_BYTES)
+    _glibc("mallopt", M_MMAP_THRESHOLD, UNPOOLED_BYTES)
 
 
 def _reset_peak() -> None:
     """Hand freed memory back to the system (glibc's malloc_trim), then set the recorded peak resident memory
     (VmHWM) to the current one (Linux >= 4.0; elsewhere a no-op)."""
     gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    _glibc("malloc_trim", 0)
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:

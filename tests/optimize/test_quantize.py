@@ -66,6 +66,9 @@ def test_auto_packs_for_onednn_on_vnni_cpus_and_leaves_the_engine_as_it_was() ->
     has_vnni = "avx512_vnni" in cpu_flags() and "onednn" in torch.backends.quantized.supported_engines
     assert engines_seen == ["onednn" if has_vnni else before]
     assert torch.backends.quantized.engine == before
+    with mock.patch("torch.ao.quantization.quantize_dynamic", side_effect=record_engine):
+        quantize.quantize_int8(model, "torch")  # PyTorch's route as the process has it
+    assert engines_seen[-1] == before
     # a failure while packing restores the engine too
     with mock.patch("torch.ao.quantization.quantize_dynamic", side_effect=RuntimeError("packing failed")):
         with pytest.raises(RuntimeError, match="packing failed"):

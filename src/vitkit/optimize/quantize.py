@@ -29,8 +29,9 @@ from vitkit.model.vit import VisionTransformer
 
 
 def backends() -> tuple[str, ...]:
-    """The names ``quantize_int8`` takes: "auto", this PyTorch build's quantized engines, "torchao"."""
-    return ("auto", *torch.backends.quantized.supported_engines, "torchao")
+    """The names ``quantize_int8`` takes: "auto", "torch" (PyTorch's route with the process's engine), this PyTorch
+    build's quantized engines, "torchao"."""
+    return ("auto", "torch", *torch.backends.quantized.supported_engines, "torchao")
 
 
 def default_engine() -> str:
@@ -66,7 +67,7 @@ def quantize_int8(model: VisionTransformer, backend: str = "auto") -> VisionTran
         return model
     from torch.ao.quantization import quantize_dynamic
 
-    engine = default_engine() if backend == "auto" else backend
+    engine = {"auto": default_engine(), "torch": torch.backends.quantized.engine}.get(backend, backend)
     with quantized_engine(engine), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the deprecation notice points to torchao, measured above
         quantize_dynamic(model.blocks, {nn.Linear}, inplace=True)
