@@ -122,6 +122,31 @@ def build(label: str, name: str, image_size: int) -> nn.Module | None:
         return None
 
 
+TRAINING_LR, TRAINING_WEIGHT_DECAY = 1e-3, 0.05  # vitkit train's defaults
+
+
+def _vitkit_adamw(model: nn.Module) -> torch.optim.Optimizer:
+    from vitkit.training.optim import build_optimizer
+
+    return build_optimizer(model, TRAINING_LR, TRAINING_WEIGHT_DECAY)
+
+
+def _timm_adamw(model: nn.Module, **options: Any) -> torch.optim.Optimizer:
+    from timm.optim import create_optimizer_v2
+
+    return create_optimizer_v2(model, "adamw", lr=TRAINING_LR, weight_decay=TRAINING_WEIGHT_DECAY, **options)
+
+
+# The training comparison's rows: the model each is built as, and its AdamW as that library's training code builds
+# it (vitkit's trainer: fused; timm's train.py: create_optimizer_v2, on the CPU torch's per-tensor loop). The
+# third row gives timm's model vitkit's fused update: the difference between the models alone.
+TRAINERS: dict[str, tuple[str, Callable[[nn.Module], torch.optim.Optimizer]]] = {
+    "vitkit": ("vitkit", _vitkit_adamw),
+    "timm": ("timm", _timm_adamw),
+    "timm, fused AdamW": ("timm", lambda model: _timm_adamw(model, fused=True)),
+}
+
+
 def flops_per_image(name: str, image_size: int) -> float:
     """FLOPs of one image through the plain model (2 per multiply-add), counted by torch, not by hand."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -246,19 +271,20 @@ def _peak_memory_child(task: tuple) -> dict[int, float] | None:
     label, name, image_size, batch_sizes, threads, train = task
     unpooled_malloc()
     torch.set_num_threads(threads)
-    if label in LIBRARY_MODULES:
+    model_label, optimizer_for = TRAINERS[label] if train else (label, None)
+    if model_label in LIBRARY_MODULES:
         with contextlib.suppress(ImportError):  # build() logs it and gives None
-            importlib.import_module(LIBRARY_MODULES[label])
+            importlib.import_module(LIBRARY_MODULES[model_label])
     before, _ = _memory_kib()
-    model = build(label, name, image_size)
+    model = build(model_label, name, image_size)
     if model is None:
         return None
     peaks = {}
     for batch_size in sorted(batch_sizes):
         _reset_peak()
         images = torch.randn(batch_size, 3, image_size, image_size)
-        if train:  # two steps: from the second on, AdamW's state and the last gradients are held too
-            step = training_step(model.train(), torch.optim.AdamW(model.parameters()), images)
+        if optimizer_for is not None:  # two steps: from the second on, AdamW's state and the last gradients are held
+            step = training_step(model.train(), optimizer_for(model), images)
             step()
             step()
         else:
@@ -278,7 +304,8 @@ def peak_memories_mib(
     train: bool = False,
     processes: int = 2,
 ) -> dict[str, list[float | None]]:
-    """Peak memory of each of ``labels`` running each batch (or two training steps each), in MiB, above its imports.
+    """Peak memory of each of ``labels`` running each batch (or, with ``train``, two training steps of each of
+    :data:`TRAINERS`' labels), in MiB, above its imports.
 
     Each label gets one fresh process that builds the model and runs the batches, smallest first, the peak reset
     before each: each figure is about the memory that a process running only that batch needs once the model is
@@ -386,16 +413,17 @@ def compare_inference(
 
 
 def compare_training(name: str, batch_size: int, rounds: int, memory: bool) -> Comparison:
-    """One training step (forward, backward, AdamW) of vitkit and timm on the same batch."""
+    """One training step (forward, backward, AdamW) of vitkit and timm on the same batch, each with AdamW as its
+    library's training code builds it (:data:`TRAINERS`)."""
     threads = torch.get_num_threads()
     image_size = get_config(name).image_size[0]
     torch.manual_seed(0)
     images = torch.randn(batch_size, 3, image_size, image_size)
     steps = {}
-    for label in ("vitkit", "timm"):
-        model = build(label, name, image_size)
+    for label, (model_label, optimizer_for) in TRAINERS.items():
+        model = build(model_label, name, image_size)
         if model is not None:
-            steps[label] = training_step(model.train(), torch.optim.AdamW(model.parameters()), images)
+            steps[label] = training_step(model.train(), optimizer_for(model), images)
     seconds = interleaved_seconds(steps, rounds, 1, inference=False)  # the warm-up call creates AdamW's state
     flops = 3 * flops_per_image(name, image_size)  # backward costs about twice the forward
     matmul, matmul_flops = _matmul_call()

@@ -1,5 +1,7 @@
 """Behaviour of the whole model: token sequence, pooling, position vectors, attention maps."""
 
+import weakref
+
 import pytest
 import torch
 from attention_reference import reference_attention
@@ -170,3 +172,20 @@ def test_rectangular_images():
     model = VisionTransformer(image_size=(8, 12), patch_size=(4, 3), in_channels=3, num_classes=2, hidden_dim=16, depth=1, num_heads=2, mlp_dim=32)
     assert model.config.grid_size == (2, 4)
     assert model(torch.randn(2, 3, 8, 12)).shape == (2, 2)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_block_frees_the_attention_output_before_its_mlp_runs(grad):
+    """Nothing needs the attention's output once it is added to the residual stream; held through the MLP it was
+    the training step's peak memory."""
+    model = VisionTransformer(**SMALL).train(grad)
+    block = model.blocks[0]
+    outputs, alive = [], []
+    block.attn.register_forward_hook(lambda module, args, out: outputs.append(weakref.ref(out)))
+    block.mlp.register_forward_pre_hook(lambda module, args: alive.append(outputs[-1]() is not None))
+    with torch.set_grad_enabled(grad):
+        out = block(torch.randn(2, 17, SMALL["hidden_dim"], requires_grad=grad))
+    assert alive == [False]
+    if grad:
+        out.sum().backward()
+        assert block.attn.q.weight.grad is not None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 import torch
 
@@ -82,6 +84,22 @@ def test_tome_r0_equals_plain() -> None:
     model, images = random_model(), torch.randn(4, 1, 8, 8)
     with torch.inference_mode():
         torch.testing.assert_close(vitkit.optimize(model, int8=False, tome=0)(images), model(images), atol=1e-5, rtol=0)
+
+
+def test_merging_block_frees_attention_output_and_keys_before_its_mlp_runs() -> None:
+    block = vitkit.optimize(random_model(), int8=False, tome=2).blocks[0]
+    attend, held, alive = block.attn.attend, [], []
+
+    def recording_attend(*args: object) -> tuple:
+        out, keys, attention = attend(*args)
+        held.extend([weakref.ref(out), weakref.ref(keys)])
+        return out, keys, attention
+
+    block.attn.attend = recording_attend
+    block.mlp.register_forward_pre_hook(lambda module, args: alive.extend(ref() is not None for ref in held))
+    with torch.inference_mode():
+        assert block(torch.randn(2, 17, 32)).shape == (2, 15, 32)  # 2 tokens merged
+    assert alive == [False, False]
 
 
 def test_tome_shrinks_tokens_and_keeps_attention_maps(trained_digits_model: VisionTransformer, digits: tuple) -> None:

@@ -105,6 +105,7 @@ class MergingBlock(nn.Module):
         if sizes is None:
             sizes = x.new_ones(x.shape[0], x.shape[1], 1)
         x, self.token_sizes.sizes = merge_tokens(x, sizes, keys.mean(dim=1), self.r, self.protect_first)
+        del out, keys  # not held through the MLP, as in EncoderBlock
         x = x + self.mlp(self.norm2(x))  # LayerNorm -> MLP -> residual
         return (x, attention.float()) if return_attention else x
 
