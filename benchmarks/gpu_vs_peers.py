@@ -13,7 +13,8 @@ over rounds) with the GPU's own settings:
 - a training step (forward, backward, fused AdamW) of vitkit and timm, fp32 and bf16 autocast (``--train-models``).
 
 Peak memory is ``torch.cuda.max_memory_allocated`` during one call of the model alone, above what was allocated
-before it, plus the model's own weights. The GFLOP/s column counts the plain model's FLOPs (torch's
+before it, plus the model's own weights; for a training step, with the model alone on the GPU, above what was
+allocated before it was built (weights, gradients, AdamW state and activations). The GFLOP/s column counts the plain model's FLOPs (torch's
 FlopCounterMode), whatever an optimization skips. Writes a Markdown table and JSON:
 
     python benchmarks/gpu_vs_peers.py [--device cuda] [--json gpu.json] [--markdown gpu.md]
@@ -112,6 +113,28 @@ def compare(
     return benchmark.with_peer_ratios(comparison)
 
 
+def training_peak_mib(
+    label: str, name: str, images: Tensor, device: torch.device, dtype: torch.dtype | None
+) -> float | None:
+    """GPU memory of a training step with this model alone on the GPU, in MiB: its weights, gradients, AdamW
+    state and activations at their peak (the third step: from the second on, the state and the last gradients
+    exist). Measured above what was allocated before the model was built, not above the step's start: what a
+    library keeps between steps counts too."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated(device)
+    model = benchmark.build(label, name, 224).to(device).train()
+    step = benchmark.training_step(model, torch.optim.AdamW(model.parameters(), fused=True), images, dtype)
+    step()
+    step()
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
 def compare_training(name: str, batch_size: int, device: torch.device, rounds: int, dtype: torch.dtype | None) -> benchmark.Comparison:
     """One training step (forward, backward, fused AdamW) of vitkit and timm; ratio to timm."""
     torch.manual_seed(0)
@@ -120,12 +143,11 @@ def compare_training(name: str, batch_size: int, device: torch.device, rounds: i
               if (model := benchmark.build(label, name, 224)) is not None}  # fmt: skip
     steps = {label: benchmark.training_step(model, torch.optim.AdamW(model.parameters(), fused=True), images, dtype)
              for label, model in models.items()}  # fmt: skip
-    for step in steps.values():
-        step()  # the optimizer's state exists from here on
-    memory = {label: peak_memory_mib(step, models[label], device) for label, step in steps.items()}
     seconds = benchmark.interleaved_seconds(
         steps, rounds, repeats=1, warmup=2, inference=False, synchronize=lambda: synchronize(device)
-    )
+    )  # the warm-up steps create AdamW's state
+    del models, steps  # then memory, each model alone, once the kernels' one-time workspaces exist
+    memory = {label: training_peak_mib(label, name, images, device, dtype) for label in seconds}
     flops = 3 * benchmark.flops_per_image(name, 224)  # backward costs about twice the forward
     kind = f"training, {'bf16 autocast' if dtype else 'fp32'}"
     comparison = benchmark.Comparison(name, 224, batch_size, kind, torch.get_num_threads(), None)
@@ -134,7 +156,6 @@ def compare_training(name: str, batch_size: int, device: torch.device, rounds: i
         speed = batch_size / s
         ratio = speed / timm_speed if timm_speed else None
         comparison.rows.append(benchmark.Row(label, speed, ratio, flops * speed / 1e9, None, memory[label]))
-    del models, steps
     return comparison
 
 
