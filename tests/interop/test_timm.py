@@ -87,3 +87,23 @@ def test_export_with_another_layer_norm_epsilon_prints_a_working_call() -> None:
     back = eval(call)  # the printed line, run as a user would
     back.load_state_dict(state)
     assert max_logit_difference(back, model, random_images(2, 16, 16)) <= TOLERANCE
+
+
+@pytest.mark.parametrize("case", ["named-tiny", "no-qkv-bias"])
+def test_a_training_pass_matches_timms_logits_and_gradients(case: str) -> None:
+    """The gradients of the three q, k, v layers are those of timm's fused qkv layer, split in three."""
+    peer, (height, width) = make_timm(case)
+    model = from_timm(peer).train()
+    peer.train()
+    images = random_images(3, height, width)
+    logits, peer_logits = model(images), peer(images)
+    torch.testing.assert_close(logits, peer_logits, atol=TOLERANCE, rtol=0)
+    logits.square().sum().backward()
+    peer_logits.square().sum().backward()
+    for ours, theirs in zip(model.blocks, peer.blocks):
+        attn = ours.attn
+        for part in ("weight", "bias") if attn.q.bias is not None else ("weight",):
+            grads = torch.cat([getattr(layer, part).grad for layer in (attn.q, attn.k, attn.v)])
+            torch.testing.assert_close(grads, getattr(theirs.attn.qkv, part).grad, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(ours.mlp.fc1.weight.grad, theirs.mlp.fc1.weight.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(model.patch_embed.proj.weight.grad, peer.patch_embed.proj.weight.grad, atol=1e-5, rtol=1e-4)
