@@ -113,6 +113,11 @@ def compare(
     return benchmark.with_peer_ratios(comparison)
 
 
+def fused_adamw_step(model: nn.Module, images: Tensor, dtype: torch.dtype | None) -> Callable[[], None]:
+    """A training step of ``model`` with fused AdamW (the same update for every library on a GPU)."""
+    return benchmark.training_step(model, torch.optim.AdamW(model.parameters(), fused=True), images, dtype)
+
+
 def training_peak_mib(
     label: str, name: str, images: Tensor, device: torch.device, dtype: torch.dtype | None
 ) -> float | None:
@@ -125,7 +130,7 @@ def training_peak_mib(
     torch.cuda.empty_cache()
     before = torch.cuda.memory_allocated(device)
     model = benchmark.build(label, name, 224).to(device).train()
-    step = benchmark.training_step(model, torch.optim.AdamW(model.parameters(), fused=True), images, dtype)
+    step = fused_adamw_step(model, images, dtype)
     step()
     step()
     synchronize(device)
@@ -141,8 +146,7 @@ def compare_training(name: str, batch_size: int, device: torch.device, rounds: i
     images = torch.randn(batch_size, 3, 224, 224, device=device)
     models = {label: model.to(device).train() for label in ("vitkit", "timm")
               if (model := benchmark.build(label, name, 224)) is not None}  # fmt: skip
-    steps = {label: benchmark.training_step(model, torch.optim.AdamW(model.parameters(), fused=True), images, dtype)
-             for label, model in models.items()}  # fmt: skip
+    steps = {label: fused_adamw_step(model, images, dtype) for label, model in models.items()}
     seconds = benchmark.interleaved_seconds(
         steps, rounds, repeats=1, warmup=2, inference=False, synchronize=lambda: synchronize(device)
     )  # the warm-up steps create AdamW's state

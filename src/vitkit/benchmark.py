@@ -122,19 +122,24 @@ def build(label: str, name: str, image_size: int) -> nn.Module | None:
         return None
 
 
-TRAINING_LR, TRAINING_WEIGHT_DECAY = 1e-3, 0.05  # vitkit train's defaults
+def _adamw_settings() -> dict[str, float]:
+    """vitkit train's default learning rate and weight decay, given to both libraries' AdamW."""
+    from vitkit.training.config import TrainConfig
+
+    defaults = TrainConfig()
+    return {"lr": defaults.lr, "weight_decay": defaults.weight_decay}
 
 
 def _vitkit_adamw(model: nn.Module) -> torch.optim.Optimizer:
     from vitkit.training.optim import build_optimizer
 
-    return build_optimizer(model, TRAINING_LR, TRAINING_WEIGHT_DECAY)
+    return build_optimizer(model, **_adamw_settings())
 
 
 def _timm_adamw(model: nn.Module, **options: Any) -> torch.optim.Optimizer:
     from timm.optim import create_optimizer_v2
 
-    return create_optimizer_v2(model, "adamw", lr=TRAINING_LR, weight_decay=TRAINING_WEIGHT_DECAY, **options)
+    return create_optimizer_v2(model, "adamw", **_adamw_settings(), **options)
 
 
 # The training comparison's rows: the model each is built as, and its AdamW as that library's training code builds
