@@ -10,7 +10,8 @@ over rounds) with the GPU's own settings:
 - bf16 weights: ``vitkit.optimize(model, bf16=True)`` (fused q/k/v; on a GPU no Token Merging by default), and
   with Token Merging, beside each peer cast with ``.to(torch.bfloat16)``;
 - compiled: ``vitkit.optimize(model, exact=True, compile=True)`` beside ``torch.compile`` of timm under bf16 autocast, at the largest batch (``--compile-models``);
-- a training step (forward, backward, fused AdamW) of vitkit and timm, fp32 and bf16 autocast (``--train-models``).
+- a training step (forward, backward, fused AdamW) of vitkit (its forward as `vitkit train` runs it) and timm, fp32
+  and bf16 autocast (``--train-models``).
 
 Peak memory is ``torch.cuda.max_memory_allocated`` during one call of the model alone, above what was allocated
 before it, plus the model's own weights; for a training step, with the model alone on the GPU, above what was
@@ -23,6 +24,7 @@ FlopCounterMode), whatever an optimization skips. Writes a Markdown table and JS
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +37,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import vitkit
 from vitkit import benchmark
 from vitkit.optimize import default_tome
+from vitkit.training.loop import training_forward
 
 RESULTS = Path(__file__).parent / "results"
 NAMES = {"vit_small_patch16_224": "ViT-S/16", "vit_base_patch16_224": "ViT-B/16", "vit_tiny_patch16_224": "ViT-Ti/16"}
@@ -113,9 +116,12 @@ def compare(
     return benchmark.with_peer_ratios(comparison)
 
 
-def fused_adamw_step(model: nn.Module, images: Tensor, dtype: torch.dtype | None) -> Callable[[], None]:
-    """A training step of ``model`` with fused AdamW (the same update for every library on a GPU)."""
-    return benchmark.training_step(model, torch.optim.AdamW(model.parameters(), fused=True), images, dtype)
+def fused_adamw_step(label: str, model: nn.Module, images: Tensor, dtype: torch.dtype | None) -> Callable[[], None]:
+    """A training step of ``model`` with fused AdamW (the same update for every library on a GPU), vitkit's
+    forward as `vitkit train` runs it (``training_forward``: GELU outputs recomputed in the backward pass)."""
+    optimizer = torch.optim.AdamW(model.parameters(), fused=True)
+    context = (lambda: training_forward(images.device)) if label == "vitkit" else contextlib.nullcontext
+    return benchmark.training_step(model, optimizer, images, dtype, forward_context=context)
 
 
 def training_peak_mib(
@@ -130,7 +136,7 @@ def training_peak_mib(
     torch.cuda.empty_cache()
     before = torch.cuda.memory_allocated(device)
     model = benchmark.build(label, name, 224).to(device).train()
-    step = fused_adamw_step(model, images, dtype)
+    step = fused_adamw_step(label, model, images, dtype)
     step()
     step()
     synchronize(device)
@@ -146,7 +152,7 @@ def compare_training(name: str, batch_size: int, device: torch.device, rounds: i
     images = torch.randn(batch_size, 3, 224, 224, device=device)
     models = {label: model.to(device).train() for label in ("vitkit", "timm")
               if (model := benchmark.build(label, name, 224)) is not None}  # fmt: skip
-    steps = {label: fused_adamw_step(model, images, dtype) for label, model in models.items()}
+    steps = {label: fused_adamw_step(label, model, images, dtype) for label, model in models.items()}
     seconds = benchmark.interleaved_seconds(
         steps, rounds, repeats=1, warmup=2, inference=False, synchronize=lambda: synchronize(device)
     )  # the warm-up steps create AdamW's state

@@ -28,7 +28,8 @@ from vitkit.io import write_json
 
 OPTIONS: dict[str, dict[str, Any]] = {
     "float32": {},
-    "exact (fused q/k/v)": {"exact": True},
+    "exact, MKL products": {"exact": True, "onednn": False},
+    "exact (fused q/k/v, oneDNN)": {"exact": True},
     "fused + int8": {"tome": 0},
     "default": {},
     "int8, fbgemm kernels": {"int8_backend": "x86", "tome": 0},
@@ -42,7 +43,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
 }
 SPEED_OPTIONS = {
     label: OPTIONS[label]
-    for label in ("float32", "exact (fused q/k/v)", "fused + int8", "default", "int8, fbgemm kernels",
+    for label in ("float32", "exact, MKL products", "exact (fused q/k/v, oneDNN)", "fused + int8", "default", "int8, fbgemm kernels",
                   "int8 via torchao", "bf16", "ONNX Runtime fp32", "ONNX Runtime int8")  # fmt: skip
 }
 # ToMe on ViT-B/16 (196 patches, 12 blocks) at the digits runs' shares: r=4 merges a quarter of the patches

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -72,9 +74,9 @@ def test_training_comparison_is_against_timm() -> None:
 def test_each_training_row_steps_adamw_as_its_library_trains() -> None:
     pytest.importorskip("timm")
     optimizers = {}
-    for label, (model_label, optimizer_for) in benchmark.TRAINERS.items():
-        model = benchmark.build(model_label, "vit_tiny_patch16_224", 224)
-        optimizers[label] = (model, optimizer_for(model))
+    for label, recipe in benchmark.TRAINERS.items():
+        model = benchmark.build(recipe.model, "vit_tiny_patch16_224", 224)
+        optimizers[label] = (model, recipe.optimizer(model))
     for label, (model, optimizer) in optimizers.items():
         assert isinstance(optimizer, torch.optim.AdamW)
         assert optimizer.defaults["lr"] == 1e-3  # vitkit train's default, given to both
@@ -85,6 +87,23 @@ def test_each_training_row_steps_adamw_as_its_library_trains() -> None:
     # vitkit's trainer updates in one fused kernel; timm's create_optimizer_v2 leaves torch's default (a loop on
     # the CPU); the third row gives timm's model the fused update.
     assert [optimizers[label][1].defaults["fused"] for label in benchmark.TRAINERS] == [True, None, True]
+
+
+def test_vitkits_training_row_runs_its_forward_as_vitkit_train_does(monkeypatch) -> None:
+    from vitkit.training import loop
+
+    entered: list[torch.device] = []
+
+    @contextlib.contextmanager
+    def recorded(device: torch.device) -> Iterator[None]:
+        entered.append(device)
+        yield
+
+    monkeypatch.setattr(loop, "training_forward", recorded)
+    for recipe in benchmark.TRAINERS.values():
+        with recipe.forward_context():
+            pass
+    assert entered == [torch.device("cpu")]  # vitkit's row only
 
 
 def test_synchronize_waits_after_the_warm_up_and_after_each_timing() -> None:
@@ -105,6 +124,15 @@ def test_training_step_runs_its_forward_under_the_autocast_asked_for() -> None:
     benchmark.training_step(model, optimizer, torch.randn(2, 4))()
     benchmark.training_step(model, optimizer, torch.randn(2, 4), autocast=torch.bfloat16)()
     assert dtypes == [torch.float32, torch.bfloat16]
+    entered: list[bool] = []
+
+    @contextlib.contextmanager
+    def context() -> Iterator[None]:
+        entered.append(torch.is_grad_enabled())
+        yield
+
+    benchmark.training_step(model, optimizer, torch.randn(2, 4), forward_context=context)()
+    assert entered == [True] and len(dtypes) == 3
     assert not torch.equal(model.weight, before)  # the optimizer stepped
 
 
@@ -127,3 +155,16 @@ def test_unpooled_malloc_gives_freed_blocks_back() -> None:
     pooled = resident_mib("")
     unpooled = resident_mib("benchmark.unpooled_malloc()")
     assert pooled - unpooled >= 15  # the second 20 MiB block stayed resident only with glibc's pooling
+
+
+def test_matmul_peak_is_the_faster_of_the_products_and_each_computes_a_times_b() -> None:
+    calls, flops = benchmark._matmul_calls()
+    m, k, n = benchmark.MATMUL_SHAPE
+    assert flops == 2 * m * k * n
+    products = [call() for call in calls.values()]
+    assert len(products) == 1 + bool(benchmark.onednn_available())
+    for product in products[1:]:
+        torch.testing.assert_close(product, products[0], atol=1e-3, rtol=1e-4)
+    seconds = {label: 2.0 + i for i, label in enumerate(calls)} | {"vitkit": 7.0}
+    assert benchmark._matmul_peak_gflops(seconds, calls, 4e9) == 2.0  # 4 GFLOP in the faster product's 2 s
+    assert seconds == {"vitkit": 7.0}

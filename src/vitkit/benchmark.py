@@ -4,7 +4,8 @@ Every model of one comparison (vitkit plain, vitkit optimized, timm, transformer
 vit-pytorch, ONNX Runtime int8) is timed once per round, round after round, so that noise on a shared
 machine hits all of them alike; images/s is the median over rounds. GFLOP/s uses the architecture's
 multiply-adds (counted once with torch's FlopCounterMode on the plain model, 2 FLOPs each), and its share
-of a float32 matrix-multiply peak timed in the same rounds. Peak memory is the peak resident memory of a
+of a float32 matrix-multiply peak timed in the same rounds (the faster of PyTorch's two CPU products, MKL's through
+``a @ b`` and oneDNN's). Peak memory is the peak resident memory of a
 fresh process that builds the model, then runs the batch (each batch size in turn, smallest first, the peak reset
 before each), minus that process's memory after importing torch, vitkit and the model's library; glibc's pooling of
 large blocks is off there, so the figure follows the live tensors (see ``unpooled_malloc``).
@@ -28,13 +29,14 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from vitkit.model import VisionTransformer, get_config
 from vitkit.model.config import ViTConfig
+from vitkit.optimize.onednn import onednn_available
 
 logger = logging.getLogger(__name__)
 
@@ -142,13 +144,28 @@ def _timm_adamw(model: nn.Module, **options: Any) -> torch.optim.Optimizer:
     return create_optimizer_v2(model, "adamw", **_adamw_settings(), **options)
 
 
-# The training comparison's rows: the model each is built as, and its AdamW as that library's training code builds
-# it (vitkit's trainer: fused; timm's train.py: create_optimizer_v2, on the CPU torch's per-tensor loop). The
-# third row gives timm's model vitkit's fused update: the difference between the models alone.
-TRAINERS: dict[str, tuple[str, Callable[[nn.Module], torch.optim.Optimizer]]] = {
-    "vitkit": ("vitkit", _vitkit_adamw),
-    "timm": ("timm", _timm_adamw),
-    "timm, fused AdamW": ("timm", lambda model: _timm_adamw(model, fused=True)),
+class TrainingRecipe(NamedTuple):
+    """How a library's training code trains: the model it builds, its AdamW, what its forward passes run in."""
+
+    model: str
+    optimizer: Callable[[nn.Module], torch.optim.Optimizer]
+    forward_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+
+
+def _vitkit_forward_context() -> contextlib.AbstractContextManager:
+    from vitkit.training.loop import training_forward
+
+    return training_forward(torch.device("cpu"))
+
+
+# The training comparison's rows, each as its library's training code trains: vitkit's trainer updates with fused
+# AdamW and runs its forward as `training_forward` says (GELU outputs recomputed in the backward pass, linear
+# layers multiplied by oneDNN); timm's train.py builds AdamW with create_optimizer_v2 (on the CPU torch's
+# per-tensor loop). The third row gives timm's model the fused update.
+TRAINERS: dict[str, TrainingRecipe] = {
+    "vitkit": TrainingRecipe("vitkit", _vitkit_adamw, _vitkit_forward_context),
+    "timm": TrainingRecipe("timm", _timm_adamw),
+    "timm, fused AdamW": TrainingRecipe("timm", lambda model: _timm_adamw(model, fused=True)),
 }
 
 
@@ -204,10 +221,23 @@ def interleaved_seconds(
     return {label: statistics.median(values) for label, values in seconds.items()}
 
 
-def _matmul_call() -> tuple[Callable[[], Tensor], float]:
+def _matmul_calls() -> tuple[dict[str, Callable[[], Tensor]], float]:
+    """The float32 products whose faster one sets the matmul peak, and their FLOPs: ``a @ b`` (MKL on the CPU)
+    and, where PyTorch has it, oneDNN's, which ``optimize`` multiplies with (on AMD CPUs the faster of the two)."""
     m, k, n = MATMUL_SHAPE
     a, b = torch.randn(m, k), torch.randn(k, n)
-    return (lambda: a @ b), 2.0 * m * k * n
+    calls: dict[str, Callable[[], Tensor]] = {"matmul peak": lambda: a @ b}
+    if onednn_available():
+        weight = b.t().contiguous()  # (out, in), as a linear layer holds it
+        calls["matmul peak, oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(a, weight, None, "none", [], "")
+    return calls, 2.0 * m * k * n
+
+
+def _matmul_peak_gflops(
+    seconds: dict[str, float], matmul_calls: dict[str, Callable[[], Tensor]], flops: float
+) -> float:
+    """The matmul peak from the timed ``seconds`` (each product's entry removed from them)."""
+    return flops / min(seconds.pop(label) for label in matmul_calls) / 1e9
 
 
 # What each builder imports, imported before the baseline: peak memory is the model's, not its library's import.
@@ -276,7 +306,8 @@ def _peak_memory_child(task: tuple) -> dict[int, float] | None:
     label, name, image_size, batch_sizes, threads, train = task
     unpooled_malloc()
     torch.set_num_threads(threads)
-    model_label, optimizer_for = TRAINERS[label] if train else (label, None)
+    recipe = TRAINERS[label] if train else None
+    model_label = recipe.model if recipe is not None else label
     if model_label in LIBRARY_MODULES:
         with contextlib.suppress(ImportError):  # build() logs it and gives None
             importlib.import_module(LIBRARY_MODULES[model_label])
@@ -288,8 +319,8 @@ def _peak_memory_child(task: tuple) -> dict[int, float] | None:
     for batch_size in sorted(batch_sizes):
         _reset_peak()
         images = torch.randn(batch_size, 3, image_size, image_size)
-        if optimizer_for is not None:  # two steps: from the second on, AdamW's state and the last gradients are held
-            step = training_step(model.train(), optimizer_for(model), images)
+        if recipe is not None:  # two steps: from the second on, AdamW's state and the last gradients are held
+            step = training_step(model.train(), recipe.optimizer(model), images, forward_context=recipe.forward_context)
             step()
             step()
         else:
@@ -327,14 +358,15 @@ def peak_memories_mib(
 
 
 def training_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, autocast: torch.dtype | None = None
+    model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, autocast: torch.dtype | None = None,
+    forward_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> Callable[[], None]:
     """One training step of ``model`` on ``images`` (forward, cross-entropy, backward, ``optimizer``), the forward
-    under autocast to ``autocast`` when given."""
+    in ``forward_context()`` and under autocast to ``autocast`` when given."""
     labels = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
 
     def step() -> None:
-        with torch.autocast(images.device.type, autocast, enabled=autocast is not None):
+        with forward_context(), torch.autocast(images.device.type, autocast, enabled=autocast is not None):
             loss = nn.functional.cross_entropy(model(images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -401,11 +433,11 @@ def compare_inference(
         torch.manual_seed(0)
         images = torch.randn(batch_size, 3, image_size, image_size)
         calls: dict[str, Callable[[], Any]] = {label: (lambda m=model: m(images)) for label, model in models.items()}
-        matmul, matmul_flops = _matmul_call()
-        calls["matmul peak"] = matmul
+        matmul_calls, matmul_flops = _matmul_calls()
+        calls.update(matmul_calls)
         repeats = max(1, 2 // batch_size)  # a batch of 1 twice per timing: calls of 0.05 s and up
         seconds = interleaved_seconds(calls, rounds, repeats)
-        peak = matmul_flops / seconds.pop("matmul peak") / 1e9
+        peak = _matmul_peak_gflops(seconds, matmul_calls, matmul_flops)
         comparison = Comparison(name, image_size, batch_size, "inference", threads, peak)
         for label, s in seconds.items():
             speed = batch_size / s
@@ -425,14 +457,16 @@ def compare_training(name: str, batch_size: int, rounds: int, memory: bool) -> C
     torch.manual_seed(0)
     images = torch.randn(batch_size, 3, image_size, image_size)
     steps = {}
-    for label, (model_label, optimizer_for) in TRAINERS.items():
-        model = build(model_label, name, image_size)
+    for label, recipe in TRAINERS.items():
+        model = build(recipe.model, name, image_size)
         if model is not None:
-            steps[label] = training_step(model.train(), optimizer_for(model), images)
+            steps[label] = training_step(
+                model.train(), recipe.optimizer(model), images, forward_context=recipe.forward_context
+            )
     seconds = interleaved_seconds(steps, rounds, 1, inference=False)  # the warm-up call creates AdamW's state
     flops = 3 * flops_per_image(name, image_size)  # backward costs about twice the forward
-    matmul, matmul_flops = _matmul_call()
-    peak = matmul_flops / interleaved_seconds({"matmul": matmul}, rounds, 3)["matmul"] / 1e9
+    matmul_calls, matmul_flops = _matmul_calls()
+    peak = _matmul_peak_gflops(interleaved_seconds(matmul_calls, rounds, 3), matmul_calls, matmul_flops)
     comparison = Comparison(name, image_size, batch_size, "training", threads, peak)
     timm_speed = batch_size / seconds["timm"] if "timm" in seconds else None
     memories = peak_memories_mib(list(seconds), name, image_size, [batch_size], threads, train=True) if memory else {}

@@ -33,6 +33,7 @@ def test_exact_is_fused_qkv_and_matches_plain(overrides: dict) -> None:
     fast = vitkit.optimize(model, exact=True)
     assert all(isinstance(block.attn, FusedSelfAttention) for block in fast.blocks)
     assert fast.config == model.config
+    assert not any(p.requires_grad for p in fast.parameters())  # the stacked q/k/v layer included
     with torch.inference_mode():
         torch.testing.assert_close(fast(images), model(images), atol=1e-5, rtol=0)
     for plain, fused in zip(model.get_attention_maps(images), fast.get_attention_maps(images)):

@@ -99,6 +99,31 @@ def test_bf16_autocast_on_the_cpu(tiny) -> None:
     assert abs(bf16.history[0]["train_loss"] - fp32.history[0]["train_loss"]) < 0.05
 
 
+def test_cpu_steps_multiply_every_linear_layer_through_onednn(tiny, monkeypatch) -> None:
+    """The trainer runs its forward passes (training and validation) in vitkit.optimize.onednn's products mode:
+    each linear layer's forward and input-gradient product go to oneDNN; bf16 autocast keeps its own products."""
+    from vitkit.optimize import onednn
+
+    if not onednn.onednn_available():
+        pytest.skip("this PyTorch has no oneDNN")
+    calls: list[str] = []
+
+    def counted(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append("validation" if torch.is_inference_mode_enabled() else "training")
+        return product(*args, **kwargs)
+
+    product = onednn._product
+    monkeypatch.setattr(onednn, "_product", counted)
+    steps: list[int] = []
+    result = train(tiny("fp32", epochs=1, amp="off"), on_step_end=lambda epoch, step, model: steps.append(step))
+    linears = sum(isinstance(m, nn.Linear) for m in result.model.modules())
+    assert steps and calls.count("training") == 2 * linears * len(steps)  # a forward and an input gradient each
+    assert calls.count("validation") >= linears
+    calls.clear()
+    train(tiny("bf16", epochs=1, amp="bf16"))
+    assert calls == []
+
+
 def test_seed_decides_the_run(tiny) -> None:
     a, b, c = (train(tiny(name, epochs=1, seed=seed)) for name, seed in (("a", 1), ("b", 1), ("c", 2)))
     final = [load_safetensors(run.run_dir / "model.safetensors") for run in (a, b, c)]

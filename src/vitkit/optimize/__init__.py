@@ -6,6 +6,8 @@ file keeps reading like the seed, and training keeps its separate q/k/v layers):
 - ``fuse_qkv``: q, k, v weights stacked into one linear layer (exact);
 - always (exact): the MLP's GELU written in place, over the first layer's output, and on the CPU the MLP run in
   chunks of rows whose activations stay in reused memory;
+- ``onednn``: on the CPU in float32, the linear layers multiplied by oneDNN, the MLP's GELU inside its first
+  product (within a few 1e-6 of ``nn.Linear``; see :mod:`vitkit.optimize.onednn`);
 - ``int8``: dynamic int8 quantization of the encoder's linear layers (``int8_backend``: "auto", one of PyTorch's
   quantized engines, or "torchao"; see :mod:`vitkit.optimize.quantize`);
 - ``bf16``: bfloat16 weights and activations (CPUs with AVX-512 BF16 or AMX, GPUs);
@@ -13,11 +15,11 @@ file keeps reading like the seed, and training keeps its separate q/k/v layers):
 - ``compile``: ``torch.compile`` of the result;
 - ``onnxruntime``: an ONNX Runtime session (fp32, or int8 with ``int8=True``) behind the same call.
 
-``exact=True`` keeps float32 logits (within 1e-5 of the plain model): fused q/k/v, GELU in place and the MLP in
-chunks only, unless ``compile`` is asked for too. The default turns on the fastest combination that stays within the
-accuracy bar measured in benchmarks/optimize_accuracy.py (top-1 agreement with float32 >= 99%, accuracy
-lower by <= 0.5 points on a trained model): fused q/k/v + int8, and in models at least as large as ViT-B/16 at
-224 (width times tokens) Token Merging of a quarter of the patches.
+``exact=True`` keeps float32 logits (within 1e-5 of the plain model): fused q/k/v, oneDNN products, GELU in place
+and the MLP in chunks only, unless ``compile`` is asked for too. The default turns on the fastest combination that
+stays within the accuracy bar measured in benchmarks/optimize_accuracy.py (top-1 agreement with float32 >= 99%,
+accuracy lower by <= 0.5 points on a trained model): fused q/k/v + int8, and in models at least as large as
+ViT-B/16 at 224 (width times tokens) Token Merging of a quarter of the patches.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from vitkit.optimize.bf16 import to_bf16
 from vitkit.optimize.chunk import chunk_mlps
 from vitkit.optimize.fuse import fuse_qkv as fuse_qkv_layers
 from vitkit.optimize.inplace import inplace_gelu
+from vitkit.optimize.onednn import onednn_available, onednn_linears
 from vitkit.optimize.quantize import quantize_int8
 from vitkit.optimize.tome import apply_tome
 
@@ -80,6 +83,7 @@ def optimize(
     fuse_qkv: bool = True,
     int8: bool | None = None,
     bf16: bool = False,
+    onednn: bool | None = None,
     tome: int | None = None,
     compile: bool = False,
     onnxruntime: bool = False,
@@ -87,7 +91,8 @@ def optimize(
 ) -> nn.Module:
     """An inference copy of ``model`` (eval mode, no gradients); the original is left untouched.
 
-    ``int8`` defaults to on unless ``exact``, ``bf16`` or a GPU model says otherwise; ``tome`` to
+    ``int8`` defaults to on unless ``exact``, ``bf16`` or a GPU model says otherwise; ``onednn`` to on for a
+    float32 CPU model (no int8, bf16 or compile) where PyTorch has oneDNN; ``tome`` to
     :func:`default_tome` unless ``exact`` or a GPU model (there its many small matching steps cost more than
     the merged tokens save: on an H200, ViT-B/16 in bf16 ran at 0.69x the speed without it at batch 256, 0.39x
     at batch 1). Options that change the numbers (int8, bf16, tome > 0) cannot be combined with ``exact=True``.
@@ -108,6 +113,16 @@ def optimize(
         raise ValueError("choose int8 or bf16, not both: int8 layers take float32 activations")
     if int8 and not on_cpu:
         raise ValueError("int8 dynamic quantization runs on the CPU: move the model to the CPU or use bf16=True")
+    eager_float32_cpu = on_cpu and not (int8 or bf16 or onnxruntime or compile)
+    if onednn is None:
+        onednn = eager_float32_cpu and onednn_available()
+    if onednn and not (eager_float32_cpu and onednn_available()):
+        raise ValueError(
+            "onednn=True multiplies float32 layers on the CPU through PyTorch's oneDNN: it needs a CPU model, no "
+            f"int8, bf16, onnxruntime or compile (got int8={int8}, bf16={bf16}, onnxruntime={onnxruntime}, "
+            f"compile={compile}; torch.compile chooses its own products) and a PyTorch built with oneDNN "
+            f"(available: {onednn_available()})"
+        )
     if onnxruntime and (bf16 or tome or compile):
         raise ValueError("the ONNX Runtime path takes int8=True/False only, not bf16, tome or compile")
     fast = copy.deepcopy(model).eval().requires_grad_(False)
@@ -115,20 +130,23 @@ def optimize(
         from vitkit.optimize.onnx_runtime import OnnxRuntimeModel
 
         return OnnxRuntimeModel(fast, int8=int8)
-    inplace_gelu(fast)
     if on_cpu:
         chunk_mlps(fast)
     if fuse_qkv or tome:
         fuse_qkv_layers(fast)
     if tome:
         apply_tome(fast, tome)
+    if onednn:
+        onednn_linears(fast)
+    inplace_gelu(fast)  # the GELUs oneDNN did not take into a product
     if bf16:
         to_bf16(fast)
     if int8:
         quantize_int8(fast, int8_backend)
     logger.info(
-        "optimized: fuse_qkv=%s int8=%s bf16=%s tome=%s compile=%s", fuse_qkv or bool(tome), int8, bf16, tome, compile
-    )
+        "optimized: fuse_qkv=%s int8=%s bf16=%s onednn=%s tome=%s compile=%s",
+        fuse_qkv or bool(tome), int8, bf16, onednn, tome, compile,
+    )  # fmt: skip
     return torch.compile(fast) if compile else fast
 
 

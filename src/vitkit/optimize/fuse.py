@@ -31,7 +31,7 @@ def stack_linears(layers: list[nn.Linear]) -> nn.Linear:
         fused.weight.copy_(torch.cat([layer.weight for layer in layers]))
         if has_bias:
             fused.bias.copy_(torch.cat([layer.bias for layer in layers]))
-    return fused
+    return fused.requires_grad_(first.weight.requires_grad)
 
 
 class FusedSelfAttention(nn.Module):

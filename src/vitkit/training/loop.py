@@ -32,12 +32,14 @@ from tqdm.auto import tqdm
 from vitkit.data import DataBundle, build_batch_mixer
 from vitkit.evaluation import tally
 from vitkit.model import VisionTransformer
+from vitkit.optimize.onednn import training_products
 from vitkit.training import distributed
 from vitkit.training.checkpoint import LAST_WEIGHTS, load_checkpoint, save_best, save_checkpoint
 from vitkit.training.config import TrainConfig
 from vitkit.training.distributed import DistContext
 from vitkit.training.interrupts import DataWorkerError, TrainingInterrupted, is_worker_death, stop_on_ctrl_c
 from vitkit.training.loaders import Loaders
+from vitkit.training.memory import recompute_gelu_outputs
 from vitkit.training.metrics import MetricsLog
 from vitkit.training.optim import build_optimizer, build_scheduler, lr_factor
 
@@ -70,6 +72,15 @@ def ema_with_warmup(decay: float) -> Callable[[list[Tensor], list[Tensor], Tenso
         torch._foreach_lerp_(ema_params, params, 1.0 - min(decay, (1 + n) / (10 + n)))
 
     return update
+
+
+@contextlib.contextmanager
+def training_forward(device: torch.device) -> Iterator[None]:
+    """What the training forward passes run in: GELU outputs recomputed in the backward pass instead of kept
+    (:mod:`vitkit.training.memory`) and, on the CPU, linear layers multiplied by oneDNN (:mod:`vitkit.optimize.onednn`).
+    The model stays as it is."""
+    with training_products(device), recompute_gelu_outputs():
+        yield
 
 
 def use_bf16(amp: str, device: torch.device) -> bool:
@@ -260,7 +271,7 @@ class Trainer:
         # Gradients are all-reduced between processes only on the last micro-batch of an optimizer step.
         no_sync = self.ddp.no_sync() if self.ddp is not None and not sync else contextlib.nullcontext()
         with no_sync:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            with training_forward(self.device), torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
                 logits = network(images)
             loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.config.label_smoothing)
             (loss / self.config.accum_steps).backward()
@@ -337,7 +348,8 @@ class Trainer:
 
     def _evaluate(self, module: nn.Module) -> tuple[float, float]:
         """(loss, accuracy) on the validation set; each process takes its share, the sums are all-reduced."""
-        sums = tally(module, self.loaders.val(), self.data.num_classes, self.device, k=1, bf16=self.bf16)
+        with training_products(self.device):
+            sums = tally(module, self.loaders.val(), self.data.num_classes, self.device, k=1, bf16=self.bf16)
         loss, correct, count = distributed.all_reduce_sum(
             torch.stack([sums.loss, sums.correct.double(), sums.count.double()]).tolist(), self.ctx, self.device
         )
