@@ -118,7 +118,7 @@ def compare(
 
 def fused_adamw_step(label: str, model: nn.Module, images: Tensor, dtype: torch.dtype | None) -> Callable[[], None]:
     """A training step of ``model`` with fused AdamW (the same update for every library on a GPU), vitkit's
-    forward as `vitkit train` runs it (``training_forward``: GELU outputs recomputed in the backward pass)."""
+    forward as `vitkit train` runs it (``training_forward``)."""
     optimizer = torch.optim.AdamW(model.parameters(), fused=True)
     context = (lambda: training_forward(images.device)) if label == "vitkit" else contextlib.nullcontext
     return benchmark.training_step(model, optimizer, images, dtype, forward_context=context)

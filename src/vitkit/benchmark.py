@@ -242,6 +242,7 @@ def _matmul_peak_gflops(
 
 # What each builder imports, imported before the baseline: peak memory is the model's, not its library's import.
 LIBRARY_MODULES = {
+    "vitkit": "vitkit.training.loop",  # the training row's forward context (inference rows import no more)
     "timm": "timm",
     "transformers": "transformers.models.vit.modeling_vit",
     "torchvision": "torchvision.models.vision_transformer",

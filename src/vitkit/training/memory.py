@@ -4,7 +4,8 @@ A linear layer keeps its input for its weight's gradient. After GELU that input 
 times the width, per block; GELU's own backward node already keeps GELU's input, of the same size. Kept as a recipe
 instead (GELU's input and its ``approximate``), the output is recomputed, bit for bit, when the backward pass needs
 it: one wide tensor less per block, for one GELU per block in the backward pass. Measured on this project's 2-core
-CPU, ViT-S/16 at batch 32: the training step peaked at 1,778 MiB instead of 2,187, at the same speed.
+CPU, ViT-S/16 at batch 32: the training step peaked at 1,778 MiB instead of 2,187, at the same speed. `vitkit train`
+runs its CPU forward passes in it (:func:`vitkit.training.loop.training_forward`).
 """
 
 from __future__ import annotations
