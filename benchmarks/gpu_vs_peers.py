@@ -24,7 +24,6 @@ FlopCounterMode), whatever an optimization skips. Writes a Markdown table and JS
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +36,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import vitkit
 from vitkit import benchmark
 from vitkit.optimize import default_tome
-from vitkit.training.loop import training_forward
 
 RESULTS = Path(__file__).parent / "results"
 NAMES = {"vit_small_patch16_224": "ViT-S/16", "vit_base_patch16_224": "ViT-B/16", "vit_tiny_patch16_224": "ViT-Ti/16"}
@@ -118,9 +116,9 @@ def compare(
 
 def fused_adamw_step(label: str, model: nn.Module, images: Tensor, dtype: torch.dtype | None) -> Callable[[], None]:
     """A training step of ``model`` with fused AdamW (the same update for every library on a GPU), vitkit's
-    forward as `vitkit train` runs it (``training_forward``)."""
+    forward as `vitkit train` runs it (``benchmark.vitkit_training_forward``)."""
     optimizer = torch.optim.AdamW(model.parameters(), fused=True)
-    context = (lambda: training_forward(images.device)) if label == "vitkit" else contextlib.nullcontext
+    context = benchmark.vitkit_training_forward if label == "vitkit" else benchmark.no_context
     return benchmark.training_step(model, optimizer, images, dtype, forward_context=context)
 
 

@@ -92,18 +92,20 @@ def test_each_training_row_steps_adamw_as_its_library_trains() -> None:
 def test_vitkits_training_row_runs_its_forward_as_vitkit_train_does(monkeypatch) -> None:
     from vitkit.training import loop
 
-    entered: list[torch.device] = []
+    entered: list[tuple[torch.device, int]] = []
 
     @contextlib.contextmanager
-    def recorded(device: torch.device) -> Iterator[None]:
-        entered.append(device)
+    def recorded(device: torch.device, work: int) -> Iterator[None]:
+        entered.append((device, work))
         yield
 
     monkeypatch.setattr(loop, "training_forward", recorded)
+    model = VisionTransformer(get_config("vit_tiny_patch16_224"))
+    images = torch.zeros(3, 3, 224, 224)
     for recipe in benchmark.TRAINERS.values():
-        with recipe.forward_context():
+        with recipe.forward_context(model, images):
             pass
-    assert entered == [torch.device("cpu")]  # vitkit's row only
+    assert entered == [(torch.device("cpu"), 3 * 197 * 192)]  # vitkit's row only: images x tokens x width
 
 
 def test_synchronize_waits_after_the_warm_up_and_after_each_timing() -> None:
@@ -127,8 +129,8 @@ def test_training_step_runs_its_forward_under_the_autocast_asked_for() -> None:
     entered: list[bool] = []
 
     @contextlib.contextmanager
-    def context() -> Iterator[None]:
-        entered.append(torch.is_grad_enabled())
+    def context(stepped: torch.nn.Module, images: torch.Tensor) -> Iterator[None]:
+        entered.append(torch.is_grad_enabled() and stepped is model and images.shape == (2, 4))
         yield
 
     benchmark.training_step(model, optimizer, torch.randn(2, 4), forward_context=context)()

@@ -144,18 +144,26 @@ def _timm_adamw(model: nn.Module, **options: Any) -> torch.optim.Optimizer:
     return create_optimizer_v2(model, "adamw", **_adamw_settings(), **options)
 
 
+ForwardContext = Callable[[nn.Module, Tensor], contextlib.AbstractContextManager]
+
+
+def no_context(model: nn.Module, images: Tensor) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
+
+
+def vitkit_training_forward(model: nn.Module, images: Tensor) -> contextlib.AbstractContextManager:
+    """What `vitkit train` runs a forward pass of ``model`` on ``images`` in."""
+    from vitkit.training.loop import forward_work, training_forward
+
+    return training_forward(images.device, forward_work(model, images.shape[0]))
+
+
 class TrainingRecipe(NamedTuple):
     """How a library's training code trains: the model it builds, its AdamW, what its forward passes run in."""
 
     model: str
     optimizer: Callable[[nn.Module], torch.optim.Optimizer]
-    forward_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
-
-
-def _vitkit_forward_context() -> contextlib.AbstractContextManager:
-    from vitkit.training.loop import training_forward
-
-    return training_forward(torch.device("cpu"))
+    forward_context: ForwardContext = no_context
 
 
 # The training comparison's rows, each as its library's training code trains: vitkit's trainer updates with fused
@@ -163,7 +171,7 @@ def _vitkit_forward_context() -> contextlib.AbstractContextManager:
 # layers multiplied by oneDNN); timm's train.py builds AdamW with create_optimizer_v2 (on the CPU torch's
 # per-tensor loop). The third row gives timm's model the fused update.
 TRAINERS: dict[str, TrainingRecipe] = {
-    "vitkit": TrainingRecipe("vitkit", _vitkit_adamw, _vitkit_forward_context),
+    "vitkit": TrainingRecipe("vitkit", _vitkit_adamw, vitkit_training_forward),
     "timm": TrainingRecipe("timm", _timm_adamw),
     "timm, fused AdamW": TrainingRecipe("timm", lambda model: _timm_adamw(model, fused=True)),
 }
@@ -360,14 +368,15 @@ def peak_memories_mib(
 
 def training_step(
     model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, autocast: torch.dtype | None = None,
-    forward_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    forward_context: ForwardContext = no_context,
 ) -> Callable[[], None]:
     """One training step of ``model`` on ``images`` (forward, cross-entropy, backward, ``optimizer``), the forward
-    in ``forward_context()`` and under autocast to ``autocast`` when given."""
+    in ``forward_context(model, images)`` and under autocast to ``autocast`` when given."""
     labels = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
 
     def step() -> None:
-        with forward_context(), torch.autocast(images.device.type, autocast, enabled=autocast is not None):
+        context = forward_context(model, images)
+        with context, torch.autocast(images.device.type, autocast, enabled=autocast is not None):
             loss = nn.functional.cross_entropy(model(images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from vitkit import VisionTransformer
 from vitkit.optimize.onednn import OneDnnProducts, onednn_available
-from vitkit.training.loop import training_forward
+from vitkit.training.loop import FAST_FORWARD_MIN_WORK, forward_work, training_forward
 from vitkit.training.memory import recompute_gelu_outputs
 
 CONTEXTS = {
@@ -65,18 +65,24 @@ def test_a_part_of_a_gelu_output_is_kept_as_it_is() -> None:
         assert torch.equal(a, b)
 
 
-def test_the_trainers_forward_recomputes_gelu_outputs_on_the_cpu_only() -> None:
-    """(The tensors stay on the CPU: what is tested is what a CUDA run's forward context does.)"""
+def test_the_trainers_forward_recomputes_gelu_outputs_on_the_cpu_from_a_size_up() -> None:
+    """(The tensors stay on the CPU: what is tested is what each forward context does.)"""
     torch.manual_seed(0)
-    h, weight = torch.randn(3, 4, requires_grad=True), torch.randn(2, 4)
-    for device, freed in (("cpu", True), ("cuda", False)):
-        with training_forward(torch.device(device)):
+    h, weight = torch.randn(3, 4, requires_grad=True), torch.randn(2, 4, requires_grad=True)  # both saved
+    big = FAST_FORWARD_MIN_WORK
+    for device, work, freed in (("cpu", big, True), ("cpu", big - 1, False), ("cuda", big, False)):
+        with training_forward(torch.device(device), work):
             gelu_output = F.gelu(h)
             out = F.linear(gelu_output, weight)
         ref = weakref.ref(gelu_output)
         del gelu_output
-        assert (ref() is None) == freed, device
+        assert (ref() is None) == freed, (device, work)
         out.sum().backward()
         # d/dh sum(gelu(h) @ W^T) = gelu'(h) * (1 @ W), by GELU's own backward
-        torch.testing.assert_close(h.grad, torch.ops.aten.gelu_backward(torch.ones(3, 2) @ weight, h))
-        h.grad = None
+        torch.testing.assert_close(h.grad, torch.ops.aten.gelu_backward(torch.ones(3, 2) @ weight.detach(), h))
+        h.grad = weight.grad = None
+
+
+def test_forward_work_is_images_times_tokens_times_width() -> None:
+    model = VisionTransformer(image_size=16, patch_size=4, num_classes=5, hidden_dim=48, depth=1, num_heads=3)
+    assert forward_work(model, 8) == 8 * (16 + 1) * 48

@@ -99,10 +99,12 @@ def test_bf16_autocast_on_the_cpu(tiny) -> None:
     assert abs(bf16.history[0]["train_loss"] - fp32.history[0]["train_loss"]) < 0.05
 
 
-def test_cpu_steps_multiply_every_linear_layer_through_onednn(tiny, monkeypatch) -> None:
-    """The trainer runs its forward passes (training and validation) in vitkit.optimize.onednn's products mode:
-    each linear layer's forward and input-gradient product go to oneDNN; bf16 autocast keeps its own products."""
+def test_cpu_steps_multiply_every_linear_layer_through_onednn_from_a_size_up(tiny, monkeypatch) -> None:
+    """From FAST_FORWARD_MIN_WORK up, the trainer runs its forward passes (training and validation) in
+    vitkit.optimize.onednn's products mode: each linear layer's forward and input-gradient product go to oneDNN;
+    bf16 autocast keeps its own products. The tiny model is below the size: lowered to 0 here."""
     from vitkit.optimize import onednn
+    from vitkit.training import loop
 
     if not onednn.onednn_available():
         pytest.skip("this PyTorch has no oneDNN")
@@ -114,6 +116,9 @@ def test_cpu_steps_multiply_every_linear_layer_through_onednn(tiny, monkeypatch)
 
     product = onednn._product
     monkeypatch.setattr(onednn, "_product", counted)
+    train(tiny("small", epochs=1))
+    assert calls == []  # below the size: torch's own products
+    monkeypatch.setattr(loop, "FAST_FORWARD_MIN_WORK", 0)
     steps: list[int] = []
     result = train(tiny("fp32", epochs=1, amp="off"), on_step_end=lambda epoch, step, model: steps.append(step))
     linears = sum(isinstance(m, nn.Linear) for m in result.model.modules())
