@@ -8,14 +8,13 @@ shapes took 0.69x to 0.9x MKL's time at 197 rows (batch 1) and at 3,152 rows (ba
 step at batch 32 1.08x faster. The numbers are float32 sums in another order: logits within a few 1e-6 of
 ``nn.Linear``'s.
 
-In a training step (``vitkit train`` runs its forward passes in :class:`OneDnnProducts`; the model is left as it is)
-the backward pass's product for the input's gradient runs in oneDNN too; the one for the weight's gradient stays
-with ``torch.mm``: its operands are transposed, and oneDNN was slower on them here.
+In a training step (``vitkit train`` runs its larger CPU forward passes in :class:`OneDnnProducts`; the model is
+left as it is) the backward pass's product for the input's gradient runs in oneDNN too; the one for the weight's
+gradient stays with ``torch.mm``: its operands are transposed, and oneDNN was slower on them here.
 """
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
@@ -70,19 +69,21 @@ def _gradient_follows(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``F.linear(x, weight, bias)``, multiplied by oneDNN where it applies (float32 on the CPU, no autocast), with
-    gradients when they are needed."""
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, gelu: bool = False) -> Tensor:
+    """``F.linear(x, weight, bias)``, then exact GELU when ``gelu``, multiplied by oneDNN where it applies (float32
+    on the CPU, no autocast), with gradients when they are needed (GELU inside the product when none are)."""
     if not _applies(x, weight):
-        return F.linear(x, weight, bias)
-    if _gradient_follows(x, weight, bias):
-        return _LinearFunction.apply(x, weight, bias)
-    return _product(x, weight, bias)
+        out = F.linear(x, weight, bias)
+    elif _gradient_follows(x, weight, bias):
+        out = _LinearFunction.apply(x, weight, bias)
+    else:
+        return _product(x, weight, bias, gelu)
+    return F.gelu(out) if gelu else out
 
 
 class OneDnnLinear(nn.Linear):
     """An ``nn.Linear`` (same parameters, same names) multiplied by :func:`linear`, with exact GELU applied to its
-    output when ``gelu`` (inside the product when no gradient follows)."""
+    output when ``gelu``."""
 
     def __init__(self, layer: nn.Linear, gelu: bool = False) -> None:
         nn.Module.__init__(self)
@@ -91,10 +92,7 @@ class OneDnnLinear(nn.Linear):
         self.gelu = gelu
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.gelu and _applies(x, self.weight) and not _gradient_follows(x, self.weight, self.bias):
-            return _product(x, self.weight, self.bias, gelu=True)
-        out = linear(x, self.weight, self.bias)
-        return F.gelu(out) if self.gelu else out
+        return linear(x, self.weight, self.bias, self.gelu)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, gelu={self.gelu}"
@@ -118,12 +116,4 @@ class OneDnnProducts(TorchFunctionMode):
     modules stay as they are. ``vitkit train`` runs its forward passes in it."""
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        if func is F.linear:
-            return linear(*args, **(kwargs or {}))
-        return func(*args, **(kwargs or {}))
-
-
-def training_products(device: torch.device) -> contextlib.AbstractContextManager:
-    """:class:`OneDnnProducts` for passes on the CPU where PyTorch has oneDNN; nothing elsewhere (on a GPU the mode's
-    Python call per operator would cost time and change nothing)."""
-    return OneDnnProducts() if device.type == "cpu" and onednn_available() else contextlib.nullcontext()
+        return (linear if func is F.linear else func)(*args, **(kwargs or {}))

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from vitkit.data import DataBundle, build_batch_mixer
 from vitkit.evaluation import tally
 from vitkit.model import VisionTransformer
-from vitkit.optimize.onednn import training_products
+from vitkit.optimize.onednn import OneDnnProducts, onednn_available
 from vitkit.training import distributed
 from vitkit.training.checkpoint import LAST_WEIGHTS, load_checkpoint, save_best, save_checkpoint
 from vitkit.training.config import TrainConfig
@@ -94,7 +94,8 @@ def training_forward(device: torch.device, work: int) -> Iterator[None]:
     if device.type != "cpu" or work < FAST_FORWARD_MIN_WORK:
         yield
         return
-    with training_products(device), recompute_gelu_outputs():
+    products = OneDnnProducts() if onednn_available() else contextlib.nullcontext()
+    with products, recompute_gelu_outputs():
         yield
 
 
