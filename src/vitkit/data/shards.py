@@ -319,9 +319,7 @@ def shard_order(shards: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(shards)
 
 
-def process_share(
-    counts: Sequence[int], seed: int, epoch: int, rank: int, world_size: int, batch: int
-) -> np.ndarray:
+def process_share(counts: Sequence[int], seed: int, epoch: int, rank: int, world_size: int, batch: int) -> np.ndarray:
     """This process's samples of ``epoch`` as sample numbers (the shards' samples numbered end to end), in training
     order: a whole number of ``batch``-sized batches, as many for every process (see the module's docstring)."""
     offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
