@@ -86,9 +86,20 @@ class BatchDecoder:
         self.size, self.channels, self.device = size, channels, device
         self.mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
         self.resize = build_decode_transform(size, channels)
+        # On a GPU, batches are decoded on a stream of their own, so that decoding overlaps the training step.
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         logger.info("decoding training batches on %s (torchvision decode_jpeg), workers only read files", device)
 
     def __call__(self, files: Sequence[Tensor]) -> Tensor:
+        """The batch, ready to use on any stream of the device (callable from a thread of its own)."""
+        if self.stream is None:
+            return self._decode(files)
+        with torch.cuda.stream(self.stream):
+            images = self._decode(files)
+        self.stream.synchronize()  # waits for this batch alone; the training stream keeps running
+        return images
+
+    def _decode(self, files: Sequence[Tensor]) -> Tensor:
         from torchvision.io import decode_jpeg
 
         on_device = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 from torch.utils.data import DataLoader, Subset
@@ -111,8 +112,22 @@ class Loaders:
             yield self.augment(self.images[batch], self._rows(epoch, micro)), self.labels[batch]
 
     def _decoded_batches(self, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for micro, (files, labels) in enumerate(self.train, start=first):
-            yield self.augment(self.decoder(files), self._rows(epoch, micro)), labels
+        """Batches decoded on the device, the next one in a thread while the current one trains."""
+        batches = enumerate(self.train, start=first)
+        with ThreadPoolExecutor(1, thread_name_prefix="vitkit-decode") as decoding:
+
+            def decode_next() -> tuple[int, Future, torch.Tensor] | None:
+                micro, (files, labels) = next(batches, (None, (None, None)))
+                return None if micro is None else (micro, decoding.submit(self.decoder, files), labels)
+
+            pending = decode_next()
+            while pending is not None:
+                micro, images, labels = pending
+                pending = decode_next()
+                images = images.result()
+                if images.is_cuda:  # made on the decoder's stream: keep its memory until this stream is done
+                    images.record_stream(torch.cuda.current_stream(images.device))
+                yield self.augment(images, self._rows(epoch, micro)), labels
 
     def val(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This process's share of the validation set, normalised as the model expects."""
