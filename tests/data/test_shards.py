@@ -92,6 +92,17 @@ def test_patterns_lists_and_bad_locations(shards: Path, tmp_path: Path) -> None:
         write_shards(shards, tmp_path / "out")
 
 
+def test_shards_read_through_a_command_as_from_object_storage(shards: Path) -> None:
+    """WebDataset's pipe: form (`pipe:aws s3 cp s3://... -` in real use): the counts come from shards.json read the
+    same way, and the samples are those of the local shards."""
+    info, given = read_shard_info(f"pipe:cat {shards}/train-{{000000..000002}}.tar")
+    assert given.urls[0] == f"pipe:cat {shards}/train-000000.tar" and given.counts == (6, 6, 4)
+    assert info.splits["val"].urls == (f"pipe:cat {shards}/val-000000.tar",)
+    local = ShardSamples(read_shard_info(shards)[0].splits["train"], 3)
+    piped = ShardSamples(given, 3)
+    assert [piped.encoded(i) for i in range(16)] == [local.encoded(i) for i in range(16)]
+
+
 def test_shard_samples_decode_as_the_files_do(folder: Path, shards: Path) -> None:
     info, _ = read_shard_info(shards)
     val = ShardSamples(info.splits["val"], 1, label_map=[2, 0, 1])

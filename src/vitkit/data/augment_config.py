@@ -81,8 +81,8 @@ def is_shard_location(data_dir: str | os.PathLike) -> bool:
     text = str(data_dir)
     if Path(text).is_dir():
         return (Path(text) / SHARDS_INFO).is_file()
-    words = text.replace("::", " ").split()
-    return text.endswith(".txt") or any("://" in w or w.startswith("pipe:") or w.endswith(".tar") for w in words)
+    parts = [part.strip() for part in text.split("::")]
+    return text.endswith(".txt") or any("://" in p or p.startswith("pipe:") or p.endswith(".tar") for p in parts)
 
 
 def default_augment(source: str, **overrides: Any) -> AugmentConfig:

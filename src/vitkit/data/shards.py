@@ -158,20 +158,28 @@ def _is_url(location: str) -> bool:
 
 def expand_locations(location: str) -> list[str]:
     """Shard paths or URLs from a brace pattern (``shards/train-{000000..000009}.tar``), several of them separated by
-    spaces or ``::`` (as WebDataset writes them), or a text file listing one per line."""
+    ``::`` (as WebDataset writes them), or a text file listing one per line."""
     from braceexpand import braceexpand
 
     if location.endswith(".txt") and Path(location).is_file():
         return [line.strip() for line in Path(location).read_text().splitlines() if line.strip()]
-    return [url for part in location.replace("::", " ").split() for url in braceexpand(part)]
+    return [url for part in location.split("::") if part.strip() for url in braceexpand(part.strip())]
 
 
-def _parent(url: str) -> str:
-    return url.rsplit("/", 1)[0] if "/" in url else "."
+def _shard_path(url: str) -> str:
+    """The shard's own path or URL: in a ``pipe:`` command, the word that ends in .tar."""
+    return next((word for word in url.split() if word.endswith(".tar")), url) if url.startswith("pipe:") else url
 
 
-def _join(parent: str, name: str) -> str:
-    return f"{parent}/{name}" if _is_url(parent) else str(Path(parent) / name)
+def _name(url: str) -> str:
+    return _shard_path(url).rsplit("/", 1)[-1]
+
+
+def _sibling(url: str, name: str) -> str:
+    """The file ``name`` beside the shard ``url`` (for a ``pipe:`` command, the same command reading that file)."""
+    path = _shard_path(url)
+    parent = path.rsplit("/", 1)[0] if "/" in path else "."
+    return url.replace(path, f"{parent}/{name}")
 
 
 def open_stream(url: str) -> IO[bytes]:
@@ -192,13 +200,13 @@ def read_shard_info(location: str | os.PathLike) -> tuple[ShardInfo, ShardSet | 
     location = str(location)
     given: list[str] | None = None
     if Path(location).is_dir():
-        parent = location
+        beside = str(Path(location) / SHARDS_INFO)
     else:
         given = expand_locations(location)
         if not given:
             raise ValueError(f"no shards in {location!r}; expected a folder holding {SHARDS_INFO} or shard paths")
-        parent = _parent(given[0])
-    info_url = _join(parent, SHARDS_INFO)
+        beside = given[0]
+    info_url = _sibling(beside, SHARDS_INFO)
     try:
         with open_stream(info_url) as stream:
             raw = json.load(stream)
@@ -207,18 +215,18 @@ def read_shard_info(location: str | os.PathLike) -> tuple[ShardInfo, ShardSet | 
             f"cannot read {info_url} ({err}): shards need the {SHARDS_INFO} that `vitkit shard` writes beside them"
         ) from err
     splits = {
-        split: ShardSet(tuple(_join(parent, s["name"]) for s in entry["shards"]),
+        split: ShardSet(tuple(_sibling(beside, s["name"]) for s in entry["shards"]),
                         tuple(int(s["samples"]) for s in entry["shards"]))
         for split, entry in raw["splits"].items()
     }  # fmt: skip
     info = ShardInfo(tuple(raw["classes"]), int(raw["channels"]), int(raw["image_size"]), splits)
     if given is None:
         return info, None
-    counts = {url.rsplit("/", 1)[-1]: count for s in splits.values() for url, count in zip(s.urls, s.counts)}
-    unknown = [url for url in given if url.rsplit("/", 1)[-1] not in counts]
+    counts = {_name(url): count for s in splits.values() for url, count in zip(s.urls, s.counts)}
+    unknown = [url for url in given if _name(url) not in counts]
     if unknown:
         raise ValueError(f"{info_url} does not list the shard(s) {unknown[:5]}; expected some of {sorted(counts)[:5]}")
-    return info, ShardSet(tuple(given), tuple(counts[url.rsplit("/", 1)[-1]] for url in given))
+    return info, ShardSet(tuple(given), tuple(counts[_name(url)] for url in given))
 
 
 # --- reading samples -----------------------------------------------------------------------------
@@ -240,7 +248,7 @@ def read_samples(url: str, wanted: Container[int] | None = None) -> Iterator[tup
     A local shard is read with seeks past the samples not wanted; a URL is streamed.
     """
     stream = open_stream(url)
-    mode = "r:" if stream.seekable() else "r|"
+    mode = "r:" if getattr(stream, "seekable", lambda: False)() else "r|"  # WebDataset's pipes have no seekable()
     with stream, tarfile.open(fileobj=stream, mode=mode) as tar:
         index, key, parts = -1, None, {}
         for member in tar:
