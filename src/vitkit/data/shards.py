@@ -372,28 +372,31 @@ class ShardStream(IterableDataset):
         worker_id, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
         share = process_share(self.shards.counts, self.seed, self.epoch, self.rank, self.world_size, self.batch)
         mine = list(range(self.first + worker_id, self.batches, workers))
+        # sample number -> its position in the share, and the wanted samples of each shard (index in the shard)
         position = {int(share[p]): p for i in mine for p in range(i * self.batch, (i + 1) * self.batch)}
-        offsets = np.concatenate([[0], np.cumsum(self.shards.counts, dtype=np.int64)])
-        touched = set((np.searchsorted(offsets, list(position), side="right") - 1).tolist())
+        offsets = np.concatenate([[0], np.cumsum(self.shards.counts, dtype=np.int64)]).tolist()
+        numbers = np.fromiter(position, dtype=np.int64, count=len(position))
+        wanted: dict[int, set[int]] = {}
+        for number, shard in zip(numbers.tolist(), (np.searchsorted(offsets, numbers, side="right") - 1).tolist()):
+            wanted.setdefault(shard, set()).add(number - offsets[shard])
+        missing = {i: self.batch for i in mine}  # samples each batch still waits for
         ready: dict[int, Any] = {}
         pending = iter(mine)
         current = next(pending, None)
-        for shard in (int(s) for s in shard_order(len(self.shards.counts), self.seed, self.epoch) if s in touched):
-            base = int(offsets[shard])
-            wanted = {n - base for n in position if base <= n < offsets[shard + 1]}
-            for index, sample in read_samples(self.shards.urls[shard], wanted):
-                ready[position[base + index]] = self.prepare(base + index, sample, self.epoch)
-                while current is not None and all(p in ready for p in self._positions(current)):
-                    yield self.collate([ready.pop(p) for p in self._positions(current)])
+        for shard in (int(s) for s in shard_order(len(self.shards.counts), self.seed, self.epoch) if s in wanted):
+            base = offsets[shard]
+            for index, sample in read_samples(self.shards.urls[shard], wanted[shard]):
+                at = position[base + index]
+                ready[at] = self.prepare(base + index, sample, self.epoch)
+                missing[at // self.batch] -= 1
+                while current is not None and missing[current] == 0:
+                    yield self.collate([ready.pop(p) for p in range(current * self.batch, (current + 1) * self.batch)])
                     current = next(pending, None)
         if current is not None:
             raise ValueError(
                 f"the shards {self.shards.urls[:3]}... ended before batch {current} of epoch {self.epoch + 1}: they "
                 f"hold fewer samples than their {SHARDS_INFO} says"
             )
-
-    def _positions(self, batch: int) -> range:
-        return range(batch * self.batch, (batch + 1) * self.batch)
 
 
 def training_stream(data: DataBundle, rank: int, world_size: int, batch: int, encoded_only: bool) -> ShardStream:
