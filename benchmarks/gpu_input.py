@@ -106,18 +106,26 @@ def main() -> None:
                 print(f"{model:<24} {path:<6} {rate:9,.0f} images/s", flush=True)
     print(f"\n{'model':<24} " + " ".join(f"{p:>10}" for p in args.paths) + "   ratios to memory")
     for model, rates in rows.items():
-        ratios = "  ".join(f"{p} {rates[p] / rates['memory']:.2f}" for p in args.paths if p != "memory" and "memory" in rates)
+        ratios = "  ".join(
+            f"{p} {rates[p] / rates['memory']:.2f}" for p in args.paths if p != "memory" and "memory" in rates
+        )
         print(f"{model:<24} " + " ".join(f"{rates[p]:10,.0f}" for p in args.paths) + f"   {ratios}")
     write_json(
         {
             "what": "vitkit train images/s (last epoch, bf16) on a JPEG folder: decoded in memory once (memory), per "
             "sample in CPU workers (cpu), per batch on the GPU (gpu)",
-            "device": device_name, "cpu_count": os.cpu_count(), "workers": args.workers, "images": args.images,
-            "image_size": args.image_size, "batch_size": args.batch_size, "epochs": args.epochs,
+            "device": device_name,
+            "cpu_count": os.cpu_count(),
+            "workers": args.workers,
+            "images": args.images,
+            "image_size": args.image_size,
+            "batch_size": args.batch_size,
+            "epochs": args.epochs,
             "images_per_s": rows,
-            "ratio_to_memory": {m: {p: r[p] / r["memory"] for p in r if p != "memory"} for m, r in rows.items()
-                                if "memory" in r},
-        },  # fmt: skip
+            "ratio_to_memory": {
+                m: {p: r[p] / r["memory"] for p in r if p != "memory"} for m, r in rows.items() if "memory" in r
+            },
+        },
         RESULTS,
     )
     print(json.dumps({"results": str(RESULTS)}))

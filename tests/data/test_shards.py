@@ -9,12 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from conftest import make_image
 from torch.utils.data import DataLoader
 
 from vitkit.data import load_image
-from vitkit.data.shards import ShardSamples, ShardStream, process_share, read_shard_info, write_shards
+from vitkit.data.shards import (
+    ShardSamples,
+    ShardStream,
+    process_share,
+    read_shard_info,
+    write_shards,
+)
 
 CLASSES = {"cat": 7, "dog": 5, "eel": 4}  # 16 training images, not a multiple of the shard size
 

@@ -20,7 +20,7 @@ from vitkit.training.checkpoint import load_checkpoint
 from vitkit.training.metrics import read_metrics
 
 # 3 classes x 60 training images in shards of 70, 70 and 40; 45 validation images.
-STREAMED = dict(batch_size=16, cache="off", drop_path=0.1)
+STREAMED = {"batch_size": 16, "cache": "off", "drop_path": 0.1}
 
 
 @pytest.fixture(scope="module")
