@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +17,18 @@ from vitkit.bench.timing import flops_per_image, interleaved_seconds, matmul_cal
 from vitkit.model import get_config
 
 logger = logging.getLogger(__name__)
+
+
+def _row(label: str, images_per_s: float, flops_per_image: float, peak_gflops: float, memory_mib: float | None) -> Row:
+    """A row whose GFLOP/s and share of the matmul peak follow from its images/s; no ratio yet."""
+    gflops = flops_per_image * images_per_s / 1e9
+    return Row(
+        label=label,
+        images_per_s=images_per_s,
+        gflops_per_s=gflops,
+        share_of_matmul_peak=gflops / peak_gflops,
+        peak_memory_mib=memory_mib,
+    )
 
 
 def compare_inference(
@@ -45,17 +58,7 @@ def compare_inference(
         peak = matmul_peak_gflops(seconds, products, product_flops)
         comparison = Comparison(name, image_size, batch_size, "inference", threads, peak)
         for label, s in seconds.items():
-            speed = batch_size / s
-            gflops = flops * speed / 1e9
-            comparison.rows.append(
-                Row(
-                    label=label,
-                    images_per_s=speed,
-                    gflops_per_s=gflops,
-                    share_of_matmul_peak=gflops / peak,
-                    peak_memory_mib=memories[label][i] if memory else None,
-                )
-            )
+            comparison.rows.append(_row(label, batch_size / s, flops, peak, memories[label][i] if memory else None))
         comparisons.append(with_peer_ratios(comparison))
         logger.info("%s at %d, batch %d: done", name, image_size, batch_size)
     return comparisons
@@ -83,16 +86,8 @@ def compare_training(name: str, batch_size: int, rounds: int, memory: bool) -> C
     timm_speed = batch_size / seconds["timm"] if "timm" in seconds else None
     memories = peak_memories_mib(list(seconds), name, image_size, [batch_size], threads, train=True) if memory else {}
     for label, median in seconds.items():
-        speed = batch_size / median
-        gflops = flops * speed / 1e9
+        row = _row(label, batch_size / median, flops, peak, memories[label][0] if memory else None)
         comparison.rows.append(
-            Row(
-                label=label,
-                images_per_s=speed,
-                ratio_to_fastest_peer=speed / timm_speed if timm_speed else None,
-                gflops_per_s=gflops,
-                share_of_matmul_peak=gflops / peak,
-                peak_memory_mib=memories[label][0] if memory else None,
-            )
+            dataclasses.replace(row, ratio_to_fastest_peer=row.images_per_s / timm_speed if timm_speed else None)
         )
     return comparison
