@@ -136,7 +136,9 @@ def readme_speed_table(speed: dict[str, Any]) -> str:
         for comparison in chosen:
             row = next((row for row in comparison["rows"] if row["label"] == label), None)
             cells.append(
-                "" if row is None else f"{row['images_per_s']:.2f} ({format_cell('ratio', row['ratio_to_fastest_peer'])})"
+                ""
+                if row is None
+                else f"{row['images_per_s']:.2f} ({format_cell('ratio', row['ratio_to_fastest_peer'])})"
             )
         rows.append(cells)
     note = (
@@ -171,10 +173,15 @@ def comparisons_markdown(comparisons: list[dict[str, Any]]) -> str:
     ]
     parts = []
     for comparison in comparisons:
-        present = [(key, title) for key, title in columns if any(row.get(key) is not None for row in comparison["rows"])]
+        present = [
+            (key, title) for key, title in columns if any(row.get(key) is not None for row in comparison["rows"])
+        ]
         rows = [[row["label"]] + [format_cell(key, row.get(key)) for key, _ in present] for row in comparison["rows"]]
         threads = f" ({comparison['threads']} threads)" if comparison.get("threads") else ""
-        parts.append(f"### {comparison_title(comparison)}{threads}\n\n" + markdown_table(["library"] + [t for _, t in present], rows))
+        parts.append(
+            f"### {comparison_title(comparison)}{threads}\n\n"
+            + markdown_table(["library"] + [t for _, t in present], rows)
+        )
     return "\n\n".join(parts)
 
 
@@ -250,7 +257,7 @@ def main() -> None:
     updated = update_readme(text)
     if args.check:
         if updated != text:
-            sys.exit("README.md's speed table differs from benchmarks/results/speed.json: run tools/benchmark_tables.py readme")
+            sys.exit("the README's speed table is not speed.json's: run python tools/benchmark_tables.py readme")
         return
     README.write_text(updated)
 
