@@ -177,7 +177,7 @@ def comparisons_markdown(comparisons: list[dict[str, Any]]) -> str:
             (key, title) for key, title in columns if any(row.get(key) is not None for row in comparison["rows"])
         ]
         rows = [[row["label"]] + [format_cell(key, row.get(key)) for key, _ in present] for row in comparison["rows"]]
-        threads = f" ({comparison['threads']} threads)" if comparison.get("threads") else ""
+        threads = f" ({comparison['threads']} CPU threads)" if comparison.get("threads") else ""
         parts.append(
             f"### {comparison_title(comparison)}{threads}\n\n"
             + markdown_table(["library"] + [t for _, t in present], rows)

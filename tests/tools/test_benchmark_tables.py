@@ -74,6 +74,6 @@ def test_results_pages_render_every_results_file(tmp_path: Path) -> None:
     assert "Measured with `python x.py`." in pages["benchmarks/new_study.md"]
     # A column that no row of a comparison has (GFLOP/s) is left out; a missing value is an empty cell.
     assert (
-        "### ViT-B/16 at 224, batch 1, inference (2 threads)\n\n| library | images/s | ratio | peak MiB |\n"
+        "### ViT-B/16 at 224, batch 1, inference (2 CPU threads)\n\n| library | images/s | ratio | peak MiB |\n"
         "|---|---|---|---|\n| vitkit | 3.50 | 1.25x | 360 |\n| timm | 2.80 | 1.00x |  |" in pages["benchmarks/speed.md"]
     )
