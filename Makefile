@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-# PyTorch builds that lie on this machine's disk; aarch64 needs an older pair.
+# The PyTorch builds the project is tested with; aarch64 needs an older pair.
 ARCH := $(shell uname -m)
 ifeq ($(ARCH),aarch64)
 TORCH_SPEC := torch==2.9.1 torchvision==0.24.1
@@ -45,10 +45,10 @@ check: $(STAMP)
 
 # The documentation site into site/; the benchmark pages are generated from benchmarks/results/*.json.
 docs: $(STAMP)
-	$(VENV)/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 docs-serve: $(STAMP)
-	$(VENV)/bin/mkdocs serve
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 # A wheel in dist/, then installed into a clean venv where `vitkit --help` and `import vitkit` must work.
 wheel: $(STAMP)
