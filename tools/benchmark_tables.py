@@ -192,8 +192,9 @@ def records_markdown(records: list[dict[str, Any]]) -> str:
     return markdown_table([key.replace("_", " ") for key in keys], rows)
 
 
-def results_page(stem: str, data: Any) -> str:
-    """The Markdown page of one results file: its title and description, the machine, then its tables."""
+def results_page(stem: str, data: Any, figure: str | None = None) -> str:
+    """The Markdown page of one results file: its title and description, the machine, its tables, and ``figure``
+    (an image beside the page) when the benchmark drew one."""
     title, description = PAGES.get(stem, (stem.replace("_", " ").capitalize(), ""))
     parts = [f"# {title}", "<!-- generated from benchmarks/results/" + stem + ".json by tools/benchmark_tables.py -->"]
     data = data if isinstance(data, dict) else {"results": data}
@@ -218,6 +219,8 @@ def results_page(stem: str, data: Any) -> str:
             parts += [heading, records_markdown([value])]
         else:
             parts.append(f"{key.replace('_', ' ').capitalize()}: {format_cell(key, value)}")
+    if figure:
+        parts.append(f"![{title}]({figure})")
     parts.append(f"Raw data: `benchmarks/results/{stem}.json`.")
     return "\n\n".join(parts) + "\n"
 
@@ -235,11 +238,23 @@ def index_page(results: dict[str, Any]) -> str:
 
 
 def results_pages(results_dir: Path = RESULTS_DIR) -> dict[str, str]:
-    """The site's benchmark pages, path under ``docs/`` -> Markdown: an index and one page per results file."""
+    """The site's benchmark pages, path under ``docs/`` -> Markdown: an index and one page per results file.
+
+    A page links the PNG of the same name in ``results_dir`` (see :func:`results_figures`)."""
     results = load_results(results_dir)
-    pages = {f"benchmarks/{stem}.md": results_page(stem, data) for stem, data in results.items()}
+    figures = {stem: f"{stem}.png" for stem in results if (results_dir / f"{stem}.png").is_file()}
+    pages = {f"benchmarks/{stem}.md": results_page(stem, data, figures.get(stem)) for stem, data in results.items()}
     pages["benchmarks/index.md"] = index_page(results)
     return pages
+
+
+def results_figures(results_dir: Path = RESULTS_DIR) -> dict[str, Path]:
+    """The PNGs the benchmark pages show, path under ``docs/`` -> file: those named like a results file."""
+    return {
+        f"benchmarks/{path.name}": path
+        for path in sorted(results_dir.glob("*.png"))
+        if path.with_suffix(".json").is_file()
+    }
 
 
 def main() -> None:

@@ -18,7 +18,9 @@ import benchmark_tables  # noqa: E402
 
 
 def on_files(files: Files, config: Any) -> Files:
-    """Add one page per results file, and their index, under ``benchmarks/``."""
+    """Add one page per results file, their index and their figures under ``benchmarks/``."""
     for path, markdown in benchmark_tables.results_pages().items():
         files.append(File.generated(config, path, content=markdown))
+    for path, figure in benchmark_tables.results_figures().items():
+        files.append(File.generated(config, path, abs_src_path=str(figure)))
     return files

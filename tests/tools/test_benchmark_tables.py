@@ -64,7 +64,11 @@ def test_results_pages_render_every_results_file(tmp_path: Path) -> None:
         {"option": "a", "agreement_held_out": 0.99888, "speedup": 3.2336},
         {"option": "b", "agreement_held_out": 1.0, "speedup": 1.0},
     ]}))  # fmt: skip
+    (tmp_path / "speed.png").write_bytes(b"png")
+    (tmp_path / "unrelated.png").write_bytes(b"png")
     pages = benchmark_tables.results_pages(tmp_path)
+    assert benchmark_tables.results_figures(tmp_path) == {"benchmarks/speed.png": tmp_path / "speed.png"}
+    assert "](speed.png)" in pages["benchmarks/speed.md"] and ".png)" not in pages["benchmarks/new_study.md"]
     assert sorted(pages) == ["benchmarks/index.md", "benchmarks/new_study.md", "benchmarks/speed.md"]
     assert "(new_study.md)" in pages["benchmarks/index.md"] and "(speed.md)" in pages["benchmarks/index.md"]
     assert (
