@@ -52,7 +52,7 @@ docs-serve: $(STAMP)
 
 # A wheel in dist/, then installed into a clean venv where `vitkit --help` and `import vitkit` must work.
 wheel: $(STAMP)
-	rm -rf dist
+	rm -rf dist build
 	$(PY) -m build --wheel --no-isolation --outdir dist
 	$(PY) tools/check_wheel.py dist
 

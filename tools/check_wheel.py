@@ -12,6 +12,7 @@ repository, so that the source tree cannot stand in for the installed package.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import sysconfig
@@ -38,9 +39,17 @@ print(f"vitkit {vitkit.__version__} from {where.parent}")
 """
 
 
+def clean_environment() -> dict[str, str]:
+    """This process's environment without what would put another ``vitkit`` on the path: a ``PYTHONPATH`` to the
+    source tree (whose ``vitkit.egg-info`` would even make pip think the wheel is installed already), an active
+    virtual environment, the user's site-packages."""
+    dropped = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV")
+    return {key: value for key, value in os.environ.items() if key not in dropped} | {"PYTHONNOUSERSITE": "1"}
+
+
 def run(command: list[str], cwd: Path) -> str:
-    """Run ``command`` in ``cwd``; on failure stop with its output."""
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    """Run ``command`` in ``cwd`` with a clean environment; on failure stop with its output."""
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=clean_environment())
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed with exit code {done.returncode}:\n{done.stdout}{done.stderr}")
     return done.stdout
@@ -60,7 +69,10 @@ def check_wheel(wheel: Path) -> None:
         site_packages = Path(run([str(env_python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                  cwd=scratch_dir).strip())  # fmt: skip
         (site_packages / "zz_dependencies.pth").write_text(dependencies + "\n")
-        help_text = run([str(env_dir / "bin" / "vitkit"), "--help"], cwd=scratch_dir)
+        script = env_dir / "bin" / "vitkit"
+        if not script.is_file():
+            raise SystemExit(f"installing {wheel.name} made no `vitkit` script in {script.parent}")
+        help_text = run([str(script), "--help"], cwd=scratch_dir)
         if "train" not in help_text:
             raise SystemExit(f"`vitkit --help` does not list the train command:\n{help_text}")
         print(run([str(env_python), "-c", IMPORT_CHECK], cwd=scratch_dir).strip())
