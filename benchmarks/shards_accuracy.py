@@ -53,8 +53,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder, shards = Path(tmp) / "digits", Path(tmp) / "shards"
         maker = Path(__file__).with_name("make_digits_folder.py")
-        subprocess.run([sys.executable, str(maker), str(folder), "--train-per-class", str(args.train_per_class),
-                        "--test-per-class", str(args.test_per_class)], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+        sizes = ["--train-per-class", str(args.train_per_class), "--test-per-class", str(args.test_per_class)]
+        subprocess.run([sys.executable, str(maker), str(folder), *sizes], check=True, stdout=subprocess.DEVNULL)
         write_shards(folder, shards, args.shard_size)
         for seed in args.seeds:
             folder_acc, folder_s = final_accuracy(folder, seed, args.epochs, Path(tmp) / f"folder{seed}")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_image
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from vitkit.data import load_image
@@ -28,11 +28,16 @@ CLASSES = {"cat": 7, "dog": 5, "eel": 4}  # 16 training images, not a multiple o
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """train/ of JPEGs and PNGs of varying sizes, val/ of two classes."""
     root = tmp_path_factory.mktemp("folder")
+
+    def write(path: Path, size: tuple[int, int], seed: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels, "RGB").save(path)
+
     for c, (name, count) in enumerate(CLASSES.items()):
         for i in range(count):
-            suffix = ".jpg" if i % 2 else ".png"
-            make_image(root / "train" / name / f"{i}{suffix}", "RGB", (10 + i, 12 + c), seed=10 * c + i)
-        make_image(root / "val" / name / "0.jpg", "RGB", (9, 9), seed=100 + c)
+            write(root / "train" / name / f"{i}{'.jpg' if i % 2 else '.png'}", (10 + i, 12 + c), seed=10 * c + i)
+        write(root / "val" / name / "0.jpg", (9, 9), seed=100 + c)
     return root
 
 

@@ -70,7 +70,7 @@ class TrainConfig:
     """Everything ``vitkit train`` can be told; saved resolved as ``train_config.json`` in the run folder."""
 
     # --- data
-    dataset: str | None = _flag(None, "data set; default: folder (or shards) with --data-dir, else digits", choices=SOURCES)
+    dataset: str | None = _flag(None, "data set; default: folder/shards with --data-dir, else digits", choices=SOURCES)
     data_dir: str | None = _flag(
         None,
         "image folder (DIR/train/<class>/..., optional DIR/val/<class>/...), WebDataset shards (a folder from "

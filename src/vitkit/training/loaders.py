@@ -41,8 +41,9 @@ class Loaders:
     Data held in memory (``DataBundle.memory``) with an augmentation that has a batched form is indexed on the
     device and augmented a whole batch at a time, seeded by (seed, epoch, micro-batch); so are image files decoded
     on the device (``decode="gpu"``: the workers read bytes). Anything else goes through DataLoaders whose
-    per-sample augmentation is seeded by (seed, epoch, sample); shards are streamed (``DataBundle.stream``). Either way the batches depend only
-    on the seed, the epoch and the position in it: the same for any number of processes and after a resume.
+    per-sample augmentation is seeded by (seed, epoch, sample); shards are streamed (``DataBundle.stream``). Either
+    way the batches depend only on the seed, the epoch and the position in it: the same after a resume, and for
+    any number of processes (shards: the same samples per epoch, grouped into batches per process).
     """
 
     def __init__(
