@@ -81,8 +81,11 @@ def is_shard_location(data_dir: str | os.PathLike) -> bool:
     text = str(data_dir)
     if Path(text).is_dir():
         return (Path(text) / SHARDS_INFO).is_file()
+    if text.endswith(".txt") and Path(text).is_file():  # a list of shards, one a line, or some other text file
+        with open(text, errors="replace") as listing:
+            text = next((line.strip() for line in listing if line.strip()), "")
     parts = [part.strip() for part in text.split("::")]
-    return text.endswith(".txt") or any("://" in p or p.startswith("pipe:") or p.endswith(".tar") for p in parts)
+    return any("://" in p or p.startswith("pipe:") or p.endswith(".tar") for p in parts)
 
 
 def default_augment(source: str, **overrides: Any) -> AugmentConfig:
