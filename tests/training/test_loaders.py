@@ -19,7 +19,7 @@ from vitkit.training import train
 from vitkit.training.checkpoint import load_checkpoint
 from vitkit.training.metrics import read_metrics
 
-# 3 classes x 60 training images in shards of 70, 70 and 40; 45 validation images.
+# 3 classes x 30 training images in shards of 40, 40 and 10; 21 validation images.
 STREAMED = {"batch_size": 16, "cache": "off", "drop_path": 0.1}
 
 
@@ -27,20 +27,20 @@ STREAMED = {"batch_size": 16, "cache": "off", "drop_path": 0.1}
 def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(image folder, its shards)."""
     root = tmp_path_factory.mktemp("shards")
-    folder = write_digit_folder(root / "folder", [0, 1, 2], per_class=60, size=16)
-    write_shards(folder, root / "shards", shard_size=70)
+    folder = write_digit_folder(root / "folder", [0, 1, 2], per_class=30, size=16)
+    write_shards(folder, root / "shards", shard_size=40)
     return folder, root / "shards"
 
 
 def test_a_run_on_shards_resumes_exactly_also_with_other_workers(digits: tuple[Path, Path], tiny) -> None:
     shards = str(digits[1])
     reference = train(tiny("reference", data_dir=shards, epochs=1, save_every=3, **STREAMED))
-    assert reference.history[0]["step"] == 180 // 16  # every whole batch of the epoch, 4 samples left out
+    assert reference.history[0]["step"] == 90 // 16  # every whole batch of the epoch, 10 samples left out
     crashed = tiny("crashed", data_dir=shards, epochs=1, save_every=3, **STREAMED)
     with pytest.raises(Crash):
-        train(crashed, on_step_end=crash_at(5))
+        train(crashed, on_step_end=crash_at(4))
     _, state = load_checkpoint(Path(crashed.out))
-    assert state["epoch"] == 0 and state["step_in_epoch"] == 3  # mid-epoch, two steps after a checkpoint
+    assert state["epoch"] == 0 and state["step_in_epoch"] == 3  # mid-epoch, one step after a checkpoint
     resumed = resume(Path(crashed.out), workers=2)  # two workers stream the rest of the epoch
     assert_same_run(reference.run_dir, resumed.run_dir)
 
@@ -58,7 +58,7 @@ def two_process_run(digits: tuple[Path, Path], tmp_path_factory: pytest.TempPath
 
 def test_two_processes_on_uneven_shards_finish_the_epoch(two_process_run: Path) -> None:
     (record,) = read_metrics(two_process_run)
-    assert record["step"] == 180 // 16  # 11 batches of 8 per process: 176 of the 180 samples
+    assert record["step"] == 90 // 16  # 5 batches of 8 per process: 80 of the 90 samples
     assert (two_process_run / "model.safetensors").is_file()
 
 
@@ -75,7 +75,7 @@ def test_evaluate_and_predict_read_shards_as_the_folder(
     (on_shards,) = run_json("evaluate", str(two_process_run), "--data-dir", str(shards), "--json", "--plot", plot)
     (on_folder,) = run_json("evaluate", str(two_process_run), "--data-dir", str(folder), "--json", "--plot", plot)
     (own_split,) = run_json("evaluate", str(two_process_run), "--json", "--plot", plot)  # the run's val shards
-    assert on_shards["num_samples"] == on_folder["num_samples"] == own_split["num_samples"] == 45
+    assert on_shards["num_samples"] == on_folder["num_samples"] == own_split["num_samples"] == 21
     assert on_shards["confusion_matrix"] == on_folder["confusion_matrix"] == own_split["confusion_matrix"]
 
     def top1(lines: list[dict]) -> Counter:
@@ -84,4 +84,4 @@ def test_evaluate_and_predict_read_shards_as_the_folder(
     from_shards = run_json("predict", str(two_process_run), str(shards / "val-000000.tar"), "--top-k", "1")
     from_folder = run_json("predict", str(two_process_run), str(folder / "val"), "--top-k", "1")
     assert all(line["path"].startswith(str(shards / "val-000000.tar#")) for line in from_shards)
-    assert len(from_shards) == 45 and top1(from_shards) == top1(from_folder)
+    assert len(from_shards) == 21 and top1(from_shards) == top1(from_folder)
