@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -52,8 +53,10 @@ def test_every_kind_of_skip_fails_under_ci(pytester: pytest.Pytester, monkeypatc
 
 @pytest.mark.parametrize(("ci", "fails"), [("true", True), ("1", True), ("TRUE", True), ("0", False), ("no", False)])
 def test_what_counts_as_ci(monkeypatch: pytest.MonkeyPatch, ci: str, fails: bool) -> None:
-    from conftest import skips_fail
-
+    spec = importlib.util.spec_from_file_location("suite_conftest", Path(__file__).parent / "conftest.py")
+    rules = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rules)  # this folder's conftest, not a subfolder's of the same module name
+    skips_fail = rules.skips_fail
     monkeypatch.setenv("CI", ci)
     assert skips_fail() is fails
     monkeypatch.delenv("CI")

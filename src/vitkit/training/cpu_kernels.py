@@ -59,7 +59,7 @@ class _GeluOutput:
 def _pack(saved: Tensor) -> Tensor | _GeluOutput:
     """A tensor saved for the backward pass, or the recipe for it when it is (a whole view of) a GELU's output."""
     output = saved if saved._base is None else saved._base
-    node = output.grad_fn
+    node: Any = output.grad_fn  # GELU's node carries its private _saved_* attributes
     whole = saved.data_ptr() == output.data_ptr() and saved.numel() == output.numel() and saved.is_contiguous()
     if type(node).__name__ == GELU_NODE and whole and output.is_contiguous():
         return _GeluOutput(node._saved_self, node._saved_approximate, saved.shape)
@@ -80,23 +80,24 @@ def check_gelu_recipes() -> None:
     """Raise RuntimeError unless this PyTorch's GELU node still gives the recipe and gradients through it equal plain
     GELU backward's, bit for bit, for both of GELU's approximations."""
     generator = torch.Generator().manual_seed(0)
+    recipes: list[_GeluOutput] = []
+
+    def pack(saved: Tensor) -> Tensor | _GeluOutput:
+        packed = _pack(saved)
+        if isinstance(packed, _GeluOutput):
+            recipes.append(packed)
+        return packed
+
     for approximate in ("none", "tanh"):
+        recipes.clear()
         x = torch.randn(5, 8, generator=generator, requires_grad=True)
         weight = torch.randn(3, 8, generator=generator, requires_grad=True)
         output = F.gelu(x, approximate=approximate)
-        node = output.grad_fn
+        node: Any = output.grad_fn
         if type(node).__name__ != GELU_NODE:
             raise RuntimeError(f"GELU's backward node is {type(node).__name__}, expected {GELU_NODE}")
         if not torch.equal(node._saved_self, x) or node._saved_approximate != approximate:
             raise RuntimeError(f"{GELU_NODE}'s _saved_self / _saved_approximate no longer hold GELU's input and mode")
-        recipes: list[_GeluOutput] = []
-
-        def pack(saved: Tensor) -> Tensor | _GeluOutput:
-            packed = _pack(saved)
-            if isinstance(packed, _GeluOutput):
-                recipes.append(packed)
-            return packed
-
         gradients = []
         for hooks in (torch.autograd.graph.saved_tensors_hooks(pack, _unpack), contextlib.nullcontext()):
             with hooks:
@@ -180,9 +181,10 @@ def choose(setting: str, device: torch.device, model: VisionTransformer, images:
         why = "cpu_kernels=on" + ("" if products else "; this PyTorch has no oneDNN")
     else:
         products = onednn_wins(linear_shapes(model, images), what="training products")
+        verdict = "beat" if products else "did not beat"
         why = (
-            f"cpu_kernels=auto: a forward pass of {work:,} images x tokens x width, at least {FAST_FORWARD_MIN_WORK:,}; "
-            f"oneDNN's products {'beat' if products else 'did not beat'} F.linear's on this CPU"
+            f"cpu_kernels=auto: a forward pass of {work:,} images x tokens x width, at least "
+            f"{FAST_FORWARD_MIN_WORK:,}; oneDNN's products {verdict} F.linear's on this CPU"
         )
     if not recompute:
         why += "; GELU recomputation failed its check on this PyTorch"
