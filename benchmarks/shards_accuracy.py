@@ -35,7 +35,7 @@ SMALL = {"hidden_dim": 64, "depth": 4, "num_heads": 4, "mlp_dim": 128}  # --smal
 def final_accuracy(data_dir: Path, seed: int, args: argparse.Namespace, out: Path) -> tuple[float, float]:
     """(final validation accuracy of the saved weights, seconds) of one run."""
     config = TrainConfig(
-        data_dir=str(data_dir), seed=seed, epochs=args.epochs, batch_size=args.batch_size,
+        data_dir=str(data_dir), seed=seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         warmup_epochs=args.warmup_epochs, vit=SMALL if args.small else {}, cache="off", out=str(out), progress=False,
         tensorboard=False,
     )  # fmt: skip
@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--warmup-epochs", type=float, default=5.0)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--small", action="store_true", help=f"a smaller model than vit_digits_stem: {SMALL}")
     parser.add_argument("--shared", action="store_true", help="say in the results that the machine was shared")
     args = parser.parse_args()
@@ -77,8 +78,8 @@ def main() -> None:
         "what": "final validation accuracy, 28x28 digits folder (make_digits_folder.py) against its shards, "
         "same recipe and seeds, both read per sample",
         "train_per_class": args.train_per_class, "test_per_class": args.test_per_class, "epochs": args.epochs,
-        "batch_size": args.batch_size, "warmup_epochs": args.warmup_epochs, "model": SMALL if args.small else
-        "vit_digits_stem", "shard_size": args.shard_size, "runs": rows,
+        "batch_size": args.batch_size, "warmup_epochs": args.warmup_epochs, "lr": args.lr,
+        "model": SMALL if args.small else "vit_digits_stem", "shard_size": args.shard_size, "runs": rows,
         "folder_mean": statistics.mean(folder_accs), "shards_mean": statistics.mean(shard_accs),
         "folder_spread": max(folder_accs) - min(folder_accs), "shards_spread": max(shard_accs) - min(shard_accs),
         "machine": f"{torch.get_num_threads()} CPU threads" + (", shared with other jobs" if args.shared else ""),
