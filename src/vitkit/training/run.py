@@ -21,7 +21,7 @@ from vitkit.data import DataBundle, build_data
 from vitkit.io import load_safetensors, write_json
 from vitkit.model import VisionTransformer, ViTConfig, get_config
 from vitkit.model.weights import WEIGHTS_FILE
-from vitkit.training import distributed
+from vitkit.training import distributed, finetune
 from vitkit.training.checkpoint import LAST_STATE, LAST_WEIGHTS, find_init_weights
 from vitkit.training.config import (
     RESUMABLE_CHANGES,
@@ -167,10 +167,13 @@ def train(
                 logger.info("fine-tuning from %s", init_weights)
                 source_grid = init_config.grid_size if init_config else None
                 model.load_weights(load_safetensors(init_weights), source_grid=source_grid, strict_head=False)
+            finetune.prepare_model(model, config)
             trainer = Trainer(config, run_dir, ctx, device, data, model)
             if ctx.is_main:
                 model.save_config(run_dir)
             history, final = trainer.fit(on_epoch_end, on_step_end)
+            if config.lora_rank:
+                final = finetune.save_lora_run(final, run_dir, config, init_weights, write=ctx.is_main)
         finished = True
         return TrainResult(run_dir, history, final)
     finally:
