@@ -137,9 +137,9 @@ def lora_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
             small = dict(data_dir=str(folder), epochs=1, batch_size=16, ema_decay=0.0)
             source = train(tiny_config(root / "source", **small)).run_dir
             flags = ["--data-dir", str(folder), "--epochs", "1", "--batch-size", "16", "--no-progress",
-                     "--no-tensorboard", "--lr", "0.01", "--warmup-epochs", "0", "--init-from", str(source)]  # fmt: skip
+                     "--no-tensorboard", "--lr", "0.01", "--warmup-epochs", "0", "--init-from", source]  # fmt: skip
             lora = ["--lora-rank", "2", "--lora-alpha", "4", "--lora-targets", "q,v,fc2", "--layer-decay", "0.8"]
-            assert cli.main(["train", *flags, *lora, "--out", str(root / "lora")]) == 0
+            assert cli.main(["train", *map(str, flags), *lora, "--out", str(root / "lora")]) == 0
             return source, root / "lora"
     finally:
         torch.set_num_threads(threads)
