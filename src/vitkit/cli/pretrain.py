@@ -29,10 +29,18 @@ def register(commands: argparse._SubParsersAction) -> None:
         "`vitkit train --init-from RUN_DIR`.",
     )
     group = parser.add_argument_group("masked autoencoder")
-    group.add_argument("--mask-ratio", type=_ratio, default=0.75, help="share of patches hidden (default: 0.75)")
-    group.add_argument("--decoder-dim", type=int_at_least(1), default=128, help="decoder width (default: 128)")
-    group.add_argument("--decoder-depth", type=int_at_least(1), default=2, help="decoder blocks (default: 2)")
-    group.add_argument("--decoder-heads", type=int_at_least(1), default=4, help="decoder heads (default: 4)")
+    group.add_argument(
+        "--mask-ratio", type=_ratio, metavar="X", default=0.75, help="share of patches hidden (default: 0.75)"
+    )
+    group.add_argument(
+        "--decoder-dim", type=int_at_least(1), metavar="N", default=128, help="decoder width (default: 128)"
+    )
+    group.add_argument(
+        "--decoder-depth", type=int_at_least(1), metavar="N", default=2, help="decoder blocks (default: 2)"
+    )
+    group.add_argument(
+        "--decoder-heads", type=int_at_least(1), metavar="N", default=4, help="decoder heads (default: 4)"
+    )
     add_train_arguments(parser)
     parser.set_defaults(func=run)
 
