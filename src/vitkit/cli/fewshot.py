@@ -5,17 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from vitkit.cli.common import add_device_argument, int_at_least, load_run_model, percent, pick_cli_device
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return value
+from vitkit.cli.common import (
+    add_device_argument,
+    int_at_least,
+    load_run_model,
+    percent,
+    pick_cli_device,
+    positive_number,
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -36,7 +33,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="images per class to fit on (default: 1 5 10 25)",
     )  # fmt: skip
     parser.add_argument("--draws", type=int_at_least(1), default=5, help="random draws per shot count (default: 5)")
-    parser.add_argument("--alpha", type=_positive_float, default=1.0, help="L2 penalty of the fit (default: 1.0)")
+    parser.add_argument("--alpha", type=positive_number, default=1.0, help="L2 penalty of the fit (default: 1.0)")
     parser.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the draws (default: 0)")
     parser.add_argument("--batch-size", type=int_at_least(1), default=256, help="images per batch (default: 256)")
     parser.add_argument(

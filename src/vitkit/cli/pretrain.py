@@ -4,17 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from vitkit.cli.common import int_at_least
-
-
-def _ratio(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value}")
-    return value
+from vitkit.cli.common import fraction, int_at_least
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -30,7 +20,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     group = parser.add_argument_group("masked autoencoder")
     group.add_argument(
-        "--mask-ratio", type=_ratio, metavar="X", default=0.75, help="share of patches hidden (default: 0.75)"
+        "--mask-ratio", type=fraction, metavar="X", default=0.75, help="share of patches hidden (default: 0.75)"
     )
     group.add_argument(
         "--decoder-dim", type=int_at_least(1), metavar="N", default=128, help="decoder width (default: 128)"
