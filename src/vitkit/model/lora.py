@@ -53,7 +53,7 @@ class LoRALinear(nn.Module):
 
 
 def _parent(block: nn.Module, target: str) -> nn.Module:
-    return block.attn if target in ATTENTION_TARGETS else block.mlp
+    return block.get_submodule("attn" if target in ATTENTION_TARGETS else "mlp")
 
 
 def add_lora(

@@ -11,6 +11,8 @@ After pre-training the encoder alone is kept: fine-tune it with ``vitkit train -
 
 from __future__ import annotations
 
+import typing
+
 import torch
 from torch import Tensor, nn
 
@@ -53,6 +55,8 @@ def normalised_pixel_loss(images: Tensor, predictions: Tensor, mask: Tensor, pat
 class MaskedAutoencoder(nn.Module):
     """An encoder (a VisionTransformer, whose head is not used) and a light decoder that reconstructs pixels."""
 
+    decoder_pos_embed: Tensor  # a buffer: fixed 2-D sine-cosine position vectors
+
     def __init__(
         self, encoder: VisionTransformer, decoder_dim: int = 128, decoder_depth: int = 2, decoder_heads: int = 4,
         mask_ratio: float = MASK_RATIO,
@@ -82,10 +86,11 @@ class MaskedAutoencoder(nn.Module):
         """(encoded prefix + visible tokens, mask, restore permutation) as :func:`random_masking` gives them."""
         encoder, prefix = self.encoder, self.encoder.config.num_prefix_tokens
         encoder.check_input(images)
-        patches = encoder.patch_embed(images) + encoder.pos_embed[:, prefix:]
+        pos_embed = typing.cast(Tensor, encoder.pos_embed)  # a parameter or a buffer
+        patches = encoder.patch_embed(images) + pos_embed[:, prefix:]
         kept, mask, restore = random_masking(patches, self.mask_ratio, noise)
         if encoder.config.class_token:
-            cls = (encoder.cls_token + encoder.pos_embed[:, :1]).expand(kept.shape[0], -1, -1)
+            cls = (encoder.cls_token + pos_embed[:, :1]).expand(kept.shape[0], -1, -1)
             kept = torch.cat([cls, kept], dim=1)
         x = encoder.pos_dropout(kept)
         for block in encoder.blocks:

@@ -99,7 +99,7 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_lora_run(
-    model: VisionTransformer, run_dir: Path, config: TrainConfig, base_weights: Path, write: bool = True
+    model: VisionTransformer, run_dir: Path, config: TrainConfig, base_weights: Path | None, write: bool = True
 ) -> VisionTransformer:
     """The merged model of a finished LoRA run; with ``write`` (the main process) also the adapters, ``lora.json``
     and the merged ``model.safetensors``, so that evaluate, predict and serve load the run as any other."""
@@ -108,7 +108,8 @@ def save_lora_run(
         save_safetensors(trainable_state_dict(model), run_dir / ADAPTERS_FILE)
         settings = {
             "rank": config.lora_rank, "alpha": config.lora_alpha if config.lora_alpha is not None else config.lora_rank,
-            "targets": config.lora_targets.split(","), "base_weights": str(Path(base_weights).resolve()),
+            "targets": config.lora_targets.split(","),
+            "base_weights": str(Path(base_weights).resolve()) if base_weights is not None else None,
         }  # fmt: skip
         write_json(settings, run_dir / LORA_FILE)
         merged.save_pretrained(run_dir)
