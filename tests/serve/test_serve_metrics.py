@@ -52,7 +52,10 @@ def test_metrics_parse_and_move_with_the_requests(run_dir: Path) -> None:
     assert moved("vitkit_request_seconds_sum", endpoint="/predict") > 0
     assert moved("vitkit_forward_images_sum") == 3 == health["images"]
     assert moved("vitkit_forward_images_count") == health["forward_passes"] == moved("vitkit_forward_seconds_count")
-    assert moved("vitkit_forward_images_bucket", le="1.0") >= 1 and moved("vitkit_forward_images_bucket", le="2.0") == health["forward_passes"]
+    assert (
+        moved("vitkit_forward_images_bucket", le="1.0") >= 1
+        and moved("vitkit_forward_images_bucket", le="2.0") == health["forward_passes"]
+    )
     assert after[("vitkit_requests_in_flight", ())] == 1, "the scrape itself"
     assert after[("vitkit_queue_images", ())] == 0
     assert after[("vitkit_model_load_seconds", ())] > 0, "loading the folder was timed"

@@ -28,7 +28,9 @@ MAX_QUEUE = 8
 TIMEOUT_S = 30.0
 
 
-async def overload(url: str, images: list[bytes], gate: Gate, queued: Callable[[], int]) -> tuple[list[tuple[int, httpx.Response, float]], int]:
+async def overload(
+    url: str, images: list[bytes], gate: Gate, queued: Callable[[], int]
+) -> tuple[list[tuple[int, httpx.Response, float]], int]:
     """Every image from its own client at once while the model is held; the gate opens once the queue is full and
     every other request has been answered. (index, response, seconds) per request, and the images of the forward
     pass that was held."""
@@ -52,7 +54,9 @@ async def overload(url: str, images: list[bytes], gate: Gate, queued: Callable[[
         return list(await asyncio.gather(*tasks)), running
 
 
-def test_overload_refuses_with_retry_after_and_answers_each_accepted_image(run_dir: Path, served_model: VisionTransformer) -> None:
+def test_overload_refuses_with_retry_after_and_answers_each_accepted_image(
+    run_dir: Path, served_model: VisionTransformer
+) -> None:
     images = [png_bytes(seed) for seed in range(CLIENTS)]
     expected = direct_probabilities(served_model, images)
     settings = ServeSettings(max_batch=4, max_wait_ms=0, max_queue=MAX_QUEUE, max_files=4, timeout_s=TIMEOUT_S)
@@ -60,7 +64,9 @@ def test_overload_refuses_with_retry_after_and_answers_each_accepted_image(run_d
     gate = app.state.service.predictor = Gate(app.state.service.predictor)
     with running_server(app) as url:
         assert app.state.service.warm.wait(60)
-        answers, running = asyncio.run(asyncio.wait_for(overload(url, images, gate, lambda: app.state.service.batcher.queued), 120))
+        answers, running = asyncio.run(
+            asyncio.wait_for(overload(url, images, gate, lambda: app.state.service.batcher.queued), 120)
+        )
         after = httpx.post(f"{url}/predict", files=[("files", ("after.png", images[0], "image/png"))])
 
     statuses = [response.status_code for _, response, _ in answers]
@@ -76,7 +82,9 @@ def test_overload_refuses_with_retry_after_and_answers_each_accepted_image(run_d
         if response.status_code == 200:
             (answer,) = response.json()["predictions"]
             assert answer["filename"] == f"image-{index}.png"
-            assert torch.allclose(probabilities_of(answer, CLASSES), expected[index], atol=1e-5), f"image {index} mixed up"
+            assert torch.allclose(probabilities_of(answer, CLASSES), expected[index], atol=1e-5), (
+                f"image {index} mixed up"
+            )
     assert after.status_code == 200, "the server keeps serving after the overload"
 
 

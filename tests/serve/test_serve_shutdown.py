@@ -40,7 +40,9 @@ def wait_until(condition, what: str, process: subprocess.Popen, limit_s: float =
     start = time.monotonic()
     while not condition():
         if process.poll() is not None:
-            raise AssertionError(f"vitkit serve exited with {process.returncode} before {what}: {process.stderr.read()}")
+            raise AssertionError(
+                f"vitkit serve exited with {process.returncode} before {what}: {process.stderr.read()}"
+            )
         if time.monotonic() - start > limit_s:
             raise AssertionError(f"vitkit serve: no {what} within {limit_s} s")
         time.sleep(0.05)

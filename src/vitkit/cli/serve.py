@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     name = Path(args.run_dir).resolve().name
     start = time.perf_counter()
     model = load_run_model(args.run_dir, device)
-    security = dict(api_key_file=args.api_key_file, cors_origins=args.cors_origin)
+    security = {"api_key_file": args.api_key_file, "cors_origins": args.cors_origin}
     app = create_app(
         model, name=name, settings=settings, fast=args.fast, load_seconds=time.perf_counter() - start, **security
     )
@@ -95,9 +95,10 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
     print(f"serving {name} on http://{args.host}:{args.port}/ (API documentation at /docs); Ctrl-C stops", flush=True)
-    server_options = dict(
-        host=args.host, port=args.port, log_level="warning" if args.quiet else "info", timeout_graceful_shutdown=args.drain_s
-    )
+    server_options = {
+        "host": args.host, "port": args.port, "log_level": "warning" if args.quiet else "info",
+        "timeout_graceful_shutdown": args.drain_s,
+    }  # fmt: skip
     # uvicorn drains on SIGTERM, then hands the signal to the handler it found: that one ends the command with 0.
     previous = signal.signal(signal.SIGTERM, _stopped_by_sigterm)
     try:

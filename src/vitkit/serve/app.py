@@ -179,7 +179,7 @@ class ModelService:
     def _attention_answer(self, image: Tensor, heat: Tensor) -> dict[str, Any]:
         from vitkit.explain.figures import heatmap_png, model_view_png
 
-        size = tuple(image.shape[-2:])
+        size = (int(image.shape[-2]), int(image.shape[-1]))
         return {
             "grid": list(heat.shape),
             "rollout": [[round(v, 6) for v in row] for row in heat.tolist()],
@@ -427,7 +427,7 @@ def create_app(
 
 def _swagger_ui_folder() -> Path:
     """Swagger UI's files from the swagger-ui-bundle package (the `serve` extra), checked at start-up."""
-    import swagger_ui_bundle
+    import swagger_ui_bundle  # type: ignore[import-untyped]
 
     folder = Path(swagger_ui_bundle.swagger_ui_path)
     missing = [name for name in SWAGGER_FILES if not (folder / name).is_file()]

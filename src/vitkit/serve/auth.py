@@ -24,10 +24,14 @@ def read_api_keys(path: str | os.PathLike) -> list[bytes]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        raise FileNotFoundError(f"API key file not found: {path} (expected a text file with one key per line)") from None
+        raise FileNotFoundError(
+            f"API key file not found: {path} (expected a text file with one key per line)"
+        ) from None
     keys = [line.strip().encode("utf-8") for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not keys:
-        raise ValueError(f"{path} holds no API key (expected one key per line, got {len(lines)} blank or comment lines)")
+        raise ValueError(
+            f"{path} holds no API key (expected one key per line, got {len(lines)} blank or comment lines)"
+        )
     return keys
 
 
@@ -62,5 +66,7 @@ class ApiKeyMiddleware:
             return
         reason = "a wrong API key" if authorization else "no API key"
         message = f"{reason}: send the header 'Authorization: Bearer KEY' with a key of this server"
-        response = JSONResponse({"error": message}, status_code=401, headers={"WWW-Authenticate": 'Bearer realm="vitkit"'})
+        response = JSONResponse(
+            {"error": message}, status_code=401, headers={"WWW-Authenticate": 'Bearer realm="vitkit"'}
+        )
         await response(scope, receive, send)

@@ -88,11 +88,14 @@ async def read_uploads(request: Request, settings: ServeSettings) -> list[tuple[
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise ApiError(
-            415, f"expected a multipart/form-data upload with images in fields named 'files', got {content_type or 'no content type'!r}"
+            415,
+            f"expected a multipart/form-data upload with images in fields named 'files', got {content_type or 'no content type'!r}",
         )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > settings.max_request_bytes:
-        raise ApiError(413, f"the request body ({declared} bytes) is larger than the limit of {settings.max_request_bytes} bytes")
+        raise ApiError(
+            413, f"the request body ({declared} bytes) is larger than the limit of {settings.max_request_bytes} bytes"
+        )
     limited = Request(request.scope, _limited(request.receive, settings.max_request_bytes))
     try:
         form = await limited.form(max_files=settings.max_files, max_fields=settings.max_files)
@@ -107,7 +110,9 @@ async def read_uploads(request: Request, settings: ServeSettings) -> list[tuple[
             name = upload.filename or f"file {number}"
             declared_type = upload.content_type or ""
             if declared_type and not declared_type.startswith(ACCEPTED_CONTENT_TYPES):
-                raise ApiError(415, f"{name} was sent as {declared_type!r}; expected an image (image/png, image/jpeg, ...)")
+                raise ApiError(
+                    415, f"{name} was sent as {declared_type!r}; expected an image (image/png, image/jpeg, ...)"
+                )
             if upload.size is not None and upload.size > settings.max_bytes:
                 raise ApiError(413, f"{name} is {upload.size} bytes, more than the limit of {settings.max_bytes} bytes")
             uploads.append((name, await upload.read()))

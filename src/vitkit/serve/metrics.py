@@ -26,7 +26,12 @@ class ServeMetrics:
             "vitkit_request_seconds", "Time from request to response, by endpoint", ["endpoint"],
             buckets=LATENCY_BUCKETS, registry=registry,
         )  # fmt: skip
-        self.requests = Counter("vitkit_requests", "Requests answered, by endpoint and status code", ["endpoint", "status"], registry=registry)
+        self.requests = Counter(
+            "vitkit_requests",
+            "Requests answered, by endpoint and status code",
+            ["endpoint", "status"],
+            registry=registry,
+        )
         self.in_flight = Gauge("vitkit_requests_in_flight", "Requests being answered now", registry=registry)
         self.queued_images = Gauge("vitkit_queue_images", "Images waiting for a forward pass", registry=registry)
         self.forward_images = Histogram(
@@ -36,7 +41,9 @@ class ServeMetrics:
             "vitkit_forward_seconds", "Time of one forward pass", buckets=LATENCY_BUCKETS, registry=registry
         )
         self.load_seconds = Gauge("vitkit_model_load_seconds", "Time to read the model's weights", registry=registry)
-        self.warmup_seconds = Gauge("vitkit_model_warmup_seconds", "Time of the warm-up forward pass", registry=registry)
+        self.warmup_seconds = Gauge(
+            "vitkit_model_warmup_seconds", "Time of the warm-up forward pass", registry=registry
+        )
         self.ready = Gauge("vitkit_ready", "1 when the model is warm and the server is not draining", registry=registry)
 
     def track_queue(self, length: Callable[[], float]) -> None:
