@@ -115,3 +115,26 @@ def test_a_full_queue_refuses_at_once_and_stop_finishes_what_was_accepted() -> N
     assert isinstance(refused, QueueFull) and refused.retry_after_s >= 1
     assert "3 images are waiting and this request brings 1, more than the queue limit of 3" in str(refused)
     assert counts == [3, 5], "the drain ran the waiting items without waiting 60 s for their batch to fill"
+
+
+def test_admitted_room_counts_until_submitted_or_released() -> None:
+    """Room taken before preparing items counts against max_queue until the items are submitted or it is released."""
+    from vitkit.serve import QueueFull
+
+    async def main() -> list[list[int]]:
+        batcher = MicroBatcher(list, max_batch=4, max_wait_ms=0, max_queue=3)
+        batcher.start()
+        try:
+            batcher.admit(2)
+            with pytest.raises(QueueFull, match="2 images are waiting and this request brings 2"):
+                batcher.admit(2)
+            batcher.release(1)  # one item's preparation failed
+            batcher.admit(2)
+            assert batcher.queued == 3
+            answers = await asyncio.gather(batcher.submit([7], admitted=True), batcher.submit([8, 9], admitted=True))
+            assert batcher.queued == 0
+            return list(answers)
+        finally:
+            await batcher.stop()
+
+    assert asyncio.run(main()) == [[7], [8, 9]]

@@ -162,11 +162,16 @@ class ModelService:
         return list(zip(logits, maps))
 
     async def predict(self, uploads: Sequence[tuple[str, bytes]], top_k: int, explain: bool) -> list[dict[str, Any]]:
-        images = await run_in_threadpool(self.preprocess, uploads)
         try:
-            results = await self.batcher.submit([(image, explain) for image in images])
+            self.batcher.admit(len(uploads))  # before decoding: an overloaded server refuses at once
         except QueueFull as err:
             raise ApiError(503, str(err), {"Retry-After": str(err.retry_after_s)}) from None
+        try:
+            images = await run_in_threadpool(self.preprocess, uploads)
+        except BaseException:
+            self.batcher.release(len(uploads))
+            raise
+        results = await self.batcher.submit([(image, explain) for image in images], admitted=True)
         logits, maps = zip(*results)
         answers = []
         for (name, _), image, best, heat in zip(uploads, images, top_k_classes(torch.stack(logits), self.names, top_k), maps):

@@ -5,7 +5,8 @@ that waits briefly and stacks what arrived answers more requests per second than
 
 The queue is bounded: a request that would take it beyond ``max_queue`` items is refused at once with
 :class:`QueueFull` (the server answers 503 with Retry-After), so that an overloaded server sheds load instead of
-making every client wait. At shutdown the batcher drains: it stops waiting for batches to fill and finishes every
+making every client wait. A request can take its room with :meth:`MicroBatcher.admit` before it prepares its
+items (decodes its images), so that the bound also covers the work waiting to be prepared. At shutdown the batcher drains: it stops waiting for batches to fill and finishes every
 item it accepted.
 """
 
@@ -44,7 +45,8 @@ class MicroBatcher(Generic[Item, Result]):
     comes first; items that arrive while a batch runs form the next one. ``fn`` maps a list of items to a list of
     results of the same length, in order. Batches run one at a time on a single thread, so the event loop keeps
     accepting requests while the model works. ``max_batch=1`` gives one-at-a-time serving with no waiting.
-    At most ``max_queue`` items wait (None: no bound); :meth:`submit` raises :class:`QueueFull` beyond it.
+    At most ``max_queue`` items wait (None: no bound), counting those admitted and not yet submitted;
+    :meth:`admit` and :meth:`submit` raise :class:`QueueFull` beyond it.
 
     Call :meth:`start` inside the running event loop (an app's lifespan) and :meth:`stop` at shutdown.
     """
@@ -69,6 +71,7 @@ class MicroBatcher(Generic[Item, Result]):
         self.batches = 0  # forwards run so far
         self.items = 0  # items answered so far
         self.last_batch_seconds = 0.0
+        self._admitted = 0  # items that have room in the queue and are being prepared
         self._pending: deque[tuple[Item, asyncio.Future[Result]]] = deque()
         self._running: list[tuple[Item, asyncio.Future[Result]]] = []
         self._wakeup: asyncio.Event | None = None
@@ -78,8 +81,21 @@ class MicroBatcher(Generic[Item, Result]):
 
     @property
     def queued(self) -> int:
-        """Items waiting for a forward pass (not counting the one running)."""
-        return len(self._pending)
+        """Items waiting for a forward pass, admitted or submitted (not counting the one running)."""
+        return len(self._pending) + self._admitted
+
+    def admit(self, count: int) -> None:
+        """Take room for ``count`` items that will be submitted once prepared; QueueFull at once when there is none.
+        Pass ``admitted=True`` to :meth:`submit` then, or give the room back with :meth:`release`."""
+        if self.max_queue is not None and self.queued + count > self.max_queue:
+            self._drop_abandoned()
+            if self.queued + count > self.max_queue:
+                raise QueueFull(self.queued, count, self.max_queue, self._retry_after_s())
+        self._admitted += count
+
+    def release(self, count: int) -> None:
+        """Give back room taken by :meth:`admit` for items that will not be submitted (their preparation failed)."""
+        self._admitted -= count
 
     def start(self) -> None:
         if self._task is not None:
@@ -115,14 +131,14 @@ class MicroBatcher(Generic[Item, Result]):
         executor.shutdown(wait=True)
         self._task = self._executor = self._wakeup = None
 
-    async def submit(self, items: Sequence[Item]) -> list[Result]:
-        """Queue ``items`` (one request's images) and wait for their results; they may share batches with others."""
+    async def submit(self, items: Sequence[Item], admitted: bool = False) -> list[Result]:
+        """Queue ``items`` (one request's images) and wait for their results; they may share batches with others.
+        ``admitted``: their room was taken by :meth:`admit`."""
         if self._task is None or self._wakeup is None:
             raise RuntimeError("MicroBatcher.start() has not been called in this event loop")
-        if self.max_queue is not None and len(self._pending) + len(items) > self.max_queue:
-            self._drop_abandoned()
-            if len(self._pending) + len(items) > self.max_queue:
-                raise QueueFull(len(self._pending), len(items), self.max_queue, self._retry_after_s())
+        if not admitted:
+            self.admit(len(items))
+        self._admitted -= len(items)
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in items]
         self._pending.extend(zip(items, futures))
@@ -135,7 +151,7 @@ class MicroBatcher(Generic[Item, Result]):
 
     def _retry_after_s(self) -> int:
         """Whole seconds until the queue has room, from the time of the last forward pass (at least 1)."""
-        batches_ahead = len(self._pending) / self.max_batch + 1
+        batches_ahead = self.queued / self.max_batch + 1
         return max(1, math.ceil(batches_ahead * self.last_batch_seconds))
 
     async def _collect(self) -> list[tuple[Item, asyncio.Future[Result]]]:
