@@ -44,6 +44,13 @@ TABLE_START, TABLE_END = "<!-- serve-load-table: start -->", "<!-- serve-load-ta
 SERVERS = {"batched": 32, "one-at-a-time": 1}  # --max-batch of each
 MAX_QUEUE = 64
 NAMES = {"vit_tiny_patch16_224": "ViT-Ti/16", "vit_digits": "vit_digits"}
+DESCRIPTION = (
+    "`python benchmarks/serve_load.py`: for each model, two `vitkit serve` processes on loopback, one batching "
+    "(--max-batch 32, --max-wait-ms 5) and one answering one request at a time (--max-batch 1), both with "
+    "--max-queue 64, under 1 to 128 concurrent clients each sending one 320x240 JPEG per request. Requests/s and "
+    "latencies count the answered (200) requests; at 128 clients some are refused with 503 at once, and the p50/p99 "
+    "of those rows are the latencies of accepted requests under overload."
+)
 
 
 def free_port() -> int:
@@ -79,12 +86,16 @@ def jpeg(width: int = 320, height: int = 240) -> bytes:
     return buffer.getvalue()
 
 
-async def load(url: str, clients: int, requests: int, image: bytes, max_seconds: float) -> tuple[float, list[float], int]:
+async def load(
+    url: str, clients: int, requests: int, image: bytes, max_seconds: float
+) -> tuple[float, list[float], int]:
     """`requests` requests from `clients` concurrent clients: (wall seconds, latencies of the 200s, number of 503s)."""
     latencies: list[float] = []
     refused = 0
     per_client = [requests // clients + (i < requests % clients) for i in range(clients)]
-    async with httpx.AsyncClient(base_url=url, timeout=max_seconds, limits=httpx.Limits(max_connections=clients)) as http:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=max_seconds, limits=httpx.Limits(max_connections=clients)
+    ) as http:
 
         async def client(count: int) -> None:
             nonlocal refused
@@ -107,16 +118,21 @@ def images_per_forward(url: str, before: dict) -> float:
     return (after["images"] - before["images"]) / max(1, after["forward_passes"] - before["forward_passes"])
 
 
-def measure_model(name: str, clients_levels: list[int], requests: int, rounds: int, max_seconds: float, image: bytes) -> dict:
+def measure_model(
+    name: str, clients_levels: list[int], requests: int, rounds: int, max_seconds: float, image: bytes
+) -> list[dict]:
+    """One record per (clients, server): medians over the rounds, and the batched/one-at-a-time ratio of requests/s."""
     torch.manual_seed(0)
+    records = []
     with tempfile.TemporaryDirectory() as tmp:
         channels = vitkit.get_config(name).in_channels
-        run_dir = vitkit.create_model(name, mean=(0.5,) * channels, std=(0.5,) * channels).save_pretrained(Path(tmp) / name)
+        run_dir = vitkit.create_model(name, mean=(0.5,) * channels, std=(0.5,) * channels).save_pretrained(
+            Path(tmp) / name
+        )
         servers = {mode: start_server(run_dir, max_batch) for mode, max_batch in SERVERS.items()}
         try:
             for _, url in servers.values():  # warm-up beyond the server's own pass: the HTTP path, the thread pools
                 asyncio.run(load(url, 4, 8, image, max_seconds))
-            rows = []
             for clients in clients_levels:
                 count = max(requests, 2 * clients)  # every client sends at least two requests
                 runs: dict[str, list[dict]] = {mode: [] for mode in servers}
@@ -131,27 +147,32 @@ def measure_model(name: str, clients_levels: list[int], requests: int, rounds: i
                             "refused_503": refused,
                             "images_per_forward": images_per_forward(url, before),
                         })  # fmt: skip
-                ratios = [a["requests_per_s"] / b["requests_per_s"] for a, b in zip(runs["batched"], runs["one-at-a-time"])]
+                ratio = statistics.median(
+                    a["requests_per_s"] / b["requests_per_s"] for a, b in zip(runs["batched"], runs["one-at-a-time"])
+                )
                 for mode in servers:
                     row = {key: statistics.median(run[key] for run in runs[mode]) for key in runs[mode][0]}
-                    rows.append({"clients": clients, "server": mode, "requests": count, **row})
-                    print(f"{NAMES[name]:>10} {clients:>4} clients  {mode:<14} {row['requests_per_s']:>7.1f} req/s  "
-                          f"p50 {row['p50_ms']:>8.1f} ms  p99 {row['p99_ms']:>8.1f} ms  503s {row['refused_503']:>4.0f}  "
-                          f"{row['images_per_forward']:>5.1f} img/forward", flush=True)  # fmt: skip
-                rows[-2]["batched_vs_one_at_a_time"] = statistics.median(ratios)
+                    record = {"model": NAMES[name], "clients": clients, "server": mode, "requests": count, **row}
+                    record["ratio_batched_to_one_at_a_time"] = ratio if mode == "batched" else None
+                    records.append(record)
+                    print(
+                        f"{NAMES[name]:>10} {clients:>4} clients  {mode:<14} {row['requests_per_s']:>7.1f} req/s  "
+                        f"p50 {row['p50_ms']:>8.1f} ms  p99 {row['p99_ms']:>8.1f} ms  503s {row['refused_503']:>4.0f}  "
+                        f"{row['images_per_forward']:>5.1f} img/forward",
+                        flush=True,
+                    )
         finally:
             for process, _ in servers.values():
                 process.terminate()
                 process.wait(timeout=60)
-    overload = next(row for row in rows if row["server"] == "batched" and row["clients"] == max(clients_levels))
-    return {
-        "model": name,
-        "rows": rows,
-        "overload": {
-            "clients": overload["clients"], "max_queue": MAX_QUEUE, "requests": overload["requests"],
-            "refused_503": overload["refused_503"], "accepted_p50_ms": overload["p50_ms"], "accepted_p99_ms": overload["p99_ms"],
-        },
-    }  # fmt: skip
+    return records
+
+
+def overload_record(records: list[dict]) -> dict:
+    """The batched server at the most clients: how many were refused, and the latency of those accepted."""
+    row = max((r for r in records if r["server"] == "batched"), key=lambda r: r["clients"])
+    summary = {key: row[key] for key in ("model", "clients", "requests", "refused_503")}
+    return {**summary, "max_queue": MAX_QUEUE, "accepted_p50_ms": row["p50_ms"], "accepted_p99_ms": row["p99_ms"]}
 
 
 def cpu_name() -> str:
@@ -162,26 +183,22 @@ def cpu_name() -> str:
 
 
 def markdown(results: dict) -> str:
+    """The guide's table: one row per model, clients and server."""
     machine = results["machine"]
-    shared = " (shared with other work)" if machine["shared"] else ""
-    caption = (
-        f"{machine['cpu']}, {machine['cpus']} CPUs{shared}, torch {machine['torch']}; {results['rounds']} round(s), "
-        f"median; --max-queue {results['max_queue']}, clients do not retry a 503."
-    )
     lines = [
-        caption,
+        f"{machine['cpu']}, {machine['threads']} CPU threads, torch {machine['torch']}; {results['note']}",
         "",
-        "| model | clients | server | requests/s | p50 ms | p99 ms | 503s / requests | images per forward | batched / one-at-a-time |",
+        "| model | clients | server | requests/s | p50 ms | p99 ms | 503s / requests | images per forward "
+        "| batched / one-at-a-time |",
         "|---|---|---|---|---|---|---|---|---|",
-    ]  # fmt: skip
-    for model in results["models"]:
-        for row in model["rows"]:
-            ratio = f"{row['batched_vs_one_at_a_time']:.2f}x" if "batched_vs_one_at_a_time" in row else ""
-            lines.append(
-                f"| {NAMES.get(model['model'], model['model'])} | {row['clients']} | {row['server']} | "
-                f"{row['requests_per_s']:.1f} | {row['p50_ms']:.0f} | {row['p99_ms']:.0f} | "
-                f"{row['refused_503']:.0f} / {row['requests']} | {row['images_per_forward']:.1f} | {ratio} |"
-            )
+    ]
+    for row in results["load"]:
+        ratio = row["ratio_batched_to_one_at_a_time"]
+        lines.append(
+            f"| {row['model']} | {row['clients']} | {row['server']} | {row['requests_per_s']:.1f} | "
+            f"{row['p50_ms']:.0f} | {row['p99_ms']:.0f} | {row['refused_503']:.0f} / {row['requests']} | "
+            f"{row['images_per_forward']:.1f} | {'' if ratio is None else f'{ratio:.2f}x'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -211,14 +228,19 @@ def main() -> None:
 
     image = jpeg()
     start = time.perf_counter()
-    models = [measure_model(name, args.clients, args.requests, args.rounds, args.max_seconds, image) for name in args.models]
+    per_model = [
+        measure_model(name, args.clients, args.requests, args.rounds, args.max_seconds, image) for name in args.models
+    ]
+    shared = "the machine was shared with other work, so the figures are noisy; " if args.shared else ""
     results = {
-        "machine": {"cpu": cpu_name(), "cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-                    "shared": args.shared, "load_average_at_end": os.getloadavg()[0]},
+        "description": DESCRIPTION,
+        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "machine": {"cpu": cpu_name(), "threads": os.cpu_count(), "torch": torch.__version__,
+                    "load average at the end": round(os.getloadavg()[0], 1)},
         "run_seconds": time.perf_counter() - start,
-        "rounds": args.rounds,
-        "max_queue": MAX_QUEUE,
-        "models": models,
+        "note": f"{shared}{args.rounds} round(s), medians; --max-queue {MAX_QUEUE}; clients do not retry a 503.",
+        "load": [record for records in per_model for record in records],
+        "overload": [overload_record(records) for records in per_model],
     }  # fmt: skip
     RESULTS.parent.mkdir(exist_ok=True)
     write_json(results, RESULTS)

@@ -64,9 +64,10 @@ def queued_images(url: str) -> float:
 
 
 async def send_all(url: str, images: list[bytes]) -> list[httpx.Response]:
+    params = {"top_k": len(CLASSES)}
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=CLIENTS)) as http:
         return list(await asyncio.gather(*(
-            http.post("/predict", params={"top_k": len(CLASSES)}, files=[("files", (f"image-{i}.png", image, "image/png"))])
+            http.post("/predict", params=params, files=[("files", (f"image-{i}.png", image, "image/png"))])
             for i, image in enumerate(images)
         )))  # fmt: skip
 

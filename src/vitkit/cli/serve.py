@@ -33,14 +33,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-megapixels", type=float, default=40.0, help="pixel limit of one image (default: 40)")
     parser.add_argument(
         "--max-queue", type=int_at_least(1), default=256,
-        help="images waiting for a forward pass; beyond it a request is refused at once with 503 and Retry-After "
-        "(default: 256; at least --max-files)",
+        help="images waiting for a forward pass; beyond it a request is refused at once with 503 and "
+        "Retry-After (default: 256; at least --max-files)",
     )  # fmt: skip
-    parser.add_argument("--timeout-s", type=float, default=60.0, help="how long a request may wait and run before it gets 504 (default: 60)")
-    parser.add_argument("--drain-s", type=float, default=30.0, help="on SIGTERM, how long to finish the accepted requests (default: 30)")
+    parser.add_argument(
+        "--timeout-s", type=float, default=60.0, help="how long a request may wait and run before a 504 (default: 60)"
+    )
+    parser.add_argument(
+        "--drain-s", type=float, default=30.0, help="on SIGTERM, how long to finish the accepted requests (default: 30)"
+    )
     parser.add_argument(
         "--api-key-file", metavar="FILE",
-        help="require 'Authorization: Bearer KEY' with one of FILE's keys (one per line) on every endpoint but /livez and /readyz",
+        help="require 'Authorization: Bearer KEY' with one of FILE's keys (one per line) on every endpoint but "
+        "/livez and /readyz",
     )  # fmt: skip
     parser.add_argument(
         "--cors-origin", action="append", default=[], metavar="ORIGIN",
@@ -106,12 +111,14 @@ def run(args: argparse.Namespace) -> int:
             uvicorn.run(app, **server_options)
         else:
             del app  # each worker process builds its own from the environment
-            threads = max(1, torch.get_num_threads() // args.workers)  # the workers share the cores instead of fighting over them
+            # The workers share the cores instead of fighting over them.
+            threads = max(1, torch.get_num_threads() // args.workers)
             os.environ[ENVIRONMENT_VARIABLE] = environment_for_workers(
                 Path(args.run_dir).resolve(), name=name, settings=settings, fast=args.fast, device=str(device),
                 threads=threads, **security,
             )  # fmt: skip
-            uvicorn.run("vitkit.serve.app:create_app_from_environment", factory=True, workers=args.workers, **server_options)
+            factory = "vitkit.serve.app:create_app_from_environment"
+            uvicorn.run(factory, factory=True, workers=args.workers, **server_options)
     except StoppedBySigterm:
         pass
     finally:

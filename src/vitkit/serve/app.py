@@ -50,7 +50,11 @@ logger = logging.getLogger(__name__)
 ENVIRONMENT_VARIABLE = "VITKIT_SERVE"  # create_app's arguments as JSON, for the worker processes of --workers N
 STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
 # Swagger UI's files, served from the swagger-ui-bundle package so that /docs works without internet.
-SWAGGER_FILES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon-32x32.png": "image/png"}
+SWAGGER_FILES = {
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+    "favicon-32x32.png": "image/png",
+}
 
 
 def _base64(data: bytes) -> str:
@@ -194,7 +198,7 @@ class ModelService:
 
 
 def _page_asset(name: str) -> str:
-    return resources.files("vitkit.serve").joinpath("static", name).read_text(encoding="utf-8")
+    return resources.files("vitkit.serve").joinpath("static").joinpath(name).read_text(encoding="utf-8")
 
 
 UPLOAD_SCHEMA = {
@@ -437,7 +441,9 @@ def _swagger_ui_folder() -> Path:
     folder = Path(swagger_ui_bundle.swagger_ui_path)
     missing = [name for name in SWAGGER_FILES if not (folder / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"swagger-ui-bundle at {folder} lacks {', '.join(missing)} (expected Swagger UI 5's files)")
+        raise FileNotFoundError(
+            f"swagger-ui-bundle at {folder} lacks {', '.join(missing)} (expected the files of Swagger UI 5)"
+        )
     return folder
 
 
@@ -469,8 +475,8 @@ def environment_for_workers(
 
     It names the key file, never the keys: each worker reads the file itself.
     """
+    key_file = None if api_key_file is None else str(Path(api_key_file).resolve())
     return json.dumps({
         "run_dir": str(run_dir), "name": name, "settings": dataclasses.asdict(settings), "fast": fast,
-        "device": device, "threads": threads, "api_key_file": None if api_key_file is None else str(Path(api_key_file).resolve()),
-        "cors_origins": list(cors_origins),
+        "device": device, "threads": threads, "api_key_file": key_file, "cors_origins": list(cors_origins),
     })  # fmt: skip

@@ -6,13 +6,14 @@ that waits briefly and stacks what arrived answers more requests per second than
 The queue is bounded: a request that would take it beyond ``max_queue`` items is refused at once with
 :class:`QueueFull` (the server answers 503 with Retry-After), so that an overloaded server sheds load instead of
 making every client wait. A request can take its room with :meth:`MicroBatcher.admit` before it prepares its
-items (decodes its images), so that the bound also covers the work waiting to be prepared. At shutdown the batcher drains: it stops waiting for batches to fill and finishes every
-item it accepted.
+items (decodes its images), so that the bound also covers the work waiting to be prepared. At shutdown the
+batcher drains: it stops waiting for batches to fill and finishes every item it accepted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -122,10 +123,8 @@ class MicroBatcher(Generic[Item, Result]):
         if outstanding and drain_s > 0:
             await asyncio.wait(outstanding, timeout=drain_s)
         task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await task
-        except asyncio.CancelledError:
-            pass
         _fail(list(self._pending), RuntimeError("the server is shutting down"))
         self._pending.clear()
         executor.shutdown(wait=True)

@@ -6,12 +6,13 @@ with an :class:`ApiError` before its images are decoded.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.types import Message, Receive
 
 ACCEPTED_CONTENT_TYPES = ("image/", "application/octet-stream")  # what a file part may declare (or nothing)
 
@@ -68,11 +69,11 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
-def _limited(receive: Callable[[], Awaitable[dict]], limit: int) -> Callable[[], Awaitable[dict]]:
+def _limited(receive: Receive, limit: int) -> Receive:
     """Wrap an ASGI ``receive`` so that a body longer than ``limit`` bytes stops being read (also when chunked)."""
     received = 0
 
-    async def wrapped() -> dict:
+    async def wrapped() -> Message:
         nonlocal received
         message = await receive()
         received += len(message.get("body", b""))
@@ -87,10 +88,8 @@ async def read_uploads(request: Request, settings: ServeSettings) -> list[tuple[
     """(file name, bytes) of each file part of a multipart request, in order, after checking every limit."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
-        raise ApiError(
-            415,
-            f"expected a multipart/form-data upload with images in fields named 'files', got {content_type or 'no content type'!r}",
-        )
+        got = content_type or "no content type"
+        raise ApiError(415, f"expected a multipart/form-data upload with images in fields named 'files', got {got!r}")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > settings.max_request_bytes:
         raise ApiError(

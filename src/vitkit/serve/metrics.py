@@ -33,7 +33,10 @@ class ServeMetrics:
             registry=registry,
         )
         self.in_flight = Gauge("vitkit_requests_in_flight", "Requests being answered now", registry=registry)
-        self.queued_images = Gauge("vitkit_queue_images", "Images admitted and waiting for a forward pass (being decoded or queued)", registry=registry)
+        self.queued_images = Gauge(
+            "vitkit_queue_images", "Images admitted and waiting for a forward pass (being decoded or queued)",
+            registry=registry,
+        )  # fmt: skip
         self.forward_images = Histogram(
             "vitkit_forward_images", "Images per forward pass", buckets=BATCH_BUCKETS, registry=registry
         )
