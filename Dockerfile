@@ -24,7 +24,8 @@ RUN pip install ".[serve]"
 
 # Runtime stage: the environment only, no build files.
 FROM python:3.11.13-slim-bookworm
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin vitkit
+RUN groupadd --system --gid 10001 vitkit \
+    && useradd --system --uid 10001 --gid vitkit --no-create-home --shell /usr/sbin/nologin vitkit
 COPY --from=build /opt/vitkit /opt/vitkit
 ENV PATH=/opt/vitkit/bin:$PATH \
     PYTHONUNBUFFERED=1 \

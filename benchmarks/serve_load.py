@@ -63,7 +63,9 @@ def start_server(run_dir: Path, max_batch: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [sys.executable, "-m", "vitkit", "-q", "serve", str(run_dir), "--port", str(port),
                "--max-batch", str(max_batch), "--max-wait-ms", "5", "--max-queue", str(MAX_QUEUE)]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    source = str(Path(vitkit.__file__).parents[1])  # the servers run the vitkit that this script imported
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -88,20 +90,26 @@ def jpeg(width: int = 320, height: int = 240) -> bytes:
 
 async def load(
     url: str, clients: int, requests: int, image: bytes, max_seconds: float
-) -> tuple[float, list[float], int]:
-    """`requests` requests from `clients` concurrent clients: (wall seconds, latencies of the 200s, number of 503s)."""
+) -> tuple[float, list[float], int, int]:
+    """`requests` requests from `clients` concurrent clients: (wall seconds, latencies of the 200s, number of 503s,
+    number of requests lost to a closed connection: a kept-alive connection that the server closed as the client
+    reused it, which the client would send again)."""
     latencies: list[float] = []
-    refused = 0
+    refused = lost = 0
     per_client = [requests // clients + (i < requests % clients) for i in range(clients)]
     async with httpx.AsyncClient(
         base_url=url, timeout=max_seconds, limits=httpx.Limits(max_connections=clients)
     ) as http:
 
         async def client(count: int) -> None:
-            nonlocal refused
+            nonlocal refused, lost
             for _ in range(count):
                 start = time.perf_counter()
-                response = await http.post("/predict", files=[("files", ("image.jpg", image, "image/jpeg"))])
+                try:
+                    response = await http.post("/predict", files=[("files", ("image.jpg", image, "image/jpeg"))])
+                except httpx.TransportError:
+                    lost += 1
+                    continue
                 if response.status_code == 503:
                     refused += 1
                     continue
@@ -110,7 +118,7 @@ async def load(
 
         start = time.perf_counter()
         await asyncio.wait_for(asyncio.gather(*(client(count) for count in per_client)), max_seconds)
-        return time.perf_counter() - start, latencies, refused
+        return time.perf_counter() - start, latencies, refused, lost
 
 
 def images_per_forward(url: str, before: dict) -> float:
@@ -139,12 +147,13 @@ def measure_model(
                 for _ in range(rounds):
                     for mode, (_, url) in servers.items():
                         before = httpx.get(f"{url}/health").json()
-                        seconds, latencies, refused = asyncio.run(load(url, clients, count, image, max_seconds))
+                        seconds, latencies, refused, lost = asyncio.run(load(url, clients, count, image, max_seconds))
                         runs[mode].append({
                             "requests_per_s": len(latencies) / seconds,
                             "p50_ms": 1000 * float(np.percentile(latencies, 50)),
                             "p99_ms": 1000 * float(np.percentile(latencies, 99)),
                             "refused_503": refused,
+                            "connection_lost": lost,
                             "images_per_forward": images_per_forward(url, before),
                         })  # fmt: skip
                 ratio = statistics.median(
@@ -188,15 +197,16 @@ def markdown(results: dict) -> str:
     lines = [
         f"{machine['cpu']}, {machine['threads']} CPU threads, torch {machine['torch']}; {results['note']}",
         "",
-        "| model | clients | server | requests/s | p50 ms | p99 ms | 503s / requests | images per forward "
-        "| batched / one-at-a-time |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | clients | server | requests/s | p50 ms | p99 ms | 503s / requests | connections lost "
+        "| images per forward | batched / one-at-a-time |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["load"]:
         ratio = row["ratio_batched_to_one_at_a_time"]
         lines.append(
             f"| {row['model']} | {row['clients']} | {row['server']} | {row['requests_per_s']:.1f} | "
             f"{row['p50_ms']:.0f} | {row['p99_ms']:.0f} | {row['refused_503']:.0f} / {row['requests']} | "
+            f"{row['connection_lost']:.0f} | "
             f"{row['images_per_forward']:.1f} | {'' if ratio is None else f'{ratio:.2f}x'} |"
         )
     return "\n".join(lines) + "\n"

@@ -13,7 +13,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
-GUIDE = ROOT / "docs" / "guides" / "serving-production.md"
 
 
 def instructions(path: Path) -> list[tuple[str, str]]:
@@ -67,10 +66,3 @@ def test_dockerignore_sends_only_the_package_sources() -> None:
     patterns = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
     assert patterns[0] == "*", "everything is left out unless named"
     assert {p for p in patterns if p.startswith("!")} == {"!pyproject.toml", "!README.md", "!src/"}
-
-
-def test_the_guide_runs_the_image_with_the_model_read_only_and_a_key() -> None:
-    guide = GUIDE.read_text(encoding="utf-8")
-    (command,) = re.findall(r"docker run [^`]*?vitkit-serve[^\n]*", guide.replace("\\\n", " "))
-    assert re.search(r"-v \S+:/model:ro", command), command
-    assert "--api-key-file" in command and re.search(r"-v \S+:/run/secrets/\S+:ro", command)
