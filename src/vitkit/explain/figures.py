@@ -168,3 +168,30 @@ def embedding_filters_figure(filters: np.ndarray) -> Figure:
             ax.set_title(str(index + 1), fontsize=8)
     fig.suptitle(f"patch-embedding filters:\nfirst {count} principal components")
     return fig
+
+
+def _encoded_png(pixels: np.ndarray) -> bytes:
+    """(H, W) or (H, W, 3) uint8 pixels as PNG bytes, in memory."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def heatmap_png(values: Tensor, size: tuple[int, int]) -> bytes:
+    """A (gh, gw) map as a PNG of the model's input size (h, w), one square per patch, in the colour map of the
+    figures (from 0 to the map's largest value): the overlay of `vitkit serve`'s ?explain=1."""
+    from matplotlib import colormaps
+
+    values = values.detach().float().cpu()
+    scaled = values / values.max().clamp_min(1e-12)
+    squares = torch.nn.functional.interpolate(scaled[None, None], size=size, mode="nearest")[0, 0]
+    return _encoded_png(colormaps[HEAT](squares.clamp(0, 1).numpy(), bytes=True)[..., :3])
+
+
+def model_view_png(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> bytes:
+    """A preprocessed (C, H, W) image as a PNG of what the model sees (resized, cropped), normalisation undone."""
+    return _encoded_png(np.rint(display_image(image, mean, std) * 255).astype(np.uint8))
