@@ -84,28 +84,6 @@ def test_convert_torchvision_and_jax_files(tmp_path: Path, capsys) -> None:
     assert max_logit_difference(VisionTransformer.from_pretrained(tmp_path / "jax"), known, images) <= TOLERANCE
 
 
-def test_export_onnx_with_dynamic_image_size_checks_itself(tmp_path: Path, capsys) -> None:
-    torch.manual_seed(0)
-    model = randomise(VisionTransformer(image_size=32, patch_size=8, hidden_dim=32, depth=2, num_heads=4, mlp_dim=64,
-                                        num_classes=3))  # fmt: skip
-    model.save_pretrained(tmp_path / "run")
-    code, out, _ = run_cli(capsys, "export", tmp_path / "run", "--format", "onnx", "--dynamic-image-size",
-                           "--check-size", "48x24", "--check-size", "16", "--out", tmp_path / "vit.onnx")  # fmt: skip
-    assert code == 0, out
-    differences = dict(re.findall(r"vs PyTorch, (.+): max abs difference of logits (\S+)", out))
-    assert set(differences) == {"batch 1", "batch 5", "image 48x24", "image 16x16"}
-    assert max(float(v) for v in differences.values()) <= 1e-4
-    # Independently of the command's own check: onnxruntime at a third size vs the resized PyTorch model.
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(tmp_path / "vit.onnx"), providers=["CPUExecutionProvider"])
-    images = random_images(3, 40, 56)
-    model.eval().set_image_size((40, 56))
-    with torch.no_grad():
-        expected = model(images).numpy()
-    assert np.abs(session.run(["logits"], {"images": images.numpy()})[0] - expected).max() <= 1e-4
-
-
 def test_export_onnx_at_a_fixed_size_with_mean_pooling_and_fc_norm(tmp_path: Path) -> None:
     from vitkit.interop.export import check_onnx, export_onnx
 
