@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision import datasets
@@ -165,6 +164,8 @@ class ClassFolder(datasets.ImageFolder):
 
 def _split_indices(targets: Sequence[int], test_size: float | int, seed: int, what: str) -> tuple[list[int], list[int]]:
     """Stratified (train, held-out) index lists, reproducible by seed."""
+    from sklearn.model_selection import train_test_split  # seconds to import: only when a split is made
+
     try:
         train, held_out = train_test_split(
             np.arange(len(targets)), test_size=test_size, random_state=seed, stratify=np.asarray(targets)
