@@ -115,7 +115,8 @@ def test_evaluate_shows_top_5_only_for_more_than_5_classes(capsys: pytest.Captur
     model.save_pretrained(tmp_path / "run")
     for name in ("no", "yes"):
         (tmp_path / "photos" / name).mkdir(parents=True)
-        Image.fromarray(np.full((8, 8), 40 if name == "no" else 200, np.uint8), "L").save(tmp_path / "photos" / name / "0.png")
+        pixels = np.full((8, 8), 40 if name == "no" else 200, np.uint8)
+        Image.fromarray(pixels, "L").save(tmp_path / "photos" / name / "0.png")
     code, out, err = run_cli(capsys, "evaluate", tmp_path / "run", "--data-dir", tmp_path / "photos", "--device", "cpu")
     assert code == 0, err
     assert "top-1 accuracy: " in out and "top-5" not in out  # every label of 2 classes is among the best 5

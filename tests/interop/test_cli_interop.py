@@ -149,7 +149,8 @@ def test_a_converted_imagenet_timm_model_names_its_classes_and_fine_tunes_keepin
     save_file(peer.state_dict(), tmp_path / "model.safetensors")
     (tmp_path / "config.json").write_text(json.dumps({"architecture": "test_vit", "pretrained_cfg": {
         "interpolation": "bicubic", "crop_pct": 0.9, "crop_mode": "center", "mean": [0.5] * 3, "std": [0.5] * 3}}))  # fmt: skip
-    code, out, err = run_cli(capsys, "convert", tmp_path / "model.safetensors", "--from", "timm", "--out", tmp_path / "in1k")
+    code, out, err = run_cli(capsys, "convert", tmp_path / "model.safetensors", "--from", "timm", "--out",
+                             tmp_path / "in1k")  # fmt: skip
     assert code == 0, err
     names = json.loads((tmp_path / "in1k" / "config.json").read_text())["class_names"]
     assert names[:2] == ["tench, Tinca tinca", "goldfish, Carassius auratus"] and len(names) == 1000

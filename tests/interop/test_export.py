@@ -45,7 +45,8 @@ class Exported:
         try:
             with contextlib.redirect_stdout(out):
                 self.code = cli.main(["export", str(self.run_dir), "--format", "onnx", "--dynamic-image-size",
-                                      "--check-size", "48x24", "--check-size", "16", "--out", str(self.path)])  # fmt: skip
+                                      "--check-size", "48x24", "--check-size", "16",
+                                      "--out", str(self.path)])  # fmt: skip
         finally:
             root.removeHandler(handler)
             root.setLevel(level)
@@ -108,7 +109,7 @@ def test_the_docs_onnxruntime_program_gives_vitkit_predicts_probabilities(
     assert cli.main(["predict", str(exported.run_dir), str(image), "--device", "cpu"]) == 0
     expected = {entry["class"]: entry["probability"] for entry in json.loads(capsys.readouterr().out)["top_k"]}
     monkeypatch.setattr(sys, "argv", ["predict_onnx.py", str(exported.path), str(image)])
-    exec(compile(docs_program(), str(DOCS_PAGE), "exec"), {"__name__": "__main__"})
+    exec(compile(docs_program(), str(DOCS_PAGE), "exec"), {"__name__": "__main__"})  # noqa: S102 (the docs' own code)
     printed = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
     assert [name for name, _ in printed] == list(expected)  # the same five classes, in the same order
     for name, probability in printed:

@@ -168,7 +168,8 @@ def test_default_run_folder_is_named_after_data_and_model(tmp_path) -> None:
     from vitkit.training import prepare_config
 
     assert Path(prepare_config(TrainConfig()).out).name.startswith("digits-vit_digits_stem-")
-    VisionTransformer(image_size=8, patch_size=4, hidden_dim=8, depth=1, num_heads=1, mlp_dim=8).save_pretrained(tmp_path)
+    source = VisionTransformer(image_size=8, patch_size=4, hidden_dim=8, depth=1, num_heads=1, mlp_dim=8)
+    source.save_pretrained(tmp_path)  # fine-tuning reads the source's architecture when the run is prepared
     assert Path(prepare_config(TrainConfig(init_from=str(tmp_path))).out).name.startswith("digits-finetuned-")
     assert prepare_config(TrainConfig(name="mine")).out == str(Path("runs") / "mine")
 

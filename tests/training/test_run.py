@@ -73,3 +73,22 @@ def test_no_warning_when_whole_batches_use_every_image(tmp_path: Path, caplog, p
     assert not caplog.records
     _warn_unused_images(108, 1, config.replace(batch_size=100), processes)  # 8 of 108 left out: 7 %
     assert "--batch-size 54" in caplog.text
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_fine_tuning_records_the_sources_architecture_and_keeps_its_preprocessing_unless_told(
+    tmp_path: Path, keep: bool
+) -> None:
+    from vitkit.training import TrainConfig, prepare_config
+
+    VisionTransformer(image_size=(12, 16), patch_size=4, hidden_dim=8, depth=3, num_heads=2, mlp_dim=24,
+                      interpolation="bicubic", crop_pct=0.9).save_pretrained(tmp_path / "source")  # fmt: skip
+    config = prepare_config(TrainConfig(init_from=str(tmp_path / "source"), keep_preprocessing=keep, out=str(tmp_path)))
+    assert config.model is None and config.image_size == (12, 16) and config.lr == 1e-4
+    assert {key: config.vit[key] for key in ("hidden_dim", "depth", "num_heads", "mlp_dim")} == dict(
+        hidden_dim=8, depth=3, num_heads=2, mlp_dim=24
+    )
+    assert config.vit["drop_path"] == 0.1  # the recipe's, not the source's 0
+    kept = {key: config.vit.get(key) for key in ("interpolation", "crop_pct", "crop_mode")}
+    assert kept == ({"interpolation": "bicubic", "crop_pct": 0.9, "crop_mode": "center"} if keep else dict.fromkeys(kept))
+    assert prepare_config(config) == config  # resolved once: the processes torchrun starts resolve the same

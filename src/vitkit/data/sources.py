@@ -303,9 +303,7 @@ def build_data(
     aug = aug if aug is not None else default_augment(source)
     resize: dict[str, Any] = {}
     if preprocessing is not None:
-        resize = dict(
-            interpolation=preprocessing.interpolation, crop_pct=preprocessing.crop_pct, crop_mode=preprocessing.crop_mode
-        )
+        resize = {name: getattr(preprocessing, name) for name in ("interpolation", "crop_pct", "crop_mode")}
     memory = None
     if _cache_decision(cache, len(train_base) + len(val_base), size, channels):
         started = time.perf_counter()

@@ -45,7 +45,9 @@ def _names_of(data: object, path: Path) -> list[str]:
         try:
             by_index = {int(index): str(name) for index, name in data.items()}
         except ValueError:
-            raise ValueError(f"labels file {path}: the keys of a JSON object must be class indices (0, 1, ...)") from None
+            raise ValueError(
+                f"labels file {path}: the keys of a JSON object must be class indices (0, 1, ...)"
+            ) from None
         missing = sorted(set(range(len(by_index))) - set(by_index))
         if missing:
             raise ValueError(f"labels file {path} has no name for class indices {missing[:10]}")

@@ -138,8 +138,8 @@ class TrainConfig:
         metavar="RUN_DIR_OR_FILE",
     )
     keep_preprocessing: bool = _flag(
-        True, "with --init-from: keep the source's mean, std, interpolation and crop fraction (--no-keep-preprocessing: "
-        "normalise with the data's statistics)",
+        True, "with --init-from: keep the source's mean, std, interpolation and crop fraction "
+        "(--no-keep-preprocessing: normalise with the data's statistics)",
     )  # fmt: skip
     # --- optimisation
     epochs: int = _flag(40, "passes over the training set")

@@ -27,6 +27,7 @@ from vitkit.training import distributed
 from vitkit.training.checkpoint import LAST_STATE, LAST_WEIGHTS, find_init_weights
 from vitkit.training.config import (
     DEFAULT_MODEL,
+    FINETUNE_LR,
     RESUMABLE_CHANGES,
     TRAIN_CONFIG_FILE,
     VIT_SETTINGS,
@@ -114,42 +115,51 @@ def build_model(config: TrainConfig, data: DataBundle, init_config: ViTConfig | 
 PREPROCESSING_SETTINGS = ("interpolation", "crop_pct", "crop_mode")
 
 
-def _from_source(config: TrainConfig) -> TrainConfig:
+def _from_source(config: TrainConfig, new_run: bool) -> TrainConfig:
     """Fine-tuning: the source's architecture (unless --model names one), its preprocessing (unless told not to keep
-    it) and its image size (unless --image-size), all recorded so that train_config.json says what is trained."""
+    it) and, for a new run, its image size (unless --image-size), all recorded so that train_config.json says what
+    is trained."""
     _, source = find_init_weights(config.init_from)
     if source is None:  # bare weights: the architecture is --model's, the rest the data's
         return config
     taken = (PREPROCESSING_SETTINGS if config.keep_preprocessing else ()) + (
         tuple(name for name in VIT_SETTINGS if name not in PREPROCESSING_SETTINGS) if config.model is None else ()
     )
-    settings = {name: value for name, value in source.to_dict().items() if name in taken}
-    image_size = config.image_size or source.image_size
+    config = config.replace(vit={**{k: v for k, v in source.to_dict().items() if k in taken}, **config.vit})
+    if not new_run:
+        return config
+    kept = (
+        f"; its preprocessing: {source.interpolation} resize, crop_pct {source.crop_pct:g}, mean "
+        f"{_rounded(source.mean)}, std {_rounded(source.std)} (--no-keep-preprocessing: the data's)"
+    )
     logger.info(
-        "fine-tuning from %s: %s, lr %g (fine-tuning default; --lr to change), %g warm-up epochs%s",
-        config.init_from, "its architecture" if config.model is None else f"architecture {config.model}",
-        config.lr, config.warmup_epochs,
-        f"; its preprocessing: {source.interpolation} resize, crop_pct {source.crop_pct:g}, mean {_rounded(source.mean)}, "
-        f"std {_rounded(source.std)} (--no-keep-preprocessing: the data's)" if config.keep_preprocessing else "",
+        "fine-tuning from %s: %s, lr %g (%s), %g warm-up epochs%s", config.init_from,
+        "its architecture" if config.model is None else f"architecture {config.model}", config.lr,
+        "fine-tuning default; --lr to change" if config.lr == FINETUNE_LR else "--lr", config.warmup_epochs,
+        kept if config.keep_preprocessing else "",
     )  # fmt: skip
-    if config.image_size is None:
-        logger.info("image size %dx%d: that of %s (--image-size to change)", *image_size, config.init_from)
-    return config.replace(vit={**settings, **config.vit}, image_size=image_size)
+    if config.image_size is not None:
+        return config
+    logger.info("image size %dx%d: that of %s (--image-size to change)", *source.image_size, config.init_from)
+    return config.replace(image_size=source.image_size)
 
 
 def _rounded(values: tuple[float, ...] | None) -> list[float] | None:
     return None if values is None else [round(v, 4) for v in values]
 
 
-def resolve_settings(config: TrainConfig) -> TrainConfig:
-    """What a new run trains, decided before any data is read and recorded in train_config.json: the model (its
-    name, or the fine-tuning source's architecture), its image size (the model's, unless --image-size; the default
-    model takes the data's) and the augmentation (the data set's default with the run's overrides)."""
+def resolve_settings(config: TrainConfig, new_run: bool = True) -> TrainConfig:
+    """What a run trains, decided before any data is read and recorded in train_config.json: the model (its name,
+    or the fine-tuning source's architecture), the augmentation (the data set's default with the run's overrides)
+    and, for a new run, the image size (the model's unless --image-size; the default model takes the data's).
+
+    Resolving a resolved config changes nothing, so every process of a run, and its resumption, agree.
+    """
     if config.init_from is not None:
-        config = _from_source(config)
+        config = _from_source(config, new_run)
     elif config.model is None:
         config = config.replace(model=config.model_name)  # train_config.json names the model actually trained
-    if config.image_size is None and config.model is not None and config.model != DEFAULT_MODEL:
+    if new_run and config.image_size is None and config.model is not None and config.model != DEFAULT_MODEL:
         size = get_config(config.model).image_size
         logger.info("image size %dx%d: that of %s (--image-size to change)", *size, config.model)
         config = config.replace(image_size=size)
@@ -158,11 +168,16 @@ def resolve_settings(config: TrainConfig) -> TrainConfig:
 
 def prepare_config(config: TrainConfig) -> TrainConfig:
     """The settings with the run folder, model, image size and augmentation resolved, as ``train_config.json``
-    records them (a resumed run keeps those it recorded).
+    records them; a resumed run takes its image size from there (folders written before the size was recorded
+    keep the data's).
 
     The command line calls it before starting several processes, so that all of them use one folder.
     """
-    if config.resume is None:
+    if config.resume is not None:
+        if config.image_size is None:
+            config = config.replace(image_size=load_train_config(config.resume).image_size)
+        config = resolve_settings(config, new_run=False)
+    else:
         config = resolve_settings(config)
     if config.resume is not None:
         run_dir = Path(config.resume)
@@ -184,7 +199,7 @@ def check_run_dir(config: TrainConfig) -> None:
                 "or choose another --out / --name"
             )
         return
-    saved = load_train_config(run_dir).to_dict()
+    saved = resolve_settings(load_train_config(run_dir), new_run=False).to_dict()  # as prepare_config resolves
     now = config.to_dict()
     changed = [
         f"{key} {saved[key]!r} -> {now[key]!r}"
