@@ -95,10 +95,12 @@ def build_model(config: TrainConfig, data: DataBundle, init_config: ViTConfig | 
         patch = config.vit.get("patch_size", base.patch_size)
         if any(side % p for side, p in zip(data.image_size, patch)):
             near = "x".join(str(max(p, side // p * p)) for side, p in zip(data.image_size, patch))
+            origin = "the median shorter side of its images" if data.source == "folder" else "its images' size"
+            larger = ", the patch is larger than the image" if any(p > s for s, p in zip(data.image_size, patch)) else ""
             raise ValueError(
-                f"the data's image size {data.image_size[0]}x{data.image_size[1]} (for an image folder, the median "
-                f"shorter side of its images) is not a multiple of the patch size {patch[0]}x{patch[1]}: pass "
-                f"--image-size {near}, or name a model with a fixed size (--model)"
+                f"the {data.source} data's image size {data.image_size[0]}x{data.image_size[1]} ({origin}) is not a "
+                f"multiple of patch_size {patch[0]}x{patch[1]}{larger}: pass --image-size {near}, or name a model "
+                "with a fixed size (--model)"
             )
     return VisionTransformer(
         base.replace(
