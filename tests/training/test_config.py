@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from vitkit.cli.train_flags import add_train_arguments, config_from_args
 from vitkit.data import AugmentConfig, default_augment
 from vitkit.io import read_json, write_json
 from vitkit.model import ViTConfig
-from vitkit.training import TrainConfig, add_train_arguments, config_from_args, read_config_file
+from vitkit.training import TrainConfig, read_config_file
 from vitkit.training.config import DATA_DECIDED
 
 
