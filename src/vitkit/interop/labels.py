@@ -58,10 +58,13 @@ def _names_of(data: object, path: Path) -> list[str]:
 def imagenet_labels(num_classes: int) -> list[str] | None:
     """ImageNet's class descriptions (ImageNet-1k, -12k, -21k or -22k variants) for a head of that size, or None.
 
-    The names come with timm (the ``interop`` extra), offline.
+    The names come with timm (the ``interop`` extra), offline; without timm there are none.
     """
-    from timm.data import ImageNetInfo, infer_imagenet_subset
-
+    try:
+        from timm.data import ImageNetInfo, infer_imagenet_subset
+    except ImportError:  # converting a torchvision or JAX file needs no timm otherwise
+        logger.info("no class names: install timm (pip install 'vitkit[interop]') for ImageNet's, or pass --labels")
+        return None
     subset = infer_imagenet_subset({"num_classes": num_classes})
     if subset is None:
         return None
