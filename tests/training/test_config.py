@@ -65,6 +65,7 @@ def test_unknown_keys_are_named(tmp_path: Path) -> None:
     [
         ("epochs = 0", "epochs=0 is invalid"),
         ('amp = "fp16"', "amp='fp16' is invalid"),
+        ('cpu_kernels = "fast"', r"cpu_kernels='fast' is invalid: expected one of \['auto', 'on', 'off'\]"),
         ("lr = true", "lr must be a number"),
         ("label_smoothing = 1.5", "label_smoothing=1.5 is invalid"),
         ("nproc = 2", "nproc is not a training setting: the command line starts the processes"),

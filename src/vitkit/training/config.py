@@ -39,10 +39,11 @@ DEFAULT_MODEL = "vit_digits_stem"
 SCRATCH_LR = 1e-3
 FINETUNE_LR = 1e-4
 AMP_CHOICES = ("auto", "bf16", "off")
+CPU_KERNELS_CHOICES = ("auto", "on", "off")  # see vitkit.training.cpu_kernels
 # Settings that may change when a run is resumed without changing what it computes (epochs extends the schedule).
 RESUMABLE_CHANGES = frozenset(
     {"epochs", "workers", "save_every", "tensorboard", "progress", "resume", "out", "name", "download",
-     "device", "data_dir", "deterministic"}
+     "device", "data_dir", "deterministic", "cpu_kernels"}
 )  # fmt: skip
 
 # ViTConfig fields the data decides (size, channels, classes, normalisation); every other one is a `vit` setting.
@@ -126,6 +127,10 @@ class TrainConfig:
     seed: int = _flag(0, "seed of the data split, the initial weights, the data order and the augmentation")
     amp: str = _flag("auto", "bf16 autocast: auto (on CUDA), bf16 (also on the CPU) or off", choices=AMP_CHOICES)
     device: str = _flag("auto", "auto (cuda if available), cpu, cuda, cuda:N")
+    cpu_kernels: str = _flag(
+        "auto", "CPU training kernels (oneDNN products where they are faster, GELU outputs recomputed in the backward "
+        "pass): auto (from a forward-pass size up), on, off", choices=CPU_KERNELS_CHOICES,
+    )  # fmt: skip
     deterministic: bool = _flag(True, "use deterministic algorithms (torch.use_deterministic_algorithms)")
     # --- the run folder
     out: str | None = _flag(None, "run folder; default: runs/NAME", metavar="DIR")
@@ -153,7 +158,9 @@ class TrainConfig:
             if not ok:
                 raise ValueError(f"{name}={getattr(self, name)!r} is invalid: expected {expected}")
 
-        for name, choices in (("dataset", SOURCES), ("amp", AMP_CHOICES), ("cache", CACHE_CHOICES)):
+        for name, choices in (
+            ("dataset", SOURCES), ("amp", AMP_CHOICES), ("cache", CACHE_CHOICES), ("cpu_kernels", CPU_KERNELS_CHOICES),
+        ):  # fmt: skip
             need(getattr(self, name) in choices, name, f"one of {list(choices)}")
         for name in ("epochs", "batch_size", "accum_steps"):
             need(getattr(self, name) >= 1, name, "an integer >= 1")
