@@ -33,7 +33,15 @@ from vitkit.data.augment_config import (
     default_augment,
     is_shard_location,
 )
-from vitkit.model.config import PATCH_EMBED_CHOICES, POOL_CHOICES, POS_EMBED_CHOICES, Pair, ViTConfig, to_pair
+from vitkit.model.config import (
+    LORA_TARGETS,
+    PATCH_EMBED_CHOICES,
+    POOL_CHOICES,
+    POS_EMBED_CHOICES,
+    Pair,
+    ViTConfig,
+    to_pair,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -42,6 +50,9 @@ else:  # pragma: no cover - Python 3.10
 
 TRAIN_CONFIG_FILE = "train_config.json"
 DEFAULT_MODEL = "vit_digits_stem"
+# Peak learning rates of AdamW: from random weights (the DeiT recipe scaled to small batches), and from trained ones.
+SCRATCH_LR = 1e-3
+FINETUNE_LR = 1e-4
 AMP_CHOICES = ("auto", "bf16", "off")
 CPU_KERNELS_CHOICES = ("auto", "on", "off")  # see vitkit.training.cpu_kernels
 # Settings that may change when a run is resumed without changing what it computes (epochs extends the schedule).
@@ -80,7 +91,10 @@ class TrainConfig:
     )
     download: bool = _flag(False, "let torchvision download --dataset into --data-dir")
     val_fraction: float = _flag(0.1, "held-out fraction of an image folder without val/")
-    image_size: Pair | None = _flag(None, "training image size, N or HxW; default: the data set's", metavar="SIZE")
+    image_size: Pair | None = _flag(
+        None, f"training image size, N or HxW; default: that of --model or --init-from ({DEFAULT_MODEL}, the default "
+        "model, takes the data set's)", metavar="SIZE",
+    )  # fmt: skip
     workers: int = _flag(0, "data-loading worker processes (also decode an image folder for --cache)")
     cache: str = _flag(
         "auto", "keep the decoded images in memory (no file reads after the first pass; whole-batch augmentation): "
@@ -103,11 +117,17 @@ class TrainConfig:
         "fine-tune from these weights (run folder or .safetensors): new head, resized position embeddings as needed",
         metavar="RUN_DIR_OR_FILE",
     )
+    keep_preprocessing: bool = _flag(
+        True, "with --init-from: keep the source's mean, std, interpolation and crop fraction "
+        "(--no-keep-preprocessing: normalise with the data's statistics)",
+    )  # fmt: skip
     # --- optimisation
     epochs: int = _flag(40, "passes over the training set")
     batch_size: int = _flag(64, "images per forward pass over all processes (split evenly between them)")
     accum_steps: int = _flag(1, "forward passes per optimizer step (gradient accumulation)")
-    lr: float = _flag(1e-3, "peak learning rate of AdamW")
+    lr: float | None = _flag(
+        None, f"peak learning rate of AdamW; default: {SCRATCH_LR:g}, or {FINETUNE_LR:g} when fine-tuning (--init-from)"
+    )
     min_lr: float = _flag(1e-5, "learning rate at the end of the cosine decay")
     warmup_epochs: float = _flag(5.0, "epochs of linear learning-rate warm-up (at most half the run)")
     weight_decay: float = _flag(0.05, "AdamW weight decay (not on norms, biases, position embeddings, CLS token)")
@@ -116,6 +136,22 @@ class TrainConfig:
     ema_decay: float = _flag(0.99, "decay per optimizer step of the weights' EMA; 0 turns the EMA off")
     mixup: float = _flag(0.0, "MixUp alpha; 0 turns it off")
     cutmix: float = _flag(0.0, "CutMix alpha; 0 turns it off")
+    # --- fine-tuning with few labels (vitkit.training.finetune)
+    layer_decay: float = _flag(
+        1.0, "layer-wise learning-rate decay (BEiT/MAE fine-tuning): block i of D gets lr * X^(D - i), the "
+        "embeddings lr * X^(D + 1), the head lr; 1 turns it off",
+    )  # fmt: skip
+    freeze_blocks: int = _flag(0, "give the embeddings and the first K blocks no gradient; 0: train everything")
+    linear_probe: bool = _flag(False, "train the classification head only (every other weight frozen)")
+    head_lr_scale: float = _flag(1.0, "the head's learning rate is lr times this")
+    lora_rank: int = _flag(
+        0, "add low-rank adapters of this rank to the --lora-targets layers and train only them and the head "
+        "(needs --init-from); 0 turns LoRA off",
+    )  # fmt: skip
+    lora_alpha: float | None = _flag(None, "LoRA scaling alpha (the update is B A x * alpha / rank); default: rank")
+    lora_targets: str = _flag(
+        "q,v", "comma-separated layers that get adapters, of q, k, v, proj (attention), fc1, fc2 (MLP)", metavar="LIST"
+    )
     # --- augmentation: overrides of the data set's default (vitkit.data.default_augment)
     augment: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "overrides of the data set's AugmentConfig (flags: one per setting)"}
@@ -150,6 +186,8 @@ class TrainConfig:
         if self.dataset is None:
             shards = self.data_dir is not None and is_shard_location(self.data_dir)
             self.dataset = "digits" if self.data_dir is None else "shards" if shards else "folder"
+        if self.lr is None:  # weights that already see well move little: fine-tuning starts 10x lower
+            self.lr = FINETUNE_LR if self.init_from is not None else SCRATCH_LR
         self._check()
 
     def _check(self) -> None:
@@ -173,6 +211,18 @@ class TrainConfig:
         for name in ("label_smoothing", "ema_decay"):
             need(0 <= getattr(self, name) < 1, name, "a number in [0, 1)")
         need(0 < self.val_fraction < 1, "val_fraction", "a fraction in (0, 1)")
+        need(0 < self.layer_decay <= 1, "layer_decay", "a number in (0, 1]")
+        need(self.freeze_blocks >= 0, "freeze_blocks", "an integer >= 0")
+        need(self.head_lr_scale > 0, "head_lr_scale", "a number > 0")
+        need(self.lora_rank >= 0, "lora_rank", "an integer >= 0")
+        need(self.lora_alpha is None or self.lora_alpha > 0, "lora_alpha", "a number > 0")
+        targets = self.lora_targets.split(",")
+        need(bool(targets) and set(targets) <= set(LORA_TARGETS), "lora_targets", f"names from {list(LORA_TARGETS)}")
+        if self.lora_rank and self.init_from is None:
+            raise ValueError("lora_rank needs init_from (--init-from RUN_DIR_OR_FILE): adapters adapt trained weights")
+        chosen = [name for name in ("linear_probe", "freeze_blocks", "lora_rank") if getattr(self, name)]
+        if len(chosen) > 1:
+            raise ValueError(f"{' and '.join(chosen)} exclude each other: each decides which weights train; pick one")
         for name, choices in VIT_CHOICES.items():
             if name in self.vit and self.vit[name] not in choices:
                 raise ValueError(f"vit.{name}={self.vit[name]!r} is invalid: expected one of {list(choices)}")

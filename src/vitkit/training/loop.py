@@ -36,7 +36,6 @@ from vitkit.training import distributed
 from vitkit.training.checkpoint import LAST_WEIGHTS, load_checkpoint, save_best, save_checkpoint
 from vitkit.training.config import TrainConfig
 from vitkit.training.cpu_kernels import choose as choose_cpu_kernels
-from vitkit.training.cpu_kernels import forward_work, training_forward  # noqa: F401  (vitkit.bench.peers' import)
 from vitkit.training.distributed import DistContext
 from vitkit.training.interrupts import DataWorkerError, TrainingInterrupted, is_worker_death, stop_on_ctrl_c
 from vitkit.training.loaders import Loaders
@@ -140,7 +139,9 @@ class Trainer:
             warmup_steps = total_steps // 2
         min_ratio = config.min_lr / config.lr
         self.parameters = list(model.parameters())
-        self.optimizer = build_optimizer(model, config.lr, config.weight_decay)
+        self.optimizer = build_optimizer(
+            model, config.lr, config.weight_decay, config.layer_decay, config.head_lr_scale
+        )
         self.scheduler = build_scheduler(self.optimizer, total_steps, warmup_steps, min_ratio)
         self.lr_schedule = [config.lr * lr_factor(s, total_steps, warmup_steps, min_ratio) for s in range(total_steps)]
 
@@ -286,7 +287,7 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, max_norm, foreach=True)
         loss_value, norm_value = torch.stack([loss.float(), grad_norm.float()]).tolist()
         self._stop_if_non_finite(epoch, loss_value, norm_value)
-        lr = self.scheduler.get_last_lr()[0]
+        lr = self.lr_schedule[self.step]  # the peak rate's; layer decay scales it per group
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
