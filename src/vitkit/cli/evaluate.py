@@ -61,7 +61,9 @@ def evaluation_data(args: argparse.Namespace, model: VisionTransformer) -> tuple
     from vitkit.training.config import TRAIN_CONFIG_FILE
 
     if args.data_dir is not None:
-        dataset = build_folder_eval_data(args.data_dir, model.config, skip_bad_files=args.skip_bad_files)
+        dataset = build_folder_eval_data(
+            args.data_dir, model.config, skip_bad_files=args.skip_bad_files, workers=args.workers
+        )
         return dataset, f"image folder {args.data_dir}"
     if not (Path(args.run_dir) / TRAIN_CONFIG_FILE).is_file():
         raise FileNotFoundError(

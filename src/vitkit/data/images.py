@@ -40,6 +40,23 @@ class ImageTooLargeError(ImageLoadError):
     """An image declares more pixels than the caller (or PIL.Image.MAX_IMAGE_PIXELS) allows."""
 
 
+class ImageFile:
+    """An image file of a folder data set, not yet decoded: the transform that receives it decodes it, fully
+    (:class:`vitkit.data.transforms.ConvertChannels`) or at the scale its crop needs (:mod:`vitkit.data.decode`)."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = str(path)
+
+    def __repr__(self) -> str:
+        return f"ImageFile({self.path!r})"
+
+    def load(self, channels: int) -> Image.Image:
+        """The whole image, decoded by :func:`load_image`."""
+        return load_image(self.path, channels)
+
+
 def _check_channels(channels: int) -> None:
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
@@ -126,7 +143,7 @@ def _error(path: Path | str, reason: str, kind: type[ImageLoadError] = ImageLoad
 
 
 @contextlib.contextmanager
-def _opened(source: Path | BinaryIO, name: Path | str, max_pixels: int | None = None) -> Iterator[Image.Image]:
+def open_image(source: Path | BinaryIO, name: Path | str, max_pixels: int | None = None) -> Iterator[Image.Image]:
     """Image.open with every way a file can be bad turned into an ImageLoadError naming it and the reason.
 
     ``source`` is a file path or bytes in memory, ``name`` what error messages call it. Pillow refuses images over
@@ -175,7 +192,7 @@ def load_image(path: str | os.PathLike, channels: int) -> Image.Image:
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         raise FileNotFoundError(f"image file {path} does not exist")
-    return _decoded(_opened(path, path), channels)
+    return _decoded(open_image(path, path), channels)
 
 
 def decode_image(data: bytes, channels: int, name: str = "image", max_pixels: int | None = None) -> Image.Image:
@@ -185,7 +202,7 @@ def decode_image(data: bytes, channels: int, name: str = "image", max_pixels: in
     pixel is decoded, so a small file cannot make the caller allocate a huge image.
     """
     _check_channels(channels)
-    return _decoded(_opened(io.BytesIO(data), name, max_pixels), channels)
+    return _decoded(open_image(io.BytesIO(data), name, max_pixels), channels)
 
 
 def _decoded(opened: contextlib.AbstractContextManager[Image.Image], channels: int) -> Image.Image:
@@ -205,7 +222,7 @@ def image_header(path: str | os.PathLike) -> tuple[int, tuple[int, int]]:
     channels is 1 when the mode is one of GRAYSCALE_MODES (grey, grey+alpha, 1-bit, 16-bit, float) and 3 otherwise;
     palette images count as colour even when their palette happens to be grey.
     """
-    with _opened(Path(path), Path(path)) as image:
+    with open_image(Path(path), Path(path)) as image:
         return _channels_of(image.mode), (image.height, image.width)
 
 
@@ -214,11 +231,35 @@ def check_image(path: str | os.PathLike) -> tuple[int, tuple[int, int]]:
 
     JPEGs are decoded at 1/8 scale (still every block), which makes the check cheap even for large photos.
     """
-    with _opened(Path(path), Path(path)) as image:
+    with open_image(Path(path), Path(path)) as image:
         header = _channels_of(image.mode), (image.height, image.width)
         image.draft(None, (1, 1))
         image.load()
     return header
+
+
+# How each format's data ends: a file cut short (an interrupted copy or download) lacks it.
+_END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+_TAIL_BYTES = 4096  # cameras and editors may append a little data after the end marker
+
+
+def quick_check(path: str | os.PathLike) -> tuple[int, tuple[int, int]]:
+    """:func:`image_header` plus a look at the file's last bytes: (channels, (height, width)), cheap for any size.
+
+    A JPEG or PNG whose end marker is missing from its last 4 KiB (a file cut short) is decoded in full
+    (:func:`check_image`), so a truncated file fails here naming itself while the pixels of other files are left
+    for training to decode. Data damaged in the middle of a file passes; training substitutes such a file when it
+    meets it (:class:`vitkit.data.seeded.TransformedDataset`).
+    """
+    with open_image(Path(path), Path(path)) as image:
+        header, marker = (_channels_of(image.mode), (image.height, image.width)), _END_MARKERS.get(image.format or "")
+    if marker is None:
+        return header
+    with open(path, "rb") as file:
+        file.seek(max(0, os.fstat(file.fileno()).st_size - _TAIL_BYTES))
+        if marker in file.read():
+            return header
+    return check_image(path)
 
 
 def check_images(

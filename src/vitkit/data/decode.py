@@ -1,0 +1,201 @@
+"""Decoding only what a crop needs: training's random resized crop and evaluation's centre crop, straight from an
+image file to the normalised tensor the model takes.
+
+The crop is chosen from the file's header, before any pixel is decoded. A JPEG whose crop is at least twice the
+output size in both directions is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, Pillow's
+``Image.draft``), still at least the output size; other formats shrink by whole factors first (Pillow's
+``reducing_gap``). The crop and the resize are one resampling pass (``Image.resize`` with a ``box``), the flip a
+transpose of the small output, and ``ToDtype`` + ``Normalize`` one multiply-subtract.
+
+The distribution is that of the transforms.v2 pipeline (:func:`vitkit.data.transforms.build_train_transform`):
+the crop and the flip are drawn by torchvision's own ``RandomResizedCrop.get_params`` and the same ``torch.rand``
+draw as ``RandomHorizontalFlip``, in the same order, so a seeded sample gets the same crop and flip either way.
+Resampling differs slightly: a reduced JPEG is resampled from the 1/s-scale DCT image (DCT scaling averages each
+s x s block, then Pillow's bilinear filter covers the rest of the reduction), and pixels at the crop's border are
+filtered with their neighbours outside the crop rather than clamped to it; tests/data/test_decode.py bounds the
+difference.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from PIL import ImageOps
+from torchvision.transforms import RandomResizedCrop
+
+from vitkit.data.augment_config import AugmentConfig
+from vitkit.data.images import ImageFile, convert_image, open_image
+from vitkit.data.transforms import INTERPOLATIONS, resize_size
+from vitkit.model.config import to_pair
+
+logger = logging.getLogger(__name__)
+
+_RESAMPLE = {
+    "nearest": PIL.Image.Resampling.NEAREST,
+    "bilinear": PIL.Image.Resampling.BILINEAR,
+    "bicubic": PIL.Image.Resampling.BICUBIC,
+}
+_DCT_SCALES = (8, 4, 2)
+_REDUCING_GAP = 3.0  # Pillow: shrink by whole factors first while at least 3x remains (within ~1 level of exact)
+_ORIENTATION = 0x0112
+_TRANSPOSED = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
+Box = tuple[float, float, float, float]  # left, top, right, bottom in the upright image's pixels
+
+
+class RegionDecoder:
+    """ImageFile (or PIL image) -> normalised float tensor (channels, h, w) of a region chosen from the image size.
+
+    Subclasses choose the region (:meth:`region`); this class decodes no more of the file than the region needs.
+    """
+
+    def __init__(
+        self,
+        size: int | Sequence[int],
+        channels: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        interpolation: str = "bilinear",
+    ) -> None:
+        if channels not in (1, 3) or len(mean) != channels or len(std) != channels:
+            raise ValueError(f"expected 1 or 3 channels with one mean and std each, got {channels}, {mean}, {std}")
+        if interpolation not in _RESAMPLE:
+            raise ValueError(f"interpolation must be one of {list(_RESAMPLE)}, got {interpolation!r}")
+        self.size = to_pair(size, "size")
+        self.channels = channels
+        self.resample = _RESAMPLE[interpolation]
+        std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)  # (x / 255 - mean) / std = x * scale - shift
+        self.shift = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) / std_t
+
+    def region(self, width: int, height: int) -> tuple[Box, bool]:
+        """(box of the upright image to resample to ``size``, whether to flip it left-right)."""
+        raise NotImplementedError
+
+    def __call__(self, inpt: ImageFile | PIL.Image.Image) -> torch.Tensor:
+        if isinstance(inpt, PIL.Image.Image):
+            image, reducing_gap = convert_image(inpt, self.channels), None
+            box, flip = self.region(*image.size)
+        else:
+            image, box, flip, reducing_gap = self._decode(inpt)
+        height, width = self.size
+        out = image.resize((width, height), self.resample, box=box, reducing_gap=reducing_gap)
+        if flip:
+            out = out.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)
+        pixels = torch.from_numpy(np.array(out))
+        pixels = pixels.unsqueeze(0) if pixels.ndim == 2 else pixels.permute(2, 0, 1)
+        return pixels.float().mul_(self.scale).sub_(self.shift)
+
+    def _decode(self, file: ImageFile) -> tuple[PIL.Image.Image, Box, bool, float | None]:
+        """(the upright image decoded at the smallest scale the region allows, the region in its pixels, the flip,
+        Pillow's reducing_gap for the resize: None where libjpeg has reduced the image already)."""
+        with open_image(Path(file.path), file.path) as image:
+            orientation = image.getexif().get(_ORIENTATION, 1) if image.format in ("JPEG", "TIFF", "WEBP") else 1
+            width, height = image.size[::-1] if orientation in _TRANSPOSED else image.size
+            box, flip = self.region(width, height)
+            jpeg = image.format == "JPEG"
+            if jpeg and orientation == 1:
+                box = self._draft(image, box)
+            image.load()
+            if orientation != 1:
+                ImageOps.exif_transpose(image, in_place=True)
+            return convert_image(image, self.channels), box, flip, None if jpeg else _REDUCING_GAP
+
+    def _draft(self, image: PIL.Image.Image, box: Box) -> Box:
+        """Ask libjpeg for the largest DCT scaling that keeps the region at least the output size; the box in it."""
+        height, width = self.size
+        factor = min((box[2] - box[0]) / width, (box[3] - box[1]) / height)
+        scale = next((s for s in _DCT_SCALES if s <= factor), 1)
+        if scale == 1:
+            return box
+        original_width = image.width
+        drafted = image.draft(None, (image.width // scale, image.height // scale))
+        if drafted is None:  # not a baseline single-tile JPEG: decoded in full
+            return box
+        reduced = original_width / drafted[1][2]  # draft's box is (0, 0, width / s, height / s)
+        return (box[0] / reduced, box[1] / reduced, box[2] / reduced, box[3] / reduced)
+
+
+class RandomCropDecoder(RegionDecoder):
+    """RandomResizedCrop(size, scale, ratio) + RandomHorizontalFlip(hflip) + ToDtype + Normalize, decoding at the
+    crop's scale: the same draws as the transforms.v2 pipeline (see the module's docstring)."""
+
+    def __init__(
+        self,
+        size: int | Sequence[int],
+        channels: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        scale: tuple[float, float],
+        hflip: float,
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    ) -> None:
+        super().__init__(size, channels, mean, std)
+        self.crop_scale, self.ratio, self.hflip = list(scale), list(ratio), hflip
+
+    def region(self, width: int, height: int) -> tuple[Box, bool]:
+        # get_params reads only the size of what it is given: a broadcast view of one element has it, allocation-free
+        top, left, h, w = RandomResizedCrop.get_params(
+            torch.empty(1, 1, 1).expand(1, height, width), self.crop_scale, self.ratio
+        )
+        flip = self.hflip > 0 and bool(torch.rand(1) < self.hflip)
+        return (left, top, left + w, top + h), flip
+
+
+class CentreCropDecoder(RegionDecoder):
+    """The evaluation transform (:func:`vitkit.data.transforms.build_eval_transform`: resize, centre crop,
+    normalise) as one region: the centre crop of the resized image mapped back onto the file's pixels."""
+
+    def __init__(
+        self,
+        size: int | Sequence[int],
+        channels: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        *,
+        interpolation: str = "bilinear",
+        crop_pct: float = 1.0,
+        crop_mode: str = "center",
+    ) -> None:
+        super().__init__(size, channels, mean, std, interpolation)
+        self.crop_pct, self.crop_mode = crop_pct, crop_mode
+
+    def region(self, width: int, height: int) -> tuple[Box, bool]:
+        out_h, out_w = self.size
+        if self.crop_mode == "squash":
+            new_h, new_w = resize_size(out_h, self.crop_pct), resize_size(out_w, self.crop_pct)
+        else:  # torchvision's Resize(int): the shorter side to the size, the longer in proportion, truncated
+            short = resize_size(max(self.size), self.crop_pct)
+            new_w, new_h = (
+                (short, int(short * height / width)) if width <= height else (int(short * width / height), short)
+            )
+        top, left = round((new_h - out_h) / 2.0), round((new_w - out_w) / 2.0)  # CenterCrop's rounding
+        sx, sy = width / new_w, height / new_h
+        return (left * sx, top * sy, (left + out_w) * sx, (top + out_h) * sy), False
+
+
+def train_decoder(
+    size: int | Sequence[int], channels: int, mean: Sequence[float], std: Sequence[float], aug: AugmentConfig
+) -> RandomCropDecoder | None:
+    """The decoder for ``aug`` when it is a random resized crop and flip only (the image-folder default), else None
+    (affine and automatic augmentation need the decoded image: the transforms.v2 pipeline)."""
+    if aug.crop_scale_min >= 1.0 or aug.affine_degrees or aug.affine_translate or aug.affine_scale:
+        return None
+    if aug.auto_augment or aug.random_erasing:
+        return None
+    return RandomCropDecoder(size, channels, mean, std, (aug.crop_scale_min, 1.0), aug.hflip)
+
+
+def eval_decoder(
+    size: int | Sequence[int], channels: int, mean: Sequence[float], std: Sequence[float], **resize: Any
+) -> CentreCropDecoder:
+    """The evaluation transform for image files, decoding at the crop's scale (``resize``: interpolation, crop_pct,
+    crop_mode as :func:`vitkit.data.transforms.build_eval_transform` takes them)."""
+    if resize.get("interpolation", "bilinear") not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {list(INTERPOLATIONS)}, got {resize['interpolation']!r}")
+    return CentreCropDecoder(size, channels, mean, std, **resize)
