@@ -186,7 +186,7 @@ def train_decoder(
     (affine and automatic augmentation need the decoded image: the transforms.v2 pipeline)."""
     if aug.crop_scale_min >= 1.0 or aug.affine_degrees or aug.affine_translate or aug.affine_scale:
         return None
-    if aug.auto_augment or aug.random_erasing:
+    if aug.auto_augment != "none" or aug.random_erasing:
         return None
     return RandomCropDecoder(size, channels, mean, std, (aug.crop_scale_min, 1.0), aug.hflip)
 
