@@ -27,10 +27,12 @@ import numpy as np
 import PIL.Image
 import torch
 from PIL import ImageOps
+from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import RandomResizedCrop
+from torchvision.transforms.v2 import functional as F
 
 from vitkit.data.augment_config import AugmentConfig
-from vitkit.data.images import ImageFile, convert_image, open_image
+from vitkit.data.images import ImageFile, convert_image, load_error, open_image
 from vitkit.data.transforms import INTERPOLATIONS, resize_size
 from vitkit.model.config import to_pair
 
@@ -54,6 +56,8 @@ class RegionDecoder:
     Subclasses choose the region (:meth:`region`); this class decodes no more of the file than the region needs.
     """
 
+    integer_regions = False  # whether regions have whole-pixel edges (then torchvision may crop and resample)
+
     def __init__(
         self,
         size: int | Sequence[int],
@@ -68,7 +72,7 @@ class RegionDecoder:
             raise ValueError(f"interpolation must be one of {list(_RESAMPLE)}, got {interpolation!r}")
         self.size = to_pair(size, "size")
         self.channels = channels
-        self.resample = _RESAMPLE[interpolation]
+        self.resample, self.interpolation = _RESAMPLE[interpolation], INTERPOLATIONS[interpolation]
         std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
         self.scale = 1.0 / (255.0 * std_t)  # (x / 255 - mean) / std = x * scale - shift
         self.shift = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) / std_t
@@ -79,38 +83,61 @@ class RegionDecoder:
 
     def __call__(self, inpt: ImageFile | PIL.Image.Image) -> torch.Tensor:
         if isinstance(inpt, PIL.Image.Image):
-            image, reducing_gap = convert_image(inpt, self.channels), None
+            image = convert_image(inpt, self.channels)
             box, flip = self.region(*image.size)
+            pixels = self._resampled(image, box, None)
         else:
-            image, box, flip, reducing_gap = self._decode(inpt)
-        height, width = self.size
-        out = image.resize((width, height), self.resample, box=box, reducing_gap=reducing_gap)
+            pixels, flip = self._decode(inpt)
         if flip:
-            out = out.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)
-        pixels = torch.from_numpy(np.array(out))
-        pixels = pixels.unsqueeze(0) if pixels.ndim == 2 else pixels.permute(2, 0, 1)
+            pixels = pixels.flip(-1)
         return pixels.float().mul_(self.scale).sub_(self.shift)
 
-    def _decode(self, file: ImageFile) -> tuple[PIL.Image.Image, Box, bool, float | None]:
-        """(the upright image decoded at the smallest scale the region allows, the region in its pixels, the flip,
-        Pillow's reducing_gap for the resize: None where libjpeg has reduced the image already)."""
+    def _resampled(self, image: PIL.Image.Image, box: Box, reducing_gap: float | None) -> torch.Tensor:
+        """uint8 (channels, h, w): ``box`` of ``image`` resampled to the output size by Pillow."""
+        height, width = self.size
+        out = np.array(image.resize((width, height), self.resample, box=box, reducing_gap=reducing_gap))
+        pixels = torch.from_numpy(out)
+        return pixels.unsqueeze(0) if pixels.ndim == 2 else pixels.permute(2, 0, 1)
+
+    def _decode(self, file: ImageFile) -> tuple[torch.Tensor, bool]:
+        """(uint8 (channels, h, w) of the region of the upright image, whether to flip it), decoding no more than
+        the region needs: a JPEG at a reduced DCT scale when the region allows one, else through libjpeg-turbo
+        (``torchvision.io.decode_jpeg``) where :attr:`integer_regions` holds, else through Pillow."""
         with open_image(Path(file.path), file.path) as image:
             orientation = image.getexif().get(_ORIENTATION, 1) if image.format in ("JPEG", "TIFF", "WEBP") else 1
             width, height = image.size[::-1] if orientation in _TRANSPOSED else image.size
             box, flip = self.region(width, height)
             jpeg = image.format == "JPEG"
+            if jpeg and self.integer_regions and image.mode in ("RGB", "L") and self._dct_scale(box) == 1:
+                return self._decoded_jpeg(file.path, box), flip
             if jpeg and orientation == 1:
                 box = self._draft(image, box)
             image.load()
             if orientation != 1:
                 ImageOps.exif_transpose(image, in_place=True)
-            return convert_image(image, self.channels), box, flip, None if jpeg else _REDUCING_GAP
+            return self._resampled(convert_image(image, self.channels), box, None if jpeg else _REDUCING_GAP), flip
+
+    def _decoded_jpeg(self, path: str, box: Box) -> torch.Tensor:
+        """libjpeg-turbo's decode (upright, in the channels asked for), then the integer ``box`` cropped and
+        resampled by torchvision's antialiased filter, all on uint8."""
+        mode = ImageReadMode.RGB if self.channels == 3 else ImageReadMode.GRAY
+        try:
+            pixels = decode_jpeg(read_file(path), mode=mode, apply_exif_orientation=True)
+        except RuntimeError as exc:
+            raise load_error(path, f"damaged image data (libjpeg: {exc})") from exc
+        left, top, right, bottom = (int(v) for v in box)
+        return F.resized_crop(pixels, top, left, bottom - top, right - left, list(self.size),
+                              interpolation=self.interpolation, antialias=True)  # fmt: skip
+
+    def _dct_scale(self, box: Box) -> int:
+        """The largest JPEG DCT scaling (8, 4, 2, else 1) that keeps ``box`` at least the output size."""
+        height, width = self.size
+        factor = min((box[2] - box[0]) / width, (box[3] - box[1]) / height)
+        return next((s for s in _DCT_SCALES if s <= factor), 1)
 
     def _draft(self, image: PIL.Image.Image, box: Box) -> Box:
         """Ask libjpeg for the largest DCT scaling that keeps the region at least the output size; the box in it."""
-        height, width = self.size
-        factor = min((box[2] - box[0]) / width, (box[3] - box[1]) / height)
-        scale = next((s for s in _DCT_SCALES if s <= factor), 1)
+        scale = self._dct_scale(box)
         if scale == 1:
             return box
         original_width = image.width
@@ -124,6 +151,8 @@ class RegionDecoder:
 class RandomCropDecoder(RegionDecoder):
     """RandomResizedCrop(size, scale, ratio) + RandomHorizontalFlip(hflip) + ToDtype + Normalize, decoding at the
     crop's scale: the same draws as the transforms.v2 pipeline (see the module's docstring)."""
+
+    integer_regions = True
 
     def __init__(
         self,

@@ -136,7 +136,8 @@ def _reason(exc: Exception) -> str:
     return f"damaged image data ({type(exc).__name__}: {exc})"
 
 
-def _error(path: Path | str, reason: str, kind: type[ImageLoadError] = ImageLoadError) -> ImageLoadError:
+def load_error(path: Path | str, reason: str, kind: type[ImageLoadError] = ImageLoadError) -> ImageLoadError:
+    """The ImageLoadError for ``path``: its message names the file, the reason and what was expected."""
     error = kind(f"cannot read {path} as an image: {reason}; {_EXPECTED}")
     error.path, error.reason = path, reason
     return error
@@ -153,23 +154,23 @@ def open_image(source: Path | BinaryIO, name: Path | str, max_pixels: int | None
     """
     problem = _file_problem(source) if isinstance(source, Path) else None
     if problem is not None:
-        raise _error(name, problem)
+        raise load_error(name, problem)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused just below, with a clearer message
             image = Image.open(source)
     except Image.DecompressionBombError as exc:
-        raise _error(name, _reason(exc), ImageTooLargeError) from exc
+        raise load_error(name, _reason(exc), ImageTooLargeError) from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise _error(name, _reason(exc)) from exc
+        raise load_error(name, _reason(exc)) from exc
     with image:
         width, height = image.size
         if max_pixels is not None and width * height > max_pixels:
             reason = f"{width}x{height} = {width * height:,} pixels is more than the limit of {max_pixels:,}"
-            raise _error(name, reason, ImageTooLargeError)
+            raise load_error(name, reason, ImageTooLargeError)
         limit = Image.MAX_IMAGE_PIXELS
         if limit is not None and width * height > limit:
-            raise _error(
+            raise load_error(
                 name,
                 f"decompression bomb: {width}x{height} = {width * height:,} pixels is more than the limit of "
                 f"{limit:,} (PIL.Image.MAX_IMAGE_PIXELS; raise it only for files you trust)",
@@ -178,7 +179,7 @@ def open_image(source: Path | BinaryIO, name: Path | str, max_pixels: int | None
         try:
             yield image
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise _error(name, _reason(exc)) from exc
+            raise load_error(name, _reason(exc)) from exc
 
 
 def load_image(path: str | os.PathLike, channels: int) -> Image.Image:

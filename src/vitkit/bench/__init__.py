@@ -1,0 +1,1 @@
+"""Side-by-side measurements behind `vitkit bench` and benchmarks/."""
