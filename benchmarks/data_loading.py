@@ -1,8 +1,8 @@
 """Image folders: start-up of `vitkit train` beside a torchvision ImageFolder script, and training-input images/s
 beside timm's loader. Writes benchmarks/results/data.json.
 
-Start-up: the wall time of `vitkit train --data-dir DIR --steps 1` (a small model, 224 px, the same workers) with
-an empty folder index (the first start) and with the index of that first start (a second start, resume or
+Start-up: the wall time (and the CPU time of the process and its workers, steadier on a shared machine) of
+`vitkit train --data-dir DIR --steps 1` (a small model, 224 px, the same workers) with an empty folder index (the first start) and with the index of that first start (a second start, resume or
 evaluate), against a script that scans the same folder with torchvision's `ImageFolder` and loads one batch
 through a `DataLoader` with the same workers. Each is its own process, run in turns; the script's time is the
 median of its runs.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -85,10 +86,14 @@ def write_folder(root: Path, count: int, distinct: list[Path]) -> Path:
     return root
 
 
-def timed(command: list[str], env: dict[str, str]) -> float:
+def timed(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the process and of every process it started) of one command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def startup(data_dir: Path, workers: int, env: dict[str, str]) -> dict[str, float]:
@@ -96,7 +101,7 @@ def startup(data_dir: Path, workers: int, env: dict[str, str]) -> dict[str, floa
     with tempfile.TemporaryDirectory() as tmp:
         cache_env = {**env, "VITKIT_CACHE_DIR": str(Path(tmp) / "cache")}
 
-        def train(name: str) -> float:
+        def train(name: str) -> tuple[float, float]:
             return timed([sys.executable, "-m", "vitkit", "-q", "train", "--data-dir", str(data_dir), "--steps", "1",
                           *SMALL_MODEL, "--image-size", "224", "--batch-size", str(BATCH), "--workers",
                           str(workers), "--cache", "off", "--no-progress", "--no-tensorboard", "--out",
@@ -108,10 +113,13 @@ def startup(data_dir: Path, workers: int, env: dict[str, str]) -> dict[str, floa
         baseline.append(timed(script, env))
         second = train("second")
         baseline.append(timed(script, env))
-    imagefolder = statistics.median(baseline)
-    return {"files": sum(1 for _ in data_dir.glob("train/*/*.jpg")), "imagefolder_script_s": imagefolder,
-            "imagefolder_script_runs_s": baseline, "vitkit_first_start_s": first, "vitkit_second_start_s": second,
-            "first_start_ratio": first / imagefolder, "second_start_ratio": second / imagefolder}  # fmt: skip
+    wall, cpu = statistics.median(run[0] for run in baseline), statistics.median(run[1] for run in baseline)
+    return {"files": sum(1 for _ in data_dir.glob("train/*/*.jpg")), "imagefolder_script_s": wall,
+            "imagefolder_script_cpu_s": cpu, "imagefolder_script_runs_s": [run[0] for run in baseline],
+            "vitkit_first_start_s": first[0], "vitkit_first_start_cpu_s": first[1],
+            "vitkit_second_start_s": second[0], "vitkit_second_start_cpu_s": second[1],
+            "first_start_ratio": first[0] / wall, "second_start_ratio": second[0] / wall,
+            "first_start_cpu_ratio": first[1] / cpu, "second_start_cpu_ratio": second[1] / cpu}  # fmt: skip
 
 
 def main() -> None:

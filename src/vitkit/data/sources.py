@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision import datasets
@@ -172,6 +171,8 @@ class ClassFolder(datasets.ImageFolder):
 
 def _split_indices(targets: Sequence[int], test_size: float | int, seed: int, what: str) -> tuple[list[int], list[int]]:
     """Stratified (train, held-out) index lists, reproducible by seed."""
+    from sklearn.model_selection import train_test_split  # imported here: a second of start-up, often unneeded
+
     try:
         train, held_out = train_test_split(
             np.arange(len(targets)), test_size=test_size, random_state=seed, stratify=np.asarray(targets)

@@ -161,7 +161,8 @@ def train(
         with determinism(config.deterministic, device), distributed.only_main_logs(ctx):
             init_weights, init_config = find_init_weights(config.init_from) if config.init_from else (None, None)
             torch.manual_seed(config.seed)
-            data = build_run_data(config, channels=init_config.in_channels if init_config else None)
+            with distributed.main_first(ctx):  # the others then read the folder index the main process wrote
+                data = build_run_data(config, channels=init_config.in_channels if init_config else None)
             model = build_model(config, data, init_config).to(device)
             if init_weights is not None and config.resume is None:
                 logger.info("fine-tuning from %s", init_weights)
