@@ -40,8 +40,8 @@ from vitkit.io import write_json
 
 RESULTS = Path(__file__).parent / "results" / "data.json"
 CLASSES = 10
-SMALL_MODEL = ["--model", "vit_tiny_patch16_224", "--depth", "2", "--hidden-dim", "64", "--num-heads", "2",
-               "--mlp-dim", "128"]  # fmt: skip
+SMALL_MODEL = ["--model", "vit_tiny_patch16_224", "--patch-size", "32", "--depth", "2", "--hidden-dim", "64",
+               "--num-heads", "2", "--mlp-dim", "128"]  # fmt: skip
 BATCH = 64
 
 IMAGEFOLDER_SCRIPT = """

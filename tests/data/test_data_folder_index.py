@@ -86,6 +86,7 @@ def test_statistics_are_kept_with_the_index_and_an_unwritable_cache_only_warns(
     assert "from its index" not in caplog.text
     second = build_data("folder", data_dir=tmp_path / "data", image_size=8, val_fraction=0.25, cache="off")
     assert "normalisation statistics of" in caplog.text and (second.mean, second.std) == (first.mean, first.std)
+    assert second.train.base.indices == first.train.base.indices, "the held-out split, read from the index"
 
     blocker = tmp_path / "a-file"
     blocker.write_text("a file where the cache folder would go: no folder can be made under it")

@@ -59,13 +59,9 @@ class RegionDecoder:
     integer_regions = False  # whether regions have whole-pixel edges (then torchvision may crop and resample)
 
     def __init__(
-        self,
-        size: int | Sequence[int],
-        channels: int,
-        mean: Sequence[float],
-        std: Sequence[float],
+        self, size: int | Sequence[int], channels: int, mean: Sequence[float], std: Sequence[float],
         interpolation: str = "bilinear",
-    ) -> None:
+    ) -> None:  # fmt: skip
         if channels not in (1, 3) or len(mean) != channels or len(std) != channels:
             raise ValueError(f"expected 1 or 3 channels with one mean and std each, got {channels}, {mean}, {std}")
         if interpolation not in _RESAMPLE:
@@ -155,15 +151,9 @@ class RandomCropDecoder(RegionDecoder):
     integer_regions = True
 
     def __init__(
-        self,
-        size: int | Sequence[int],
-        channels: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        scale: tuple[float, float],
-        hflip: float,
-        ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    ) -> None:
+        self, size: int | Sequence[int], channels: int, mean: Sequence[float], std: Sequence[float],
+        scale: tuple[float, float], hflip: float, ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    ) -> None:  # fmt: skip
         super().__init__(size, channels, mean, std)
         self.crop_scale, self.ratio, self.hflip = list(scale), list(ratio), hflip
 
@@ -181,16 +171,9 @@ class CentreCropDecoder(RegionDecoder):
     normalise) as one region: the centre crop of the resized image mapped back onto the file's pixels."""
 
     def __init__(
-        self,
-        size: int | Sequence[int],
-        channels: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        *,
-        interpolation: str = "bilinear",
-        crop_pct: float = 1.0,
-        crop_mode: str = "center",
-    ) -> None:
+        self, size: int | Sequence[int], channels: int, mean: Sequence[float], std: Sequence[float], *,
+        interpolation: str = "bilinear", crop_pct: float = 1.0, crop_mode: str = "center",
+    ) -> None:  # fmt: skip
         super().__init__(size, channels, mean, std, interpolation)
         self.crop_pct, self.crop_mode = crop_pct, crop_mode
 

@@ -2,8 +2,9 @@
 
 Before the first step a folder's files are checked (:func:`vitkit.data.images.quick_check`: the header, and the
 end marker of JPEGs and PNGs), in the data-loading worker processes. The index remembers each file's header, or
-why it is bad, keyed by its path, size and modification time, and the folder's normalisation statistics; the next
-start, resume or ``vitkit evaluate`` checks only the files that are new or changed. The index is one JSON file per
+why it is bad, keyed by its path, size and modification time, and what was computed from the files (normalisation
+statistics, the held-out split); the next start, resume or ``vitkit evaluate`` checks only the files that are new
+or changed and computes nothing again. The index is one JSON file per
 folder in the user's cache directory (``$VITKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/vitkit``, else
 ``~/.cache/vitkit``), so a read-only data folder is no obstacle, written atomically; a cache that cannot be
 written only costs the next start its checks.
@@ -28,7 +29,7 @@ from vitkit.data.images import ImageLoadError, quick_check
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "VITKIT_CACHE_DIR"
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 Header = tuple[int, tuple[int, int]]  # (channels, (height, width))
 Checker = Callable[[str], Header]
 _PARALLEL_FROM = 256  # fewer files than this are checked in this process: starting workers would cost more
@@ -77,8 +78,9 @@ class FolderIndex:
     """What is known about the image files under ``root``, loaded from and saved to ``directory`` (the cache).
 
     ``entries`` maps a file (its path relative to ``root``) to ``[size, mtime_ns, channels, height, width]`` or
-    ``[size, mtime_ns, reason]``; ``statistics`` maps a fingerprint of (files, size, channels, seed) to the
-    normalisation (mean, std). ``checked`` counts the files the last :meth:`check` had to open.
+    ``[size, mtime_ns, reason]``; ``computed`` maps a :meth:`fingerprint` of (files, settings) to what was computed
+    from them (the normalisation statistics, the held-out split). ``checked`` counts the files the last
+    :meth:`check` had to open.
     """
 
     def __init__(self, root: str | os.PathLike, directory: str | os.PathLike | None = None) -> None:
@@ -87,7 +89,7 @@ class FolderIndex:
         name = hashlib.sha256(resolved.encode()).hexdigest()[:32]
         self.file = Path(directory or cache_dir()) / "folder-index" / f"{name}.json"
         self.entries: dict[str, list[Any]] = {}
-        self.statistics: dict[str, list[list[float]]] = {}
+        self.computed: dict[str, Any] = {}
         self.checked = 0
         try:
             stored = json.loads(self.file.read_text(encoding="utf-8"))
@@ -97,7 +99,7 @@ class FolderIndex:
             logger.warning("ignoring the unreadable folder index %s (%s); checking %s afresh", self.file, exc, root)
             return
         if isinstance(stored, dict) and stored.get("version") == INDEX_VERSION and stored.get("root") == resolved:
-            self.entries, self.statistics = stored["files"], stored["statistics"]
+            self.entries, self.computed = stored["files"], stored["computed"]
 
     def _key(self, path: str) -> str:
         prefix = str(self.root) + os.sep
@@ -147,7 +149,7 @@ class FolderIndex:
         )
 
         document = {"version": INDEX_VERSION, "root": str(self.root.resolve()), "files": self.entries,
-                    "statistics": self.statistics}  # fmt: skip
+                    "computed": self.computed}  # fmt: skip
         try:
             with atomic_path(self.file) as tmp:
                 tmp.write_text(json.dumps(document, separators=(",", ":")), encoding="utf-8")

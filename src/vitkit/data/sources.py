@@ -235,7 +235,7 @@ def _folder(
         return train, val, class_names, channels, image_size, "val"
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1) to hold out part of {train_dir}, got {val_fraction!r}")
-    train_idx, val_idx = _split_indices(train.targets, val_fraction, seed, str(train_dir))
+    train_idx, val_idx = _held_out_split(train, val_fraction, seed)
     logger.info("no %s: holding out %d of %d images (val_fraction=%s)", val_dir, len(val_idx), len(train), val_fraction)
     return Subset(train, train_idx), Subset(train, val_idx), class_names, channels, image_size, "val"
 
@@ -362,15 +362,25 @@ def _statistics(
     if not isinstance(base, ClassFolder):
         return compute_mean_std(dataset, size, channels, seed=seed, workers=workers)
     paths = [base.samples[i][0] for i in (range(len(base)) if indices is None else indices)]
-    key = base.index.fingerprint(paths, list(size), channels, seed, FOLDER_STATISTICS_SAMPLES)
-    if key in base.index.statistics:
-        mean, std = base.index.statistics[key]
+    key = base.index.fingerprint(paths, "statistics", list(size), channels, seed, FOLDER_STATISTICS_SAMPLES)
+    if key in base.index.computed:
+        mean, std = base.index.computed[key]
         logger.info("normalisation statistics of %s from its index %s", base.root, base.index.file)
         return tuple(mean), tuple(std)
     mean, std = compute_mean_std(dataset, size, channels, FOLDER_STATISTICS_SAMPLES, seed, workers)
-    base.index.statistics[key] = [list(mean), list(std)]
+    base.index.computed[key] = [list(mean), list(std)]
     base.index.save()
     return mean, std
+
+
+def _held_out_split(folder: ClassFolder, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """_split_indices of a folder's samples, kept in (and read from) its index."""
+    key = folder.index.fingerprint([path for path, _ in folder.samples], "split", fraction, seed)
+    if key not in folder.index.computed:
+        folder.index.computed[key] = _split_indices(folder.targets, fraction, seed, folder.root)
+        folder.index.save()
+    train, held_out = folder.index.computed[key]
+    return train, held_out
 
 
 def build_folder_eval_data(
