@@ -32,7 +32,7 @@ from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.v2 import functional as F
 
 from vitkit.data.augment_config import AugmentConfig
-from vitkit.data.images import ImageFile, convert_image, load_error, open_image
+from vitkit.data.images import ImageFile, convert_image, file_problem, load_error, open_image
 from vitkit.data.transforms import INTERPOLATIONS, resize_size
 from vitkit.model.config import to_pair
 
@@ -46,8 +46,30 @@ _RESAMPLE = {
 _DCT_SCALES = (8, 4, 2)
 _REDUCING_GAP = 3.0  # Pillow: shrink by whole factors first while at least 3x remains (within ~1 level of exact)
 _ORIENTATION = 0x0112
+_HEADER_BYTES = 1 << 16  # a JPEG's frame header follows its EXIF and other segments of up to 64 KiB
+_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOF0..SOF15 (C4, C8, CC are other segments)
 _TRANSPOSED = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
 Box = tuple[float, float, float, float]  # left, top, right, bottom in the upright image's pixels
+
+
+def jpeg_frame(header: bytes) -> tuple[int, int, int] | None:
+    """(width, height, components) from the frame header of a JPEG's first bytes, skipping the segments before it
+    (EXIF thumbnails included); None when the bytes are no JPEG or its frame header is not among them."""
+    if header[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 10 <= len(header):
+        if header[i] != 0xFF:
+            return None
+        marker = header[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker in _FRAME_MARKERS:
+            height, width = int.from_bytes(header[i + 5 : i + 7], "big"), int.from_bytes(header[i + 7 : i + 9], "big")
+            return width, height, header[i + 9]
+        else:
+            i += 2 + int.from_bytes(header[i + 2 : i + 4], "big")
+    return None
 
 
 class RegionDecoder:
@@ -97,15 +119,22 @@ class RegionDecoder:
 
     def _decode(self, file: ImageFile) -> tuple[torch.Tensor, bool]:
         """(uint8 (channels, h, w) of the region of the upright image, whether to flip it), decoding no more than
-        the region needs: a JPEG at a reduced DCT scale when the region allows one, else through libjpeg-turbo
-        (``torchvision.io.decode_jpeg``) where :attr:`integer_regions` holds, else through Pillow."""
+        the region needs: a JPEG too small for DCT scaling to help through libjpeg-turbo
+        (``torchvision.io.decode_jpeg``) where :attr:`integer_regions` holds, else through Pillow, a JPEG at a
+        reduced DCT scale when the region allows one."""
+        if self.integer_regions:
+            pixels = self._small_jpeg(file.path)
+            if pixels is not None:
+                box, flip = self.region(pixels.shape[-1], pixels.shape[-2])
+                left, top, right, bottom = (int(v) for v in box)
+                out = F.resized_crop(pixels, top, left, bottom - top, right - left, list(self.size),
+                                     interpolation=self.interpolation, antialias=True)  # fmt: skip
+                return out, flip
         with open_image(Path(file.path), file.path) as image:
             orientation = image.getexif().get(_ORIENTATION, 1) if image.format in ("JPEG", "TIFF", "WEBP") else 1
             width, height = image.size[::-1] if orientation in _TRANSPOSED else image.size
             box, flip = self.region(width, height)
             jpeg = image.format == "JPEG"
-            if jpeg and self.integer_regions and image.mode in ("RGB", "L") and self._dct_scale(box) == 1:
-                return self._decoded_jpeg(file.path, box), flip
             if jpeg and orientation == 1:
                 box = self._draft(image, box)
             image.load()
@@ -113,17 +142,27 @@ class RegionDecoder:
                 ImageOps.exif_transpose(image, in_place=True)
             return self._resampled(convert_image(image, self.channels), box, None if jpeg else _REDUCING_GAP), flip
 
-    def _decoded_jpeg(self, path: str, box: Box) -> torch.Tensor:
-        """libjpeg-turbo's decode (upright, in the channels asked for), then the integer ``box`` cropped and
-        resampled by torchvision's antialiased filter, all on uint8."""
+    def _small_jpeg(self, path: str) -> torch.Tensor | None:
+        """The upright uint8 (channels, H, W) of a grey or colour JPEG too small for any crop of it to be twice the
+        output size (so DCT scaling cannot help), decoded by libjpeg-turbo; None for any other file (Pillow's)."""
+        problem = file_problem(Path(path))
+        if problem is not None:
+            raise load_error(path, problem)
+        data = read_file(path)
+        size = jpeg_frame(data[:_HEADER_BYTES].numpy().tobytes())
+        if size is None:
+            return None
+        width, height, components = size
+        twice_h, twice_w = 2 * self.size[0], 2 * self.size[1]
+        if components not in (1, 3) or PIL.Image.MAX_IMAGE_PIXELS and width * height > PIL.Image.MAX_IMAGE_PIXELS:
+            return None  # CMYK, or a decompression bomb, which Pillow refuses with its reason
+        if (width >= twice_w and height >= twice_h) or (height >= twice_w and width >= twice_h):
+            return None
         mode = ImageReadMode.RGB if self.channels == 3 else ImageReadMode.GRAY
         try:
-            pixels = decode_jpeg(read_file(path), mode=mode, apply_exif_orientation=True)
+            return decode_jpeg(data, mode=mode, apply_exif_orientation=True)
         except RuntimeError as exc:
             raise load_error(path, f"damaged image data (libjpeg: {exc})") from exc
-        left, top, right, bottom = (int(v) for v in box)
-        return F.resized_crop(pixels, top, left, bottom - top, right - left, list(self.size),
-                              interpolation=self.interpolation, antialias=True)  # fmt: skip
 
     def _dct_scale(self, box: Box) -> int:
         """The largest JPEG DCT scaling (8, 4, 2, else 1) that keeps ``box`` at least the output size."""

@@ -97,7 +97,7 @@ def convert_image(image: Image.Image, channels: int) -> Image.Image:
     return image.convert(target)
 
 
-def _file_problem(path: Path) -> str | None:
+def file_problem(path: Path) -> str | None:
     """Why ``path`` cannot be an image file, from the file system alone; None for a non-empty regular file.
 
     Checked before Pillow opens anything: opening a FIFO would block forever, and a symlink loop or a dangling link
@@ -152,7 +152,7 @@ def open_image(source: Path | BinaryIO, name: Path | str, max_pixels: int | None
     over ``max_pixels``, if lower) with an ImageTooLargeError, so a decompression bomb fails the same clear way
     whatever its size, before any pixel is decoded.
     """
-    problem = _file_problem(source) if isinstance(source, Path) else None
+    problem = file_problem(source) if isinstance(source, Path) else None
     if problem is not None:
         raise load_error(name, problem)
     try:
