@@ -146,3 +146,9 @@ def test_decoders_turn_photos_upright_and_give_the_channels_asked_for(tmp_path: 
         got = CentreCropDecoder((30, 20), channels, mean, std, crop_mode="squash")(file)
         assert got.shape == expected.shape == (channels, 30, 20)
         assert (got - expected).abs().mean() * 255 * STD[0] < 0.5
+        # Training crops of a small JPEG skip Pillow (libjpeg-turbo turns it): the same upright crop all the same.
+        torch.manual_seed(channels)
+        expected = build_train_transform(24, channels, mean, std, AugmentConfig(crop_scale_min=0.3, hflip=0.5))(file)
+        torch.manual_seed(channels)
+        got = RandomCropDecoder(24, channels, mean, std, (0.3, 1.0), 0.5)(file)
+        assert (got - expected).abs().mean() * 255 * STD[0] < 1.0
