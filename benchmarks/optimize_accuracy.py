@@ -23,7 +23,7 @@ import torch
 from sklearn.datasets import load_digits
 
 import vitkit
-from vitkit import benchmark, training
+from vitkit import bench, training
 from vitkit.io import write_json
 
 OPTIONS: dict[str, dict[str, Any]] = {
@@ -114,7 +114,7 @@ def speed_table(
             start = time.perf_counter()
             m(images)
             first_call[label] = time.perf_counter() - start
-    seconds = benchmark.interleaved_seconds({k: (lambda m=m: m(images)) for k, m in models.items()}, rounds, 1)
+    seconds = bench.interleaved_seconds({k: (lambda m=m: m(images)) for k, m in models.items()}, rounds, 1)
     rows = []
     for label, s in seconds.items():
         speedup = seconds["float32"] / s

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
+import transformers
 from interop_helpers import TOLERANCE, max_logit_difference, random_images, randomise, write_original_npz
 from PIL import Image
 from safetensors.torch import save_file
 
 from vitkit import VisionTransformer, cli
 
-timm = pytest.importorskip("timm")
-transformers = pytest.importorskip("transformers")
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from vitkit.cli.train_flags import add_train_arguments, config_from_args
 from vitkit.data import AugmentConfig
 from vitkit.io import read_json, write_json
 from vitkit.model import ViTConfig
-from vitkit.training import TrainConfig, add_train_arguments, config_from_args, read_config_file
+from vitkit.training import TrainConfig, read_config_file
 from vitkit.training.config import DATA_DECIDED
 
 
@@ -64,6 +65,7 @@ def test_unknown_keys_are_named(tmp_path: Path) -> None:
     [
         ("epochs = 0", "epochs=0 is invalid"),
         ('amp = "fp16"', "amp='fp16' is invalid"),
+        ('cpu_kernels = "fast"', r"cpu_kernels='fast' is invalid: expected one of \['auto', 'on', 'off'\]"),
         ("lr = true", "lr must be a number"),
         ("label_smoothing = 1.5", "label_smoothing=1.5 is invalid"),
         ("nproc = 2", "nproc is not a training setting: the command line starts the processes"),

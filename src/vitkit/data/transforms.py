@@ -32,9 +32,9 @@ INTERPOLATIONS = {
 def single_threaded() -> Iterator[None]:
     """Run per-image transforms on one intra-op thread.
 
-    Small images gain nothing from splitting a kernel across threads, and waking a second thread costs a whole
-    scheduler time slice (measured here: 16 ms instead of 0.1 ms for a 28x28 RandomAffine) whenever another process
-    keeps the cores busy, as the training step does.
+    Small images gain nothing from splitting a kernel across threads, and waking a second thread can cost a whole
+    scheduler time slice, far longer than the transform itself, whenever another process keeps the cores busy, as
+    the training step does.
     """
     threads = torch.get_num_threads()
     if threads == 1:

@@ -25,8 +25,8 @@ FIELDS = (
     "epoch_time_s",
 )  # fmt: skip
 _MAX_PLOT_POINTS = 2000
-# Drawing three PNGs costs ~0.4 s of CPU: they are drawn in a background thread (off the training loop's path), at
-# most once per this many seconds, and brought up to date when the log closes.
+# Drawing the PNGs with matplotlib takes long next to a short epoch: they are drawn in a background thread (off the
+# training loop's path), at most once per this many seconds, and brought up to date when the log closes.
 PLOT_INTERVAL_S = 10.0
 
 
