@@ -1,19 +1,22 @@
 """Decoding only what a crop needs: training's random resized crop and evaluation's centre crop, straight from an
 image file to the normalised tensor the model takes.
 
-The crop is chosen from the file's header, before any pixel is decoded. A JPEG whose crop is at least twice the
-output size in both directions is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, Pillow's
-``Image.draft``), still at least the output size; other formats shrink by whole factors first (Pillow's
-``reducing_gap``). The crop and the resize are one resampling pass (``Image.resize`` with a ``box``), the flip a
-transpose of the small output, and ``ToDtype`` + ``Normalize`` one multiply-subtract.
+The crop is chosen from the image's size, read from its header. A training crop of a JPEG too small for any crop
+to be twice the output size is decoded by libjpeg-turbo (``torchvision.io.decode_jpeg``, the size read from the
+frame header without Pillow) and cut and resampled on uint8 by torchvision's antialiased filter. A JPEG whose crop
+is at least twice the output size in both directions is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling,
+Pillow's ``Image.draft``), still at least the output size; other formats shrink by whole factors first (Pillow's
+``reducing_gap``). Pillow's crop and resize are one resampling pass (``Image.resize`` with a ``box``), the flip
+is one of the small output, and ``ToDtype`` + ``Normalize`` one multiply-subtract.
 
 The distribution is that of the transforms.v2 pipeline (:func:`vitkit.data.transforms.build_train_transform`):
 the crop and the flip are drawn by torchvision's own ``RandomResizedCrop.get_params`` and the same ``torch.rand``
 draw as ``RandomHorizontalFlip``, in the same order, so a seeded sample gets the same crop and flip either way.
 Resampling differs slightly: a reduced JPEG is resampled from the 1/s-scale DCT image (DCT scaling averages each
-s x s block, then Pillow's bilinear filter covers the rest of the reduction), and pixels at the crop's border are
-filtered with their neighbours outside the crop rather than clamped to it; tests/data/test_decode.py bounds the
-difference.
+s x s block, then Pillow's bilinear filter covers the rest of the reduction), torchvision's antialiased bilinear
+filter is not Pillow's to the last level, a grey image from a colour JPEG is libjpeg's luma, and pixels at the
+crop's border are filtered with their neighbours outside the crop rather than clamped to it;
+tests/data/test_data_decode.py bounds the difference.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -240,13 +242,3 @@ def train_decoder(
     if aug.auto_augment != "none" or aug.random_erasing:
         return None
     return RandomCropDecoder(size, channels, mean, std, (aug.crop_scale_min, 1.0), aug.hflip)
-
-
-def eval_decoder(
-    size: int | Sequence[int], channels: int, mean: Sequence[float], std: Sequence[float], **resize: Any
-) -> CentreCropDecoder:
-    """The evaluation transform for image files, decoding at the crop's scale (``resize``: interpolation, crop_pct,
-    crop_mode as :func:`vitkit.data.transforms.build_eval_transform` takes them)."""
-    if resize.get("interpolation", "bilinear") not in INTERPOLATIONS:
-        raise ValueError(f"interpolation must be one of {list(INTERPOLATIONS)}, got {resize['interpolation']!r}")
-    return CentreCropDecoder(size, channels, mean, std, **resize)

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision import datasets
 
 from vitkit.data.augment_config import CACHE_CHOICES, SOURCES, AugmentConfig, default_augment
-from vitkit.data.decode import eval_decoder, train_decoder
+from vitkit.data.decode import CentreCropDecoder, train_decoder
 from vitkit.data.folder_index import FolderIndex
 from vitkit.data.images import IMAGE_EXTENSIONS, ImageFile, ImageLoadError, find_image_files
 from vitkit.data.seeded import SeededTransformDataset, TransformedDataset
@@ -351,7 +351,7 @@ def _transforms(
     logger.info("decoding image files at the scale each crop needs (vitkit.data.decode): evaluation%s",
                 " and training" if fast_train else "; training through transforms.v2 (its augmentation needs "
                 "the whole decoded image)")  # fmt: skip
-    return fast_train or train, eval_decoder(size, channels, mean, std)
+    return fast_train or train, CentreCropDecoder(size, channels, mean, std)
 
 
 def _statistics(
@@ -410,4 +410,4 @@ def build_folder_eval_data(
     if mean is None or std is None:
         return TransformedDataset(folder, eval_transform(config))  # which warns about the missing statistics
     resize = {"interpolation": config.interpolation, "crop_pct": config.crop_pct, "crop_mode": config.crop_mode}
-    return TransformedDataset(folder, eval_decoder(config.image_size, config.in_channels, mean, std, **resize))
+    return TransformedDataset(folder, CentreCropDecoder(config.image_size, config.in_channels, mean, std, **resize))
