@@ -45,7 +45,8 @@ def test_unchanged_files_are_not_checked_again_and_changed_ones_are(tmp_path: Pa
     headers, bad = FolderIndex(tmp_path / "data").check(paths, checker=checker)
     assert checker.opened == paths
     assert headers[:-1] == [(3, Image.open(path).size[::-1]) for path in paths[:-1]]  # PIL's own (width, height)
-    assert headers[-1] is None and bad == [f"{paths[-1]}: not an image in any format Pillow reads (wrong extension, or not an image at all)"]  # fmt: skip
+    reason = "not an image in any format Pillow reads (wrong extension, or not an image at all)"
+    assert headers[-1] is None and bad == [f"{paths[-1]}: {reason}"]
 
     again = CountingChecker()
     index = FolderIndex(tmp_path / "data")  # read back from the cache
