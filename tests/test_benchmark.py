@@ -91,7 +91,7 @@ def test_each_training_row_steps_adamw_as_its_library_trains() -> None:
 
 
 def test_vitkits_training_row_runs_its_forward_as_vitkit_train_does(monkeypatch) -> None:
-    from vitkit.training import loop
+    from vitkit.training import cpu_kernels
 
     entered: list[tuple[torch.device, int]] = []
 
@@ -100,7 +100,7 @@ def test_vitkits_training_row_runs_its_forward_as_vitkit_train_does(monkeypatch)
         entered.append((device, work))
         yield
 
-    monkeypatch.setattr(loop, "training_forward", recorded)
+    monkeypatch.setattr(cpu_kernels, "training_forward", recorded)
     model = VisionTransformer(get_config("vit_tiny_patch16_224"))
     images = torch.zeros(3, 3, 224, 224)
     for recipe in peers.TRAINERS.values():

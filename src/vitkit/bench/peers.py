@@ -143,7 +143,7 @@ def no_context(model: nn.Module, images: Tensor) -> contextlib.AbstractContextMa
 
 def vitkit_training_forward(model: nn.Module, images: Tensor) -> contextlib.AbstractContextManager:
     """What `vitkit train` runs a forward pass of ``model`` on ``images`` in."""
-    from vitkit.training.loop import forward_work, training_forward
+    from vitkit.training.cpu_kernels import forward_work, training_forward
 
     return training_forward(images.device, forward_work(model, images.shape[0]))
 

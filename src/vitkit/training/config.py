@@ -35,6 +35,9 @@ else:  # pragma: no cover - Python 3.10
 
 TRAIN_CONFIG_FILE = "train_config.json"
 DEFAULT_MODEL = "vit_digits_stem"
+# Peak learning rates of AdamW: from random weights (the DeiT recipe scaled to small batches), and from trained ones.
+SCRATCH_LR = 1e-3
+FINETUNE_LR = 1e-4
 AMP_CHOICES = ("auto", "bf16", "off")
 CPU_KERNELS_CHOICES = ("auto", "on", "off")  # see vitkit.training.cpu_kernels
 # Settings that may change when a run is resumed without changing what it computes (epochs extends the schedule).
@@ -72,7 +75,10 @@ class TrainConfig:
     )
     download: bool = _flag(False, "let torchvision download --dataset into --data-dir")
     val_fraction: float = _flag(0.1, "held-out fraction of an image folder without val/")
-    image_size: Pair | None = _flag(None, "training image size, N or HxW; default: the data set's", metavar="SIZE")
+    image_size: Pair | None = _flag(
+        None, f"training image size, N or HxW; default: that of --model or --init-from ({DEFAULT_MODEL}, the default "
+        "model, takes the data set's)", metavar="SIZE",
+    )  # fmt: skip
     workers: int = _flag(0, "data-loading worker processes (also decode an image folder for --cache)")
     cache: str = _flag(
         "auto", "keep the decoded images in memory (no file reads after the first pass; whole-batch augmentation): "
@@ -91,6 +97,10 @@ class TrainConfig:
         "fine-tune from these weights (run folder or .safetensors): new head, resized position embeddings as needed",
         metavar="RUN_DIR_OR_FILE",
     )
+    keep_preprocessing: bool = _flag(
+        True, "with --init-from: keep the source's mean, std, interpolation and crop fraction "
+        "(--no-keep-preprocessing: normalise with the data's statistics)",
+    )  # fmt: skip
     # --- optimisation
     epochs: int = _flag(40, "passes over the training set")
     steps: int = _flag(
@@ -99,7 +109,9 @@ class TrainConfig:
     )  # fmt: skip
     batch_size: int = _flag(64, "images per forward pass over all processes (split evenly between them)")
     accum_steps: int = _flag(1, "forward passes per optimizer step (gradient accumulation)")
-    lr: float = _flag(1e-3, "peak learning rate of AdamW")
+    lr: float | None = _flag(
+        None, f"peak learning rate of AdamW; default: {SCRATCH_LR:g}, or {FINETUNE_LR:g} when fine-tuning (--init-from)"
+    )
     min_lr: float = _flag(1e-5, "learning rate at the end of the cosine decay")
     warmup_epochs: float = _flag(5.0, "epochs of linear learning-rate warm-up (at most half the run)")
     weight_decay: float = _flag(0.05, "AdamW weight decay (not on norms, biases, position embeddings, CLS token)")
@@ -141,6 +153,8 @@ class TrainConfig:
         self.augment = _coerce_nested("augment", self.augment, AUGMENT_SETTINGS, typing.get_type_hints(AugmentConfig))
         if self.dataset is None:
             self.dataset = "folder" if self.data_dir is not None else "digits"
+        if self.lr is None:  # weights that already see well move little: fine-tuning starts 10x lower
+            self.lr = FINETUNE_LR if self.init_from is not None else SCRATCH_LR
         self._check()
 
     def _check(self) -> None:

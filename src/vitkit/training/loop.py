@@ -36,7 +36,6 @@ from vitkit.training import distributed
 from vitkit.training.checkpoint import LAST_WEIGHTS, load_checkpoint, save_best, save_checkpoint
 from vitkit.training.config import TrainConfig
 from vitkit.training.cpu_kernels import choose as choose_cpu_kernels
-from vitkit.training.cpu_kernels import forward_work, training_forward  # noqa: F401  (vitkit.bench.peers' import)
 from vitkit.training.distributed import DistContext
 from vitkit.training.interrupts import DataWorkerError, TrainingInterrupted, is_worker_death, stop_on_ctrl_c
 from vitkit.training.loaders import Loaders
