@@ -64,7 +64,9 @@ def evaluation_data(args: argparse.Namespace, model: VisionTransformer) -> tuple
     if args.data_dir is not None:
         from vitkit.data.augment_config import is_shard_location
 
-        dataset = build_folder_eval_data(args.data_dir, model.config, skip_bad_files=args.skip_bad_files)
+        dataset = build_folder_eval_data(
+            args.data_dir, model.config, skip_bad_files=args.skip_bad_files, workers=args.workers
+        )
         return dataset, f"{'shards' if is_shard_location(args.data_dir) else 'image folder'} {args.data_dir}"
     if not (Path(args.run_dir) / TRAIN_CONFIG_FILE).is_file():
         raise FileNotFoundError(

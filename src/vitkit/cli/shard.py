@@ -26,6 +26,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--skip-bad-files", action="store_true",
         help="leave out files that are not readable images (reporting how many) instead of failing before writing",
     )  # fmt: skip
+    parser.add_argument(
+        "--workers", type=int_at_least(0), default=0, help="processes that check the images first (default: 0)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -34,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from vitkit.data.shards import write_shards
 
     info = write_shards(args.data_dir, args.out, args.shard_size, val_fraction=args.val_fraction, seed=args.seed,
-                        skip_bad_files=args.skip_bad_files)  # fmt: skip
+                        skip_bad_files=args.skip_bad_files, workers=args.workers)  # fmt: skip
     for split, entry in info["splits"].items():
         samples = sum(shard["samples"] for shard in entry["shards"])
         print(f"{split}: {samples} images in {len(entry['shards'])} shard(s)")

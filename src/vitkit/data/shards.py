@@ -92,13 +92,15 @@ def write_shards(
     val_fraction: float = 0.1,
     seed: int = 0,
     skip_bad_files: bool = False,
+    workers: int = 0,
 ) -> dict[str, Any]:
     """Write the image folder ``data_dir`` (DIR/train/<class>/..., optionally DIR/val/<class>/...) as WebDataset
     shards ``out/train-000000.tar`` ... and ``out/val-000000.tar`` ..., ``shard_size`` samples each, plus
     ``out/shards.json``; returns what ``shards.json`` holds.
 
     Images are stored as they are (no re-encoding), in an order shuffled by ``seed``. Every image is checked first
-    (as training on the folder would): a bad file fails, listing every one, or is left out with ``skip_bad_files``.
+    (as training on the folder would, in ``workers`` processes): a bad file fails, listing every one, or is left out
+    with ``skip_bad_files``.
     Without val/, a stratified ``val_fraction`` of train/ (by ``seed``) becomes the val shards: the images that
     training on the folder holds out.
     """
@@ -106,7 +108,7 @@ def write_shards(
 
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size!r}")
-    train, val, class_names, _, _, _ = _folder(Path(data_dir), 3, 0, val_fraction, seed, skip_bad_files)
+    train, val, class_names, _, _, _ = _folder(Path(data_dir), 3, 0, val_fraction, seed, skip_bad_files, workers)
     channels, median_side = _scan_folder(train.dataset if isinstance(train, torch.utils.data.Subset) else train)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -57,7 +57,7 @@ AMP_CHOICES = ("auto", "bf16", "off")
 CPU_KERNELS_CHOICES = ("auto", "on", "off")  # see vitkit.training.cpu_kernels
 # Settings that may change when a run is resumed without changing what it computes (epochs extends the schedule).
 RESUMABLE_CHANGES = frozenset(
-    {"epochs", "workers", "save_every", "tensorboard", "progress", "resume", "out", "name", "download",
+    {"epochs", "steps", "workers", "save_every", "tensorboard", "progress", "resume", "out", "name", "download",
      "device", "data_dir", "deterministic", "cpu_kernels"}
 )  # fmt: skip
 
@@ -123,6 +123,10 @@ class TrainConfig:
     )  # fmt: skip
     # --- optimisation
     epochs: int = _flag(40, "passes over the training set")
+    steps: int = _flag(
+        0, "stop after N optimizer steps and write the checkpoint, without the end-of-run validation and pictures "
+        "(smoke tests, timing); 0: run every epoch",
+    )  # fmt: skip
     batch_size: int = _flag(64, "images per forward pass over all processes (split evenly between them)")
     accum_steps: int = _flag(1, "forward passes per optimizer step (gradient accumulation)")
     lr: float | None = _flag(
@@ -202,7 +206,7 @@ class TrainConfig:
             need(getattr(self, name) in choices, name, f"one of {list(choices)}")
         for name in ("epochs", "batch_size", "accum_steps"):
             need(getattr(self, name) >= 1, name, "an integer >= 1")
-        for name in ("workers", "save_every", "seed"):
+        for name in ("workers", "save_every", "seed", "steps"):
             need(getattr(self, name) >= 0, name, "an integer >= 0")
         for name in ("min_lr", "warmup_epochs", "weight_decay", "clip_grad", "mixup", "cutmix"):
             need(getattr(self, name) >= 0, name, "a number >= 0")

@@ -89,6 +89,17 @@ def init_process_group(ctx: DistContext, device: torch.device) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def main_first(ctx: DistContext) -> Iterator[None]:
+    """Run the block on the main process first, then on the others, which find what it wrote (an image folder's
+    index): one process checks the files instead of every one at once."""
+    if ctx.distributed and not ctx.is_main:
+        dist.barrier()
+    yield
+    if ctx.distributed and ctx.is_main:
+        dist.barrier()
+
+
 def destroy_process_group(barrier: bool) -> None:
     """Leave the process group; ``barrier`` waits for the others first (skip it after an error on one process)."""
     if barrier:

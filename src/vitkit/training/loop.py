@@ -187,6 +187,8 @@ class Trainer:
                 started = time.perf_counter()
                 try:
                     self._train_epoch(epoch, on_step_end)
+                    if self._step_limit_reached():
+                        return self._stop_at_step_limit()
                     record = self._end_epoch(epoch, started)
                 except (RuntimeError, ConnectionError, EOFError) as err:
                     if not is_worker_death(err):
@@ -197,7 +199,7 @@ class Trainer:
                     ) from err
                 if on_epoch_end is not None and self.ctx.is_main:
                     on_epoch_end(record)
-        final = self.ema.module if self.ema is not None else self.model
+        final = self._final_model()
         if self.metrics is not None:
             final.save_pretrained(self.run_dir)
             self.metrics.close()
@@ -219,7 +221,8 @@ class Trainer:
         )  # fmt: skip
         started = time.perf_counter()
         step_loss = torch.zeros((), device=self.device)
-        for micro, (images, labels) in enumerate(loaders.epoch(epoch, first), start=first):
+        batches = iter(()) if self._step_limit_reached() else loaders.epoch(epoch, first)
+        for micro, (images, labels) in enumerate(batches, start=first):
             last_micro = (micro + 1) % config.accum_steps == 0
             step_loss += self._forward_backward(network, images, labels, sync=last_micro)
             bar.update(config.batch_size)
@@ -239,7 +242,26 @@ class Trainer:
                 on_step_end(epoch, self.step, self.model)
             if distributed.any_process(self.ctrl_c_pressed(), self.ctx, self.device):
                 self._stop_after_ctrl_c(epoch)
+            if self._step_limit_reached():
+                break
         bar.close()
+
+    def _step_limit_reached(self) -> bool:
+        return 0 < self.config.steps <= self.step
+
+    def _stop_at_step_limit(self) -> tuple[list[dict[str, Any]], VisionTransformer]:
+        """--steps N reached: the checkpoint of step N, and no end-of-run validation, final weights or pictures."""
+        if self.saved_step != self.step:
+            self._save_checkpoint()
+        if self.metrics is not None:
+            self.metrics.close()
+        logger.info("stopped after %d optimizer step(s) (steps=%d): the checkpoint is in %s; continue with "
+                    "`vitkit train --resume %s --steps 0`", self.step, self.config.steps, self.run_dir,
+                    self.run_dir)  # fmt: skip
+        return self.history, self._final_model()
+
+    def _final_model(self) -> VisionTransformer:
+        return self.ema.module if self.ema is not None else self.model
 
     def _stop_after_ctrl_c(self, epoch: int) -> None:
         """Ctrl-C: a checkpoint of the step just finished (every process stops at the same step), then stop."""

@@ -262,7 +262,8 @@ def _set_up(config: TrainConfig, run_dir: Path, ctx: distributed.DistContext, de
     init_weights, init_config = find_init_weights(config.init_from) if config.init_from else (None, None)
     torch.manual_seed(config.seed)
     keep = init_config if init_config is not None and config.keep_preprocessing else None
-    data = build_run_data(config, channels=init_config.in_channels if init_config else None, preprocessing=keep)
+    with distributed.main_first(ctx):  # the others then read the folder index the main process wrote
+        data = build_run_data(config, channels=init_config.in_channels if init_config else None, preprocessing=keep)
     if config.image_size is None:
         logger.info(
             "image size %dx%d: the data's (for an image folder, the median shorter side of its images), which the "
