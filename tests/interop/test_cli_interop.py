@@ -19,7 +19,6 @@ from safetensors.torch import save_file
 from vitkit import VisionTransformer, cli
 
 
-
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
     code = cli.main([str(arg) for arg in argv])
     out, err = capsys.readouterr()
@@ -44,7 +43,9 @@ def test_convert_a_timm_file_then_predict_gives_timms_predictions(tmp_path: Path
     (tmp_path / "config.json").write_text(json.dumps({"architecture": "test_vit", "pretrained_cfg": {
         "interpolation": "bicubic", "crop_pct": 0.9, "crop_mode": "center", "mean": [0.5] * 3, "std": [0.5] * 3}}))  # fmt: skip
     # Without --model the architecture comes from timm's config.json beside the file, as the hub ships it.
-    code, out, err = run_cli(capsys, "convert", tmp_path / "model.safetensors", "--from", "timm", "--out", tmp_path / "run")
+    code, out, err = run_cli(
+        capsys, "convert", tmp_path / "model.safetensors", "--from", "timm", "--out", tmp_path / "run"
+    )
     assert code == 0, err
     assert "bicubic resize, crop_pct 0.9" in out
     image = photo(tmp_path / "photo.png", seed=0)
@@ -124,7 +125,9 @@ def test_fine_tune_a_converted_transformers_checkpoint(tmp_path: Path, capsys) -
     for split, count in (("train", 12), ("val", 4)):
         for label in ("red", "green"):
             for i in range(count):
-                photo(tmp_path / "photos" / split / label / f"{i}.png", seed=hash((split, label, i)) % 1000, size=(40, 40))
+                photo(
+                    tmp_path / "photos" / split / label / f"{i}.png", seed=hash((split, label, i)) % 1000, size=(40, 40)
+                )
     code, out, err = run_cli(capsys, "train", "--data-dir", tmp_path / "photos", "--init-from", tmp_path / "base",
                              "--image-size", "48", "--epochs", "2", "--batch-size", "8", "--no-tensorboard",
                              "--no-progress", "--out", tmp_path / "tuned")  # fmt: skip

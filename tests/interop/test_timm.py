@@ -59,7 +59,10 @@ def test_a_timm_state_dict_needs_and_uses_the_architecture_name() -> None:
 
 def test_a_state_dict_of_another_architecture_lists_the_bad_keys() -> None:
     peer, _ = make_timm("test-vit")
-    with pytest.raises(ValueError, match=r"timm's vit_tiny_patch16_224: .*mismatched shapes: .*cls_token: weights \(1, 1, 64\) vs model \(1, 1, 192\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"timm's vit_tiny_patch16_224: .*mismatched shapes: .*cls_token: weights \(1, 1, 64\) vs model \(1, 1, 192\)",
+    ):
         from_timm(peer.state_dict(), name="vit_tiny_patch16_224")
     truncated = {k: v for k, v in peer.state_dict().items() if not k.startswith("blocks.5.")}
     with pytest.raises(ValueError, match=r"missing keys: \['blocks.5.attn.proj.bias'"):
@@ -67,7 +70,9 @@ def test_a_state_dict_of_another_architecture_lists_the_bad_keys() -> None:
 
 
 def test_unsupported_timm_parts_are_named() -> None:
-    peer = timm.create_model("vit_base_patch16_224", pretrained=False, **SMALL, img_size=32, reg_tokens=4, init_values=1e-5)
+    peer = timm.create_model(
+        "vit_base_patch16_224", pretrained=False, **SMALL, img_size=32, reg_tokens=4, init_values=1e-5
+    )
     with pytest.raises(ValueError, match="register tokens.*LayerScale"):
         from_timm(peer)
 
@@ -105,4 +110,6 @@ def test_a_training_pass_matches_timms_logits_and_gradients(case: str) -> None:
             grads = torch.cat([getattr(layer, part).grad for layer in (attn.q, attn.k, attn.v)])
             torch.testing.assert_close(grads, getattr(theirs.attn.qkv, part).grad, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(ours.mlp.fc1.weight.grad, theirs.mlp.fc1.weight.grad, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(model.patch_embed.proj.weight.grad, peer.patch_embed.proj.weight.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        model.patch_embed.proj.weight.grad, peer.patch_embed.proj.weight.grad, atol=1e-5, rtol=1e-4
+    )

@@ -54,7 +54,12 @@ def test_a_saved_folder_loads_with_its_labels_and_preprocessing(tmp_path) -> Non
     model = from_transformers(tmp_path)
     config = model.config
     assert config.class_names == [f"class {i}" for i in range(7)]
-    assert (config.interpolation, config.crop_mode, config.crop_pct, config.mean) == ("bicubic", "squash", 1.0, (0.4,) * 3)
+    assert (config.interpolation, config.crop_mode, config.crop_pct, config.mean) == (
+        "bicubic",
+        "squash",
+        1.0,
+        (0.4,) * 3,
+    )
     assert max_logit_difference(model, peer, random_images(2, 24, 40)) <= TOLERANCE
 
 

@@ -52,8 +52,8 @@ class BatchAugment:
         self.aug = aug
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        self.moves = aug.crop_scale_min < 1 or aug.hflip > 0 or aug.affine_degrees or aug.affine_translate or (
-            aug.affine_scale
+        self.moves = (
+            aug.crop_scale_min < 1 or aug.hflip > 0 or aug.affine_degrees or aug.affine_translate or (aug.affine_scale)
         )
 
     def normalise(self, images: Tensor) -> Tensor:

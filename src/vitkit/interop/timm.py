@@ -175,6 +175,7 @@ def to_timm(model: VisionTransformer) -> tuple[dict[str, Tensor], dict[str, Any]
 
 def create_model_call(kwargs: dict[str, Any]) -> str:
     """The Python line that builds the timm model ``to_timm``'s state dict fits."""
+
     def code(value: Any) -> str:
         if isinstance(value, functools.partial):  # norm_layer: the repr would name the class, not the code
             return f"functools.partial(torch.nn.LayerNorm, eps={value.keywords['eps']!r})"
@@ -182,4 +183,3 @@ def create_model_call(kwargs: dict[str, Any]) -> str:
 
     args = ", ".join(f"{k}={code(v)}" for k, v in kwargs.items())
     return f"timm.create_model({TIMM_EXPORT_NAME!r}, pretrained=False, {args})"
-

@@ -203,7 +203,9 @@ class VisionTransformer(nn.Module):
     def check_input(self, images: Tensor) -> None:
         """Raise a ValueError that says expected vs. got, instead of a shape error deep inside."""
         if images.ndim != 4:
-            raise ValueError(f"expected images of shape (batch, channels, height, width), got shape {tuple(images.shape)}")
+            raise ValueError(
+                f"expected images of shape (batch, channels, height, width), got shape {tuple(images.shape)}"
+            )
         channels, height, width = images.shape[1:]
         if channels != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got {channels}")
@@ -218,7 +220,9 @@ class VisionTransformer(nn.Module):
         self.check_input(images)
         tokens = self.patch_embed(images)  # (B, num_patches, D)
         if self.config.class_token:
-            tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)  # (B, 1 + num_patches, D)
+            tokens = torch.cat(
+                [self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1
+            )  # (B, 1 + num_patches, D)
         return self.pos_dropout(tokens + self.pos_embed)
 
     def forward_features(self, images: Tensor) -> Tensor:
@@ -308,7 +312,9 @@ class VisionTransformer(nn.Module):
             trunc_normal_init(self.head.weight)
             nn.init.zeros_(self.head.bias)
 
-    def load_weights(self, state_dict: dict[str, Tensor], source_grid: Pair | None = None, strict_head: bool = True) -> None:
+    def load_weights(
+        self, state_dict: dict[str, Tensor], source_grid: Pair | None = None, strict_head: bool = True
+    ) -> None:
         """Load weights, fitting position vectors and (``strict_head=False``) the head: see ``weights.load_weights``."""
         weights.load_weights(self, state_dict, source_grid=source_grid, strict_head=strict_head)
 
