@@ -41,7 +41,8 @@ def test_convert_a_timm_file_then_predict_gives_timms_predictions(tmp_path: Path
     peer = randomise(timm.create_model("test_vit", pretrained=False, img_size=32, num_classes=3))
     save_file(peer.state_dict(), tmp_path / "model.safetensors")
     (tmp_path / "config.json").write_text(json.dumps({"architecture": "test_vit", "pretrained_cfg": {
-        "interpolation": "bicubic", "crop_pct": 0.9, "crop_mode": "center", "mean": [0.5] * 3, "std": [0.5] * 3}}))  # fmt: skip
+        "interpolation": "bicubic", "crop_pct": 0.9, "crop_mode": "center",
+        "mean": [0.5] * 3, "std": [0.5] * 3}}))  # fmt: skip
     # Without --model the architecture comes from timm's config.json beside the file, as the hub ships it.
     code, out, err = run_cli(
         capsys, "convert", tmp_path / "model.safetensors", "--from", "timm", "--out", tmp_path / "run"
@@ -90,7 +91,8 @@ def test_export_onnx_at_a_fixed_size_with_mean_pooling_and_fc_norm(tmp_path: Pat
 
     torch.manual_seed(0)
     model = randomise(VisionTransformer(image_size=(16, 24), patch_size=8, hidden_dim=32, depth=2, num_heads=4,
-                                        mlp_dim=64, num_classes=3, class_token=False, pool="mean", fc_norm=True))  # fmt: skip
+                                        mlp_dim=64, num_classes=3, class_token=False, pool="mean",
+                                        fc_norm=True))  # fmt: skip
     differences = check_onnx(model, export_onnx(model, tmp_path / "vit.onnx"))
     assert set(differences) == {"batch 1", "batch 5"} and max(differences.values()) <= 1e-4
 
@@ -98,7 +100,8 @@ def test_export_onnx_at_a_fixed_size_with_mean_pooling_and_fc_norm(tmp_path: Pat
 def test_export_transformers_and_timm(tmp_path: Path, capsys) -> None:
     torch.manual_seed(0)
     model = randomise(VisionTransformer(image_size=(16, 24), patch_size=8, hidden_dim=32, depth=2, num_heads=4,
-                                        mlp_dim=64, num_classes=3, layer_norm_eps=1e-12, class_names=["a", "b", "c"]))  # fmt: skip
+                                        mlp_dim=64, num_classes=3, layer_norm_eps=1e-12,
+                                        class_names=["a", "b", "c"]))  # fmt: skip
     model.save_pretrained(tmp_path / "run")
     images = random_images(2, 16, 24)
     code, _, _ = run_cli(capsys, "export", tmp_path / "run", "--format", "transformers", "--out", tmp_path / "hf")
@@ -151,7 +154,8 @@ def test_a_converted_imagenet_timm_model_names_its_classes_and_fine_tunes_keepin
     peer = randomise(timm.create_model("test_vit", pretrained=False, img_size=32, num_classes=1000))
     save_file(peer.state_dict(), tmp_path / "model.safetensors")
     (tmp_path / "config.json").write_text(json.dumps({"architecture": "test_vit", "pretrained_cfg": {
-        "interpolation": "bicubic", "crop_pct": 0.9, "crop_mode": "center", "mean": [0.5] * 3, "std": [0.5] * 3}}))  # fmt: skip
+        "interpolation": "bicubic", "crop_pct": 0.9, "crop_mode": "center",
+        "mean": [0.5] * 3, "std": [0.5] * 3}}))  # fmt: skip
     code, out, err = run_cli(capsys, "convert", tmp_path / "model.safetensors", "--from", "timm", "--out",
                              tmp_path / "in1k")  # fmt: skip
     assert code == 0, err

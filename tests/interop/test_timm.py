@@ -61,7 +61,8 @@ def test_a_state_dict_of_another_architecture_lists_the_bad_keys() -> None:
     peer, _ = make_timm("test-vit")
     with pytest.raises(
         ValueError,
-        match=r"timm's vit_tiny_patch16_224: .*mismatched shapes: .*cls_token: weights \(1, 1, 64\) vs model \(1, 1, 192\)",
+        match=r"timm's vit_tiny_patch16_224: .*mismatched shapes: "
+        r".*cls_token: weights \(1, 1, 64\) vs model \(1, 1, 192\)",
     ):
         from_timm(peer.state_dict(), name="vit_tiny_patch16_224")
     truncated = {k: v for k, v in peer.state_dict().items() if not k.startswith("blocks.5.")}

@@ -46,7 +46,8 @@ def test_wrong_torchvision_state_dicts_are_explained() -> None:
         from_torchvision(state)
     with pytest.raises(
         ValueError,
-        match=r"torchvision's vit_b_16: .*mismatched shapes: .*class_token: weights \(1, 1, 32\) vs model \(1, 1, 768\)",
+        match=r"torchvision's vit_b_16: .*mismatched shapes: "
+        r".*class_token: weights \(1, 1, 32\) vs model \(1, 1, 768\)",
     ):
         from_torchvision(state, name="vit_b_16")
     with pytest.raises(ValueError, match="no model named 'vit_q_99'"):

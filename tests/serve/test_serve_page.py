@@ -25,7 +25,8 @@ pytest.importorskip("uvicorn", reason="vitkit serve needs the `serve` extra (uvi
 sync_api = pytest.importorskip("playwright.sync_api", reason="the page test needs Playwright (the `dev` extra)")
 if not CHROMIUM.is_file():
     pytest.skip(
-        f"Chromium is not installed at {CHROMIUM} (`apt-get install chromium`; `make test` installs it where apt works)",
+        f"Chromium is not installed at {CHROMIUM} "
+        "(`apt-get install chromium`; `make test` installs it where apt works)",
         allow_module_level=True,
     )
 

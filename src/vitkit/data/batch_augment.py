@@ -5,8 +5,8 @@ is augmented in one pass: each sample's random resized crop, random affine move 
 into one 2x3 matrix, applied with a single ``affine_grid`` + ``grid_sample``; random erasing is a batched mask.
 The per-sample parameters are drawn on the CPU from a generator seeded by (seed, epoch, optimizer step) for all the
 samples of the step, and each micro-batch and process takes the rows of its own samples: a resumed run, N
-processes and gradient accumulation see exactly the augmentation of one uninterrupted process. RandAugment/TrivialAugment have no batched form here; data sets using
-them keep the per-sample path (``SeededTransformDataset``).
+processes and gradient accumulation see exactly the augmentation of one uninterrupted process. RandAugment and
+TrivialAugment have no batched form here; data sets using them keep the per-sample path (``SeededTransformDataset``).
 """
 
 from __future__ import annotations
