@@ -29,7 +29,7 @@ def to_pair(value: int | Sequence[int], name: str) -> Pair:
         pair = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else ()
     if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
         raise ValueError(f"{name} must be a positive int or a (height, width) pair of them, got {value!r}")
-    return pair  # type: ignore[return-value]
+    return pair
 
 
 def _is_number(value: Any) -> bool:

@@ -29,7 +29,7 @@ import copy
 import logging
 import sys
 import types
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -101,7 +101,7 @@ def optimize(
     """
     if not isinstance(model, VisionTransformer):
         raise ValueError(f"optimize expects a vitkit VisionTransformer, got {type(model).__name__}")
-    on_cpu = model.patch_embed.proj.weight.device.type == "cpu"
+    on_cpu = next(model.parameters()).device.type == "cpu"
     if tome is None:
         tome = 0 if exact or onnxruntime or not on_cpu else default_tome(model.config)
     if int8 is None:
@@ -149,7 +149,8 @@ def optimize(
         "optimized: fuse_qkv=%s int8=%s bf16=%s onednn=%s tome=%s compile=%s",
         fuse_qkv or bool(tome), int8, bf16, onednn, tome, compile,
     )  # fmt: skip
-    return torch.compile(fast) if compile else fast
+    # torch.compile of a Module returns an OptimizedModule (a Module); its annotation only says "a callable"
+    return cast(nn.Module, torch.compile(fast)) if compile else fast
 
 
 class _CallablePackage(types.ModuleType):

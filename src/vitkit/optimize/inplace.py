@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vitkit.model.vit import VisionTransformer
+from vitkit.model.vit import MLP, VisionTransformer
 
 
 class InplaceGELU(nn.Module):
@@ -26,8 +26,8 @@ class InplaceGELU(nn.Module):
 
 def inplace_gelu(model: VisionTransformer) -> VisionTransformer:
     """Replace each block's MLP activation (an exact ``nn.GELU``) by :class:`InplaceGELU`, in place."""
-    for block in model.blocks:
-        act = block.mlp.act
-        if type(act) is nn.GELU and act.approximate == "none":
-            block.mlp.act = InplaceGELU()
+    for module in model.modules():
+        act = module.act if isinstance(module, MLP) else None
+        if isinstance(module, MLP) and type(act) is nn.GELU and act.approximate == "none":
+            module.act = InplaceGELU()
     return model

@@ -59,7 +59,6 @@ class _LinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
         return _product(x, weight, bias)
 
     @staticmethod
@@ -70,7 +69,7 @@ class _LinearFunction(torch.autograd.Function):
         grad_rows = grad.reshape(-1, grad.shape[-1])  # (tokens, out)
         grad_x = _product(grad, weight.t(), None) if needs_x else None
         grad_weight = grad_rows.t().mm(x.reshape(-1, x.shape[-1])) if needs_weight else None
-        grad_bias = grad_rows.sum(dim=0) if ctx.has_bias and needs_bias else None
+        grad_bias = grad_rows.sum(dim=0) if needs_bias else None  # False for a None bias
         return grad_x, grad_weight, grad_bias
 
 
@@ -127,7 +126,7 @@ def onednn_wins(shapes: Sequence[Shape], timings: ProductTimings = PRODUCT_TIMIN
     return wins
 
 
-def linear_shapes(model: nn.Module, images: int) -> list[Shape]:
+def linear_shapes(model: VisionTransformer, images: int) -> list[Shape]:
     """(rows, in, out) of each ``nn.Linear`` of ``model`` in a forward pass of ``images`` images: the head multiplies
     one row per image, every other layer one row per token."""
     config = model.config
@@ -183,7 +182,8 @@ def onednn_linears(model: VisionTransformer) -> VisionTransformer:
     """Make every float32 ``nn.Linear`` of ``model`` a :class:`OneDnnLinear` (in place), each MLP's exact GELU
     moved into its first layer."""
     for module in model.modules():
-        if isinstance(module, MLP) and type(module.act) is nn.GELU and module.act.approximate == "none":
+        act = module.act if isinstance(module, MLP) else None
+        if isinstance(module, MLP) and type(act) is nn.GELU and act.approximate == "none":
             module.fc1, module.act = OneDnnLinear(module.fc1, gelu=True), nn.Identity()
     for parent in list(model.modules()):
         for name, child in parent.named_children():
