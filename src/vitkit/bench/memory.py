@@ -52,8 +52,8 @@ def unpooled_malloc() -> None:
     measuring child processes only: it changes the whole process's allocator.
 
     By default the threshold grows with the blocks freed (up to 32 MiB) and freed heap memory stays resident, so a
-    peak depends on the order of past allocations: the same ViT-S/16 training step (batch 32) peaked anywhere from
-    2,485 to 2,983 MiB from one fresh process to the next, while with blocks unpooled it peaked at 2,196 to 2,200.
+    peak depends on the order of past allocations and varies by hundreds of MiB between fresh processes running the
+    same step; with blocks unpooled it is the same from one process to the next.
     """
     _glibc("mallopt", M_MMAP_THRESHOLD, UNPOOLED_BYTES)
 

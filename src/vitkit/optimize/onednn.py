@@ -1,21 +1,18 @@
 """Linear layers multiplied by oneDNN on the CPU: at inference (``optimize``) and in ``vitkit train``'s steps.
 
 ``nn.Linear`` on the CPU multiplies through MKL's sgemm; PyTorch ships a second matrix-multiply library, oneDNN,
-whose kernels it uses for float32 convolutions but not for float32 linear layers. On this project's 2-core AMD EPYC
-(MKL reports its generic "Intel(R) Architecture processors" path there) oneDNN's float32 products of ViT-B/16's
-shapes took 0.69x to 0.9x MKL's time at 197 rows (batch 1) and at 3,152 rows (batch 16); with them
-``optimize(exact=True)`` of ViT-B/16 ran 1.20x faster at batch 1 and 1.12x at batch 16, and a ViT-S/16 training
-step at batch 32 1.08x faster. The numbers are float32 sums in another order: logits within a few 1e-6 of
-``nn.Linear``'s.
+whose kernels it uses for float32 convolutions but not for float32 linear layers. On CPUs where MKL falls back to
+its generic path (AMD's, for one) oneDNN's products of ViT shapes can be markedly faster. The numbers are float32
+sums in another order: logits within a few 1e-6 of ``nn.Linear``'s.
 
 In a training step (``vitkit train`` runs its larger CPU forward passes in :class:`OneDnnProducts`; the model is
 left as it is) the backward pass's product for the input's gradient runs in oneDNN too; the one for the weight's
-gradient stays with ``torch.mm``: its operands are transposed, and oneDNN was slower on them here.
+gradient stays with ``torch.mm``: its operands are transposed, a layout oneDNN handles more slowly.
 
-Whether oneDNN is faster depends on the CPU: on a 2-core Intel Xeon with AVX-512 the same products ran 0.93x to
-1.11x MKL's speed. So unless told (``optimize(onednn=True/False)``, ``--cpu-kernels on``), the choice is made at run
-time by :func:`onednn_wins`: both products timed once on the model's own shapes, oneDNN taken only where it wins by
-a margin (:data:`ONEDNN_MARGIN`), and the choice logged.
+Whether oneDNN is faster depends on the CPU (on some it is slower than MKL). So unless told
+(``optimize(onednn=True/False)``, ``--cpu-kernels on``), the choice is made at run time by :func:`onednn_wins`:
+both products timed once on the model's own shapes, oneDNN taken only where it wins by a margin
+(:data:`ONEDNN_MARGIN`), and the choice logged.
 """
 
 from __future__ import annotations
