@@ -38,15 +38,8 @@ def test_q_k_v_are_three_distinct_learnable_layers():
 def test_patch_embedding_is_a_linear_projection_of_flattened_patches():
     torch.manual_seed(0)
     model = VisionTransformer(
-        image_size=(8, 12),
-        patch_size=(4, 2),
-        in_channels=3,
-        num_classes=2,
-        hidden_dim=16,
-        depth=1,
-        num_heads=2,
-        mlp_dim=32,
-    )
+        image_size=(8, 12), patch_size=(4, 2), num_classes=2, hidden_dim=16, depth=1, num_heads=2, mlp_dim=32
+    )  # three channels, the default
     images = torch.randn(2, 3, 8, 12)
     patches = patchify(images, (4, 2))
     assert patches.shape == (2, 2 * 6, 3 * 4 * 2)

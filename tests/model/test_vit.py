@@ -172,15 +172,8 @@ def test_config_object_carries_the_choices():
 
 def test_rectangular_images():
     model = VisionTransformer(
-        image_size=(8, 12),
-        patch_size=(4, 3),
-        in_channels=3,
-        num_classes=2,
-        hidden_dim=16,
-        depth=1,
-        num_heads=2,
-        mlp_dim=32,
-    )
+        image_size=(8, 12), patch_size=(4, 3), num_classes=2, hidden_dim=16, depth=1, num_heads=2, mlp_dim=32
+    )  # three channels, the default
     assert model.config.grid_size == (2, 4)
     assert model(torch.randn(2, 3, 8, 12)).shape == (2, 2)
 
