@@ -99,7 +99,6 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-
 def number_where(accept: Callable[[float], bool], expected: str) -> Callable[[str], float]:
     """argparse type: a number that ``accept`` takes, with a message that says what was ``expected``."""
 
