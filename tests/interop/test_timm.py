@@ -76,6 +76,13 @@ def test_unsupported_timm_parts_are_named() -> None:
     )
     with pytest.raises(ValueError, match="register tokens.*LayerScale"):
         from_timm(peer)
+    from timm.models.vision_transformer import ResPostBlock
+
+    post_norm = timm.create_model("vit_base_patch16_224", pretrained=False, **SMALL, img_size=32, block_fn=ResPostBlock)
+    with pytest.raises(ValueError, match="blocks other than timm's pre-norm Block"):
+        from_timm(post_norm)  # same weight names, other logits: refused rather than converted
+    with pytest.raises(ValueError, match="timm's resnet18 is a ResNet, not a VisionTransformer"):
+        from_timm({}, name="resnet18")
 
 
 def test_export_with_another_layer_norm_epsilon_prints_a_working_call() -> None:
