@@ -21,7 +21,8 @@ from vitkit.cli.common import EXIT_FAILED, EXIT_USAGE, report_error
 
 # Subcommands in the order `vitkit --help` lists them; each is the module vitkit.cli.<name>.
 COMMANDS = (
-    "train", "pretrain", "evaluate", "fewshot", "predict", "explain", "serve", "models", "bench", "convert", "export"
+    "train", "pretrain", "evaluate", "fewshot", "predict", "explain", "serve", "models", "bench", "convert", "export",
+    "shard",
 )  # fmt: skip
 
 

@@ -33,7 +33,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--data-dir",
         metavar="DIR",
-        help="evaluate on this image folder (DIR/<class>/<images>, or DIR/val/<class>/...) instead of the run's split",
+        help="evaluate on this image folder (DIR/<class>/<images>, or DIR/val/<class>/...) or these WebDataset shards "
+        "(a `vitkit shard` folder: its val shards; .tar paths, patterns, URLs) instead of the run's split",
     )
     parser.add_argument(
         "--plot",
@@ -61,8 +62,10 @@ def evaluation_data(args: argparse.Namespace, model: VisionTransformer) -> tuple
     from vitkit.training.config import TRAIN_CONFIG_FILE
 
     if args.data_dir is not None:
+        from vitkit.data.augment_config import is_shard_location
+
         dataset = build_folder_eval_data(args.data_dir, model.config, skip_bad_files=args.skip_bad_files)
-        return dataset, f"image folder {args.data_dir}"
+        return dataset, f"{'shards' if is_shard_location(args.data_dir) else 'image folder'} {args.data_dir}"
     if not (Path(args.run_dir) / TRAIN_CONFIG_FILE).is_file():
         raise FileNotFoundError(
             f"{args.run_dir} has no {TRAIN_CONFIG_FILE}, so its held-out split is unknown: "

@@ -52,11 +52,21 @@ class SeededTransformDataset(TransformedDataset):
 
     def sample_seed(self, index: int) -> int:
         """A well-mixed 32-bit seed (the width torch's CPU generator uses) for this epoch's sample `index`."""
-        return int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
+        return sample_seed(self.seed, self.epoch, index)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         index = range(len(self))[index]  # negative indices and bounds as for a list
         image, label = self.base[index]
-        with single_threaded(), torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(self.sample_seed(index))
-            return self.transform(image), int(label)
+        return seeded_transform(self.transform, image, self.sample_seed(index)), int(label)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 32-bit seed (the width torch's CPU generator uses) for sample `index` of `epoch`."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+def seeded_transform(transform: Callable[[Any], torch.Tensor], image: Any, seed: int) -> torch.Tensor:
+    """`transform(image)` on one thread with torch's CPU generator seeded by `seed`; the caller's stream is kept."""
+    with single_threaded(), torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return transform(image)

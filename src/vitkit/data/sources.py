@@ -1,4 +1,4 @@
-"""The data sets vitkit trains on: scikit-learn's digits, image folders and torchvision's data sets."""
+"""The data sets vitkit trains on: scikit-learn's digits, image folders, WebDataset shards and torchvision's sets."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision import datasets
 
-from vitkit.data.augment_config import CACHE_CHOICES, SOURCES, AugmentConfig, default_augment
+from vitkit.data.augment_config import CACHE_CHOICES, SOURCES, AugmentConfig, default_augment, is_shard_location
 from vitkit.data.images import IMAGE_EXTENSIONS, ImageLoadError, check_images, find_image_files, load_image
 from vitkit.data.seeded import SeededTransformDataset, TransformedDataset
+from vitkit.data.shards import ShardSamples, ShardSet, read_shard_info
 from vitkit.data.transforms import (
     build_decode_transform,
     build_eval_transform,
@@ -63,6 +64,8 @@ class DataBundle:
     # The data decoded once at the training size when it is cached (--cache): (images uint8 (N, C, H, W), labels)
     # of each split. Training then augments whole batches of it (vitkit.data.batch_augment) and reads no files.
     memory: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+    # The training shards when they are streamed (vitkit.data.shards.ShardStream) rather than cached.
+    stream: ShardSet | None = None
 
     @property
     def num_classes(self) -> int:
@@ -234,6 +237,22 @@ def _folder(
     return Subset(train, train_idx), Subset(train, val_idx), class_names, channels, image_size, "val"
 
 
+def _shards(location: str, channels: int | None) -> tuple[ShardSamples, ShardSamples, list[str], int, int]:
+    """The train and val shards at ``location`` (a folder from `vitkit shard`, or the training shards themselves,
+    whose val shards are those listed beside them)."""
+    info, given = read_shard_info(location)
+    train = given if given is not None else info.splits.get("train")
+    val = info.splits.get("val")
+    if train is None or val is None or train == val:
+        raise ValueError(
+            f"{location}: training needs train and val shards (found splits {sorted(info.splits)}); expected the "
+            "folder `vitkit shard DIR --out SHARDS` writes, or its train-*.tar shards"
+        )
+    channels = channels or info.channels
+    train_samples, val_samples = ShardSamples(train, channels), ShardSamples(val, channels).load()
+    return train_samples, val_samples, list(info.classes), channels, info.image_size
+
+
 def _torchvision(source: str, root: Path, download: bool) -> tuple[Dataset, Dataset, list[str], int, int]:
     cls, size, channels, expected = _TORCHVISION[source]
     splits = []
@@ -295,6 +314,9 @@ def build_data(
         train_base, val_base, class_names, native_channels, native_size, val_name = _folder(
             Path(data_dir), channels, image_size, val_fraction, seed, skip_bad_files
         )
+    elif source == "shards":
+        train_base, val_base, class_names, native_channels, native_size = _shards(str(data_dir), channels)
+        val_name = "val"
     else:
         train_base, val_base, class_names, native_channels, native_size = _torchvision(source, Path(data_dir), download)
         val_name = "test"
@@ -307,6 +329,8 @@ def build_data(
     memory = None
     if _cache_decision(cache, len(train_base) + len(val_base), size, channels):
         started = time.perf_counter()
+        if source == "shards":
+            train_base.load()
         memory = (
             *decode_all(train_base, size, channels, workers), *decode_all(val_base, size, channels, workers, **resize)
         )  # fmt: skip
@@ -318,8 +342,9 @@ def build_data(
     elif memory is not None:  # every training image, as the model sees them (before normalisation)
         pixels = memory[0].transpose(0, 1).flatten(1).double() / 255
         mean, std = pixel_statistics(pixels.sum(1), pixels.square().sum(1), pixels.shape[1])
-    else:
-        mean, std = compute_mean_std(train_base, size, channels, seed=seed)
+    else:  # shards: from the first of them (their writer shuffled the samples), so that no other shard is read
+        statistics_base = ShardSamples(train_base.shards.head(2000), channels) if source == "shards" else train_base
+        mean, std = compute_mean_std(statistics_base, size, channels, seed=seed)
     logger.info(
         "%s: %d train / %d %s images, %d classes, %d channel(s), size %s, mean %s, std %s",
         *(source, len(train_base), len(val_base), val_name, len(class_names), channels, size),
@@ -337,6 +362,7 @@ def build_data(
         val_name=val_name,
         augment=aug,
         memory=memory,
+        stream=train_base.shards if source == "shards" and memory is None else None,
     )
 
 
@@ -348,13 +374,16 @@ def build_folder_eval_data(
     `data_dir` is DIR/<class>/<images>; a training folder (DIR/val/<class>) is accepted too, its val/ part used.
     Class folders may be missing (no images of that class), but an unknown class folder is an error. Bad files
     raise BadImageFilesError listing every one before any evaluation, or are left out with `skip_bad_files`.
+    WebDataset shards (`vitkit shard`'s folder, patterns, URLs) are read too: the shards named, else the val shards.
     """
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise FileNotFoundError(f"evaluation folder {data_dir} does not exist; expected {data_dir}/<class>/<images>")
     if not config.num_classes:
         raise ValueError("the model has no classification head (num_classes is 0); it cannot be evaluated on labels")
     class_names = config.labels
+    if is_shard_location(data_dir):
+        return TransformedDataset(_eval_shards(str(data_dir), config.in_channels, class_names), eval_transform(config))
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"evaluation folder {data_dir} does not exist; expected {data_dir}/<class>/<images>")
     subdirs = {p.name for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
     if not subdirs <= set(class_names) and (data_dir / "val").is_dir():
         data_dir = data_dir / "val"
@@ -362,3 +391,15 @@ def build_folder_eval_data(
     if len(folder) == 0:
         raise FileNotFoundError(f"{data_dir} holds no images; expected {data_dir}/<class>/<images>")
     return TransformedDataset(folder, eval_transform(config))
+
+
+def _eval_shards(location: str, channels: int, class_names: Sequence[str]) -> ShardSamples:
+    """The shards named at ``location``, else its val shards (else its train shards), labelled as the model is."""
+    info, given = read_shard_info(location)
+    shards = given or info.splits.get("val") or info.splits.get("train")
+    if shards is None:
+        raise ValueError(f"{location}: no shards to evaluate on (its splits: {sorted(info.splits)})")
+    unknown = sorted(set(info.classes) - set(class_names))
+    if unknown:
+        raise ValueError(f"{location} has classes {unknown} that are not among the model's classes {list(class_names)}")
+    return ShardSamples(shards, channels, [list(class_names).index(name) for name in info.classes])

@@ -25,7 +25,14 @@ from typing import Any
 
 import yaml
 
-from vitkit.data.augment_config import CACHE_CHOICES, SOURCES, AugmentConfig, default_augment
+from vitkit.data.augment_config import (
+    CACHE_CHOICES,
+    DECODE_CHOICES,
+    SOURCES,
+    AugmentConfig,
+    default_augment,
+    is_shard_location,
+)
 from vitkit.model.config import (
     LORA_TARGETS,
     PATCH_EMBED_CHOICES,
@@ -75,10 +82,11 @@ class TrainConfig:
     """Everything ``vitkit train`` can be told; saved resolved as ``train_config.json`` in the run folder."""
 
     # --- data
-    dataset: str | None = _flag(None, "data set; default: folder with --data-dir, else digits", choices=SOURCES)
+    dataset: str | None = _flag(None, "data set; default: folder/shards with --data-dir, else digits", choices=SOURCES)
     data_dir: str | None = _flag(
         None,
-        "image folder (DIR/train/<class>/..., optional DIR/val/<class>/...) or torchvision data root",
+        "image folder (DIR/train/<class>/..., optional DIR/val/<class>/...), WebDataset shards (a folder from "
+        "`vitkit shard`, a pattern such as shards/train-{000000..000009}.tar, URLs) or torchvision data root",
         metavar="DIR",
     )
     download: bool = _flag(False, "let torchvision download --dataset into --data-dir")
@@ -91,6 +99,10 @@ class TrainConfig:
     cache: str = _flag(
         "auto", "keep the decoded images in memory (no file reads after the first pass; whole-batch augmentation): "
         "auto (when they fit in 1 GiB), on, off", choices=CACHE_CHOICES,
+    )  # fmt: skip
+    decode: str = _flag(
+        "cpu", "where training images are decoded and augmented: cpu (in --workers), or gpu (whole batches on the "
+        "training device, torchvision's decode_jpeg; workers only read files)", choices=DECODE_CHOICES,
     )  # fmt: skip
     # --- model
     model: str | None = _flag(
@@ -172,7 +184,8 @@ class TrainConfig:
         self.vit = _coerce_nested("vit", self.vit, VIT_SETTINGS, typing.get_type_hints(ViTConfig))
         self.augment = _coerce_nested("augment", self.augment, AUGMENT_SETTINGS, typing.get_type_hints(AugmentConfig))
         if self.dataset is None:
-            self.dataset = "folder" if self.data_dir is not None else "digits"
+            shards = self.data_dir is not None and is_shard_location(self.data_dir)
+            self.dataset = "digits" if self.data_dir is None else "shards" if shards else "folder"
         if self.lr is None:  # weights that already see well move little: fine-tuning starts 10x lower
             self.lr = FINETUNE_LR if self.init_from is not None else SCRATCH_LR
         self._check()
@@ -184,6 +197,7 @@ class TrainConfig:
 
         for name, choices in (
             ("dataset", SOURCES), ("amp", AMP_CHOICES), ("cache", CACHE_CHOICES), ("cpu_kernels", CPU_KERNELS_CHOICES),
+            ("decode", DECODE_CHOICES),
         ):  # fmt: skip
             need(getattr(self, name) in choices, name, f"one of {list(choices)}")
         for name in ("epochs", "batch_size", "accum_steps"):
@@ -220,6 +234,13 @@ class TrainConfig:
             raise ValueError(f"the digits data set is built in and takes no data_dir (got {self.data_dir!r})")
         if self.dataset != "digits" and self.data_dir is None:
             raise ValueError(f"dataset {self.dataset!r} needs data_dir (--data-dir DIR)")
+        if self.decode == "gpu" and self.dataset not in ("folder", "shards"):
+            raise ValueError(f"decode='gpu' decodes image files: expected a folder or shards, got {self.dataset!r}")
+        if self.decode == "gpu" and self.augmentation().auto_augment != "none":
+            raise ValueError(
+                f"decode='gpu' augments whole batches, which auto_augment={self.augmentation().auto_augment!r} "
+                "cannot: expected auto_augment 'none', or decode 'cpu'"
+            )
 
     # --- conversions ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

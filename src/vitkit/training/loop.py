@@ -121,7 +121,8 @@ class Trainer:
         self.mixer = (
             build_batch_mixer(config.mixup, config.cutmix, data.num_classes) if config.mixup or config.cutmix else None
         )
-        self.loaders = Loaders(data, config.batch_size, config.accum_steps, config.workers, config.seed, ctx, device)
+        self.loaders = Loaders(data, config.batch_size, config.accum_steps, config.workers, config.seed, ctx, device,
+                               config.decode)  # fmt: skip
         self.steps_per_epoch = self.loaders.micro_batches // config.accum_steps
         if self.steps_per_epoch == 0:
             raise ValueError(

@@ -80,7 +80,7 @@ def build_run_data(
         download=config.download,
         aug=config.augmentation(),
         channels=channels,
-        cache=config.cache,
+        cache="off" if config.decode == "gpu" else config.cache,  # the device decodes the files every epoch
         workers=config.workers,
         skip_bad_files=config.skip_bad_files,
         preprocessing=preprocessing,
