@@ -23,7 +23,7 @@ from vitkit.cli.common import EXIT_FAILED, EXIT_USAGE, report_error
 COMMANDS = (
     "train", "pretrain", "evaluate", "fewshot", "predict", "explain", "serve", "models", "bench", "convert", "export",
     "shard",
-)
+)  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):

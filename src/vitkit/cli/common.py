@@ -73,7 +73,7 @@ def add_fast_argument(parser: argparse.ArgumentParser) -> None:
         "--fast",
         action="store_true",
         help="run through vitkit.optimize (fused q/k/v, int8 on the CPU, token merging from ViT-B/16's size up): "
-        "faster; top-1 agrees with float32 on >= 99%% of images (see the README's speed section)",
+        "faster; top-1 agrees with float32 on >= 99%% of images",
     )
 
 
@@ -97,7 +97,6 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
-
 
 
 def number_where(accept: Callable[[float], bool], expected: str) -> Callable[[str], float]:

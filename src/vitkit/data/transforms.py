@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Sized
 from typing import Any
 
 import PIL.Image
@@ -219,6 +219,8 @@ def compute_mean_std(
     `workers` processes (0: this one). Values are in [0, 1], as the model sees them before normalisation. A channel
     with no variation gets std 1 so normalising never divides by zero.
     """
+    if not isinstance(dataset, Sized):
+        raise ValueError(f"normalisation statistics need a data set with a length, got {type(dataset).__name__}")
     if len(dataset) == 0:
         raise ValueError("cannot compute normalisation statistics of an empty data set")
     to_tensor = v2.Compose(_unnormalised_eval_steps(image_size, channels))
