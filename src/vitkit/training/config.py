@@ -45,10 +45,11 @@ else:  # pragma: no cover - Python 3.10
 TRAIN_CONFIG_FILE = "train_config.json"
 DEFAULT_MODEL = "vit_digits_stem"
 AMP_CHOICES = ("auto", "bf16", "off")
+AUTO_RESUME = "auto"  # --resume auto: continue the run folder's last checkpoint if it has one, else start
 # Settings that may change when a run is resumed without changing what it computes (epochs extends the schedule).
 RESUMABLE_CHANGES = frozenset(
     {"epochs", "workers", "save_every", "tensorboard", "progress", "resume", "out", "name", "download",
-     "device", "data_dir", "deterministic"}
+     "device", "data_dir", "deterministic", "grad_checkpointing", "compile"}
 )  # fmt: skip
 
 # ViTConfig fields the data decides (size, channels, classes, normalisation); every other one is a `vit` setting.
@@ -156,10 +157,22 @@ class TrainConfig:
     amp: str = _flag("auto", "bf16 autocast: auto (on CUDA), bf16 (also on the CPU) or off", choices=AMP_CHOICES)
     device: str = _flag("auto", "auto (cuda if available), cpu, cuda, cuda:N")
     deterministic: bool = _flag(True, "use deterministic algorithms (torch.use_deterministic_algorithms)")
+    shard_model: bool = _flag(
+        False, "shard weights, gradients and optimizer state between the processes (FSDP2, one unit per encoder "
+        "block) and write sharded checkpoints (torch.distributed.checkpoint); for models too large for DDP",
+    )  # fmt: skip
+    grad_checkpointing: bool = _flag(
+        False, "recompute each encoder block's activations in the backward pass instead of keeping them "
+        "(torch.utils.checkpoint): less memory, about a third more compute",
+    )  # fmt: skip
+    compile: bool = _flag(False, "compile the model for training with torch.compile")
     # --- the run folder
     out: str | None = _flag(None, "run folder; default: runs/NAME", metavar="DIR")
     name: str | None = _flag(None, "run name; default: DATASET-MODEL-DATE-TIME")
-    resume: str | None = _flag(None, "continue the interrupted run in this folder", metavar="RUN_DIR")
+    resume: str | None = _flag(
+        None, f"continue the interrupted run in this folder; {AUTO_RESUME}: the run folder's (--out) if it has a "
+        "checkpoint, else start it (the default under --max-restarts)", metavar="RUN_DIR|auto",
+    )  # fmt: skip
     save_every: int = _flag(0, "also write a checkpoint every N optimizer steps; 0: at the end of each epoch only")
     tensorboard: bool = _flag(True, "write TensorBoard event files (when tensorboard is installed)")
     progress: bool = _flag(True, "show a progress bar per epoch")
@@ -429,7 +442,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     config_file = getattr(args, "config", None)
     from_file = read_config_file(config_file) if config_file else {}
     resume = typed.get("resume", from_file.get("resume"))
-    values = load_train_config(resume).to_dict() if resume else _defaults()
+    run_dir = typed.get("out", from_file.get("out")) if resume == AUTO_RESUME else resume
+    saved = run_dir is not None and (resume != AUTO_RESUME or (Path(run_dir) / TRAIN_CONFIG_FILE).is_file())
+    values = load_train_config(run_dir).to_dict() if saved else _defaults()
     values = merge_settings(merge_settings(values, from_file), typed)
     if resume:
         values["resume"] = resume

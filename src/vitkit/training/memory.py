@@ -1,4 +1,8 @@
-"""Training memory: the MLP's GELU output is not kept for the backward pass, but recomputed from GELU's input.
+"""Training memory: activations recomputed in the backward pass instead of kept from the forward pass.
+
+Whole encoder blocks (``--grad-checkpointing``): :func:`recompute_blocks_in_backward`.
+
+The MLP's GELU output is not kept for the backward pass, but recomputed from GELU's input.
 
 A linear layer keeps its input for its weight's gradient. After GELU that input is a (B, N, mlp_dim) tensor, four
 times the width, per block; GELU's own backward node already keeps GELU's input, of the same size. Kept as a recipe
@@ -10,12 +14,14 @@ runs its CPU forward passes in it (:func:`vitkit.training.loop.training_forward`
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -46,3 +52,14 @@ def _unpack(packed: Tensor | _GeluOutput) -> Tensor:
 def recompute_gelu_outputs() -> Any:
     """A context for forward passes: tensors saved in it that are GELU outputs are recomputed in the backward pass."""
     return torch.autograd.graph.saved_tensors_hooks(_pack, _unpack)
+
+
+def recompute_blocks_in_backward(model: nn.Module) -> None:
+    """Activation checkpointing of every block of ``model.blocks`` (``torch.utils.checkpoint``, non-reentrant, the
+    random state replayed): a block keeps only its input for the backward pass and runs its forward again there.
+
+    Set on the block instances, not in the model class: its state dict, its files and every other use of it stay
+    as they are. Apply it before FSDP2's ``fully_shard``, which gathers a block's weights for the recomputation.
+    """
+    for block in model.blocks:
+        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
