@@ -33,6 +33,7 @@ from training_helpers import (
 )
 
 from vitkit import VisionTransformer, cli
+from vitkit.cli.train import torchrun_env
 from vitkit.io import load_safetensors, write_json
 from vitkit.training import train
 from vitkit.training.checkpoint import load_sharded_checkpoint
@@ -155,7 +156,8 @@ def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_uninterrupted(two_n
          "--config", str(settings)]
         for rank in (0, 1)
     ]  # fmt: skip
-    with started_process_trees(agents) as processes:
+    env = torchrun_env(max_restarts=1)
+    with started_process_trees(agents, [{**env, **subprocess_env()}] * 2) as processes:
         deadline = time.monotonic() + 300
         while not pid_file.exists():  # the worker writes it when it has stopped at PAUSE_STEP
             assert all(p.poll() is None for p in processes), "an agent ended before the worker paused"

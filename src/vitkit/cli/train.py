@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -13,6 +14,8 @@ from typing import Any
 
 from vitkit.cli.common import int_at_least, percent
 from vitkit.training.config import AUTO_RESUME, TrainConfig, check_batch_split  # no torch
+
+RESTARTABLE_STORE = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"  # see torchrun_env
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -115,10 +118,17 @@ def check_launch(args: argparse.Namespace, config: TrainConfig) -> None:
         check_batch_split(config.batch_size, int(args.nnodes) * args.nproc)
 
 
-def launch(command: list[str], description: str) -> None:
+def torchrun_env(max_restarts: int) -> dict[str, str]:
+    """torchrun's environment. With restarts, each rendezvous round gets a fresh store for the processes: by
+    default torchrun (2.4 to at least 2.14) shares the rendezvous' TCP store with them across rounds, so a restarted
+    group reads the addresses its dead predecessors left there and cannot connect."""
+    return {**os.environ, **({RESTARTABLE_STORE: "1"} if max_restarts else {})}
+
+
+def launch(command: list[str], description: str, env: dict[str, str]) -> None:
     """Run a torchrun ``command`` and wait for it."""
     print(f"starting {description}: {' '.join(command)}", flush=True)
-    returncode = subprocess.run(command, check=False).returncode
+    returncode = subprocess.run(command, env=env, check=False).returncode
     if returncode != 0:
         raise ChildProcessError(
             f"distributed training ({description}) failed (torchrun exit code {returncode}); "
@@ -144,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             config_file = Path(tmp) / TRAIN_CONFIG_FILE
             write_json(config.to_dict(), config_file)
-            launch(torchrun_command(args, config_file, Path(config.out).name), description)
+            launch(torchrun_command(args, config_file, Path(config.out).name), description, torchrun_env(args.max_restarts))
         print(f"run folder: {config.out}")  # rank 0 of the processes printed the epochs
         return 0
     result = training.train(

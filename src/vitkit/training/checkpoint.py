@@ -158,7 +158,7 @@ def save_sharded_checkpoint(
     if dist.is_initialized():
         dist.barrier()  # nobody writes into the folder before rank 0 has cleared it
     try:
-        dcp.save(_sharded_tensors(model, optimizer, ema), checkpoint_id=pending)
+        dcp.save(_sharded_tensors(model, optimizer, ema), checkpoint_id=pending, no_dist=not dist.is_initialized())
         if is_main:
             with atomic_path(pending / _SHARDED_STATE) as tmp:
                 torch.save(state, tmp)
@@ -177,6 +177,7 @@ def load_sharded_checkpoint(
 ) -> dict[str, Any]:
     """Fill ``model``, ``optimizer`` and ``ema`` from the last sharded checkpoint, resharded for this run's
     processes; returns the rest of the training state. Read only: every process calls it."""
+    import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
 
@@ -187,7 +188,7 @@ def load_sharded_checkpoint(
             "written; a run started without --shard-model resumes without it)"
         )
     tensors = _sharded_tensors(model, optimizer, ema)
-    dcp.load(tensors, checkpoint_id=folder)
+    dcp.load(tensors, checkpoint_id=folder, no_dist=not dist.is_initialized())
     set_state_dict(model, optimizer, model_state_dict=tensors["model"], optim_state_dict=tensors["optimizer"])
     if ema is not None:
         set_model_state_dict(ema, tensors["ema"])

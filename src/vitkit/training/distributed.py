@@ -131,7 +131,11 @@ def parallelize(model: nn.Module, ctx: DistContext, device: torch.device, shard:
 def shard_blocks(model: nn.Module, device: torch.device) -> None:
     """``fully_shard`` each of ``model.blocks``, then the model (patch embedding, head and the rest)."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError as err:  # public from PyTorch 2.6
+        raise ValueError(f"--shard-model needs PyTorch 2.6 or newer (FSDP2's fully_shard), found {torch.__version__}") from err
 
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for block in model.blocks:

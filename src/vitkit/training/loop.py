@@ -404,10 +404,11 @@ class Trainer:
 
     def _save_checkpoint(self) -> None:
         rng_states = distributed.gather_objects(self._rng_state(), self.ctx)  # every process's random stream
+        sums = distributed.gather_objects(self.sums.cpu(), self.ctx)  # and its share of the epoch's sums
         state = {
             "epoch": self.epoch, "step": self.step, "step_in_epoch": self.step_in_epoch,
             "steps_per_epoch": self.steps_per_epoch, "best_acc": self.best_acc, "history": self.history,
-            "sums": self.sums.cpu(), "seconds": self.seconds, "scheduler": self.scheduler.state_dict(),
+            "sums": sums, "seconds": self.seconds, "scheduler": self.scheduler.state_dict(),
             "rng": rng_states,
         }  # fmt: skip
         if self.config.shard_model:  # every process writes its shards
@@ -417,6 +418,14 @@ class Trainer:
             state["ema"] = self.ema.state_dict() if self.ema is not None else None
             save_checkpoint(self.run_dir, self.model.state_dict(), state)
         self.saved_step = self.step
+
+    def _restored_sums(self, saved: Tensor | list[Tensor]) -> Tensor:
+        """This process's running sums of the epoch: its own when the process count is unchanged, else rank 0 takes
+        them all (they are only ever summed over the processes)."""
+        shares = [saved] if isinstance(saved, Tensor) else saved  # one tensor: an older checkpoint, rank 0's alone
+        if len(shares) == self.ctx.world_size:
+            return shares[self.ctx.rank].to(self.device)
+        return torch.stack(shares).sum(dim=0).to(self.device) if self.ctx.is_main else self._zero_sums()
 
     def _restore(self) -> None:
         if self.config.shard_model:
@@ -435,7 +444,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step, self.step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
         self.best_acc, self.history, self.saved_step = state["best_acc"], state["history"], state["step"]
-        self.sums, self.seconds = state["sums"].to(self.device), state["seconds"]
+        self.sums, self.seconds = self._restored_sums(state["sums"]), state["seconds"]
         if len(state["rng"]) == self.ctx.world_size:
             rng = state["rng"][self.ctx.rank]
             torch.set_rng_state(rng["cpu"])
