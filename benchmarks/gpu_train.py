@@ -67,7 +67,14 @@ def steps(
 
 
 def run(
-    name: str, image_size: int, batch_size: int, rounds: int, device: torch.device, compile_backend: str | None
+    name: str,
+    image_size: int,
+    batch_size: int,
+    rounds: int,
+    device: torch.device,
+    compile_backend: str | None,
+    repeats: int = 3,
+    warmup: int = 3,
 ) -> dict[str, Any]:
     """Time every step interleaved and return the device, its peak and one row per step."""
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -75,7 +82,7 @@ def run(
     flops = training_flops_per_image(name, image_size)
     synchronize = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
     seconds = benchmark.interleaved_seconds(steps(name, image_size, batch_size, device, compile_backend), rounds,
-                                            repeats=3, warmup=3, inference=False, synchronize=synchronize)  # fmt: skip
+                                            repeats, warmup, inference=False, synchronize=synchronize)  # fmt: skip
     return {
         "model": name, "image_size": image_size, "batch_size": batch_size, "precision": "bf16 autocast",
         "device": device_name, "peak_bf16_tflops": peak, "training_flops_per_image": flops,
@@ -89,12 +96,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3, help="steps per timing")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compiled: the compilation)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend; 'none': eager only")
     parser.add_argument("--json", type=Path, default=RESULTS / "gpu_train.json")
     args = parser.parse_args(argv)
     backend = None if args.compile_backend == "none" else args.compile_backend
-    results = run(args.model, args.image_size, args.batch_size, args.rounds, torch.device(args.device), backend)
+    results = run(args.model, args.image_size, args.batch_size, args.rounds, torch.device(args.device), backend,
+                  args.repeats, args.warmup)  # fmt: skip
     print(f"{results['model']} at {results['image_size']}, batch {results['batch_size']}, bf16 autocast, "
           f"{results['device']} (bf16 peak {results['peak_bf16_tflops'] or 'unknown'} TFLOP/s)")  # fmt: skip
     print(f"{'step':<18} {'images/s':>10} {'TFLOP/s':>9} {'MFU':>7}")

@@ -255,10 +255,12 @@ def test_console_script_and_python_m(tmp_path: Path) -> None:
     assert failed.stderr.startswith("vitkit: error: run folder not found") and "Traceback" not in failed.stderr
 
 
-def test_train_builds_a_multi_node_torchrun_command_that_torchrun_reads_back() -> None:
+def test_train_builds_a_multi_node_torchrun_command_that_torchrun_reads_back(monkeypatch: pytest.MonkeyPatch) -> None:
     from torch.distributed.run import config_from_args, get_args_parser
 
     from vitkit.cli.train import torchrun_command
+
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))  # torchrun's reading sets it
 
     argv = ["train", "--nnodes", "2:4", "--node-rank", "1", "--rdzv-endpoint", "node0:29400", "--max-restarts", "3",
             "--nproc", "8", "--out", "runs/big"]  # fmt: skip

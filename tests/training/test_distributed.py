@@ -37,6 +37,7 @@ from vitkit.cli.train import torchrun_env
 from vitkit.io import load_safetensors, write_json
 from vitkit.training import train
 from vitkit.training.checkpoint import load_sharded_checkpoint
+from vitkit.training.distributed import DistContext, context_from_env, init_process_group
 from vitkit.training.loop import ema_with_warmup
 from vitkit.training.metrics import read_metrics
 from vitkit.training.optim import build_optimizer
@@ -227,3 +228,29 @@ def test_sharded_run_resumes_on_one_process_and_evaluates(
     assert cli.main(["evaluate", str(run_dir), "--json"]) == 0
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["num_samples"] == 360 and evaluated["top1"] == pytest.approx(result.history[-1]["ema_val_acc"])
+
+
+# --- where a process stands -------------------------------------------------------------------------------------
+
+
+def test_an_srun_task_reads_slurms_variables_and_torchruns_come_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "SLURM_STEP_NUM_TASKS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_NTASKS", "16")  # a batch script's own variables: not a task of a job step
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert context_from_env() == DistContext()
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "16")
+    monkeypatch.setenv("SLURM_PROCID", "11")
+    monkeypatch.setenv("SLURM_LOCALID", "3")
+    assert context_from_env() == DistContext(rank=11, local_rank=3, world_size=16)
+    monkeypatch.setenv("WORLD_SIZE", "4")  # torchrun started inside an srun task: its variables count
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert context_from_env() == DistContext(rank=2, local_rank=2, world_size=4)
+
+
+def test_a_process_without_a_rendezvous_address_says_what_to_export(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    with pytest.raises(ValueError, match="MASTER_ADDR not set.*export MASTER_ADDR"):
+        init_process_group(DistContext(rank=1, local_rank=1, world_size=2), torch.device("cpu"))

@@ -145,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = training.config_from_args(args)
     ctx = distributed.context_from_env()
-    if (args.nproc > 1 or args.rdzv_endpoint is not None or args.max_restarts) and not ctx.distributed:
+    launches = args.nproc > 1 or is_multi_node(args.nnodes) or args.rdzv_endpoint is not None or args.max_restarts
+    if launches and not ctx.distributed:
         check_launch(args, config)
         config = training.prepare_config(config)  # one run folder for all the processes
         description = f"{args.nproc} training process(es)" + (
