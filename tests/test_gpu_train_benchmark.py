@@ -3,9 +3,10 @@ CPU with a tiny image size; no timing is asserted."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import runpy
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -15,11 +16,8 @@ pytest.importorskip("timm")
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "gpu_train.py"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("gpu_train", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def load_script() -> SimpleNamespace:
+    return SimpleNamespace(**runpy.run_path(str(SCRIPT)))  # run as a module, not as the main program
 
 
 def forward_flops_by_hand(config: vitkit.ViTConfig) -> int:
