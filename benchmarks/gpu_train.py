@@ -49,6 +49,11 @@ def row(label: str, seconds: float, batch_size: int, flops_per_image: float, pea
             "mfu": tflops / peak if peak else None}  # fmt: skip
 
 
+def model_context(recipe: benchmark.TrainingRecipe, model: torch.nn.Module) -> benchmark.ForwardContext:
+    """The recipe's forward context, given the plain ``model`` whatever module the step calls (a compiled one)."""
+    return lambda _, images: recipe.forward_context(model, images)
+
+
 def steps(
     name: str, image_size: int, batch_size: int, device: torch.device, compile_backend: str | None
 ) -> dict[str, Any]:
@@ -60,8 +65,8 @@ def steps(
             recipe = benchmark.TRAINERS[library]
             model = benchmark.build(recipe.model, name, image_size).to(device).train()
             network = torch.compile(model, backend=compile_backend) if compiled else model
-            step = benchmark.training_step(network, recipe.optimizer(model), images, torch.bfloat16,
-                                           lambda _, batch, model=model: recipe.forward_context(model, batch))  # fmt: skip
+            context = model_context(recipe, model)
+            step = benchmark.training_step(network, recipe.optimizer(model), images, torch.bfloat16, context)
             calls[f"{library}, compiled" if compiled else library] = step
     return calls
 

@@ -138,7 +138,8 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_two_nodes_match_two_processes_on_one_node(two_nodes: Path, ddp_out: Path) -> None:
     """One process on each of two nodes computes what two processes on one node do (the same all-reduces)."""
-    assert_same_weights(load_safetensors(ddp_out / "rank0.safetensors"), load_safetensors(two_nodes / "last.safetensors"))
+    last = load_safetensors(two_nodes / "last.safetensors")
+    assert_same_weights(load_safetensors(ddp_out / "rank0.safetensors"), last)
     assert_same_weights(
         load_safetensors(ddp_out / "ddp" / "model.safetensors"), load_safetensors(two_nodes / "model.safetensors")
     )

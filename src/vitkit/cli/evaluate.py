@@ -68,11 +68,12 @@ def evaluation_data(args: argparse.Namespace, model: VisionTransformer) -> tuple
             f"{args.run_dir} has no {TRAIN_CONFIG_FILE}, so its held-out split is unknown: "
             "pass --data-dir DIR to evaluate on an image folder"
         )
-    # The same call, seed and settings as the run itself: the same held-out images.
+    # The same call, seed and settings as the run itself: the same held-out images, prepared as the model expects
+    # (a fine-tuned model keeps its source's normalisation, not the data's).
     train_config = training.load_train_config(args.run_dir)
     if args.skip_bad_files:
         train_config = train_config.replace(skip_bad_files=True)
-    bundle = training.build_run_data(train_config, channels=model.in_channels)
+    bundle = training.build_run_data(train_config, channels=model.in_channels, preprocessing=model.config)
     return bundle.val, f"{bundle.val_name} split of {bundle.source}"
 
 
@@ -100,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     width = max(len(name) for name in metrics["class_names"])
     print(f"evaluated {args.run_dir} on the {description}: {metrics['num_samples']} images")
     print(f"top-1 accuracy: {percent(metrics['top1'])}")
-    print(f"top-5 accuracy: {percent(metrics['top5'])}")
+    if len(metrics["class_names"]) > 5:  # with 5 classes or fewer, every label is among the best 5
+        print(f"top-5 accuracy: {percent(metrics['top5'])}")
     print("per-class accuracy:")
     for (name, accuracy), count in zip(metrics["per_class"].items(), support):
         print(f"  {name:<{width}}  {percent(accuracy):>8}  ({count} images)")

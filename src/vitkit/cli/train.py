@@ -19,7 +19,7 @@ RESTARTABLE_STORE = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"  # see torchrun_env
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    from vitkit.training.config import add_train_arguments  # no torch: flags come from the settings' dataclasses
+    from vitkit.cli.train_flags import add_train_arguments  # no torch: flags come from the settings' dataclasses
 
     parser = commands.add_parser(
         "train",
@@ -139,11 +139,12 @@ def launch(command: list[str], description: str, env: dict[str, str]) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train a model, one line per epoch; with --nproc N > 1 start N copies of this command under torchrun."""
     from vitkit import training
+    from vitkit.cli.train_flags import config_from_args
     from vitkit.io import write_json
     from vitkit.training import distributed
     from vitkit.training.config import TRAIN_CONFIG_FILE
 
-    config = training.config_from_args(args)
+    config = config_from_args(args)
     ctx = distributed.context_from_env()
     launches = args.nproc > 1 or is_multi_node(args.nnodes) or args.rdzv_endpoint is not None or args.max_restarts
     if launches and not ctx.distributed:
@@ -155,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             config_file = Path(tmp) / TRAIN_CONFIG_FILE
             write_json(config.to_dict(), config_file)
-            launch(torchrun_command(args, config_file, Path(config.out).name), description, torchrun_env(args.max_restarts))
+            command = torchrun_command(args, config_file, Path(config.out).name)
+            launch(command, description, torchrun_env(args.max_restarts))
         print(f"run folder: {config.out}")  # rank 0 of the processes printed the epochs
         return 0
     result = training.train(

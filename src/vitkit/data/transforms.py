@@ -32,9 +32,9 @@ INTERPOLATIONS = {
 def single_threaded() -> Iterator[None]:
     """Run per-image transforms on one intra-op thread.
 
-    Small images gain nothing from splitting a kernel across threads, and waking a second thread costs a whole
-    scheduler time slice (measured here: 16 ms instead of 0.1 ms for a 28x28 RandomAffine) whenever another process
-    keeps the cores busy, as the training step does.
+    Small images gain nothing from splitting a kernel across threads, and waking a second thread can cost a whole
+    scheduler time slice, far longer than the transform itself, whenever another process keeps the cores busy, as
+    the training step does.
     """
     threads = torch.get_num_threads()
     if threads == 1:
@@ -97,9 +97,13 @@ def _to_float() -> list[v2.Transform]:
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
 
 
-def build_decode_transform(image_size: int | Sequence[int], channels: int) -> v2.Compose:
-    """PIL image or uint8 tensor -> uint8 (channels, h, w) at the training size: what a cached data set keeps."""
-    return v2.Compose([ConvertChannels(channels), *_resize_crop(to_pair(image_size, "image_size")), v2.ToImage()])
+def build_decode_transform(image_size: int | Sequence[int], channels: int, **resize: Any) -> v2.Compose:
+    """PIL image or uint8 tensor -> uint8 (channels, h, w) at the training size: what a cached data set keeps.
+
+    ``resize``: interpolation, crop_pct and crop_mode of the resize and centre crop (default: plain bilinear)."""
+    return v2.Compose(
+        [ConvertChannels(channels), *_resize_crop(to_pair(image_size, "image_size"), **resize), v2.ToImage()]
+    )
 
 
 def _unnormalised_eval_steps(image_size: int | Sequence[int], channels: int, **resize: Any) -> list[v2.Transform]:

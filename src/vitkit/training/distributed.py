@@ -135,7 +135,9 @@ def shard_blocks(model: nn.Module, device: torch.device) -> None:
     try:
         from torch.distributed.fsdp import fully_shard
     except ImportError as err:  # public from PyTorch 2.6
-        raise ValueError(f"--shard-model needs PyTorch 2.6 or newer (FSDP2's fully_shard), found {torch.__version__}") from err
+        raise ValueError(
+            f"--shard-model needs PyTorch 2.6 or newer (FSDP2's fully_shard), found {torch.__version__}"
+        ) from err
 
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for block in model.blocks:

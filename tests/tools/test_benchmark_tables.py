@@ -1,0 +1,83 @@
+"""tools/benchmark_tables.py: the README's speed table is the one generated from benchmarks/results/speed.json, and
+the tables it renders match hand-written ones."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+_SPEC = importlib.util.spec_from_file_location("benchmark_tables", ROOT / "tools" / "benchmark_tables.py")
+benchmark_tables = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(benchmark_tables)
+
+SPEED = {
+    "machine": {"cpu": "Test CPU", "threads": 2},
+    "comparisons": [
+        {"model": "vit_base_patch16_224", "image_size": 224, "batch_size": 1, "kind": "inference", "threads": 2,
+         "rows": [{"label": "vitkit", "images_per_s": 3.5, "ratio_to_fastest_peer": 1.25, "peak_memory_mib": 360.4},
+                  {"label": "timm", "images_per_s": 2.8, "ratio_to_fastest_peer": 1.0, "peak_memory_mib": None}]},
+        {"model": "vit_small_patch16_224", "image_size": 384, "batch_size": 1, "kind": "inference", "threads": 2,
+         "rows": [{"label": "vitkit", "images_per_s": 9.0, "ratio_to_fastest_peer": 1.0}]},
+        {"model": "vit_small_patch16_224", "image_size": 224, "batch_size": 32, "kind": "training", "threads": 2,
+         "rows": [{"label": "timm", "images_per_s": 4.0, "ratio_to_fastest_peer": 1.0},
+                  {"label": "vitkit", "images_per_s": 5.0, "ratio_to_fastest_peer": 1.25}]},
+    ],
+}  # fmt: skip
+
+
+def test_readme_speed_table_is_generated_from_the_results() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert benchmark_tables.README_START in readme
+    assert benchmark_tables.update_readme(readme) == readme, "run: python tools/benchmark_tables.py readme"
+
+
+def test_readme_table_has_one_column_per_chosen_comparison() -> None:
+    # ViT-B/16 at 224 and the training step are chosen; ViT-S/16 at 384 is not. Rows in order of first appearance.
+    expected = (
+        "| library | ViT-B/16, batch 1 | ViT-S/16 training step, batch 32 |\n"
+        "|---|---|---|\n"
+        "| vitkit | 3.50 (1.25x) | 5.00 (1.25x) |\n"
+        "| timm | 2.80 (1.00x) | 4.00 (1.00x) |\n\n"
+        "Images/s on Test CPU, 2 threads (in brackets: against the fastest float32 peer; for the training step, "
+        "against timm). Generated from `benchmarks/results/speed.json`."
+    )
+    assert benchmark_tables.readme_speed_table(SPEED) == expected
+
+
+def test_update_readme_replaces_only_the_marked_block(tmp_path: Path) -> None:
+    (tmp_path / "speed.json").write_text(json.dumps(SPEED))
+    text = f"before\n{benchmark_tables.README_START}\nstale table\n{benchmark_tables.README_END}\nafter\n"
+    updated = benchmark_tables.update_readme(text, tmp_path)
+    assert updated.startswith("before\n") and updated.endswith("\nafter\n")
+    assert "stale table" not in updated and "| vitkit | 3.50 (1.25x) |" in updated
+    with pytest.raises(ValueError, match="speed-table markers"):
+        benchmark_tables.update_readme("no markers here", tmp_path)
+
+
+def test_results_pages_render_every_results_file(tmp_path: Path) -> None:
+    (tmp_path / "speed.json").write_text(json.dumps(SPEED))
+    (tmp_path / "new_study.json").write_text(json.dumps({"command": "python x.py", "results": [
+        {"option": "a", "agreement_held_out": 0.99888, "speedup": 3.2336},
+        {"option": "b", "agreement_held_out": 1.0, "speedup": 1.0},
+    ]}))  # fmt: skip
+    (tmp_path / "speed.png").write_bytes(b"png")
+    (tmp_path / "unrelated.png").write_bytes(b"png")
+    pages = benchmark_tables.results_pages(tmp_path)
+    assert benchmark_tables.results_figures(tmp_path) == {"benchmarks/speed.png": tmp_path / "speed.png"}
+    assert "](speed.png)" in pages["benchmarks/speed.md"] and ".png)" not in pages["benchmarks/new_study.md"]
+    assert sorted(pages) == ["benchmarks/index.md", "benchmarks/new_study.md", "benchmarks/speed.md"]
+    assert "(new_study.md)" in pages["benchmarks/index.md"] and "(speed.md)" in pages["benchmarks/index.md"]
+    assert (
+        "| option | agreement held out | speedup |\n|---|---|---|\n| a | 99.89 % | 3.23x |\n| b | 100.00 % | 1.00x |"
+        in pages["benchmarks/new_study.md"]
+    )
+    assert "Measured with `python x.py`." in pages["benchmarks/new_study.md"]
+    # A column that no row of a comparison has (GFLOP/s) is left out; a missing value is an empty cell.
+    assert (
+        "### ViT-B/16 at 224, batch 1, inference (2 CPU threads)\n\n| library | images/s | ratio | peak MiB |\n"
+        "|---|---|---|---|\n| vitkit | 3.50 | 1.25x | 360 |\n| timm | 2.80 | 1.00x |  |" in pages["benchmarks/speed.md"]
+    )

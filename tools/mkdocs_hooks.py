@@ -1,0 +1,26 @@
+"""MkDocs hooks: the benchmark pages, generated from ``benchmarks/results/*.json`` at every build.
+
+The pages exist only in the built site (``File.generated``), so there is nothing under ``docs/`` to edit by hand
+and nothing to keep in step with the results.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from mkdocs.structure.files import File, Files
+
+sys.path.insert(0, str(Path(__file__).parent))  # benchmark_tables.py sits beside this file
+
+import benchmark_tables  # noqa: E402
+
+
+def on_files(files: Files, config: Any) -> Files:
+    """Add one page per results file, their index and their figures under ``benchmarks/``."""
+    for path, markdown in benchmark_tables.results_pages().items():
+        files.append(File.generated(config, path, content=markdown))
+    for path, figure in benchmark_tables.results_figures().items():
+        files.append(File.generated(config, path, abs_src_path=str(figure)))
+    return files
