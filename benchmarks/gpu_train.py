@@ -1,6 +1,6 @@
 """The training step on a GPU: `vitkit train`'s beside timm's, ViT-B/16 at 224 with bf16 autocast, eager and compiled.
 
-Each library's step as its trainer builds it (``vitkit.benchmark.TRAINERS``): vitkit's model with fused AdamW and its
+Each library's step as its trainer builds it (``vitkit.bench.TRAINERS``): vitkit's model with fused AdamW and its
 forward pass in ``training_forward``, as `vitkit train` runs it; timm's model with ``create_optimizer_v2``'s AdamW.
 "compiled" rows wrap the model in ``torch.compile`` (what `vitkit train --compile` does). The steps are timed
 interleaved round by round in one process (median over rounds). For each row: images/s, TFLOP/s (three times the
@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from vitkit import benchmark
+from vitkit import bench
+from vitkit.bench.peers import ForwardContext, TrainingRecipe
 
 RESULTS = Path(__file__).parent / "results"
 # Dense bf16 peaks in TFLOP/s from NVIDIA's data sheets (SXM boards; the PCIe H100 is slower). Longest name first.
@@ -38,7 +39,7 @@ def peak_tflops(device_name: str) -> float | None:
 
 def training_flops_per_image(name: str, image_size: int) -> float:
     """FLOPs of one image's training step: the forward pass's (counted by torch) times three."""
-    return 3 * benchmark.flops_per_image(name, image_size)
+    return 3 * bench.flops_per_image(name, image_size)
 
 
 def row(label: str, seconds: float, batch_size: int, flops_per_image: float, peak: float | None) -> dict[str, Any]:
@@ -49,7 +50,7 @@ def row(label: str, seconds: float, batch_size: int, flops_per_image: float, pea
             "mfu": tflops / peak if peak else None}  # fmt: skip
 
 
-def model_context(recipe: benchmark.TrainingRecipe, model: torch.nn.Module) -> benchmark.ForwardContext:
+def model_context(recipe: TrainingRecipe, model: torch.nn.Module) -> ForwardContext:
     """The recipe's forward context, given the plain ``model`` whatever module the step calls (a compiled one)."""
     return lambda _, images: recipe.forward_context(model, images)
 
@@ -62,11 +63,11 @@ def steps(
     calls = {}
     for compiled in (False, True) if compile_backend else (False,):
         for library in ("vitkit", "timm"):
-            recipe = benchmark.TRAINERS[library]
-            model = benchmark.build(recipe.model, name, image_size).to(device).train()
+            recipe = bench.TRAINERS[library]
+            model = bench.build(recipe.model, name, image_size).to(device).train()
             network = torch.compile(model, backend=compile_backend) if compiled else model
             context = model_context(recipe, model)
-            step = benchmark.training_step(network, recipe.optimizer(model), images, torch.bfloat16, context)
+            step = bench.training_step(network, recipe.optimizer(model), images, torch.bfloat16, context)
             calls[f"{library}, compiled" if compiled else library] = step
     return calls
 
@@ -86,7 +87,7 @@ def run(
     peak = peak_tflops(device_name) if device.type == "cuda" else None
     flops = training_flops_per_image(name, image_size)
     synchronize = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
-    seconds = benchmark.interleaved_seconds(steps(name, image_size, batch_size, device, compile_backend), rounds,
+    seconds = bench.interleaved_seconds(steps(name, image_size, batch_size, device, compile_backend), rounds,
                                             repeats, warmup, inference=False, synchronize=synchronize)  # fmt: skip
     return {
         "model": name, "image_size": image_size, "batch_size": batch_size, "precision": "bf16 autocast",
