@@ -20,7 +20,9 @@ from vitkit import __version__
 from vitkit.cli.common import EXIT_FAILED, EXIT_USAGE, report_error
 
 # Subcommands in the order `vitkit --help` lists them; each is the module vitkit.cli.<name>.
-COMMANDS = ("train", "evaluate", "predict", "explain", "serve", "models", "bench", "convert", "export")
+COMMANDS = (
+    "train", "pretrain", "evaluate", "fewshot", "predict", "explain", "serve", "models", "bench", "convert", "export"
+)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -97,3 +97,23 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+
+def number_where(accept: Callable[[float], bool], expected: str) -> Callable[[str], float]:
+    """argparse type: a number that ``accept`` takes, with a message that says what was ``expected``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+        return value
+
+    return parse
+
+
+fraction = number_where(lambda value: 0.0 <= value < 1.0, "a number in [0, 1)")  # a share of patches, of weights
+positive_number = number_where(lambda value: value > 0, "a number > 0")

@@ -4,17 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from vitkit.cli.common import add_device_argument, int_at_least, load_run_model, pick_cli_device
-
-
-def _ratio(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value}")
-    return value
+from vitkit.cli.common import add_device_argument, fraction, int_at_least, load_run_model, pick_cli_device
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -33,7 +23,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="how the rollout combines each block's heads (default: mean)",
     )  # fmt: skip
     parser.add_argument(
-        "--discard-ratio", type=_ratio, default=0.0,
+        "--discard-ratio", type=fraction, default=0.0,
         help="fraction of the weakest attention weights the rollout drops in each row, in [0, 1) (default: 0)",
     )  # fmt: skip
     parser.add_argument("--top-k", type=int_at_least(1), default=3, help="predictions shown per image (default: 3)")

@@ -17,6 +17,8 @@ Pair = tuple[int, int]
 POS_EMBED_CHOICES = ("learned", "sincos")
 POOL_CHOICES = ("cls", "mean", "seq")
 PATCH_EMBED_CHOICES = ("linear", "shifted")
+# The linear layers of an encoder block that LoRA adapters can wrap (vitkit.model.lora): attention, then MLP.
+LORA_TARGETS = ("q", "k", "v", "proj", "fc1", "fc2")
 INTERPOLATION_CHOICES = ("nearest", "bilinear", "bicubic")
 CROP_MODE_CHOICES = ("center", "squash")
 

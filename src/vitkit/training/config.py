@@ -26,7 +26,15 @@ from typing import Any
 import yaml
 
 from vitkit.data.augment_config import CACHE_CHOICES, SOURCES, AugmentConfig, default_augment
-from vitkit.model.config import PATCH_EMBED_CHOICES, POOL_CHOICES, POS_EMBED_CHOICES, Pair, ViTConfig, to_pair
+from vitkit.model.config import (
+    LORA_TARGETS,
+    PATCH_EMBED_CHOICES,
+    POOL_CHOICES,
+    POS_EMBED_CHOICES,
+    Pair,
+    ViTConfig,
+    to_pair,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -117,6 +125,22 @@ class TrainConfig:
     ema_decay: float = _flag(0.99, "decay per optimizer step of the weights' EMA; 0 turns the EMA off")
     mixup: float = _flag(0.0, "MixUp alpha; 0 turns it off")
     cutmix: float = _flag(0.0, "CutMix alpha; 0 turns it off")
+    # --- fine-tuning with few labels (vitkit.training.finetune)
+    layer_decay: float = _flag(
+        1.0, "layer-wise learning-rate decay (BEiT/MAE fine-tuning): block i of D gets lr * X^(D - i), the "
+        "embeddings lr * X^(D + 1), the head lr; 1 turns it off",
+    )  # fmt: skip
+    freeze_blocks: int = _flag(0, "give the embeddings and the first K blocks no gradient; 0: train everything")
+    linear_probe: bool = _flag(False, "train the classification head only (every other weight frozen)")
+    head_lr_scale: float = _flag(1.0, "the head's learning rate is lr times this")
+    lora_rank: int = _flag(
+        0, "add low-rank adapters of this rank to the --lora-targets layers and train only them and the head "
+        "(needs --init-from); 0 turns LoRA off",
+    )  # fmt: skip
+    lora_alpha: float | None = _flag(None, "LoRA scaling alpha (the update is B A x * alpha / rank); default: rank")
+    lora_targets: str = _flag(
+        "q,v", "comma-separated layers that get adapters, of q, k, v, proj (attention), fc1, fc2 (MLP)", metavar="LIST"
+    )
     # --- augmentation: overrides of the data set's default (vitkit.data.default_augment)
     augment: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "overrides of the data set's AugmentConfig (flags: one per setting)"}
@@ -186,6 +210,18 @@ class TrainConfig:
         for name in ("label_smoothing", "ema_decay"):
             need(0 <= getattr(self, name) < 1, name, "a number in [0, 1)")
         need(0 < self.val_fraction < 1, "val_fraction", "a fraction in (0, 1)")
+        need(0 < self.layer_decay <= 1, "layer_decay", "a number in (0, 1]")
+        need(self.freeze_blocks >= 0, "freeze_blocks", "an integer >= 0")
+        need(self.head_lr_scale > 0, "head_lr_scale", "a number > 0")
+        need(self.lora_rank >= 0, "lora_rank", "an integer >= 0")
+        need(self.lora_alpha is None or self.lora_alpha > 0, "lora_alpha", "a number > 0")
+        targets = self.lora_targets.split(",")
+        need(bool(targets) and set(targets) <= set(LORA_TARGETS), "lora_targets", f"names from {list(LORA_TARGETS)}")
+        if self.lora_rank and self.init_from is None:
+            raise ValueError("lora_rank needs init_from (--init-from RUN_DIR_OR_FILE): adapters adapt trained weights")
+        chosen = [name for name in ("linear_probe", "freeze_blocks", "lora_rank") if getattr(self, name)]
+        if len(chosen) > 1:
+            raise ValueError(f"{' and '.join(chosen)} exclude each other: each decides which weights train; pick one")
         for name, choices in VIT_CHOICES.items():
             if name in self.vit and self.vit[name] not in choices:
                 raise ValueError(f"vit.{name}={self.vit[name]!r} is invalid: expected one of {list(choices)}")

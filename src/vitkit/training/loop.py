@@ -154,7 +154,9 @@ class Trainer:
             warmup_steps = total_steps // 2
         min_ratio = config.min_lr / config.lr
         self.parameters = list(model.parameters())
-        self.optimizer = build_optimizer(model, config.lr, config.weight_decay)
+        self.optimizer = build_optimizer(
+            model, config.lr, config.weight_decay, config.layer_decay, config.head_lr_scale
+        )
         self.scheduler = build_scheduler(self.optimizer, total_steps, warmup_steps, min_ratio)
         self.lr_schedule = [config.lr * lr_factor(s, total_steps, warmup_steps, min_ratio) for s in range(total_steps)]
 
@@ -304,7 +306,7 @@ class Trainer:
         grad_norm = distributed.full_tensor(torch.nn.utils.clip_grad_norm_(self.parameters, max_norm, foreach=True))
         loss_value, norm_value = torch.stack([loss.float(), grad_norm.float()]).tolist()
         self._stop_if_non_finite(epoch, loss_value, norm_value)
-        lr = self.scheduler.get_last_lr()[0]
+        lr = self.lr_schedule[self.step]  # the peak rate's; layer decay scales it per group
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()

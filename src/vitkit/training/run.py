@@ -23,7 +23,7 @@ from vitkit.data import DataBundle, build_data
 from vitkit.io import load_safetensors, write_json
 from vitkit.model import VisionTransformer, ViTConfig, get_config
 from vitkit.model.weights import CONFIG_FILE, WEIGHTS_FILE
-from vitkit.training import distributed
+from vitkit.training import distributed, finetune
 from vitkit.training.checkpoint import checkpoint_step, find_init_weights
 from vitkit.training.config import (
     AUTO_RESUME,
@@ -244,6 +244,9 @@ def train(
                     f"of step {resume_step} there: every node must see the same run folder (shared storage)"
                 )
             history, final = trainer.fit(on_epoch_end, on_step_end)
+            if config.lora_rank:
+                base_weights = find_init_weights(config.init_from)[0] if config.init_from else None
+                final = finetune.save_lora_run(final, run_dir, config, base_weights, write=ctx.is_main)
         finished = True
         return TrainResult(run_dir, history, final)
     finally:
@@ -300,6 +303,7 @@ def _set_up(config: TrainConfig, run_dir: Path, ctx: distributed.DistContext, de
     if init_weights is not None and config.resume is None:
         source_grid = init_config.grid_size if init_config else None
         model.load_weights(load_safetensors(init_weights), source_grid=source_grid, strict_head=False)
+    finetune.prepare_model(model, config)
     trainer = Trainer(config, run_dir, ctx, device, data, model)
     _warn_unused_images(len(data.train), trainer.steps_per_epoch, config, ctx.world_size)
     if ctx.is_main:
