@@ -49,8 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _is_main_process() -> bool:
-    """Under torchrun only rank 0 reports progress; the other processes log warnings and errors only."""
-    return int(os.environ.get("RANK", "0")) == 0
+    """Under torchrun (or srun) only rank 0 reports progress; the other processes log warnings and errors only."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"]) == 0
+    return "SLURM_STEP_NUM_TASKS" not in os.environ or int(os.environ.get("SLURM_PROCID", "0")) == 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -54,11 +54,12 @@ DEFAULT_MODEL = "vit_digits_stem"
 SCRATCH_LR = 1e-3
 FINETUNE_LR = 1e-4
 AMP_CHOICES = ("auto", "bf16", "off")
+AUTO_RESUME = "auto"  # --resume auto: continue the run folder's last checkpoint if it has one, else start
 CPU_KERNELS_CHOICES = ("auto", "on", "off")  # see vitkit.training.cpu_kernels
 # Settings that may change when a run is resumed without changing what it computes (epochs extends the schedule).
 RESUMABLE_CHANGES = frozenset(
     {"epochs", "steps", "workers", "save_every", "tensorboard", "progress", "resume", "out", "name", "download",
-     "device", "data_dir", "deterministic", "cpu_kernels"}
+     "device", "data_dir", "deterministic", "cpu_kernels", "grad_checkpointing", "compile"}
 )  # fmt: skip
 
 # ViTConfig fields the data decides (size, channels, classes, normalisation); every other one is a `vit` setting.
@@ -172,10 +173,22 @@ class TrainConfig:
         "pass): auto (from a forward-pass size up), on, off", choices=CPU_KERNELS_CHOICES,
     )  # fmt: skip
     deterministic: bool = _flag(True, "use deterministic algorithms (torch.use_deterministic_algorithms)")
+    shard_model: bool = _flag(
+        False, "shard weights, gradients and optimizer state between the processes (FSDP2, one unit per encoder "
+        "block) and write sharded checkpoints (torch.distributed.checkpoint); for models too large for DDP",
+    )  # fmt: skip
+    grad_checkpointing: bool = _flag(
+        False, "recompute each encoder block's activations in the backward pass instead of keeping them "
+        "(torch.utils.checkpoint): less memory, about a third more compute",
+    )  # fmt: skip
+    compile: bool = _flag(False, "compile the model for training with torch.compile")
     # --- the run folder
     out: str | None = _flag(None, "run folder; default: runs/NAME", metavar="DIR")
     name: str | None = _flag(None, "run name; default: DATASET-MODEL-DATE-TIME")
-    resume: str | None = _flag(None, "continue the interrupted run in this folder", metavar="RUN_DIR")
+    resume: str | None = _flag(
+        None, f"continue the interrupted run in this folder; {AUTO_RESUME}: the run folder's (--out) if it has a "
+        "checkpoint, else start it (the default under --max-restarts)", metavar="RUN_DIR|auto",
+    )  # fmt: skip
     save_every: int = _flag(0, "also write a checkpoint every N optimizer steps; 0: at the end of each epoch only")
     tensorboard: bool = _flag(True, "write TensorBoard event files (when tensorboard is installed)")
     progress: bool = _flag(True, "show a progress bar per epoch")
