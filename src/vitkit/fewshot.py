@@ -148,9 +148,9 @@ def few_shot_folders(
             f"{data_dir} needs train/ and val/ folders of classes: expected {data_dir}/train/<class>/<images> "
             f"and {data_dir}/val/<class>/<images>"
         )
-    channels, transform = model.in_channels, eval_transform(model.config)
-    train = ClassFolder(data_dir / "train", channels, skip_bad_files=skip_bad_files)
-    val = ClassFolder(data_dir / "val", channels, train.classes, skip_bad_files=skip_bad_files)
+    transform = eval_transform(model.config)  # decodes the folders' files with the model's channels
+    train = ClassFolder(data_dir / "train", skip_bad_files=skip_bad_files)
+    val = ClassFolder(data_dir / "val", train.classes, skip_bad_files=skip_bad_files)
     if len(val) == 0:
         raise FileNotFoundError(f"{data_dir / 'val'} holds no images; expected {data_dir}/val/<class>/<images>")
     return FewShotData(

@@ -62,6 +62,17 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path} is not a readable safetensors weights file: {err}") from err
 
 
+def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a safetensors file's header, without reading its tensors."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            return weights.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable safetensors weights file: {err}") from err
+
+
 # PyTorch's pickle-based weight files; read with weights_only=True, never as plain pickles.
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
 

@@ -23,10 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from torch import Tensor, nn
 
-from vitkit.io import atomic_path, load_pickle_weights_only, load_safetensors, read_json, save_safetensors
+from vitkit.io import (
+    atomic_path,
+    load_pickle_weights_only,
+    load_safetensors,
+    read_json,
+    safetensors_metadata,
+    save_safetensors,
+)
 from vitkit.model import ViTConfig
 from vitkit.model.weights import LAST_WEIGHTS, find_weights
 
@@ -61,13 +67,8 @@ def save_checkpoint(run_dir: Path, weights: dict[str, Tensor], state: dict[str, 
     os.replace(pending, run_dir / LAST_STATE)
 
 
-def _weights_metadata(path: Path) -> dict[str, str]:
-    with safe_open(str(path), framework="pt") as weights:
-        return weights.metadata() or {}
-
-
 def _weights_id(path: Path) -> str | None:
-    return _weights_metadata(path).get(_ID_KEY)
+    return safetensors_metadata(path).get(_ID_KEY)
 
 
 def checkpoint_step(run_dir: Path) -> int | None:
@@ -79,7 +80,7 @@ def checkpoint_step(run_dir: Path) -> int | None:
     weights_path = run_dir / LAST_WEIGHTS
     if not weights_path.is_file():
         return None
-    step = _weights_metadata(weights_path).get(_STEP_KEY)
+    step = safetensors_metadata(weights_path).get(_STEP_KEY)
     return int(step) if step is not None else int(load_checkpoint(run_dir)[1][_STEP_KEY])
 
 
