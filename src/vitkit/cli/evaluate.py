@@ -14,6 +14,7 @@ from vitkit.cli.common import (
     load_run_model,
     percent,
     pick_cli_device,
+    run_held_out_split,
 )
 
 if TYPE_CHECKING:
@@ -56,24 +57,13 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def evaluation_data(args: argparse.Namespace, model: VisionTransformer) -> tuple[Dataset, str]:
     """The data set to evaluate on and its description: --data-dir, else the run's own held-out split."""
-    from vitkit import training
     from vitkit.data import build_folder_eval_data
-    from vitkit.training.config import TRAIN_CONFIG_FILE
 
     if args.data_dir is not None:
         dataset = build_folder_eval_data(args.data_dir, model.config, skip_bad_files=args.skip_bad_files)
         return dataset, f"image folder {args.data_dir}"
-    if not (Path(args.run_dir) / TRAIN_CONFIG_FILE).is_file():
-        raise FileNotFoundError(
-            f"{args.run_dir} has no {TRAIN_CONFIG_FILE}, so its held-out split is unknown: "
-            "pass --data-dir DIR to evaluate on an image folder"
-        )
-    # The same call, seed and settings as the run itself: the same held-out images.
-    train_config = training.load_train_config(args.run_dir)
-    if args.skip_bad_files:
-        train_config = train_config.replace(skip_bad_files=True)
-    bundle = training.build_run_data(train_config, channels=model.in_channels)
-    return bundle.val, f"{bundle.val_name} split of {bundle.source}"
+    instead = "pass --data-dir DIR to evaluate on an image folder"
+    return run_held_out_split(args.run_dir, model, instead, skip_bad_files=args.skip_bad_files)
 
 
 def run(args: argparse.Namespace) -> int:
