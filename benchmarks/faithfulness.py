@@ -34,7 +34,9 @@ SHAPES_TRAINING = ["--model", "vit_tiny_patch16_224", "--image-size", "64", "--v
 def train(out: Path, flags: list[str]) -> Path:
     """A run of `vitkit train` with ``flags`` in a fresh process, unless ``out`` already holds its weights."""
     if not (out / "model.safetensors").is_file():
-        subprocess.run([sys.executable, "-m", "vitkit", "train", "--out", str(out), "--no-progress", *flags], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "vitkit", "train", "--out", str(out), "--no-progress", *flags], check=True
+        )
     return out
 
 
@@ -77,7 +79,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     start = time.perf_counter()
-    runs = [("vit_digits_stem on the digits (default `vitkit train`)", args.digits_run or train(args.work / "digits", []))]
+    runs = [
+        ("vit_digits_stem on the digits (default `vitkit train`)", args.digits_run or train(args.work / "digits", []))
+    ]
     if args.shapes:
         if args.shapes_run is None:
             from make_shapes_folder import write_folder
@@ -101,8 +105,11 @@ def main() -> None:
         "held-out split, against a random patch order; gains are over the random order, paired per image, with "
         "their standard error. `random init` is the same architecture with untrained weights.",
         "command": "python benchmarks/faithfulness.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                    "note": "shared with other jobs"},  # fmt: skip
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "note": "shared with other jobs",
+        },  # fmt: skip
         "run_seconds": round(time.perf_counter() - start, 1),
         "results": rows,
     }

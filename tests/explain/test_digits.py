@@ -41,9 +41,8 @@ def faithfulness_gains(model, images) -> dict[str, tuple[torch.Tensor, torch.Ten
     """Per map, how much it beats the random order on each image: (deletion AUC gain, insertion AUC gain)."""
     curves = compare_methods(model, images, steps=4)
     random = curves.pop(RANDOM_ORDER)
-    return {
-        name: (random.deletion_auc - c.deletion_auc, c.insertion_auc - random.insertion_auc) for name, c in curves.items()
-    }
+    return {name: (random.deletion_auc - c.deletion_auc, c.insertion_auc - random.insertion_auc)
+            for name, c in curves.items()}  # fmt: skip
 
 
 def test_faithfulness_tells_the_trained_model_from_random_weights(digits_and_model) -> None:

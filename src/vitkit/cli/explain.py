@@ -4,6 +4,8 @@ how faithful each map is to the model."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sized
+from typing import cast
 
 from vitkit.cli.common import add_device_argument, int_at_least, load_run_model, pick_cli_device, run_held_out_split
 
@@ -98,15 +100,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         instead = "give image files to explain"
         dataset, source = run_held_out_split(args.run_dir, model, instead)
-        count = min(len(dataset), args.max_images if args.faithfulness else HELD_OUT_PICTURES)
+        count = min(len(cast(Sized, dataset)), args.max_images if args.faithfulness else HELD_OUT_PICTURES)
         images = torch.stack([dataset[i][0] for i in range(count)])
         names, drawn = [f"held-out image {i}" for i in range(count)], min(count, HELD_OUT_PICTURES)
     curves, settings = None, None
     if args.faithfulness:
         curves = compare_methods(model, images, args.steps, args.baseline, target, args.seed)
         steps = len(next(iter(curves.values())).fractions) - 1
+        explained = "predicted class" if target is None else class_names_of(model)[target]
         settings = {"run": str(args.run_dir), "data": source, "baseline": args.baseline, "steps": steps,
-                    "seed": args.seed, "target": "predicted class" if target is None else class_names_of(model)[target]}  # fmt: skip
+                    "seed": args.seed, "target": explained}  # fmt: skip
     index = explain_images(
         model, images[:drawn], names[:drawn], args.out, head_fusion=args.head_fusion, discard_ratio=args.discard_ratio,
         top_k=args.top_k, target=target, num_filters=args.filters, faithfulness=curves, faithfulness_settings=settings,

@@ -76,7 +76,7 @@ def baseline_images(images: Tensor, patch_size: Sequence[int], baseline: str = "
 
 
 def _ranks(ranking: Tensor) -> Tensor:
-    """(B, gh, gw) scores -> (B, P): each patch's place in the order, 0 for the highest score (ties in reading order)."""
+    """(B, gh, gw) scores -> (B, P): each patch's place in the order, 0 for the highest (ties in reading order)."""
     order = ranking.flatten(1).argsort(dim=1, descending=True, stable=True)
     return order.argsort(dim=1)
 
@@ -184,8 +184,12 @@ def compare_methods(
         logits = torch.cat([model(images[i : i + batch_size].to(device)) for i in range(0, len(images), batch_size)])
     targets = _targets(target, logits)  # fixed here, so that the maps and the curves explain the same class
     named = {
-        name: torch.cat([method(model, images[i : i + batch_size].to(device), targets[i : i + batch_size])
-                         for i in range(0, len(images), batch_size)])  # fmt: skip
+        name: torch.cat(
+            [
+                method(model, images[i : i + batch_size].to(device), targets[i : i + batch_size])
+                for i in range(0, len(images), batch_size)
+            ]
+        )  # fmt: skip
         for name, method in METHODS.items()
     }
     return deletion_insertion(model, images, named, steps, baseline, targets, seed, batch_size)
@@ -194,7 +198,10 @@ def compare_methods(
 def summary(curves: Mapping[str, Curves]) -> dict[str, dict[str, float]]:
     """Mean deletion and insertion AUC over the images, by method: what the report and the JSON file show."""
     return {
-        name: {"deletion_auc": c.deletion_auc.mean().item(), "insertion_auc": c.insertion_auc.mean().item(),
-               "images": int(c.deletion.shape[0])}  # fmt: skip
+        name: {
+            "deletion_auc": c.deletion_auc.mean().item(),
+            "insertion_auc": c.insertion_auc.mean().item(),
+            "images": int(c.deletion.shape[0]),
+        }  # fmt: skip
         for name, c in curves.items()
     }

@@ -165,15 +165,15 @@ def attribution(attentions: Sequence[Tensor], gradients: Sequence[Tensor], confi
     _check_attentions(attentions, config)
     if len(gradients) != len(attentions):
         raise ValueError(f"expected one gradient per block's attention ({len(attentions)}), got {len(gradients)}")
-    relevance = None
+    batch, _, n, _ = attentions[0].shape
+    relevance = torch.eye(n, dtype=torch.float64, device=attentions[0].device).expand(batch, n, n)  # each token itself
     for i, (attention, gradient) in enumerate(zip(attentions, gradients)):
         if gradient.shape != attention.shape:
             raise ValueError(
-                f"gradient of block {i} has shape {tuple(gradient.shape)}; expected the attention's {tuple(attention.shape)}"
+                f"gradient of block {i} has shape {tuple(gradient.shape)}; "
+                f"expected the attention's {tuple(attention.shape)}"
             )
         weighted = (gradient.detach().double() * attention.detach().double()).clamp_min(0).mean(dim=1)  # (B, N, N)
-        if relevance is None:
-            relevance = torch.eye(weighted.shape[-1], dtype=weighted.dtype, device=weighted.device).expand_as(weighted)
         relevance = relevance + weighted @ relevance
     return _classifier_view(relevance, config)
 
