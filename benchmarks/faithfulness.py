@@ -42,7 +42,9 @@ def train(out: Path, flags: list[str]) -> Path:
 
 def held_out_images(run: Path, model: VisionTransformer, limit: int) -> torch.Tensor:
     """The first ``limit`` images of the run's held-out split, rebuilt from its train_config.json."""
-    bundle = training.build_run_data(training.load_train_config(run), channels=model.in_channels)
+    bundle = training.build_run_data(
+        training.load_train_config(run), channels=model.in_channels, preprocessing=model.config
+    )
     return torch.stack([bundle.val[i][0] for i in range(min(limit, len(bundle.val)))])
 
 

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import vitkit
-from vitkit import benchmark
+from vitkit import bench
 from vitkit.optimize import default_tome
 
 RESULTS = Path(__file__).parent / "results"
@@ -61,8 +61,8 @@ def peak_memory_mib(fn: Callable[[], Any], model: nn.Module, device: torch.devic
 
 def peers(name: str, device: torch.device) -> dict[str, nn.Module]:
     """The plain vitkit model and each installed peer at the same size, on ``device``, in eval mode."""
-    return {label: model.to(device) for label in ("vitkit", *benchmark.FP32_PEERS)
-            if (model := benchmark.build(label, name, 224)) is not None}  # fmt: skip
+    return {label: model.to(device) for label in ("vitkit", *bench.FP32_PEERS)
+            if (model := bench.build(label, name, 224)) is not None}  # fmt: skip
 
 
 class MathAttention(nn.Module):
@@ -96,30 +96,31 @@ def compare(
     device: torch.device,
     rounds: int,
     dtype: torch.dtype | None = None,
-) -> benchmark.Comparison:
+) -> bench.Comparison:
     """Images/s of each model on the same batch (under autocast to ``dtype``, if given), ratio to the fastest peer."""
     torch.manual_seed(0)
     images = torch.randn(batch_size, 3, 224, 224, device=device)
     calls = {label: (lambda m=model: m(images)) for label, model in models.items()}
-    flops = benchmark.flops_per_image(name, 224)
+    flops = bench.flops_per_image(name, 224)
     with torch.inference_mode(), torch.autocast(device.type, dtype, enabled=dtype is not None):
         memory = {label: peak_memory_mib(fn, models[label], device) for label, fn in calls.items()}
-        seconds = benchmark.interleaved_seconds(
+        seconds = bench.interleaved_seconds(
             calls, rounds, repeats=max(1, 16 // batch_size), warmup=2, synchronize=lambda: synchronize(device)
         )
-    comparison = benchmark.Comparison(name, 224, batch_size, kind, torch.get_num_threads(), None)
+    comparison = bench.Comparison(name, 224, batch_size, kind, torch.get_num_threads(), None)
     for label, s in seconds.items():
         speed = batch_size / s
-        comparison.rows.append(benchmark.Row(label, speed, None, flops * speed / 1e9, None, memory[label]))
-    return benchmark.with_peer_ratios(comparison)
+        row = bench.Row(label, speed, gflops_per_s=flops * speed / 1e9, peak_memory_mib=memory[label])
+        comparison.rows.append(row)
+    return bench.with_peer_ratios(comparison)
 
 
 def fused_adamw_step(label: str, model: nn.Module, images: Tensor, dtype: torch.dtype | None) -> Callable[[], None]:
     """A training step of ``model`` with fused AdamW (the same update for every library on a GPU), vitkit's
-    forward as `vitkit train` runs it (``benchmark.vitkit_training_forward``)."""
+    forward as `vitkit train` runs it (``bench.vitkit_training_forward``)."""
     optimizer = torch.optim.AdamW(model.parameters(), fused=True)
-    context = benchmark.vitkit_training_forward if label == "vitkit" else benchmark.no_context
-    return benchmark.training_step(model, optimizer, images, dtype, forward_context=context)
+    context = bench.vitkit_training_forward if label == "vitkit" else bench.no_context
+    return bench.training_step(model, optimizer, images, dtype, forward_context=context)
 
 
 def training_peak_mib(
@@ -133,7 +134,7 @@ def training_peak_mib(
         return None
     torch.cuda.empty_cache()
     before = torch.cuda.memory_allocated(device)
-    model = benchmark.build(label, name, 224).to(device).train()
+    model = bench.build(label, name, 224).to(device).train()
     step = fused_adamw_step(label, model, images, dtype)
     step()
     step()
@@ -144,33 +145,34 @@ def training_peak_mib(
     return (torch.cuda.max_memory_allocated(device) - before) / 2**20
 
 
-def compare_training(name: str, batch_size: int, device: torch.device, rounds: int, dtype: torch.dtype | None) -> benchmark.Comparison:
+def compare_training(name: str, batch_size: int, device: torch.device, rounds: int, dtype: torch.dtype | None) -> bench.Comparison:
     """One training step (forward, backward, fused AdamW) of vitkit and timm; ratio to timm."""
     torch.manual_seed(0)
     images = torch.randn(batch_size, 3, 224, 224, device=device)
     models = {label: model.to(device).train() for label in ("vitkit", "timm")
-              if (model := benchmark.build(label, name, 224)) is not None}  # fmt: skip
+              if (model := bench.build(label, name, 224)) is not None}  # fmt: skip
     steps = {label: fused_adamw_step(label, model, images, dtype) for label, model in models.items()}
-    seconds = benchmark.interleaved_seconds(
+    seconds = bench.interleaved_seconds(
         steps, rounds, repeats=1, warmup=2, inference=False, synchronize=lambda: synchronize(device)
     )  # the warm-up steps create AdamW's state
     del models, steps  # then memory, each model alone, once the kernels' one-time workspaces exist
     memory = {label: training_peak_mib(label, name, images, device, dtype) for label in seconds}
-    flops = 3 * benchmark.flops_per_image(name, 224)  # backward costs about twice the forward
+    flops = 3 * bench.flops_per_image(name, 224)  # backward costs about twice the forward
     kind = f"training, {'bf16 autocast' if dtype else 'fp32'}"
-    comparison = benchmark.Comparison(name, 224, batch_size, kind, torch.get_num_threads(), None)
+    comparison = bench.Comparison(name, 224, batch_size, kind, torch.get_num_threads(), None)
     timm_speed = batch_size / seconds["timm"] if "timm" in seconds else None
     for label, s in seconds.items():
         speed = batch_size / s
         ratio = speed / timm_speed if timm_speed else None
-        comparison.rows.append(benchmark.Row(label, speed, ratio, flops * speed / 1e9, None, memory[label]))
+        row = bench.Row(label, speed, ratio, gflops_per_s=flops * speed / 1e9, peak_memory_mib=memory[label])
+        comparison.rows.append(row)
     return comparison
 
 
 def run(
     names: list[str], batch_sizes: list[int], device: torch.device, rounds: int,
     compiled_names: list[str], trained_names: list[str], train_batch_size: int,
-    report: Callable[[benchmark.Comparison], None],
+    report: Callable[[bench.Comparison], None],
 ) -> None:  # fmt: skip
     """Every comparison in turn, each handed to ``report`` as soon as it is measured."""
     bf16 = torch.bfloat16
@@ -190,7 +192,7 @@ def run(
             report(compare(name, batch_size, "bf16 weights", bf16_models, device, rounds))
         del bf16_models, models, plain, fused
         if name in compiled_names:
-            vitkit_model, timm_model = (benchmark.build(label, name, 224).to(device) for label in ("vitkit", "timm"))
+            vitkit_model, timm_model = (bench.build(label, name, 224).to(device) for label in ("vitkit", "timm"))
             compiled = {"vitkit exact": vitkit.optimize(vitkit_model, exact=True, compile=True),
                         "timm": torch.compile(timm_model)}  # fmt: skip
             report(compare(name, max(batch_sizes), "bf16 autocast, torch.compile", compiled, device, rounds, bf16))
@@ -238,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("no CUDA GPU here: this benchmark is for a GPU machine (--device cpu to try it on the CPU)")
     results: dict[str, Any] = {"machine": machine(device), "comparisons": []}
 
-    def report(comparison: benchmark.Comparison) -> None:
+    def report(comparison: bench.Comparison) -> None:
         results["comparisons"].append(comparison.to_dict())
         args.json.write_text(json.dumps(results, indent=1))
         args.markdown.write_text(markdown(results), encoding="utf-8")

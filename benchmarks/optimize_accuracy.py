@@ -23,7 +23,7 @@ import torch
 from sklearn.datasets import load_digits
 
 import vitkit
-from vitkit import benchmark, training
+from vitkit import bench, training
 from vitkit.io import write_json
 
 OPTIONS: dict[str, dict[str, Any]] = {
@@ -74,7 +74,9 @@ def predictions(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 def accuracy_table(run_dir: Path) -> list[dict[str, Any]]:
     model = vitkit.VisionTransformer.from_pretrained(run_dir).eval()
-    bundle = training.build_run_data(training.load_train_config(run_dir), channels=model.in_channels)
+    bundle = training.build_run_data(
+        training.load_train_config(run_dir), channels=model.in_channels, preprocessing=model.config
+    )
     held_out = [bundle.val[i] for i in range(len(bundle.val))]
     images, labels = torch.stack([x for x, _ in held_out]), torch.tensor([int(y) for _, y in held_out])
     # All 1,797 digits as the run's evaluation transform sees them: 8-bit pixels, the run's mean and std.
@@ -114,7 +116,7 @@ def speed_table(
             start = time.perf_counter()
             m(images)
             first_call[label] = time.perf_counter() - start
-    seconds = benchmark.interleaved_seconds({k: (lambda m=m: m(images)) for k, m in models.items()}, rounds, 1)
+    seconds = bench.interleaved_seconds({k: (lambda m=m: m(images)) for k, m in models.items()}, rounds, 1)
     rows = []
     for label, s in seconds.items():
         speedup = seconds["float32"] / s

@@ -1,13 +1,41 @@
-"""Fixtures shared across the test folders."""
+"""Fixtures shared across the test folders, and the rule that a skip fails under CI."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
 import torch
 
 from vitkit import VisionTransformer
+
+
+def skips_fail() -> bool:
+    """Under CI (``CI`` set, not to 0/false/no) nothing may be skipped: `make test` installs the dev extra and
+    Chromium, so a skip there means something the tests need is missing, which must fail instead of passing quietly."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _fail_if_skipped(report: pytest.CollectReport | pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail") and skips_fail():
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI, where nothing may be skipped: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    """A module skipped as it is collected (a module-level ``pytest.importorskip``) fails under CI."""
+    outcome = yield
+    _fail_if_skipped(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """A test skipped as it runs (``pytest.skip``, ``importorskip``, a ``skipif`` mark) fails under CI."""
+    outcome = yield
+    _fail_if_skipped(outcome.get_result())
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from vitkit import benchmark
+from vitkit.bench import compare, memory, peers, report, timing
 from vitkit.model import VisionTransformer, get_config
+from vitkit.optimize.onednn import onednn_available
 
 IMAGE_MIB = 3 * 224 * 224 * 4 / 2**20  # one float32 224x224 RGB image
 
@@ -21,7 +22,7 @@ def test_peak_memory_grows_with_the_batch_even_under_a_big_parent() -> None:
     # A parent holding 1 GiB, as the benchmark script does after building every model: the children's
     # peaks used to start at the parent's and every row read 0.
     ballast = torch.ones(2**28)  # 1 GiB, written, so resident
-    memories = benchmark.peak_memories_mib(["vitkit", "timm"], "vit_tiny_patch16_224", 224, [1, 16], threads=1)
+    memories = memory.peak_memories_mib(["vitkit", "timm"], "vit_tiny_patch16_224", 224, [1, 16], threads=1)
     assert ballast.sum().item() == 2**28
     weights_mib = sum(p.numel() for p in VisionTransformer(get_config("vit_tiny_patch16_224")).parameters()) * 4 / 2**20
     for label, (one, sixteen) in memories.items():  # two processes at a time: each peak is still its own
@@ -31,12 +32,12 @@ def test_peak_memory_grows_with_the_batch_even_under_a_big_parent() -> None:
 
 
 def test_a_subset_of_rows_is_compared_with_its_own_fastest_peer() -> None:
-    comparison = benchmark.Comparison("vit_small_patch16_224", 224, 1, "inference", 2, 100.0, [
-        benchmark.Row("vitkit", 10.0), benchmark.Row("timm", 5.0), benchmark.Row("transformers", 20.0),
+    comparison = report.Comparison("vit_small_patch16_224", 224, 1, "inference", 2, 100.0, [
+        report.Row("vitkit", 10.0), report.Row("timm", 5.0), report.Row("transformers", 20.0),
     ])  # fmt: skip
-    whole = benchmark.with_peer_ratios(comparison)
+    whole = report.with_peer_ratios(comparison)
     assert [row.ratio_to_fastest_peer for row in whole.rows] == [0.5, 0.25, 1.0]
-    subset = benchmark.with_peer_ratios(comparison, ["vitkit", "timm"])
+    subset = report.with_peer_ratios(comparison, ["vitkit", "timm"])
     assert [(row.label, row.ratio_to_fastest_peer) for row in subset.rows] == [("vitkit", 2.0), ("timm", 1.0)]
     assert [row.ratio_to_fastest_peer for row in comparison.rows] == [None, None, None]  # the original is left as it was
 
@@ -44,7 +45,7 @@ def test_a_subset_of_rows_is_compared_with_its_own_fastest_peer() -> None:
 def test_each_round_starts_with_another_entry() -> None:
     order: list[str] = []
     calls = {label: (lambda label=label: order.append(label)) for label in "abc"}
-    seconds = benchmark.interleaved_seconds(calls, rounds=3, repeats=1, warmup=0)
+    seconds = timing.interleaved_seconds(calls, rounds=3, repeats=1, warmup=0)
     assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # every entry once in each position
     assert set(seconds) == {"a", "b", "c"} and all(s >= 0 for s in seconds.values())
 
@@ -57,13 +58,13 @@ def test_training_steps_are_timed_with_gradients() -> None:
         (weight * 2).sum().backward()  # fails in inference mode: no graph to go back through
         grads.append(weight.grad.clone())
 
-    benchmark.interleaved_seconds({"step": step}, rounds=2, repeats=1, inference=False)
+    timing.interleaved_seconds({"step": step}, rounds=2, repeats=1, inference=False)
     assert len(grads) == 3 and torch.equal(grads[-1], torch.full((3,), 6.0))  # warm-up + 2 rounds, accumulated
 
 
 def test_training_comparison_is_against_timm() -> None:
     pytest.importorskip("timm")
-    comparison = benchmark.compare_training("vit_tiny_patch16_224", batch_size=2, rounds=1, memory=False)
+    comparison = compare.compare_training("vit_tiny_patch16_224", batch_size=2, rounds=1, memory=False)
     rows = {row.label: row for row in comparison.rows}
     assert set(rows) == {"vitkit", "timm", "timm, fused AdamW"} and comparison.kind == "training"
     assert rows["timm"].ratio_to_fastest_peer == pytest.approx(1.0)
@@ -74,8 +75,8 @@ def test_training_comparison_is_against_timm() -> None:
 def test_each_training_row_steps_adamw_as_its_library_trains() -> None:
     pytest.importorskip("timm")
     optimizers = {}
-    for label, recipe in benchmark.TRAINERS.items():
-        model = benchmark.build(recipe.model, "vit_tiny_patch16_224", 224)
+    for label, recipe in peers.TRAINERS.items():
+        model = peers.build(recipe.model, "vit_tiny_patch16_224", 224)
         optimizers[label] = (model, recipe.optimizer(model))
     for label, (model, optimizer) in optimizers.items():
         assert isinstance(optimizer, torch.optim.AdamW)
@@ -86,11 +87,11 @@ def test_each_training_row_steps_adamw_as_its_library_trains() -> None:
         assert all(id(p) in decayed for p in model.parameters() if p.ndim == 2 and p.shape[0] > 1000), label
     # vitkit's trainer updates in one fused kernel; timm's create_optimizer_v2 leaves torch's default (a loop on
     # the CPU); the third row gives timm's model the fused update.
-    assert [optimizers[label][1].defaults["fused"] for label in benchmark.TRAINERS] == [True, None, True]
+    assert [optimizers[label][1].defaults["fused"] for label in peers.TRAINERS] == [True, None, True]
 
 
 def test_vitkits_training_row_runs_its_forward_as_vitkit_train_does(monkeypatch) -> None:
-    from vitkit.training import loop
+    from vitkit.training import cpu_kernels
 
     entered: list[tuple[torch.device, int]] = []
 
@@ -99,10 +100,10 @@ def test_vitkits_training_row_runs_its_forward_as_vitkit_train_does(monkeypatch)
         entered.append((device, work))
         yield
 
-    monkeypatch.setattr(loop, "training_forward", recorded)
+    monkeypatch.setattr(cpu_kernels, "training_forward", recorded)
     model = VisionTransformer(get_config("vit_tiny_patch16_224"))
     images = torch.zeros(3, 3, 224, 224)
-    for recipe in benchmark.TRAINERS.values():
+    for recipe in peers.TRAINERS.values():
         with recipe.forward_context(model, images):
             pass
     assert entered == [(torch.device("cpu"), 3 * 197 * 192)]  # vitkit's row only: images x tokens x width
@@ -111,7 +112,7 @@ def test_vitkits_training_row_runs_its_forward_as_vitkit_train_does(monkeypatch)
 def test_synchronize_waits_after_the_warm_up_and_after_each_timing() -> None:
     events: list[str] = []
     calls = {label: (lambda label=label: events.append(label)) for label in "ab"}
-    benchmark.interleaved_seconds(calls, rounds=2, repeats=2, synchronize=lambda: events.append("sync"))
+    timing.interleaved_seconds(calls, rounds=2, repeats=2, synchronize=lambda: events.append("sync"))
     # warm-up a, b, then each timing's two calls followed by one wait; the second round starts with b
     assert events == ["a", "b", "sync", "a", "a", "sync", "b", "b", "sync", "b", "b", "sync", "a", "a", "sync"]
 
@@ -123,8 +124,8 @@ def test_training_step_runs_its_forward_under_the_autocast_asked_for() -> None:
     model.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     before = model.weight.detach().clone()
-    benchmark.training_step(model, optimizer, torch.randn(2, 4))()
-    benchmark.training_step(model, optimizer, torch.randn(2, 4), autocast=torch.bfloat16)()
+    peers.training_step(model, optimizer, torch.randn(2, 4))()
+    peers.training_step(model, optimizer, torch.randn(2, 4), autocast=torch.bfloat16)()
     assert dtypes == [torch.float32, torch.bfloat16]
     entered: list[bool] = []
 
@@ -133,19 +134,19 @@ def test_training_step_runs_its_forward_under_the_autocast_asked_for() -> None:
         entered.append(torch.is_grad_enabled() and stepped is model and images.shape == (2, 4))
         yield
 
-    benchmark.training_step(model, optimizer, torch.randn(2, 4), forward_context=context)()
+    peers.training_step(model, optimizer, torch.randn(2, 4), forward_context=context)()
     assert entered == [True] and len(dtypes) == 3
     assert not torch.equal(model.weight, before)  # the optimizer stepped
 
 
 RESIDENT_AFTER_TWO_FREED_BLOCKS = """
 import torch
-from vitkit import benchmark
+from vitkit.bench import memory
 {setup}
 for _ in range(2):  # glibc mmaps the first 20 MiB block, then raises its threshold and keeps the second on its heap
     block = torch.ones(5 * 2**20)
     del block
-print(round(benchmark._memory_kib()[0] / 1024))
+print(round(memory.memory_kib()[0] / 1024))
 """
 
 
@@ -155,18 +156,18 @@ def test_unpooled_malloc_gives_freed_blocks_back() -> None:
         return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
     pooled = resident_mib("")
-    unpooled = resident_mib("benchmark.unpooled_malloc()")
+    unpooled = resident_mib("memory.unpooled_malloc()")
     assert pooled - unpooled >= 15  # the second 20 MiB block stayed resident only with glibc's pooling
 
 
 def test_matmul_peak_is_the_faster_of_the_products_and_each_computes_a_times_b() -> None:
-    calls, flops = benchmark._matmul_calls()
-    m, k, n = benchmark.MATMUL_SHAPE
+    calls, flops = timing.matmul_calls()
+    m, k, n = timing.MATMUL_SHAPE
     assert flops == 2 * m * k * n
     products = [call() for call in calls.values()]
-    assert len(products) == 1 + bool(benchmark.onednn_available())
+    assert len(products) == 1 + bool(onednn_available())
     for product in products[1:]:
         torch.testing.assert_close(product, products[0], atol=1e-3, rtol=1e-4)
     seconds = {label: 2.0 + i for i, label in enumerate(calls)} | {"vitkit": 7.0}
-    assert benchmark._matmul_peak_gflops(seconds, calls, 4e9) == 2.0  # 4 GFLOP in the faster product's 2 s
+    assert timing.matmul_peak_gflops(seconds, calls, 4e9) == 2.0  # 4 GFLOP in the faster product's 2 s
     assert seconds == {"vitkit": 7.0}

@@ -106,6 +106,21 @@ def test_evaluate_on_an_image_folder(
     assert Path(result["plot"]).is_file()
 
 
+
+def test_evaluate_shows_top_5_only_for_more_than_5_classes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from vitkit import VisionTransformer
+
+    model = VisionTransformer(image_size=8, patch_size=4, in_channels=1, num_classes=2, hidden_dim=8, depth=1,
+                              num_heads=1, mlp_dim=8, class_names=["no", "yes"], mean=(0.5,), std=(0.5,))  # fmt: skip
+    model.save_pretrained(tmp_path / "run")
+    for name in ("no", "yes"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        pixels = np.full((8, 8), 40 if name == "no" else 200, np.uint8)
+        Image.fromarray(pixels, "L").save(tmp_path / "photos" / name / "0.png")
+    code, out, err = run_cli(capsys, "evaluate", tmp_path / "run", "--data-dir", tmp_path / "photos", "--device", "cpu")
+    assert code == 0, err
+    assert "top-1 accuracy: " in out and "top-5" not in out  # every label of 2 classes is among the best 5
+
 def write_image(path: Path, mode: str, size: tuple[int, int]) -> Path:
     pixels = np.random.default_rng(len(mode) + size[0]).integers(0, 256, (size[1], size[0], 4), dtype=np.uint8)
     image = Image.fromarray(pixels, "RGBA")

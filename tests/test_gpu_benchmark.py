@@ -34,7 +34,7 @@ def test_gpu_benchmark_runs_every_precision_on_the_cpu(tmp_path: Path) -> None:
         rows = {row["label"]: row for row in comparison["rows"]}
         reference = "timm" if comparison["kind"].startswith("training") else None
         fastest = rows[reference]["images_per_s"] if reference else max(
-            row["images_per_s"] for label, row in rows.items() if label in script.benchmark.FP32_PEERS
+            row["images_per_s"] for label, row in rows.items() if label in script.bench.FP32_PEERS
         )  # fmt: skip
         for row in rows.values():
             assert row["ratio_to_fastest_peer"] == pytest.approx(row["images_per_s"] / fastest)

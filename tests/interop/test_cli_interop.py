@@ -9,15 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
+import transformers
 from interop_helpers import TOLERANCE, max_logit_difference, random_images, randomise, write_original_npz
 from PIL import Image
 from safetensors.torch import save_file
 
 from vitkit import VisionTransformer, cli
 
-timm = pytest.importorskip("timm")
-transformers = pytest.importorskip("transformers")
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
@@ -84,28 +84,6 @@ def test_convert_torchvision_and_jax_files(tmp_path: Path, capsys) -> None:
     assert max_logit_difference(VisionTransformer.from_pretrained(tmp_path / "jax"), known, images) <= TOLERANCE
 
 
-def test_export_onnx_with_dynamic_image_size_checks_itself(tmp_path: Path, capsys) -> None:
-    torch.manual_seed(0)
-    model = randomise(VisionTransformer(image_size=32, patch_size=8, hidden_dim=32, depth=2, num_heads=4, mlp_dim=64,
-                                        num_classes=3))  # fmt: skip
-    model.save_pretrained(tmp_path / "run")
-    code, out, _ = run_cli(capsys, "export", tmp_path / "run", "--format", "onnx", "--dynamic-image-size",
-                           "--check-size", "48x24", "--check-size", "16", "--out", tmp_path / "vit.onnx")  # fmt: skip
-    assert code == 0, out
-    differences = dict(re.findall(r"vs PyTorch, (.+): max abs difference of logits (\S+)", out))
-    assert set(differences) == {"batch 1", "batch 5", "image 48x24", "image 16x16"}
-    assert max(float(v) for v in differences.values()) <= 1e-4
-    # Independently of the command's own check: onnxruntime at a third size vs the resized PyTorch model.
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(tmp_path / "vit.onnx"), providers=["CPUExecutionProvider"])
-    images = random_images(3, 40, 56)
-    model.eval().set_image_size((40, 56))
-    with torch.no_grad():
-        expected = model(images).numpy()
-    assert np.abs(session.run(["logits"], {"images": images.numpy()})[0] - expected).max() <= 1e-4
-
-
 def test_export_onnx_at_a_fixed_size_with_mean_pooling_and_fc_norm(tmp_path: Path) -> None:
     from vitkit.interop.export import check_onnx, export_onnx
 
@@ -159,3 +137,46 @@ def test_fine_tune_a_converted_transformers_checkpoint(tmp_path: Path, capsys) -
     code, out, _ = run_cli(capsys, "evaluate", tmp_path / "tuned", "--data-dir", tmp_path / "photos", "--json",
                            "--device", "cpu")  # fmt: skip
     assert code == 0 and json.loads(out)["num_samples"] == 8
+
+
+def test_a_converted_imagenet_timm_model_names_its_classes_and_fine_tunes_keeping_its_preprocessing(
+    tmp_path: Path, capsys, caplog, monkeypatch
+) -> None:
+    import logging
+
+    monkeypatch.setattr("vitkit.explain.report.write_run_pictures", lambda *args, **kwargs: None)  # tests/explain's
+    peer = randomise(timm.create_model("test_vit", pretrained=False, img_size=32, num_classes=1000))
+    save_file(peer.state_dict(), tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "test_vit", "pretrained_cfg": {
+        "interpolation": "bicubic", "crop_pct": 0.9, "crop_mode": "center", "mean": [0.5] * 3, "std": [0.5] * 3}}))  # fmt: skip
+    code, out, err = run_cli(capsys, "convert", tmp_path / "model.safetensors", "--from", "timm", "--out",
+                             tmp_path / "in1k")  # fmt: skip
+    assert code == 0, err
+    names = json.loads((tmp_path / "in1k" / "config.json").read_text())["class_names"]
+    assert names[:2] == ["tench, Tinca tinca", "goldfish, Carassius auratus"] and len(names) == 1000
+    image = photo(tmp_path / "photo.png", seed=0)
+    code, out, _ = run_cli(capsys, "predict", tmp_path / "in1k", image, "--top-k", "1", "--device", "cpu")
+    from timm.data import create_transform
+
+    transform = create_transform(32, interpolation="bicubic", crop_pct=0.9, mean=(0.5,) * 3, std=(0.5,) * 3)
+    with torch.no_grad():
+        best = int(peer(transform(Image.open(image).convert("RGB"))[None]).argmax())
+    assert json.loads(out)["top_k"][0]["class"] == names[best]
+    # Fine-tuning it on a folder of two classes keeps what the weights expect and says how it trains.
+    for label in ("red", "green"):
+        for i in range(10):
+            photo(tmp_path / "photos" / "train" / label / f"{i}.png", seed=hash((label, i)) % 1000, size=(40, 30))
+    caplog.set_level(logging.INFO)
+    code, _, err = run_cli(capsys, "train", "--data-dir", tmp_path / "photos", "--init-from", tmp_path / "in1k",
+                           "--epochs", "1", "--batch-size", "6", "--no-tensorboard", "--no-progress",
+                           "--out", tmp_path / "tuned")  # fmt: skip
+    assert code == 0, err
+    assert "lr 0.0001 (fine-tuning default" in caplog.text
+    tuned = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert (tuned["mean"], tuned["std"]) == ([0.5] * 3, [0.5] * 3)
+    assert (tuned["interpolation"], tuned["crop_pct"], tuned["image_size"]) == ("bicubic", 0.9, [32, 32])
+    assert tuned["class_names"] == ["green", "red"]
+    recorded = json.loads((tmp_path / "tuned" / "train_config.json").read_text())
+    assert recorded["lr"] == 1e-4 and recorded["image_size"] == [32, 32]
+    architecture = {"hidden_dim": 64, "depth": 6, "num_heads": 2, "mlp_dim": 192, "patch_size": [16, 16]}
+    assert {key: recorded["vit"][key] for key in architecture} == architecture  # timm's test_vit

@@ -17,7 +17,7 @@ SMALL = dict(image_size=32, patch_size=8, hidden_dim=32, depth=2, num_heads=4, m
 
 
 def test_npz_loads_exactly_and_timm_reads_the_same_file_to_the_same_logits(tmp_path: Path) -> None:
-    timm = pytest.importorskip("timm")
+    import timm
     from timm.models.vision_transformer import _load_weights
 
     torch.manual_seed(0)

@@ -36,7 +36,6 @@ def test_peers_refuse_each_option_by_name(option: dict, named: str, tmp_path: Pa
         to_timm(model)
     with pytest.raises(ValueError, match=f"torchvision's VisionTransformer cannot hold this model: {named}$"):
         to_torchvision(model)
-    pytest.importorskip("transformers")
     from vitkit.interop import to_transformers
 
     with pytest.raises(ValueError, match=f"ViTForImageClassification cannot hold this model: {named}$"):
@@ -45,7 +44,6 @@ def test_peers_refuse_each_option_by_name(option: dict, named: str, tmp_path: Pa
 
 
 def test_onnx_holds_every_option_at_its_size_and_at_another(tmp_path: Path) -> None:
-    pytest.importorskip("onnxruntime")
     from vitkit.interop.export import check_onnx, export_onnx
 
     model = randomise(small_model(**ALL_OPTIONS))

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 from interop_helpers import TOLERANCE, max_logit_difference, random_images, randomise
 
 from vitkit.interop import from_timm, to_timm
 from vitkit.interop.timm import create_model_call
-
-timm = pytest.importorskip("timm")
 
 SMALL = dict(patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2)
 CASES = {

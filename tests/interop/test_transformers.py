@@ -6,12 +6,11 @@ import json
 
 import pytest
 import torch
+import transformers
 from interop_helpers import TOLERANCE, max_logit_difference, random_images, randomise
 
 from vitkit import VisionTransformer
 from vitkit.interop import from_transformers, to_transformers
-
-transformers = pytest.importorskip("transformers")
 
 SMALL = dict(patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
 CASES = {

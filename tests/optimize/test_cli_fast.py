@@ -54,7 +54,6 @@ def test_predict_and_evaluate_fast_agree_with_plain(saved_run: tuple[Path, Path]
 
 
 def test_bench_prints_a_table_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    pytest.importorskip("timm")
     out_json = tmp_path / "bench.json"
     code, out, err = run_cli(
         capsys, "bench", "--quick", "--fast", "--models", "vit_tiny_patch16_224", "--batch-sizes", "1",

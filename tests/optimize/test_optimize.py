@@ -159,7 +159,6 @@ def test_int8_replaces_encoder_linears_only() -> None:
 
 
 def test_torchao_int8_agrees(trained_digits_model: VisionTransformer, digits: tuple) -> None:
-    pytest.importorskip("torchao")
     images, _ = digits
     with torch.inference_mode():
         reference = trained_digits_model(images).argmax(dim=1)
@@ -167,8 +166,6 @@ def test_torchao_int8_agrees(trained_digits_model: VisionTransformer, digits: tu
 
 
 def test_onnxruntime_session_matches(trained_digits_model: VisionTransformer, digits: tuple) -> None:
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
     images, _ = digits
     with torch.inference_mode():
         expected = trained_digits_model(images)

@@ -63,3 +63,29 @@ def running_server(app: object) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=15)
         sock.close()
+
+
+class Gate:
+    """A predictor that runs ``model`` only while the gate is open, so that a test decides when forward passes end.
+
+    Open at first (the warm-up pass goes through); :meth:`close` makes the next forward passes wait for
+    ``opened``; ``entered`` is set when a forward pass starts, ``sizes`` lists the images of each.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.opened = threading.Event()
+        self.opened.set()
+        self.entered = threading.Event()
+        self.sizes: list[int] = []
+
+    def close(self) -> None:
+        self.opened.clear()
+        self.entered.clear()
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(len(batch))
+        self.entered.set()
+        if not self.opened.wait(timeout=120):
+            raise TimeoutError("the test never opened the gate")
+        return self.model(batch)

@@ -113,12 +113,31 @@ def test_health_counts_forward_passes_and_model_describes_the_model(client: Test
 
 def test_openapi_describes_the_endpoints_and_docs_are_served(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
-    assert set(schema["paths"]) == {"/predict", "/health", "/model"}
+    assert set(schema["paths"]) == {"/predict", "/health", "/model", "/livez", "/readyz", "/metrics"}
     body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert body["properties"]["files"]["items"]["format"] == "binary"
     assert {p["name"] for p in schema["paths"]["/predict"]["post"]["parameters"]} == {"top_k", "explain"}
     docs = client.get("/docs")
-    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    assert docs.status_code == 200 and "SwaggerUIBundle(" in docs.text
+
+
+def test_docs_load_swagger_ui_from_the_server_itself(client: TestClient) -> None:
+    """/docs works offline: no external URL in the page, and every file it names is Swagger UI's own, served here."""
+    import re
+
+    import swagger_ui_bundle
+
+    page = client.get("/docs").text
+    assert not re.search(r"(https?:)?//", page), "the page names an external URL"
+    referenced = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]|url: ?['"]([^'"]+)['"]""", page)
+    urls = {first or second for first, second in referenced}
+    scripts = {url for url in urls if url.endswith(".js")}
+    assert scripts == {"/static/swagger-ui/swagger-ui-bundle.js"}
+    assert "/openapi.json" in urls and any(url.endswith(".css") for url in urls)
+    for url in urls - {"/openapi.json"}:
+        response = client.get(url)
+        assert response.status_code == 200, url
+        assert response.content == (Path(swagger_ui_bundle.swagger_ui_path) / Path(url).name).read_bytes()
 
 
 def test_the_page_and_its_assets(client: TestClient) -> None:

@@ -81,3 +81,60 @@ def test_bad_settings_and_submit_before_start() -> None:
         MicroBatcher(list, max_wait_ms=-1)
     with pytest.raises(RuntimeError, match="start"):
         asyncio.run(MicroBatcher(list).submit([1]))
+
+
+def test_a_full_queue_refuses_at_once_and_stop_finishes_what_was_accepted() -> None:
+    """Beyond max_queue waiting items submit raises QueueFull; stopping with a drain time answers every accepted
+    item instead of failing it, and runs the waiting batch without waiting for it to fill."""
+    import threading
+
+    from vitkit.serve import QueueFull
+
+    entered, opened = threading.Event(), threading.Event()
+
+    def held(items: list[int]) -> list[int]:
+        entered.set()
+        opened.wait(timeout=60)
+        return [-x for x in items]
+
+    async def main() -> tuple[list, BaseException, list[int]]:
+        batcher = MicroBatcher(held, max_batch=2, max_wait_ms=60_000, max_queue=3)
+        batcher.start()
+        running = asyncio.ensure_future(batcher.submit([1, 2]))  # a full batch: runs at once, and waits in `held`
+        await asyncio.to_thread(entered.wait, 60)
+        waiting = [asyncio.ensure_future(batcher.submit([x])) for x in (3, 4, 5)]  # a batch of 2 waits 60 s to fill
+        await asyncio.sleep(0)  # let the three submissions queue
+        assert batcher.queued == 3
+        refused = await asyncio.gather(batcher.submit([6]), return_exceptions=True)
+        opened.set()
+        await batcher.stop(drain_s=60)
+        return [await running] + [await task for task in waiting], refused[0], [batcher.batches, batcher.items]
+
+    answers, refused, counts = asyncio.run(main())
+    assert answers == [[-1, -2], [-3], [-4], [-5]]
+    assert isinstance(refused, QueueFull) and refused.retry_after_s >= 1
+    assert "3 images are waiting and this request brings 1, more than the queue limit of 3" in str(refused)
+    assert counts == [3, 5], "the drain ran the waiting items without waiting 60 s for their batch to fill"
+
+
+def test_admitted_room_counts_until_submitted_or_released() -> None:
+    """Room taken before preparing items counts against max_queue until the items are submitted or it is released."""
+    from vitkit.serve import QueueFull
+
+    async def main() -> list[list[int]]:
+        batcher = MicroBatcher(list, max_batch=4, max_wait_ms=0, max_queue=3)
+        batcher.start()
+        try:
+            batcher.admit(2)
+            with pytest.raises(QueueFull, match="2 images are waiting and this request brings 2"):
+                batcher.admit(2)
+            batcher.release(1)  # one item's preparation failed
+            batcher.admit(2)
+            assert batcher.queued == 3
+            answers = await asyncio.gather(batcher.submit([7], admitted=True), batcher.submit([8, 9], admitted=True))
+            assert batcher.queued == 0
+            return list(answers)
+        finally:
+            await batcher.stop()
+
+    assert asyncio.run(main()) == [[7], [8, 9]]

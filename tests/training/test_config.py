@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from vitkit.data import AugmentConfig
+from vitkit.cli.train_flags import add_train_arguments, config_from_args
+from vitkit.data import AugmentConfig, default_augment
 from vitkit.io import read_json, write_json
 from vitkit.model import ViTConfig
-from vitkit.training import TrainConfig, add_train_arguments, config_from_args, read_config_file
+from vitkit.training import TrainConfig, read_config_file
 from vitkit.training.config import DATA_DECIDED
 
 
@@ -64,6 +65,7 @@ def test_unknown_keys_are_named(tmp_path: Path) -> None:
     [
         ("epochs = 0", "epochs=0 is invalid"),
         ('amp = "fp16"', "amp='fp16' is invalid"),
+        ('cpu_kernels = "fast"', r"cpu_kernels='fast' is invalid: expected one of \['auto', 'on', 'off'\]"),
         ("lr = true", "lr must be a number"),
         ("label_smoothing = 1.5", "label_smoothing=1.5 is invalid"),
         ("nproc = 2", "nproc is not a training setting: the command line starts the processes"),
@@ -133,7 +135,8 @@ def test_architecture_flags_reach_the_model_and_the_saved_config(tmp_path: Path)
     assert "cls_token" not in weights and "pos_embed" in dict(result.model.named_buffers())  # sin-cos: fixed
     saved = read_json(result.run_dir / "train_config.json")
     assert saved["vit"]["pos_embed"] == "sincos" and saved["vit"]["class_token"] is False
-    assert saved["augment"] == {"hflip": 0.5}
+    # The augmentation actually used: the digits' default with the typed flip, every setting written out.
+    assert saved["augment"] == {**dataclasses.asdict(default_augment("digits")), "hflip": 0.5}
     assert read_json(result.run_dir / "config.json")["pool"] == "mean"
 
 
@@ -163,9 +166,12 @@ def test_resume_starts_from_the_saved_config(tmp_path: Path) -> None:
 
 
 def test_default_run_folder_is_named_after_data_and_model(tmp_path) -> None:
+    from vitkit import VisionTransformer
     from vitkit.training import prepare_config
 
     assert Path(prepare_config(TrainConfig()).out).name.startswith("digits-vit_digits_stem-")
+    source = VisionTransformer(image_size=8, patch_size=4, hidden_dim=8, depth=1, num_heads=1, mlp_dim=8)
+    source.save_pretrained(tmp_path)  # fine-tuning reads the source's architecture when the run is prepared
     assert Path(prepare_config(TrainConfig(init_from=str(tmp_path))).out).name.startswith("digits-finetuned-")
     assert prepare_config(TrainConfig(name="mine")).out == str(Path("runs") / "mine")
 

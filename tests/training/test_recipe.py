@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 
 import pytest
@@ -99,15 +100,13 @@ def test_bf16_autocast_on_the_cpu(tiny) -> None:
     assert abs(bf16.history[0]["train_loss"] - fp32.history[0]["train_loss"]) < 0.05
 
 
-def test_cpu_steps_multiply_every_linear_layer_through_onednn_from_a_size_up(tiny, monkeypatch) -> None:
-    """From FAST_FORWARD_MIN_WORK up, the trainer runs its forward passes (training and validation) in
-    vitkit.optimize.onednn's products mode: each linear layer's forward and input-gradient product go to oneDNN;
-    bf16 autocast keeps its own products. The tiny model is below the size: lowered to 0 here."""
+def test_cpu_kernels_on_multiply_every_linear_layer_through_onednn_and_the_run_says_so(tiny, monkeypatch,
+                                                                                       caplog) -> None:
+    """With --cpu-kernels on the trainer runs its forward passes (training and validation) in vitkit.optimize.onednn's
+    products mode: each linear layer's forward and input-gradient product go to oneDNN; bf16 autocast keeps its own
+    products. The tiny model is below auto's size; the run logs once, at the start, what engaged and why."""
     from vitkit.optimize import onednn
-    from vitkit.training import loop
 
-    if not onednn.onednn_available():
-        pytest.skip("this PyTorch has no oneDNN")
     calls: list[str] = []
 
     def counted(*args: object, **kwargs: object) -> torch.Tensor:
@@ -116,16 +115,26 @@ def test_cpu_steps_multiply_every_linear_layer_through_onednn_from_a_size_up(tin
 
     product = onednn._product
     monkeypatch.setattr(onednn, "_product", counted)
-    train(tiny("small", epochs=1))
+    with caplog.at_level(logging.INFO, logger="vitkit.training.loop"):
+        train(tiny("small", epochs=1))
     assert calls == []  # below the size: torch's own products
-    monkeypatch.setattr(loop, "FAST_FORWARD_MIN_WORK", 0)
+    assert [r.getMessage() for r in caplog.records if "CPU kernels" in r.getMessage()] == [
+        "CPU kernels: none (cpu_kernels=auto: a forward pass of 34,816 images x tokens x width is below 500,000, "
+        "where they cost more than they save)"
+    ]  # 64 images x 17 tokens x width 32
+    caplog.clear()
     steps: list[int] = []
-    result = train(tiny("fp32", epochs=1, amp="off"), on_step_end=lambda epoch, step, model: steps.append(step))
+    with caplog.at_level(logging.INFO, logger="vitkit.training.loop"):
+        result = train(tiny("fp32", epochs=1, amp="off", cpu_kernels="on"),
+                       on_step_end=lambda epoch, step, model: steps.append(step))  # fmt: skip
+    assert "CPU kernels: oneDNN products and GELU outputs recomputed in the backward pass (cpu_kernels=on)" in (
+        caplog.text
+    )
     linears = sum(isinstance(m, nn.Linear) for m in result.model.modules())
     assert steps and calls.count("training") == 2 * linears * len(steps)  # a forward and an input gradient each
     assert calls.count("validation") >= linears
     calls.clear()
-    train(tiny("bf16", epochs=1, amp="bf16"))
+    train(tiny("bf16", epochs=1, amp="bf16", cpu_kernels="on"))
     assert calls == []
 
 

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.connection
+import os
 import signal
-import subprocess
-import sys
-import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import pytest
 import torch
-from training_helpers import assert_same_weights, subprocess_env, without_timings
+from training_helpers import assert_same_weights, without_timings
 
-from vitkit.io import load_safetensors, write_json
+from vitkit.io import load_safetensors
 from vitkit.model import VisionTransformer
-from vitkit.training import load_run, load_train_config, train
+from vitkit.training import TrainConfig, load_run, load_train_config, train
 from vitkit.training.checkpoint import load_checkpoint
 from vitkit.training.metrics import read_metrics
 
@@ -66,26 +67,31 @@ def test_crash_mid_epoch_then_resume_is_bitwise_identical(tiny) -> None:
     assert without_timings(resumed.history) == without_timings(reference.history)
 
 
+def _train_quietly(config: TrainConfig, steps: Connection) -> None:
+    """The body of a forked child: a real training process, killed from outside; sends each finished step."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    train(config, on_step_end=lambda epoch, step, model: steps.send(step))
+
+
 def test_kill_9_mid_epoch_then_resume_is_bitwise_identical(tiny) -> None:
     # 179 steps of batch 8 and a checkpoint after every step: the kill lands mid-epoch, quite possibly mid-write.
     recipe = dict(epochs=1, batch_size=8, save_every=1, drop_path=0.1)
     victim = tiny("victim", **recipe)
-    config_file = Path(victim.out).parent / "victim.json"
-    write_json(victim.to_dict(), config_file)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "vitkit", "-q", "train", "--config", str(config_file)], env=subprocess_env()
-    )
+    fork = multiprocessing.get_context("fork")  # a real process, without paying for a fresh interpreter
+    steps, sender = fork.Pipe(duplex=False)
+    process = fork.Process(target=_train_quietly, args=(victim, sender))
+    process.start()
+    sender.close()
     try:
-        deadline = time.monotonic() + 120
-        while not (Path(victim.out) / "last_state.pt").exists():
-            assert process.poll() is None, "the training process ended before its first checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint after 120 s"
-            time.sleep(0.01)
-        time.sleep(0.1)
+        # the first checkpoint (save_every=1: written before the step's callback), or the child's end
+        ready = multiprocessing.connection.wait([steps, process.sentinel])
+        assert steps in ready, "the training process ended before its first checkpoint"
     finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    assert process.returncode == -signal.SIGKILL
+        os.kill(process.pid, signal.SIGKILL)  # while it trains on: mid-step or mid-write
+        process.join()
+    assert process.exitcode == -signal.SIGKILL
     assert not (Path(victim.out) / "model.safetensors").exists()
     _, state = load_checkpoint(Path(victim.out))
     assert state["epoch"] == 0 and state["step_in_epoch"] > 0

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import json
+import itertools
 import platform
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from vitkit.cli.common import int_at_least
 
+if TYPE_CHECKING:
+    from vitkit.bench.report import Comparison
+
 DEFAULT_MODELS = ("vit_small_patch16_224", "vit_base_patch16_224")
 SCALING_MODEL = "vit_small_patch16_224"  # at larger images and in the training step, beside timm
-PEERS = ("timm", "transformers", "torchvision", "vit-pytorch")  # benchmark.FP32_PEERS, without importing torch
+PEERS = ("timm", "transformers", "torchvision", "vit-pytorch")  # vitkit.bench.peers.FP32_PEERS, without importing torch
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -47,28 +51,41 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _cell(value: float | None, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
+def inference_comparisons(args: argparse.Namespace, memory: bool) -> Iterator[Comparison]:
+    """Every model of ``--models`` beside the peers, at 224 and each of ``--batch-sizes``."""
+    from vitkit.bench import compare_inference
+
+    labels = ["vitkit", "vitkit exact", *(["vitkit fast", "onnxruntime int8"] if args.fast else []), *args.peers]
+    for name in args.models:
+        yield from compare_inference(name, 224, args.batch_sizes, labels, args.rounds, memory)
 
 
-def print_table(comparison: dict[str, Any]) -> None:
-    c = comparison
-    peak = _cell(c["matmul_peak_gflops"], ".0f")
-    print(f"\n{c['model']} {c['kind']}, {c['image_size']}px, batch {c['batch_size']}, {c['threads']} threads "
-          f"(matmul peak {peak} GFLOP/s)")  # fmt: skip
-    ratio_name = "vs timm" if c["kind"] == "training" else "vs fastest peer"
-    print(f"  {'library':18s} {'images/s':>9s} {ratio_name:>16s} {'GFLOP/s':>8s} {'of peak':>8s} {'peak MiB':>9s}")
-    for row in c["rows"]:
-        share = None if row["share_of_matmul_peak"] is None else 100 * row["share_of_matmul_peak"]
-        print(f"  {row['label']:18s} {row['images_per_s']:9.2f} {_cell(row['ratio_to_fastest_peer'], '.2f'):>15s}x "
-              f"{_cell(row['gflops_per_s'], '.0f'):>8s} {_cell(share, '.0f'):>7s}% "
-              f"{_cell(row['peak_memory_mib'], '.0f'):>9s}")  # fmt: skip
+def scaling_comparisons(args: argparse.Namespace, memory: bool, measured: list[Comparison]) -> Iterator[Comparison]:
+    """ViT-S/16 at each of ``--scaling-sizes``, batch 1, beside timm; a size in ``measured`` already is reused."""
+    from vitkit.bench import compare_inference, with_peer_ratios
+
+    labels = ["vitkit", *(["vitkit fast"] if args.fast else []), *(["timm"] if "timm" in args.peers else [])]
+    for size in args.scaling_sizes:
+        key = (SCALING_MODEL, size, 1)
+        found = next((c for c in measured if (c.model, c.image_size, c.batch_size) == key), None)
+        if found is not None:  # ViT-S/16 at 224, batch 1, is in the main table already
+            yield with_peer_ratios(found, labels)
+            continue
+        yield from compare_inference(SCALING_MODEL, size, [1], labels, args.rounds, memory)
+
+
+def training_comparisons(args: argparse.Namespace, memory: bool) -> Iterator[Comparison]:
+    """A ViT-S/16 training step of ``--train-batch-size`` images beside timm (none when it is 0)."""
+    from vitkit.bench import compare_training
+
+    if args.train_batch_size:
+        yield compare_training(SCALING_MODEL, args.train_batch_size, args.rounds, memory)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from vitkit import benchmark
+    from vitkit.bench import format_table
     from vitkit.io import write_json
 
     if args.threads:
@@ -77,29 +94,16 @@ def run(args: argparse.Namespace) -> int:
         args.rounds, args.no_memory, args.scaling_sizes, args.train_batch_size = min(args.rounds, 2), True, [], 0
     memory = not args.no_memory
     start = time.perf_counter()
-    comparisons: list[benchmark.Comparison] = []
-
-    def show(comparison: benchmark.Comparison) -> None:
-        print_table(comparison.to_dict())
+    comparisons: list[Comparison] = []
+    sections = (
+        inference_comparisons(args, memory),
+        scaling_comparisons(args, memory, comparisons),
+        training_comparisons(args, memory),
+    )
+    for comparison in itertools.chain(*sections):  # each printed as soon as it is measured
+        print("\n" + format_table(comparison))
         print(f"  ({time.perf_counter() - start:.0f} s into the run)")
         comparisons.append(comparison)
-
-    labels = ["vitkit", "vitkit exact", *(["vitkit fast", "onnxruntime int8"] if args.fast else []), *args.peers]
-    for name in args.models:
-        for comparison in benchmark.compare_inference(name, 224, args.batch_sizes, labels, args.rounds, memory):
-            show(comparison)
-    scaling_labels = ["vitkit", *(["vitkit fast"] if args.fast else []), *(["timm"] if "timm" in args.peers else [])]
-    for size in args.scaling_sizes:
-        key = (SCALING_MODEL, size, 1)
-        measured = next((c for c in comparisons if (c.model, c.image_size, c.batch_size) == key), None)
-        if measured is not None:  # ViT-S/16 at 224, batch 1, is in the main table already
-            show(benchmark.with_peer_ratios(measured, scaling_labels))
-            continue
-        for comparison in benchmark.compare_inference(SCALING_MODEL, size, [1], scaling_labels, args.rounds, memory):
-            show(comparison)
-    if args.train_batch_size:
-        comparison = benchmark.compare_training(SCALING_MODEL, args.train_batch_size, args.rounds, memory)
-        show(comparison)
     machine = {"cpu": _cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                "python": platform.python_version()}  # fmt: skip
     seconds = time.perf_counter() - start

@@ -65,11 +65,12 @@ def run_held_out_split(
         raise FileNotFoundError(
             f"{run_dir} has no {TRAIN_CONFIG_FILE}, so its held-out split is unknown: {instead}"
         )
-    # The same call, seed and settings as the run itself: the same held-out images.
+    # The same call, seed and settings as the run itself: the same held-out images, prepared as the model expects
+    # (a fine-tuned model keeps its source's normalisation, not the data's).
     train_config = training.load_train_config(run_dir)
     if skip_bad_files:
         train_config = train_config.replace(skip_bad_files=True)
-    bundle = training.build_run_data(train_config, channels=model.in_channels)
+    bundle = training.build_run_data(train_config, channels=model.in_channels, preprocessing=model.config)
     return bundle.val, f"{bundle.val_name} split of {bundle.source}"
 
 

@@ -29,6 +29,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         "beside it is read when this is left out",
     )
     parser.add_argument("--out", metavar="RUN_DIR", required=True, help="run folder to write (must not hold a model)")
+    parser.add_argument(
+        "--labels",
+        metavar="FILE",
+        help="class names: one a line, a JSON list, or a JSON object of index -> name (default: a transformers "
+        "config's id2label; ImageNet's for a 1000- or 21843-class head (and timm's other ImageNet sizes); else "
+        "the class indices)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -42,7 +49,14 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if (out / WEIGHTS_FILE).exists():
         raise FileExistsError(f"{out} already holds a model ({WEIGHTS_FILE}); choose another --out")
+    from vitkit.interop.labels import imagenet_labels, read_labels
+
     model = convert_source(args.source, args.library, args.model)
+    config = model.config
+    if args.labels is not None:
+        model.config = config.replace(class_names=read_labels(args.labels, config.num_classes))
+    elif config.class_names is None and config.num_classes:
+        model.config = config.replace(class_names=imagenet_labels(config.num_classes))
     model.save_pretrained(out)
     config = model.config
     print(f"converted {args.source} ({args.library}) to {out}")
@@ -50,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
         f"  {format_count(sum(p.numel() for p in model.parameters()))} parameters, image {config.image_size[0]}x"
         f"{config.image_size[1]}, patch {config.patch_size[0]}, {config.num_classes} classes, pool {config.pool}"
     )
+    names = config.labels
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    source = "indices only: pass --labels FILE to name them" if config.class_names is None else shown
+    print(f"  class names: {source}")
     print(
         f"  preprocessing: {config.interpolation} resize, crop_pct {config.crop_pct:g} ({config.crop_mode}), "
         f"mean {config.mean}, std {config.std}"

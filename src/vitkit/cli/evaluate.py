@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     width = max(len(name) for name in metrics["class_names"])
     print(f"evaluated {args.run_dir} on the {description}: {metrics['num_samples']} images")
     print(f"top-1 accuracy: {percent(metrics['top1'])}")
-    print(f"top-5 accuracy: {percent(metrics['top5'])}")
+    if len(metrics["class_names"]) > 5:  # with 5 classes or fewer, every label is among the best 5
+        print(f"top-5 accuracy: {percent(metrics['top5'])}")
     print("per-class accuracy:")
     for (name, accuracy), count in zip(metrics["per_class"].items(), support):
         print(f"  {name:<{width}}  {percent(accuracy):>8}  ({count} images)")

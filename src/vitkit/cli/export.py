@@ -76,8 +76,12 @@ def run(args: argparse.Namespace) -> int:
         path = export_onnx(model, args.out, dynamic_image_size=args.dynamic_image_size)
         differences = check_onnx(model, path, image_sizes=tuple(sizes))
         print(f"wrote {path} (input 'images' (batch, {model.in_channels}, H, W), output 'logits')")
-        for name, difference in differences.items():
-            print(f"  onnxruntime vs PyTorch, {name}: max abs difference of logits {difference:.3g}")
+        print(
+            "  metadata: class_names, image_size, in_channels, mean, std, interpolation, crop_pct, crop_mode "
+            "(JSON values; docs/guides/onnx.md shows how to use them)"
+        )
+        checks = ", ".join(f"{name} {difference:.3g}" for name, difference in differences.items())
+        print(f"  onnxruntime vs PyTorch, max abs difference of logits: {checks}")
         worst = max(differences.values())
         if worst > ONNX_TOLERANCE:
             report_error(f"the ONNX model differs from PyTorch by {worst:.3g} (more than {ONNX_TOLERANCE:g})")

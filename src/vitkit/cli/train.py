@@ -13,7 +13,7 @@ from vitkit.cli.common import int_at_least, percent
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    from vitkit.training.config import add_train_arguments  # no torch: flags come from the settings' dataclasses
+    from vitkit.cli.train_flags import add_train_arguments  # no torch: flags come from the settings' dataclasses
 
     parser = commands.add_parser(
         "train",
@@ -56,11 +56,12 @@ def launch(nproc: int, config_file: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train a model, one line per epoch; with --nproc N > 1 start N copies of this command under torchrun."""
     from vitkit import training
+    from vitkit.cli.train_flags import config_from_args
     from vitkit.io import write_json
     from vitkit.training import distributed
     from vitkit.training.config import TRAIN_CONFIG_FILE, check_batch_split
 
-    config = training.config_from_args(args)
+    config = config_from_args(args)
     ctx = distributed.context_from_env()
     if args.nproc > 1 and not ctx.distributed:
         check_batch_split(config.batch_size, args.nproc)

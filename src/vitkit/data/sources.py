@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision import datasets
@@ -73,11 +72,14 @@ class DataBundle:
 CACHE_LIMIT_BYTES = 1 << 30  # --cache auto keeps a data set in memory when its decoded pixels fit in 1 GiB
 
 
-def decode_all(dataset: Dataset, size: tuple[int, int], channels: int, workers: int) -> tuple[Tensor, Tensor]:
-    """Every (image, label) of ``dataset`` as uint8 (N, C, H, W) at ``size`` and int64 labels, decoded in workers."""
+def decode_all(
+    dataset: Dataset, size: tuple[int, int], channels: int, workers: int, **resize: Any
+) -> tuple[Tensor, Tensor]:
+    """Every (image, label) of ``dataset`` as uint8 (N, C, H, W) at ``size`` and int64 labels, decoded in workers;
+    ``resize`` (interpolation, crop_pct, crop_mode) as ``build_decode_transform`` takes it."""
     if isinstance(dataset, TensorDataset) and dataset.tensors[0].shape[1:] == (channels, *size):
         return dataset.tensors[0], dataset.tensors[1].long()  # already decoded (the digits)
-    decoded = TransformedDataset(dataset, build_decode_transform(size, channels))
+    decoded = TransformedDataset(dataset, build_decode_transform(size, channels, **resize))
     # A generator of its own: iterating must not draw from torch's global one (the model's initial weights come next).
     loader = DataLoader(decoded, batch_size=256, num_workers=workers, generator=torch.Generator())
     images, labels = zip(*loader, strict=True) if len(decoded) else ((), ())
@@ -162,6 +164,8 @@ class ClassFolder(datasets.ImageFolder):
 
 def _split_indices(targets: Sequence[int], test_size: float | int, seed: int, what: str) -> tuple[list[int], list[int]]:
     """Stratified (train, held-out) index lists, reproducible by seed."""
+    from sklearn.model_selection import train_test_split  # seconds to import: only when a split is made
+
     try:
         train, held_out = train_test_split(
             np.arange(len(targets)), test_size=test_size, random_state=seed, stratify=np.asarray(targets)
@@ -260,6 +264,7 @@ def build_data(
     cache: str = "auto",
     workers: int = 0,
     skip_bad_files: bool = False,
+    preprocessing: ViTConfig | None = None,
 ) -> DataBundle:
     """Load `source`, split it, and attach the train (seeded augmentation) and eval transforms.
 
@@ -270,7 +275,8 @@ def build_data(
     images at the training size; `aug` None means default_augment(source). A folder's images are all decoded once
     first: a bad file raises BadImageFilesError listing every one, or is left out with `skip_bad_files`. `cache` "on"
     (or "auto", when the pixels fit in 1 GiB) decodes both splits once, in `workers` processes, and keeps them in
-    memory.
+    memory. `preprocessing`, a model's config, gives the mean, std and evaluation resize (interpolation, crop) to use
+    instead of the data's statistics and a plain resize: what fine-tuning a model keeps of its source.
     """
     if source not in SOURCES:
         raise ValueError(f"unknown data source {source!r}; expected one of {list(SOURCES)}")
@@ -295,14 +301,21 @@ def build_data(
     channels = channels or native_channels
     size = to_pair(image_size or native_size, "image_size")
     aug = aug if aug is not None else default_augment(source)
+    resize: dict[str, Any] = {}
+    if preprocessing is not None:
+        resize = {name: getattr(preprocessing, name) for name in ("interpolation", "crop_pct", "crop_mode")}
     memory = None
     if _cache_decision(cache, len(train_base) + len(val_base), size, channels):
         started = time.perf_counter()
-        memory = (*decode_all(train_base, size, channels, workers), *decode_all(val_base, size, channels, workers))
+        memory = (
+            *decode_all(train_base, size, channels, workers), *decode_all(val_base, size, channels, workers, **resize)
+        )  # fmt: skip
         logger.info("decoded %d images into memory in %.1f s", len(train_base) + len(val_base),
                     time.perf_counter() - started)  # fmt: skip
         train_base, val_base = TensorDataset(*memory[:2]), TensorDataset(*memory[2:])  # no file is read again
-    if memory is not None:  # every training image, as the model sees them (before normalisation)
+    if preprocessing is not None and preprocessing.mean is not None and preprocessing.std is not None:
+        mean, std = preprocessing.mean, preprocessing.std
+    elif memory is not None:  # every training image, as the model sees them (before normalisation)
         pixels = memory[0].transpose(0, 1).flatten(1).double() / 255
         mean, std = pixel_statistics(pixels.sum(1), pixels.square().sum(1), pixels.shape[1])
     else:
@@ -314,7 +327,7 @@ def build_data(
     )
     return DataBundle(
         train=SeededTransformDataset(train_base, build_train_transform(size, channels, mean, std, aug), seed),
-        val=TransformedDataset(val_base, build_eval_transform(size, channels, mean, std)),
+        val=TransformedDataset(val_base, build_eval_transform(size, channels, mean, std, **resize)),
         class_names=class_names,
         in_channels=channels,
         image_size=size,

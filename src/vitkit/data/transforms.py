@@ -97,9 +97,13 @@ def _to_float() -> list[v2.Transform]:
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
 
 
-def build_decode_transform(image_size: int | Sequence[int], channels: int) -> v2.Compose:
-    """PIL image or uint8 tensor -> uint8 (channels, h, w) at the training size: what a cached data set keeps."""
-    return v2.Compose([ConvertChannels(channels), *_resize_crop(to_pair(image_size, "image_size")), v2.ToImage()])
+def build_decode_transform(image_size: int | Sequence[int], channels: int, **resize: Any) -> v2.Compose:
+    """PIL image or uint8 tensor -> uint8 (channels, h, w) at the training size: what a cached data set keeps.
+
+    ``resize``: interpolation, crop_pct and crop_mode of the resize and centre crop (default: plain bilinear)."""
+    return v2.Compose(
+        [ConvertChannels(channels), *_resize_crop(to_pair(image_size, "image_size"), **resize), v2.ToImage()]
+    )
 
 
 def _unnormalised_eval_steps(image_size: int | Sequence[int], channels: int, **resize: Any) -> list[v2.Transform]:

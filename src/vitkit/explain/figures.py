@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,14 +41,18 @@ def _show(ax, image: np.ndarray) -> None:
     ax.set_yticks([])
 
 
-def _overlay(fig: Figure, ax, image: np.ndarray, heat: np.ndarray, label: str | None = None) -> None:
-    """``heat`` (gh, gw) over ``image``, one square per patch, with a colour bar when ``label`` is given."""
+def _overlay(
+    fig: Figure, ax, image: np.ndarray, heat: np.ndarray, label: str | None = None, vmax: float | None = None
+) -> Any:
+    """``heat`` (gh, gw) over ``image``, one square per patch (colours from 0 to ``vmax``, default the map's
+    largest value), with a colour bar when ``label`` is given; returns the drawn map."""
     _show(ax, image)
     height, width = image.shape[:2]
     drawn = ax.imshow(heat, cmap=HEAT, alpha=0.6, extent=(-0.5, width - 0.5, height - 0.5, -0.5),
-                      interpolation="nearest", vmin=0)  # fmt: skip
+                      interpolation="nearest", vmin=0, vmax=vmax)  # fmt: skip
     if label is not None:
         fig.colorbar(drawn, ax=ax, shrink=0.8, label=label)
+    return drawn
 
 
 def _square_layout(count: int) -> tuple[int, int]:
@@ -104,18 +109,32 @@ def heat_figure(image: np.ndarray, heat: np.ndarray, title: str, label: str) -> 
     return fig
 
 
-def head_attention_figure(image: np.ndarray, maps: np.ndarray, title: str) -> Figure:
-    """One small overlay per head: (heads, gh, gw)."""
+def head_attention_figure(image: np.ndarray, maps: np.ndarray, title: str, label: str = "attention weight") -> Figure:
+    """One small overlay per head: (heads, gh, gw), all on one colour scale (0 to the largest weight of any head)
+    shown by one colour bar, so that the heads' maps compare."""
     rows, cols = _square_layout(len(maps))
-    fig = Figure(figsize=(max(5.0, 2.4 * cols + 0.8), max(3.5, 2.4 * rows + 0.6)), layout="constrained")
+    fig = Figure(figsize=(max(5.0, 2.4 * cols + 1.4), max(3.5, 2.4 * rows + 0.6)), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    vmax = float(np.max(maps)) or 1.0
     for head, (ax, heat) in enumerate(zip(axes, maps)):
-        _overlay(fig, ax, image, heat)
+        drawn = _overlay(fig, ax, image, heat, vmax=vmax)
         ax.set_title(f"head {head}", fontsize=9)
     for ax in axes[len(maps) :]:
         ax.set_axis_off()
+    fig.colorbar(drawn, ax=axes.tolist(), shrink=0.8, label=label)
     fig.suptitle(title)
     return fig
+
+
+def distinct_colors(count: int) -> list[tuple[float, ...]]:
+    """``count`` colours that all differ: tab10's, tab20's, else evenly spaced along turbo."""
+    from matplotlib import colormaps
+
+    if count <= 10:
+        return list(colormaps["tab10"].colors[:count])
+    if count <= 20:
+        return list(colormaps["tab20"].colors[:count])
+    return [tuple(color) for color in colormaps["turbo"](np.linspace(0, 1, count))]
 
 
 def position_similarity_figure(similarity: np.ndarray) -> Figure:
@@ -141,8 +160,8 @@ def attention_distance_figure(distances: np.ndarray, image_size: Sequence[int]) 
     depth, heads = distances.shape
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
-    for head in range(heads):
-        ax.scatter(np.arange(depth), distances[:, head], s=18, label=f"head {head}")
+    for head, color in enumerate(distinct_colors(heads)):
+        ax.scatter(np.arange(depth), distances[:, head], s=18, color=color, label=f"head {head}")
     ax.set(xlabel="block (network depth)", ylabel="mean attention distance (pixels)",
            title="how far each head looks", ylim=(0, math.hypot(*image_size)))  # fmt: skip
     ax.set_xticks(np.arange(depth))
@@ -170,6 +189,32 @@ def embedding_filters_figure(filters: np.ndarray) -> Figure:
     fig.suptitle(f"patch-embedding filters:\nfirst {count} principal components")
     return fig
 
+
+def _encoded_png(pixels: np.ndarray) -> bytes:
+    """(H, W) or (H, W, 3) uint8 pixels as PNG bytes, in memory."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def heatmap_png(values: Tensor, size: tuple[int, int]) -> bytes:
+    """A (gh, gw) map as a PNG of the model's input size (h, w), one square per patch, in the colour map of the
+    figures (from 0 to the map's largest value): the overlay of `vitkit serve`'s ?explain=1."""
+    from matplotlib import colormaps
+
+    values = values.detach().float().cpu()
+    scaled = values / values.max().clamp_min(1e-12)
+    squares = torch.nn.functional.interpolate(scaled[None, None], size=size, mode="nearest")[0, 0]
+    return _encoded_png(colormaps[HEAT](squares.clamp(0, 1).numpy(), bytes=True)[..., :3])
+
+
+def model_view_png(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> bytes:
+    """A preprocessed (C, H, W) image as a PNG of what the model sees (resized, cropped), normalisation undone."""
+    return _encoded_png(np.rint(display_image(image, mean, std) * 255).astype(np.uint8))
 
 
 def faithfulness_figure(curves: Mapping[str, Curves]) -> Figure:

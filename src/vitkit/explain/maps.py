@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from vitkit.model import VisionTransformer, ViTConfig
-from vitkit.model.vit import ShiftedPatchEmbedding
+from vitkit.model.small_data import ShiftedPatchEmbedding
 
 HEAD_FUSIONS = ("mean", "max", "min")
 

@@ -7,8 +7,12 @@ exactly as ``set_image_size`` resizes them (bicubic, antialiased: ONNX Resize fr
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +22,7 @@ from torch import Tensor, nn
 from vitkit.interop.timm import create_model_call, to_timm
 from vitkit.io import atomic_path, save_safetensors
 from vitkit.model import VisionTransformer
-from vitkit.model.config import Pair
+from vitkit.model.config import Pair, ViTConfig
 from vitkit.model.weights import interpolate_position_vectors
 
 ONNX_OPSET = 18  # Resize with antialiasing
@@ -48,8 +52,44 @@ class AnyImageSize(nn.Module):
         return model.forward_head(model.norm(x))
 
 
+# The exporter's optimisation passes log every rewrite at INFO (over a hundred lines for a small model).
+_EXPORTER_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx")
+
+
+@contextlib.contextmanager
+def _exporter_logs_at_debug() -> Iterator[None]:
+    """The exporter's INFO records shown only when the application logs at DEBUG."""
+    loggers = [logging.getLogger(name) for name in _EXPORTER_LOGGERS]
+    levels = [one.level for one in loggers]
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        for one in loggers:
+            one.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for one, level in zip(loggers, levels):
+            one.setLevel(level)
+
+
+def onnx_metadata(config: ViTConfig) -> dict[str, str]:
+    """What a program needs besides the graph to use the file as ``vitkit predict`` does (docs/guides/onnx.md):
+    class names, image size, channels and the preprocessing, each a JSON value in the ONNX metadata_props."""
+    values = {
+        "class_names": config.labels,
+        "image_size": list(config.image_size),
+        "in_channels": config.in_channels,
+        "mean": list(config.mean) if config.mean is not None else [0.0] * config.in_channels,
+        "std": list(config.std) if config.std is not None else [1.0] * config.in_channels,
+        "interpolation": config.interpolation,
+        "crop_pct": config.crop_pct,
+        "crop_mode": config.crop_mode,
+    }
+    return {key: json.dumps(value) for key, value in values.items()}
+
+
 def export_onnx(model: VisionTransformer, path: str | os.PathLike, dynamic_image_size: bool = False) -> Path:
-    """Write ``model`` as ONNX (input "images" (B, C, H, W), output "logits"), batch size dynamic."""
+    """Write ``model`` as ONNX (input "images" (B, C, H, W), output "logits"), batch size dynamic, with the class
+    names and preprocessing in its metadata (:func:`onnx_metadata`)."""
     path = Path(path)
     model = copy.deepcopy(model).float().cpu().eval()
     height, width = model.image_size
@@ -62,10 +102,12 @@ def export_onnx(model: VisionTransformer, path: str | os.PathLike, dynamic_image
         shapes[2] = ph * torch.export.Dim("grid_height", min=1, max=MAX_ONNX_SIDE // ph)
         shapes[3] = pw * torch.export.Dim("grid_width", min=1, max=MAX_ONNX_SIDE // pw)
     example = torch.zeros(2, model.in_channels, height, width)
-    program = torch.onnx.export(
-        module, (example,), input_names=["images"], output_names=["logits"], dynamic_shapes={"images": shapes},
-        opset_version=ONNX_OPSET, dynamo=True, verbose=False,
-    )  # fmt: skip
+    with _exporter_logs_at_debug():
+        program = torch.onnx.export(
+            module, (example,), input_names=["images"], output_names=["logits"], dynamic_shapes={"images": shapes},
+            opset_version=ONNX_OPSET, dynamo=True, verbose=False,
+        )  # fmt: skip
+    program.model.metadata_props.update(onnx_metadata(model.config))
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         program.save(tmp)

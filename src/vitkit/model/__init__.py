@@ -11,7 +11,8 @@ from vitkit.lazy import lazy_exports
 _EXPORTS = {
     "ViTConfig": "vitkit.model.config",
     **dict.fromkeys(("count_parameters", "create_model", "get_config", "list_models"), "vitkit.model.registry"),
-    **dict.fromkeys(("VisionTransformer", "patchify"), "vitkit.model.vit"),
+    "VisionTransformer": "vitkit.model.vit",
+    "patchify": "vitkit.model.functional",
 }
 
 __all__ = sorted(_EXPORTS)

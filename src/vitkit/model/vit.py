@@ -4,9 +4,8 @@ image -> patches -> linear projection (patch embeddings) -> + position vectors, 
 -> encoder blocks [LayerNorm -> multi-head self-attention -> residual -> LayerNorm -> MLP -> residual]
 -> LayerNorm -> classification head on the CLS token (or on the mean of the patch tokens).
 
-Options for small data sets, each a small module below and off by default: a convolutional stem before the
-patches (ConvStem), shifted patch tokenization (ShiftedPatchEmbedding), locality self-attention
-(LocalityAttention) and sequence pooling (SequencePooling).
+The options for small data sets (conv stem, shifted patches, locality attention, sequence pooling) live in
+``small_data.py``, the weightless tensor steps in ``functional.py``, loading and saving in ``weights.py``.
 """
 
 from __future__ import annotations
@@ -22,57 +21,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
-from vitkit.model import weights
+from vitkit.model import small_data, weights
 from vitkit.model.config import Pair, ViTConfig
+from vitkit.model.functional import cast_once_for_autocast, chosen_blocks, sincos_position_vectors
 
 
 def trunc_normal_init(tensor: Tensor, std: float = 0.02) -> None:
     """ViT-paper initialisation: normal with ``std``, truncated at two standard deviations."""
     nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
-
-
-def patchify(images: Tensor, patch_size: Pair) -> Tensor:
-    """Step 1: cut (B, C, H, W) images into flattened patches (B, num_patches, P*P*C), row by row.
-
-    The model does this and step 2 in one strided convolution; this function spells step 1 out.
-    """
-    b, c, h, w = images.shape
-    ph, pw = patch_size
-    patches = images.reshape(b, c, h // ph, ph, w // pw, pw)  # (B, C, gh, ph, gw, pw)
-    patches = patches.permute(0, 2, 4, 1, 3, 5)  # (B, gh, gw, C, ph, pw)
-    return patches.reshape(b, (h // ph) * (w // pw), c * ph * pw)
-
-
-class ConvStem(nn.Module):
-    """Early convolutions (Xiao et al., 2021, "Early Convolutions Help Transformers See Better"), for small images.
-
-    ``conv_stem`` 3x3 convolutions, each normalised and followed by a ReLU, turn the pixels into local features
-    before the patches are cut: a convolution's bias towards nearby pixels is what a ViT lacks on little data.
-    Stride 1 keeps the image size, so the patch grid (and with it the position vectors and every map drawn over
-    the grid) is unchanged. The paper's stem normalises with BatchNorm; this one with GroupNorm of one group, each
-    image by its own statistics, so that splitting a batch between processes or accumulation steps changes nothing.
-    """
-
-    def __init__(self, config: ViTConfig) -> None:
-        super().__init__()
-        self.width = config.conv_stem_width  # half the token width
-        layers: list[nn.Module] = []
-        for i in range(config.conv_stem):
-            channels = config.in_channels if i == 0 else self.width
-            conv = nn.Conv2d(channels, self.width, kernel_size=3, padding=1, bias=False)
-            layers += [conv, nn.GroupNorm(1, self.width), nn.ReLU()]
-        self.layers = nn.Sequential(*layers)
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.layers(images)  # (B, C, H, W) -> (B, width, H, W)
-
-
-def stem_and_channels(config: ViTConfig) -> tuple[nn.Module, int]:
-    """The convolutional stem (or nothing) and the channels the patches are then cut from."""
-    if config.conv_stem:
-        stem = ConvStem(config)
-        return stem, stem.width
-    return nn.Identity(), config.in_channels
 
 
 class PatchEmbedding(nn.Module):
@@ -84,99 +40,11 @@ class PatchEmbedding(nn.Module):
 
     def __init__(self, config: ViTConfig) -> None:
         super().__init__()
-        self.stem, channels = stem_and_channels(config)
+        self.stem, channels = small_data.stem_and_channels(config)  # a conv stem before the patches, or none
         self.proj = nn.Conv2d(channels, config.hidden_dim, kernel_size=config.patch_size, stride=config.patch_size)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.proj(self.stem(images)).flatten(2).transpose(1, 2)  # (B, D, gh, gw) -> (B, num_patches, D)
-
-
-class ShiftedPatchEmbedding(nn.Module):
-    """Shifted patch tokenization (Lee, Lee & Song, 2021, "Vision Transformer for Small-Size Datasets").
-
-    A patch also sees half a patch of its neighbours: the image and four copies of it shifted diagonally by half
-    a patch (zeros where a copy reads outside the image) are stacked on the channels, cut into patches, flattened,
-    layer-normalised and projected linearly to ``hidden_dim``. Each token then covers twice the patch's width and
-    height, more context per token for a model that has to learn locality from few images.
-    """
-
-    def __init__(self, config: ViTConfig) -> None:
-        super().__init__()
-        self.stem, channels = stem_and_channels(config)
-        self.patch_size = config.patch_size
-        half_h, half_w = config.patch_size[0] // 2, config.patch_size[1] // 2
-        # (dy, dx): the copy at (y, x) holds the image at (y + dy, x + dx): up-left, up-right, down-left, down-right.
-        self.shifts = [(dy, dx) for dy in (-half_h, half_h) for dx in (-half_w, half_w)]
-        features = 5 * channels * config.patch_size[0] * config.patch_size[1]
-        self.norm = nn.LayerNorm(features, eps=config.layer_norm_eps)
-        self.proj = nn.Linear(features, config.hidden_dim)
-
-    def shifted_views(self, images: Tensor) -> Tensor:
-        """(B, C, H, W) -> (B, 5C, H, W): the image, then its four diagonally shifted copies."""
-        height, width = images.shape[-2:]
-        half_h, half_w = self.patch_size[0] // 2, self.patch_size[1] // 2
-        padded = F.pad(images, (half_w, half_w, half_h, half_h))  # zeros around the image
-        copies = [
-            padded[..., half_h + dy : half_h + dy + height, half_w + dx : half_w + dx + width] for dy, dx in self.shifts
-        ]
-        return torch.cat([images, *copies], dim=1)
-
-    def forward(self, images: Tensor) -> Tensor:
-        patches = patchify(self.shifted_views(self.stem(images)), self.patch_size)  # (B, num_patches, 5C * ph * pw)
-        return self.proj(self.norm(patches))  # (B, num_patches, D)
-
-
-def sincos_position_vectors(grid_size: Pair, dim: int, num_prefix_tokens: int) -> Tensor:
-    """Step 3, fixed variant: 2-D sine-cosine position vectors (1, prefix + gh*gw, dim).
-
-    Half the features encode the row, half the column, each as sines and cosines of geometric
-    frequencies; prefix (CLS) positions get zeros.
-    """
-    rows, cols = torch.meshgrid(
-        torch.arange(grid_size[0], dtype=torch.float64), torch.arange(grid_size[1], dtype=torch.float64), indexing="ij"
-    )
-    freqs = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
-    angles_row = rows.flatten()[:, None] * freqs[None, :]
-    angles_col = cols.flatten()[:, None] * freqs[None, :]
-    table = torch.cat([angles_row.sin(), angles_row.cos(), angles_col.sin(), angles_col.cos()], dim=1)
-    table = torch.cat([torch.zeros(num_prefix_tokens, dim, dtype=torch.float64), table])
-    return table.float().unsqueeze(0)
-
-
-class LocalityAttention(nn.Module):
-    """Locality self-attention (Lee, Lee & Song, 2021, "Vision Transformer for Small-Size Datasets").
-
-    Two changes that sharpen the attention of a ViT trained on little data: a learned temperature per head takes
-    the place of the fixed sqrt(d), softmax(q k^T / tau), and each token's logit for itself is masked out, so its
-    attention goes to the other tokens (the residual connection already carries the token itself). The temperature
-    starts at sqrt(d): at initialisation only the mask differs from plain attention.
-    """
-
-    def __init__(self, config: ViTConfig) -> None:
-        super().__init__()
-        self.head_dim = config.hidden_dim // config.num_heads
-        self.temperature = nn.Parameter(torch.full((config.num_heads,), math.sqrt(self.head_dim)))
-
-    def forward(self, q: Tensor) -> tuple[Tensor, Tensor]:
-        """Queries (B, h, N, d) rescaled so that the usual q k^T / sqrt(d) becomes q k^T / tau, and the (N, N)
-        mask to add to the logits: -inf on the diagonal, 0 elsewhere (a fused kernel takes both as they are)."""
-        n = q.shape[-2]
-        q = q * (math.sqrt(self.head_dim) / self.temperature).to(q.dtype)[:, None, None]
-        itself = torch.eye(n, dtype=torch.bool, device=q.device)
-        return q, torch.zeros(n, n, dtype=q.dtype, device=q.device).masked_fill(itself, float("-inf"))
-
-
-def cast_once_for_autocast(x: Tensor) -> Tensor:
-    """``x`` in autocast's dtype when autocast is on, else as it is.
-
-    Each of the three q, k, v layers would otherwise cast its input on its own, and keep its own bf16 copy for
-    the backward pass: two more (B, N, D) tensors a block than one fused qkv layer keeps (measured on an H200,
-    ViT-B/16, batch 128: 10 % more training memory than timm). Cast here, the three share one copy.
-    """
-    device = x.device.type
-    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
-        return x.to(torch.get_autocast_dtype(device))
-    return x
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -189,7 +57,7 @@ class MultiHeadSelfAttention(nn.Module):
         self.q = nn.Linear(config.hidden_dim, config.hidden_dim, bias=config.qkv_bias)
         self.k = nn.Linear(config.hidden_dim, config.hidden_dim, bias=config.qkv_bias)
         self.v = nn.Linear(config.hidden_dim, config.hidden_dim, bias=config.qkv_bias)
-        self.locality = LocalityAttention(config) if config.locality_attention else None
+        self.locality = small_data.locality_attention(config)
         self.attention_dropout = config.attention_dropout
         self.proj = nn.Linear(config.hidden_dim, config.hidden_dim)
         self.proj_dropout = nn.Dropout(config.dropout)
@@ -217,26 +85,6 @@ class MultiHeadSelfAttention(nn.Module):
         concatenated = heads.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)  # (B, N, D)
         out = self.proj_dropout(self.proj(concatenated))
         return (out, attention) if return_attention else out
-
-
-class SequencePooling(nn.Module):
-    """Sequence pooling (Hassani et al., 2021, "Escaping the Big Data Paradigm with Compact Transformers").
-
-    The classifier reads a weighted mean of the patch tokens whose weights the model learns to give: a linear
-    layer scores each token, a softmax over the sequence turns the scores into weights. No CLS token is needed,
-    and unlike the plain mean the tokens that matter can count more.
-    """
-
-    def __init__(self, config: ViTConfig) -> None:
-        super().__init__()
-        self.score = nn.Linear(config.hidden_dim, 1)
-
-    def weights(self, tokens: Tensor) -> Tensor:
-        """(B, N, D) -> (B, N): each token's weight, every row summing to 1."""
-        return self.score(tokens).squeeze(-1).softmax(dim=-1)
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        return (self.weights(tokens).unsqueeze(1) @ tokens).squeeze(1)  # (B, 1, N) @ (B, N, D) -> (B, D)
 
 
 class MLP(nn.Module):
@@ -271,9 +119,7 @@ class EncoderBlock(nn.Module):
         else:
             attended = self.attn(self.norm1(x))
         x = x + self.drop_path(attended)  # LayerNorm -> MSA -> residual
-        # Freed here, not when the block returns: held through the MLP, this (B, N, D) tensor was the training
-        # step's peak memory (+9 MiB in ViT-S/16 at batch 32, the last block's forward).
-        del attended
+        del attended  # freed before the MLP: held through it, it was the training step's peak memory
         x = x + self.drop_path(self.mlp(self.norm2(x)))  # LayerNorm -> MLP -> residual
         return (x, attention) if return_attention else x
 
@@ -288,7 +134,8 @@ class VisionTransformer(nn.Module):
         elif kwargs:
             config = config.replace(**kwargs)
         self.config = config
-        self.patch_embed = ShiftedPatchEmbedding(config) if config.patch_embed == "shifted" else PatchEmbedding(config)
+        # Steps 1-2, or shifted patch tokenization in their place (small_data) when the config asks for it.
+        self.patch_embed = small_data.shifted_patch_embedding(config) or PatchEmbedding(config)
         num_positions = config.num_prefix_tokens + config.num_patches
         if config.class_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_dim))
@@ -312,7 +159,7 @@ class VisionTransformer(nn.Module):
             if config.pre_logits_dim
             else nn.Identity()
         )
-        self.seq_pool = SequencePooling(config) if config.pool == "seq" else None
+        self.seq_pool = small_data.sequence_pooling(config)
         self.head = nn.Linear(self.head_input_dim, config.num_classes) if config.num_classes else nn.Identity()
         self.reset_parameters()
 
@@ -406,7 +253,7 @@ class VisionTransformer(nn.Module):
         tokens as a grid (B, D, gh, gw), the layout dense-prediction heads take. ``norm`` applies the final
         LayerNorm to them too.
         """
-        chosen = self._block_indices(indices)
+        chosen = chosen_blocks(indices, self.config.depth)
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
         x = self.embed(images)
@@ -420,19 +267,6 @@ class VisionTransformer(nn.Module):
             patches = [t[:, self.config.num_prefix_tokens :] for t in intermediates]  # (B, gh*gw, D)
             intermediates = [t.transpose(1, 2).reshape(t.shape[0], -1, gh, gw) for t in patches]
         return self.norm(x), intermediates
-
-    def _block_indices(self, indices: int | Sequence[int] | None) -> set[int]:
-        depth = self.config.depth
-        if indices is None:
-            return set(range(depth))
-        if isinstance(indices, int):
-            if not 0 <= indices <= depth:
-                raise ValueError(f"indices={indices} asks for the last {indices} blocks; the model has {depth}")
-            return set(range(depth - indices, depth))
-        bad = [i for i in indices if not -depth <= i < depth]
-        if bad:
-            raise ValueError(f"block indices {bad} are out of range for {depth} blocks: use -{depth}..{depth - 1}")
-        return {i % depth for i in indices}
 
     @torch.no_grad()
     def get_attention_maps(self, images: Tensor) -> list[Tensor]:
@@ -489,4 +323,4 @@ class VisionTransformer(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> VisionTransformer:
         """A saved model (folder or .safetensors file) with config ``overrides``: see ``weights.from_pretrained``."""
-        return weights.from_pretrained(path, **overrides)
+        return weights.from_pretrained(cls, path, **overrides)

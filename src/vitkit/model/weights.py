@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from vitkit.io import load_state_dict_file, read_json, save_safetensors, write_json
 from vitkit.model.config import Pair, ViTConfig, to_pair
+from vitkit.model.functional import sincos_position_vectors
 
 if TYPE_CHECKING:
     from vitkit.model.vit import VisionTransformer
@@ -56,8 +57,6 @@ def fit_position_vectors(table: Tensor, source_grid: Pair, config: ViTConfig) ->
     grid; one from another source (timm and big_vision lay out and scale their sines differently) is resampled
     like learned vectors rather than silently replaced by vitkit's.
     """
-    from vitkit.model.vit import sincos_position_vectors
-
     if tuple(source_grid) == config.grid_size:
         return table
     if config.pos_embed == "sincos":
@@ -199,8 +198,10 @@ def save_pretrained(model: VisionTransformer, directory: str | os.PathLike) -> P
     return directory
 
 
-def from_pretrained(path: str | os.PathLike, **overrides: Any) -> VisionTransformer:
-    """Rebuild a model from a folder (or a weights file with ``config.json`` beside it).
+def from_pretrained(
+    model_class: type[VisionTransformer], path: str | os.PathLike, **overrides: Any
+) -> VisionTransformer:
+    """Rebuild a ``model_class`` model from a folder (or a weights file with ``config.json`` beside it).
 
     Weights are read with safetensors, or for ``.pt``/``.pth``/``.bin`` with ``torch.load(weights_only=True)``:
     loading never runs code from the file.
@@ -208,8 +209,6 @@ def from_pretrained(path: str | os.PathLike, **overrides: Any) -> VisionTransfor
     ``overrides`` change config fields: another ``image_size`` resizes the position vectors, another
     ``num_classes`` gives a fresh head; dropouts and the like simply apply.
     """
-    from vitkit.model.vit import VisionTransformer
-
     weights_file, config_file = find_weights(path)
     if config_file is None:
         raise FileNotFoundError(f"{weights_file.parent} has no {CONFIG_FILE} beside {weights_file.name}")
@@ -217,7 +216,7 @@ def from_pretrained(path: str | os.PathLike, **overrides: Any) -> VisionTransfor
     new_classes = "num_classes" in overrides and overrides["num_classes"] != saved.num_classes
     if new_classes and "class_names" not in overrides:
         overrides["class_names"] = None
-    model = VisionTransformer(saved.replace(**overrides))
+    model = model_class(saved.replace(**overrides))
     state_dict = load_state_dict_file(weights_file)
     try:
         load_weights(model, state_dict, source_grid=saved.grid_size, strict_head=not new_classes)

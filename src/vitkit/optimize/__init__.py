@@ -7,7 +7,8 @@ file keeps reading like the seed, and training keeps its separate q/k/v layers):
 - always (exact): the MLP's GELU written in place, over the first layer's output, and on the CPU the MLP run in
   chunks of rows whose activations stay in reused memory;
 - ``onednn``: on the CPU in float32, the linear layers multiplied by oneDNN, the MLP's GELU inside its first
-  product (within a few 1e-6 of ``nn.Linear``; see :mod:`vitkit.optimize.onednn`);
+  product (within a few 1e-6 of ``nn.Linear``; see :mod:`vitkit.optimize.onednn`), by default where oneDNN's
+  products of the model's shapes were timed faster than ``F.linear``'s on this CPU;
 - ``int8``: dynamic int8 quantization of the encoder's linear layers (``int8_backend``: "auto", one of PyTorch's
   quantized engines, or "torchao"; see :mod:`vitkit.optimize.quantize`);
 - ``bf16``: bfloat16 weights and activations (CPUs with AVX-512 BF16 or AMX, GPUs);
@@ -39,7 +40,7 @@ from vitkit.optimize.bf16 import to_bf16
 from vitkit.optimize.chunk import chunk_mlps
 from vitkit.optimize.fuse import fuse_qkv as fuse_qkv_layers
 from vitkit.optimize.inplace import inplace_gelu
-from vitkit.optimize.onednn import onednn_available, onednn_linears
+from vitkit.optimize.onednn import linear_shapes, onednn_available, onednn_linears, onednn_wins
 from vitkit.optimize.quantize import quantize_int8
 from vitkit.optimize.tome import apply_tome
 
@@ -92,7 +93,8 @@ def optimize(
     """An inference copy of ``model`` (eval mode, no gradients); the original is left untouched.
 
     ``int8`` defaults to on unless ``exact``, ``bf16`` or a GPU model says otherwise; ``onednn`` to on for a
-    float32 CPU model (no int8, bf16 or compile) where PyTorch has oneDNN; ``tome`` to
+    float32 CPU model (no int8, bf16 or compile) where PyTorch has oneDNN and its products of the model's shapes at
+    one image were timed faster than ``F.linear``'s (:func:`~vitkit.optimize.onednn.onednn_wins`); ``tome`` to
     :func:`default_tome` unless ``exact`` or a GPU model (there its many small matching steps cost more than
     the merged tokens save: on an H200, ViT-B/16 in bf16 ran at 0.69x the speed without it at batch 256, 0.39x
     at batch 1). Options that change the numbers (int8, bf16, tome > 0) cannot be combined with ``exact=True``.
@@ -115,7 +117,7 @@ def optimize(
         raise ValueError("int8 dynamic quantization runs on the CPU: move the model to the CPU or use bf16=True")
     eager_float32_cpu = on_cpu and not (int8 or bf16 or onnxruntime or compile)
     if onednn is None:
-        onednn = eager_float32_cpu and onednn_available()
+        onednn = eager_float32_cpu and onednn_wins(linear_shapes(model, images=1), what="optimize")
     if onednn and not (eager_float32_cpu and onednn_available()):
         raise ValueError(
             "onednn=True multiplies float32 layers on the CPU through PyTorch's oneDNN: it needs a CPU model, no "

@@ -11,10 +11,18 @@ step at batch 32 1.08x faster. The numbers are float32 sums in another order: lo
 In a training step (``vitkit train`` runs its larger CPU forward passes in :class:`OneDnnProducts`; the model is
 left as it is) the backward pass's product for the input's gradient runs in oneDNN too; the one for the weight's
 gradient stays with ``torch.mm``: its operands are transposed, and oneDNN was slower on them here.
+
+Whether oneDNN is faster depends on the CPU: on a 2-core Intel Xeon with AVX-512 the same products ran 0.93x to
+1.11x MKL's speed. So unless told (``optimize(onednn=True/False)``, ``--cpu-kernels on``), the choice is made at run
+time by :func:`onednn_wins`: both products timed once on the model's own shapes, oneDNN taken only where it wins by
+a margin (:data:`ONEDNN_MARGIN`), and the choice logged.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -24,6 +32,14 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from torch.overrides import TorchFunctionMode
 
 from vitkit.model.vit import MLP, VisionTransformer
+
+logger = logging.getLogger(__name__)
+
+# oneDNN is taken where its products take at most this share of F.linear's time: a wash is not worth a second library.
+ONEDNN_MARGIN = 0.9
+TIMED_ROWS = 1024  # products are timed on at most this many rows: a few milliseconds per shape
+Shape = tuple[int, int, int]  # (rows, in_features, out_features) of one linear layer's product
+Timer = Callable[[dict[str, Callable[[], object]]], dict[str, float]]
 
 
 def onednn_available() -> bool:
@@ -56,6 +72,71 @@ class _LinearFunction(torch.autograd.Function):
         grad_weight = grad_rows.t().mm(x.reshape(-1, x.shape[-1])) if needs_weight else None
         grad_bias = grad_rows.sum(dim=0) if ctx.has_bias and needs_bias else None
         return grad_x, grad_weight, grad_bias
+
+
+def interleaved_best_seconds(calls: dict[str, Callable[[], object]], rounds: int = 3) -> dict[str, float]:
+    """The best of ``rounds`` timings of each call, taken in turns after one warm-up call each."""
+    for call in calls.values():
+        call()
+    best = dict.fromkeys(calls, float("inf"))
+    for _ in range(rounds):
+        for label, call in calls.items():
+            start = time.perf_counter()
+            call()
+            best[label] = min(best[label], time.perf_counter() - start)
+    return best
+
+
+class ProductTimings:
+    """Seconds of oneDNN's and of ``F.linear``'s product per shape, each shape timed once (``timer``), then kept."""
+
+    def __init__(self, timer: Timer = interleaved_best_seconds) -> None:
+        self.timer = timer
+        self.seconds: dict[Shape, dict[str, float]] = {}
+
+    def __call__(self, shape: Shape) -> dict[str, float]:
+        key = (min(shape[0], TIMED_ROWS), shape[1], shape[2])
+        if key not in self.seconds:
+            rows, in_features, out_features = key
+            generator = torch.Generator().manual_seed(0)  # the global random stream stays untouched
+            x = torch.randn(rows, in_features, generator=generator)
+            weight = torch.randn(out_features, in_features, generator=generator) / in_features**0.5
+            bias = torch.zeros(out_features)
+            with torch.no_grad():
+                self.seconds[key] = self.timer(
+                    {"onednn": lambda: _product(x, weight, bias), "F.linear": lambda: F.linear(x, weight, bias)}
+                )
+        return self.seconds[key]
+
+
+PRODUCT_TIMINGS = ProductTimings()  # one per process: a shape is timed once
+
+
+def onednn_wins(shapes: Sequence[Shape], timings: ProductTimings = PRODUCT_TIMINGS, what: str = "products") -> bool:
+    """Whether oneDNN multiplies ``shapes`` (each linear product of a forward pass) in at most :data:`ONEDNN_MARGIN`
+    of ``F.linear``'s time, each distinct shape timed once per process; logs the choice. False without oneDNN."""
+    if not onednn_available() or not shapes:
+        return False
+    onednn = sum(timings(shape)["onednn"] for shape in shapes)
+    plain = sum(timings(shape)["F.linear"] for shape in shapes)
+    wins = onednn <= ONEDNN_MARGIN * plain
+    logger.info(
+        "%s: oneDNN's float32 products took %.2f ms against F.linear's %.2f ms (%.2fx): %s", what, onednn * 1e3,
+        plain * 1e3, onednn / plain, "oneDNN" if wins else f"F.linear (oneDNN needs <= {ONEDNN_MARGIN}x)",
+    )  # fmt: skip
+    return wins
+
+
+def linear_shapes(model: nn.Module, images: int) -> list[Shape]:
+    """(rows, in, out) of each ``nn.Linear`` of ``model`` in a forward pass of ``images`` images: the head multiplies
+    one row per image, every other layer one row per token."""
+    config = model.config
+    tokens = images * (config.num_patches + config.num_prefix_tokens)
+    return [
+        (images if module is getattr(model, "head", None) else tokens, module.in_features, module.out_features)
+        for module in model.modules()
+        if isinstance(module, nn.Linear)
+    ]
 
 
 def _applies(x: Tensor, weight: Tensor) -> bool:

@@ -1,6 +1,6 @@
 """Training: the ViT/DeiT recipe, exact resume, metrics and plots, and multi-process (DDP) runs.
 
-``config_from_args``/``TrainConfig`` say what to train, :func:`train` runs it and returns a :class:`TrainResult`;
+``TrainConfig`` says what to train, :func:`train` runs it and returns a :class:`TrainResult`;
 :func:`load_run` gives a finished run's model and settings back. ``config`` holds the settings (no torch),
 ``loop`` the epoch/step loop, ``run`` the run folder. Names are imported on first use (PEP 562), so that the
 command line builds its flags without importing torch.
@@ -13,7 +13,7 @@ from vitkit.lazy import lazy_exports
 # public name -> module that defines it
 _EXPORTS = {
     **dict.fromkeys(
-        ("TrainConfig", "add_train_arguments", "config_from_args", "load_train_config", "read_config_file"),
+        ("TrainConfig", "load_train_config", "read_config_file"),
         "vitkit.training.config",
     ),
     "NonFiniteLossError": "vitkit.training.loop",

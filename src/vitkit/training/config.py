@@ -1,20 +1,18 @@
-"""Every setting of a training run in one dataclass, read from a config file and/or command-line flags.
+"""Every setting of a training run in one dataclass, read from a config file, merged and validated.
 
 The model's architecture and the augmentation are nested settings: ``vit`` holds overrides of the named model's
 :class:`~vitkit.model.ViTConfig` and ``augment`` overrides of the data set's :class:`~vitkit.data.AugmentConfig`.
-Their flags are generated from those two dataclasses (``--pos-embed``, ``--no-class-token``, ``--hflip`` ...), so a
-new architectural choice or augmentation is settable from the command line and config files without code here.
-Config files may nest them (``[vit]`` / ``[augment]`` tables) or write them flat (``depth = 4``), as flags do.
+The command line's flags are generated from these dataclasses (``vitkit.cli.train_flags``), so a new architectural
+choice or augmentation is settable from the command line and config files without code here. Config files may
+nest them (``[vit]`` / ``[augment]`` tables) or write them flat (``depth = 4``), as flags do.
 
 Precedence, lowest first: the dataclass defaults, the run being resumed (``--resume``), the config file
-(``--config``), then the flags the user actually typed; nested settings merge key by key. Flags are registered
-with ``argparse.SUPPRESS`` defaults, so an untyped flag leaves no attribute behind and cannot mask a file value.
+(``--config``), then the flags the user actually typed; nested settings merge key by key (``merge_settings``).
 This module imports no torch: `vitkit --help` builds its flags from it.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -27,14 +25,7 @@ from typing import Any
 
 import yaml
 
-from vitkit.data.augment_config import (
-    AUTO_AUGMENTS,
-    CACHE_CHOICES,
-    INTERPOLATION_NAMES,
-    SOURCES,
-    AugmentConfig,
-    default_augment,
-)
+from vitkit.data.augment_config import CACHE_CHOICES, SOURCES, AugmentConfig, default_augment
 from vitkit.model.config import PATCH_EMBED_CHOICES, POOL_CHOICES, POS_EMBED_CHOICES, Pair, ViTConfig, to_pair
 
 if sys.version_info >= (3, 11):
@@ -44,11 +35,15 @@ else:  # pragma: no cover - Python 3.10
 
 TRAIN_CONFIG_FILE = "train_config.json"
 DEFAULT_MODEL = "vit_digits_stem"
+# Peak learning rates of AdamW: from random weights (the DeiT recipe scaled to small batches), and from trained ones.
+SCRATCH_LR = 1e-3
+FINETUNE_LR = 1e-4
 AMP_CHOICES = ("auto", "bf16", "off")
+CPU_KERNELS_CHOICES = ("auto", "on", "off")  # see vitkit.training.cpu_kernels
 # Settings that may change when a run is resumed without changing what it computes (epochs extends the schedule).
 RESUMABLE_CHANGES = frozenset(
     {"epochs", "workers", "save_every", "tensorboard", "progress", "resume", "out", "name", "download",
-     "device", "data_dir", "deterministic"}
+     "device", "data_dir", "deterministic", "cpu_kernels"}
 )  # fmt: skip
 
 # ViTConfig fields the data decides (size, channels, classes, normalisation); every other one is a `vit` setting.
@@ -58,40 +53,8 @@ AUGMENT_SETTINGS = tuple(f.name for f in dataclasses.fields(AugmentConfig))
 NESTED = {"vit": VIT_SETTINGS, "augment": AUGMENT_SETTINGS}
 # The recipe's stochastic depth: every model trains with it unless told otherwise.
 DEFAULT_VIT: dict[str, Any] = {"drop_path": 0.1}
-# Help of the generated flags (a setting missing here still gets a flag, with a generic help).
-_VIT_HELP = {
-    "patch_size": "patch size, N or HxW",
-    "hidden_dim": "token width",
-    "depth": "number of encoder blocks",
-    "num_heads": "attention heads per block",
-    "mlp_dim": "hidden width of the blocks' MLP",
-    "pos_embed": "position vectors: learned, or fixed 2-D sine-cosine",
-    "pool": "classify from the CLS token, the mean of the patch tokens, or their learned weighted mean (seq: "
-    "sequence pooling, Hassani et al. 2021)",
-    "class_token": "prepend a CLS token (--no-class-token needs --pool mean or seq)",
-    "dropout": "dropout rate",
-    "attention_dropout": "dropout rate of the attention weights",
-    "drop_path": "stochastic depth rate of the last block (rises linearly with depth); recipe default 0.1",
-    "qkv_bias": "biases on the query, key and value projections",
-    "layer_norm_eps": "LayerNorm epsilon",
-    "patch_embed": "patch embedding: the ViT paper's linear projection, or shifted patch tokenization (Lee, Lee and "
-    "Song 2021: each patch also sees half a patch of its neighbours)",
-    "locality_attention": "locality self-attention (Lee, Lee and Song 2021): learned temperature per head, no "
-    "attention of a token to itself",
-    "conv_stem": "3x3 convolutions (GroupNorm, ReLU) before the patches are cut; 0: none",
-}
-_AUGMENT_HELP = {
-    "crop_scale_min": "smallest area fraction of the random resized crop; 1 turns it off",
-    "hflip": "probability of a horizontal flip",
-    "affine_degrees": "random rotation in [-D, D] degrees",
-    "affine_translate": "random shift up to this fraction of the image size",
-    "affine_scale": "random zoom in [1 - S, 1 + S]",
-    "affine_interpolation": "resampling of the random affine",
-    "auto_augment": "automatic augmentation policy",
-    "randaugment_magnitude": "RandAugment magnitude (0-30)",
-    "random_erasing": "probability of random erasing",
-}
-_CHOICES = {"pos_embed": POS_EMBED_CHOICES, "pool": POOL_CHOICES, "patch_embed": PATCH_EMBED_CHOICES}
+# Settings of the model given by name: checked here, offered as choices by the flags.
+VIT_CHOICES = {"pos_embed": POS_EMBED_CHOICES, "pool": POOL_CHOICES, "patch_embed": PATCH_EMBED_CHOICES}
 
 
 def _flag(default: Any, help: str, **argparse_options: Any) -> Any:
@@ -112,7 +75,10 @@ class TrainConfig:
     )
     download: bool = _flag(False, "let torchvision download --dataset into --data-dir")
     val_fraction: float = _flag(0.1, "held-out fraction of an image folder without val/")
-    image_size: Pair | None = _flag(None, "training image size, N or HxW; default: the data set's", metavar="SIZE")
+    image_size: Pair | None = _flag(
+        None, f"training image size, N or HxW; default: that of --model or --init-from ({DEFAULT_MODEL}, the default "
+        "model, takes the data set's)", metavar="SIZE",
+    )  # fmt: skip
     workers: int = _flag(0, "data-loading worker processes (also decode an image folder for --cache)")
     cache: str = _flag(
         "auto", "keep the decoded images in memory (no file reads after the first pass; whole-batch augmentation): "
@@ -131,11 +97,17 @@ class TrainConfig:
         "fine-tune from these weights (run folder or .safetensors): new head, resized position embeddings as needed",
         metavar="RUN_DIR_OR_FILE",
     )
+    keep_preprocessing: bool = _flag(
+        True, "with --init-from: keep the source's mean, std, interpolation and crop fraction "
+        "(--no-keep-preprocessing: normalise with the data's statistics)",
+    )  # fmt: skip
     # --- optimisation
     epochs: int = _flag(40, "passes over the training set")
     batch_size: int = _flag(64, "images per forward pass over all processes (split evenly between them)")
     accum_steps: int = _flag(1, "forward passes per optimizer step (gradient accumulation)")
-    lr: float = _flag(1e-3, "peak learning rate of AdamW")
+    lr: float | None = _flag(
+        None, f"peak learning rate of AdamW; default: {SCRATCH_LR:g}, or {FINETUNE_LR:g} when fine-tuning (--init-from)"
+    )
     min_lr: float = _flag(1e-5, "learning rate at the end of the cosine decay")
     warmup_epochs: float = _flag(5.0, "epochs of linear learning-rate warm-up (at most half the run)")
     weight_decay: float = _flag(0.05, "AdamW weight decay (not on norms, biases, position embeddings, CLS token)")
@@ -155,6 +127,10 @@ class TrainConfig:
     seed: int = _flag(0, "seed of the data split, the initial weights, the data order and the augmentation")
     amp: str = _flag("auto", "bf16 autocast: auto (on CUDA), bf16 (also on the CPU) or off", choices=AMP_CHOICES)
     device: str = _flag("auto", "auto (cuda if available), cpu, cuda, cuda:N")
+    cpu_kernels: str = _flag(
+        "auto", "CPU training kernels (oneDNN products where they are faster, GELU outputs recomputed in the backward "
+        "pass): auto (from a forward-pass size up), on, off", choices=CPU_KERNELS_CHOICES,
+    )  # fmt: skip
     deterministic: bool = _flag(True, "use deterministic algorithms (torch.use_deterministic_algorithms)")
     # --- the run folder
     out: str | None = _flag(None, "run folder; default: runs/NAME", metavar="DIR")
@@ -173,6 +149,8 @@ class TrainConfig:
         self.augment = _coerce_nested("augment", self.augment, AUGMENT_SETTINGS, typing.get_type_hints(AugmentConfig))
         if self.dataset is None:
             self.dataset = "folder" if self.data_dir is not None else "digits"
+        if self.lr is None:  # weights that already see well move little: fine-tuning starts 10x lower
+            self.lr = FINETUNE_LR if self.init_from is not None else SCRATCH_LR
         self._check()
 
     def _check(self) -> None:
@@ -180,7 +158,9 @@ class TrainConfig:
             if not ok:
                 raise ValueError(f"{name}={getattr(self, name)!r} is invalid: expected {expected}")
 
-        for name, choices in (("dataset", SOURCES), ("amp", AMP_CHOICES), ("cache", CACHE_CHOICES)):
+        for name, choices in (
+            ("dataset", SOURCES), ("amp", AMP_CHOICES), ("cache", CACHE_CHOICES), ("cpu_kernels", CPU_KERNELS_CHOICES),
+        ):  # fmt: skip
             need(getattr(self, name) in choices, name, f"one of {list(choices)}")
         for name in ("epochs", "batch_size", "accum_steps"):
             need(getattr(self, name) >= 1, name, "an integer >= 1")
@@ -193,7 +173,7 @@ class TrainConfig:
         for name in ("label_smoothing", "ema_decay"):
             need(0 <= getattr(self, name) < 1, name, "a number in [0, 1)")
         need(0 < self.val_fraction < 1, "val_fraction", "a fraction in (0, 1)")
-        for name, choices in _CHOICES.items():
+        for name, choices in VIT_CHOICES.items():
             if name in self.vit and self.vit[name] not in choices:
                 raise ValueError(f"vit.{name}={self.vit[name]!r} is invalid: expected one of {list(choices)}")
         for name in ("dropout", "attention_dropout", "drop_path"):
@@ -220,7 +200,7 @@ class TrainConfig:
 
         Nested settings missing from ``data`` keep their defaults (the recipe's drop_path).
         """
-        return cls(**merge_settings(_defaults(), _check_keys(data, source)))
+        return cls(**merge_settings(default_settings(), _check_keys(data, source)))
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> TrainConfig:
@@ -241,7 +221,8 @@ class TrainConfig:
         return self.model or DEFAULT_MODEL
 
 
-def _defaults() -> dict[str, Any]:
+def default_settings() -> dict[str, Any]:
+    """The nested settings' defaults: the recipe's ``vit`` overrides, no ``augment`` overrides."""
     return {"vit": dict(DEFAULT_VIT), "augment": {}}
 
 
@@ -354,83 +335,3 @@ def load_train_config(run_dir: str | os.PathLike) -> TrainConfig:
     saved = read_json(path)
     saved.pop("nproc", None)  # recorded by vitkit 0.1, whose library started the processes itself
     return TrainConfig.from_dict(saved, str(path))
-
-
-# --- command line ---------------------------------------------------------------------------------
-
-
-def _parse_size(text: str) -> Pair:
-    """argparse type for sizes: ``28`` or ``28x32`` (height x width)."""
-    parts = text.lower().replace(",", "x").split("x")
-    try:
-        return to_pair(tuple(int(part) for part in parts) if len(parts) > 1 else int(parts[0]), "size")
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a size such as 28 or 28x32, got {text!r}") from None
-
-
-def _add_flag(
-    parser: argparse._ActionsContainer, name: str, dest: str, hint: Any, help_text: str, **options: Any
-) -> None:
-    """One flag for a setting of type ``hint``: booleans get --x / --no-x, sizes N or HxW."""
-    flag = "--" + name.replace("_", "-")
-    kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    kind = next(k for k in kinds if k is not type(None))
-    if kind is bool:
-        parser.add_argument(
-            flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
-        )
-        return
-    parse = _parse_size if typing.get_origin(kind) is tuple else kind
-    if parse not in (_parse_size, int, float, str):
-        return  # a setting no flag can spell (a list): config files only
-    if "choices" not in options and "metavar" not in options:
-        options["metavar"] = {_parse_size: "SIZE", int: "N", float: "X", str: "TEXT"}[parse]
-    parser.add_argument(flag, dest=dest, type=parse, default=argparse.SUPPRESS, help=help_text, **options)
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register ``--config``, one flag per :class:`TrainConfig` field and one per ``vit`` / ``augment`` setting."""
-    parser.add_argument(
-        "--config", metavar="FILE", default=argparse.SUPPRESS,
-        help="TOML, YAML or JSON file of settings (field names as keys); flags given here override it",
-    )  # fmt: skip
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in NESTED:
-            continue
-        options = dict(f.metadata)
-        help_text = options.pop("help")
-        if f.default is not None:
-            help_text += f" (default: {f.default})"
-        _add_flag(parser, f.name, f.name, hints[f.name], help_text, **options)
-    vit_hints = typing.get_type_hints(ViTConfig)
-    group = parser.add_argument_group("model (overrides of the model's ViTConfig; default: the model's)")
-    for name in VIT_SETTINGS:
-        help_text = _VIT_HELP.get(name, f"ViTConfig.{name}")
-        choices = {"choices": _CHOICES[name]} if name in _CHOICES else {}
-        _add_flag(group, name, f"vit.{name}", vit_hints[name], help_text, **choices)
-    augment_hints = typing.get_type_hints(AugmentConfig)
-    group = parser.add_argument_group("augmentation (default: the data set's, see vitkit.data.default_augment)")
-    for name in AUGMENT_SETTINGS:
-        choices = {"auto_augment": AUTO_AUGMENTS, "affine_interpolation": INTERPOLATION_NAMES}.get(name)
-        options = {"choices": choices} if choices else {}
-        _add_flag(group, name, f"augment.{name}", augment_hints[name], _AUGMENT_HELP.get(name, name), **options)
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The resolved config: defaults < resumed run's config < ``--config`` file < flags typed on the command line."""
-    typed: dict[str, Any] = {name: {} for name in NESTED}
-    for dest, value in vars(args).items():
-        table, _, key = dest.rpartition(".")
-        if table in NESTED:
-            typed[table][key] = value
-        elif dest in {f.name for f in dataclasses.fields(TrainConfig)}:
-            typed[dest] = value
-    config_file = getattr(args, "config", None)
-    from_file = read_config_file(config_file) if config_file else {}
-    resume = typed.get("resume", from_file.get("resume"))
-    values = load_train_config(resume).to_dict() if resume else _defaults()
-    values = merge_settings(merge_settings(values, from_file), typed)
-    if resume:
-        values["resume"] = resume
-    return TrainConfig(**values)

@@ -32,14 +32,13 @@ from tqdm.auto import tqdm
 from vitkit.data import DataBundle, build_batch_mixer
 from vitkit.evaluation import tally
 from vitkit.model import VisionTransformer
-from vitkit.optimize.onednn import OneDnnProducts, onednn_available
 from vitkit.training import distributed
 from vitkit.training.checkpoint import LAST_WEIGHTS, load_checkpoint, save_best, save_checkpoint
 from vitkit.training.config import TrainConfig
+from vitkit.training.cpu_kernels import choose as choose_cpu_kernels
 from vitkit.training.distributed import DistContext
 from vitkit.training.interrupts import DataWorkerError, TrainingInterrupted, is_worker_death, stop_on_ctrl_c
 from vitkit.training.loaders import Loaders
-from vitkit.training.memory import recompute_gelu_outputs
 from vitkit.training.metrics import MetricsLog
 from vitkit.training.optim import build_optimizer, build_scheduler, lr_factor
 
@@ -72,36 +71,6 @@ def ema_with_warmup(decay: float) -> Callable[[list[Tensor], list[Tensor], Tenso
         torch._foreach_lerp_(ema_params, params, 1.0 - min(decay, (1 + n) / (10 + n)))
 
     return update
-
-
-# The smallest forward pass (images x tokens x width) whose products the trainer sends to oneDNN and whose GELU
-# outputs it recomputes: below it the Python around each operator costs more than they save. Measured on this
-# project's 2-core CPU, one training step with against without: vit_digits_stem at batch 64 (104,448) 0.91x,
-# ViT-Ti/16 batch 8 (302,592) 0.98x, ViT-S/16 batch 8 (605,184) 1.04x, ViT-Ti/16 batch 32 1.06x, ViT-S/16 batch 32
-# 1.06x to 1.08x.
-FAST_FORWARD_MIN_WORK = 500_000
-
-
-@contextlib.contextmanager
-def training_forward(device: torch.device, work: int) -> Iterator[None]:
-    """What a training forward pass of ``work`` (images x tokens x width) runs in; the model stays as it is.
-
-    On the CPU, from :data:`FAST_FORWARD_MIN_WORK` up: linear layers multiplied by oneDNN
-    (:mod:`vitkit.optimize.onednn`) and GELU outputs recomputed in the backward pass instead of kept
-    (:mod:`vitkit.training.memory`). Not on a GPU: measured on an H100 (ViT-B/16, batch 128), the recomputation
-    cost 6 % of the bf16 autocast step's speed (0.7 % in float32) for 17 % less memory; on the CPU it cost nothing.
-    """
-    if device.type != "cpu" or work < FAST_FORWARD_MIN_WORK:
-        yield
-        return
-    products = OneDnnProducts() if onednn_available() else contextlib.nullcontext()
-    with products, recompute_gelu_outputs():
-        yield
-
-
-def forward_work(model: VisionTransformer, images: int) -> int:
-    """images x tokens x width: the size of a forward pass's linear products, for :func:`training_forward`."""
-    return images * (model.config.num_patches + model.config.num_prefix_tokens) * model.config.hidden_dim
 
 
 def use_bf16(amp: str, device: torch.device) -> bool:
@@ -148,6 +117,7 @@ class Trainer:
             else None
         )
         self.bf16 = use_bf16(config.amp, device)
+        self.cpu_kernels = choose_cpu_kernels(config.cpu_kernels, device, model, config.batch_size)
         self.mixer = (
             build_batch_mixer(config.mixup, config.cutmix, data.num_classes) if config.mixup or config.cutmix else None
         )
@@ -206,6 +176,7 @@ class Trainer:
                 len(self.data.val), self.data.val_name, "x".join(map(str, self.data.image_size)), config.epochs,
                 self.steps_per_epoch, self.device, " bf16" if self.bf16 else "", self.ctx.world_size, self.run_dir,
             )  # fmt: skip
+            logger.info("CPU kernels: %s", self.cpu_kernels.describe())
             if self.step:
                 logger.info("resuming at epoch %d, step %d", self.epoch + 1, self.step)
         with stop_on_ctrl_c() as self.ctrl_c_pressed:
@@ -292,8 +263,7 @@ class Trainer:
         # Gradients are all-reduced between processes only on the last micro-batch of an optimizer step.
         no_sync = self.ddp.no_sync() if self.ddp is not None and not sync else contextlib.nullcontext()
         with no_sync:
-            fast = training_forward(self.device, forward_work(self.model, images.shape[0]))
-            with fast, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            with self.cpu_kernels.forward(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 logits = network(images)
             loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.config.label_smoothing)
             (loss / self.config.accum_steps).backward()
@@ -370,7 +340,7 @@ class Trainer:
 
     def _evaluate(self, module: nn.Module) -> tuple[float, float]:
         """(loss, accuracy) on the validation set; each process takes its share, the sums are all-reduced."""
-        with training_forward(self.device, forward_work(self.model, self.loaders.val_batch)):
+        with self.cpu_kernels.forward():
             sums = tally(module, self.loaders.val(), self.data.num_classes, self.device, k=1, bf16=self.bf16)
         loss, correct, count = distributed.all_reduce_sum(
             torch.stack([sums.loss, sums.correct.double(), sums.count.double()]).tolist(), self.ctx, self.device

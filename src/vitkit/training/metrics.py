@@ -10,11 +10,12 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Any
 
 from vitkit.io import atomic_path
+
+if TYPE_CHECKING:  # matplotlib loads when the first plot is drawn, not when training starts
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +127,8 @@ class MetricsLog:
 
 
 def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Any]:
+    from matplotlib.figure import Figure
+
     # A bare Figure (no pyplot): no global state and no GUI backend, only the Agg canvas savefig needs.
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()

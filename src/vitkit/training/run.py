@@ -8,9 +8,11 @@ pair (``last.safetensors`` + ``last_state.pt``), ``best.safetensors``, the metri
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +22,15 @@ import torch
 from vitkit.data import DataBundle, build_data
 from vitkit.io import load_safetensors, write_json
 from vitkit.model import VisionTransformer, ViTConfig, get_config
-from vitkit.model.weights import WEIGHTS_FILE
+from vitkit.model.weights import CONFIG_FILE, WEIGHTS_FILE
 from vitkit.training import distributed
 from vitkit.training.checkpoint import LAST_STATE, LAST_WEIGHTS, find_init_weights
 from vitkit.training.config import (
+    DEFAULT_MODEL,
+    FINETUNE_LR,
     RESUMABLE_CHANGES,
     TRAIN_CONFIG_FILE,
+    VIT_SETTINGS,
     TrainConfig,
     check_batch_split,
     load_train_config,
@@ -58,8 +63,14 @@ class TrainResult:
 # --- what a run trains ----------------------------------------------------------------------------
 
 
-def build_run_data(config: TrainConfig, channels: int | None = None) -> DataBundle:
-    """The data a run trains and validates on: the same call rebuilds a run's held-out split from its config."""
+def build_run_data(
+    config: TrainConfig, channels: int | None = None, preprocessing: ViTConfig | None = None
+) -> DataBundle:
+    """The data a run trains and validates on: the same call rebuilds a run's held-out split from its config.
+
+    ``preprocessing`` (a model's config) sets the normalisation and evaluation resize instead of the data's own:
+    fine-tuning passes its source's, and rebuilding a finished run's split passes the run's model's.
+    """
     return build_data(
         config.dataset,
         data_dir=config.data_dir,
@@ -72,6 +83,7 @@ def build_run_data(config: TrainConfig, channels: int | None = None) -> DataBund
         cache=config.cache,
         workers=config.workers,
         skip_bad_files=config.skip_bad_files,
+        preprocessing=preprocessing,
     )
 
 
@@ -79,6 +91,17 @@ def build_model(config: TrainConfig, data: DataBundle, init_config: ViTConfig | 
     """The architecture of ``config.model`` (else of the fine-tuning source, else vit_digits_stem) with the run's
     ``vit`` overrides, fitted to the data (size, channels, classes, normalisation)."""
     base = init_config if config.model is None and init_config is not None else get_config(config.model_name)
+    if config.image_size is None:  # the data's size: it must still cut into whole patches
+        patch = config.vit.get("patch_size", base.patch_size)
+        if any(side % p for side, p in zip(data.image_size, patch)):
+            near = "x".join(str(max(p, side // p * p)) for side, p in zip(data.image_size, patch))
+            origin = "the median shorter side of its images" if data.source == "folder" else "its images' size"
+            larger = ", the patch is larger than the image" if any(p > s for s, p in zip(data.image_size, patch)) else ""
+            raise ValueError(
+                f"the {data.source} data's image size {data.image_size[0]}x{data.image_size[1]} ({origin}) is not a "
+                f"multiple of patch_size {patch[0]}x{patch[1]}{larger}: pass --image-size {near}, or name a model "
+                "with a fixed size (--model)"
+            )
     return VisionTransformer(
         base.replace(
             **config.vit, image_size=data.image_size, in_channels=data.in_channels, num_classes=data.num_classes,
@@ -90,13 +113,74 @@ def build_model(config: TrainConfig, data: DataBundle, init_config: ViTConfig | 
 # --- the run folder -------------------------------------------------------------------------------
 
 
+# ViTConfig fields that say how a model's images are prepared rather than what the model computes.
+PREPROCESSING_SETTINGS = ("interpolation", "crop_pct", "crop_mode")
+
+
+def _from_source(config: TrainConfig, new_run: bool) -> TrainConfig:
+    """Fine-tuning: the source's architecture (unless --model names one), its preprocessing (unless told not to keep
+    it) and, for a new run, its image size (unless --image-size), all recorded so that train_config.json says what
+    is trained."""
+    _, source = find_init_weights(config.init_from)
+    if source is None:  # bare weights: the architecture is --model's, the rest the data's
+        return config
+    taken = (PREPROCESSING_SETTINGS if config.keep_preprocessing else ()) + (
+        tuple(name for name in VIT_SETTINGS if name not in PREPROCESSING_SETTINGS) if config.model is None else ()
+    )
+    config = config.replace(vit={**{k: v for k, v in source.to_dict().items() if k in taken}, **config.vit})
+    if not new_run:
+        return config
+    kept = (
+        f"; its preprocessing: {source.interpolation} resize, crop_pct {source.crop_pct:g}, mean "
+        f"{_rounded(source.mean)}, std {_rounded(source.std)} (--no-keep-preprocessing: the data's)"
+    )
+    logger.info(
+        "fine-tuning from %s: %s, lr %g (%s), %g warm-up epochs%s", config.init_from,
+        "its architecture" if config.model is None else f"architecture {config.model}", config.lr,
+        "fine-tuning default; --lr to change" if config.lr == FINETUNE_LR else "--lr", config.warmup_epochs,
+        kept if config.keep_preprocessing else "",
+    )  # fmt: skip
+    if config.image_size is not None:
+        return config
+    logger.info("image size %dx%d: that of %s (--image-size to change)", *source.image_size, config.init_from)
+    return config.replace(image_size=source.image_size)
+
+
+def _rounded(values: tuple[float, ...] | None) -> list[float] | None:
+    return None if values is None else [round(v, 4) for v in values]
+
+
+def resolve_settings(config: TrainConfig, new_run: bool = True) -> TrainConfig:
+    """What a run trains, decided before any data is read and recorded in train_config.json: the model (its name,
+    or the fine-tuning source's architecture), the augmentation (the data set's default with the run's overrides)
+    and, for a new run, the image size (the model's unless --image-size; the default model takes the data's).
+
+    Resolving a resolved config changes nothing, so every process of a run, and its resumption, agree.
+    """
+    if config.init_from is not None:
+        config = _from_source(config, new_run)
+    elif config.model is None:
+        config = config.replace(model=config.model_name)  # train_config.json names the model actually trained
+    if new_run and config.image_size is None and config.model is not None and config.model != DEFAULT_MODEL:
+        size = get_config(config.model).image_size
+        logger.info("image size %dx%d: that of %s (--image-size to change)", *size, config.model)
+        config = config.replace(image_size=size)
+    return config.replace(augment=config.augmentation().to_dict())
+
+
 def prepare_config(config: TrainConfig) -> TrainConfig:
-    """The settings with the run folder and model resolved, as ``train_config.json`` records them.
+    """The settings with the run folder, model, image size and augmentation resolved, as ``train_config.json``
+    records them; a resumed run takes its image size from there (folders written before the size was recorded
+    keep the data's).
 
     The command line calls it before starting several processes, so that all of them use one folder.
     """
-    if config.model is None and config.init_from is None:
-        config = config.replace(model=config.model_name)  # train_config.json names the model actually trained
+    if config.resume is not None:
+        if config.image_size is None:
+            config = config.replace(image_size=load_train_config(config.resume).image_size)
+        config = resolve_settings(config, new_run=False)
+    else:
+        config = resolve_settings(config)
     if config.resume is not None:
         run_dir = Path(config.resume)
     elif config.out is not None:
@@ -117,7 +201,7 @@ def check_run_dir(config: TrainConfig) -> None:
                 "or choose another --out / --name"
             )
         return
-    saved = load_train_config(run_dir).to_dict()
+    saved = resolve_settings(load_train_config(run_dir), new_run=False).to_dict()  # as prepare_config resolves
     now = config.to_dict()
     changed = [
         f"{key} {saved[key]!r} -> {now[key]!r}"
@@ -143,6 +227,7 @@ def train(
     ctx = distributed.context_from_env()
     config = prepare_config(config)
     run_dir = Path(config.out)
+    new_run = config.resume is None
     if ctx.is_main:
         check_run_dir(config)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -159,23 +244,71 @@ def train(
     finished = False
     try:
         with determinism(config.deterministic, device), distributed.only_main_logs(ctx):
-            init_weights, init_config = find_init_weights(config.init_from) if config.init_from else (None, None)
-            torch.manual_seed(config.seed)
-            data = build_run_data(config, channels=init_config.in_channels if init_config else None)
-            model = build_model(config, data, init_config).to(device)
-            if init_weights is not None and config.resume is None:
-                logger.info("fine-tuning from %s", init_weights)
-                source_grid = init_config.grid_size if init_config else None
-                model.load_weights(load_safetensors(init_weights), source_grid=source_grid, strict_head=False)
-            trainer = Trainer(config, run_dir, ctx, device, data, model)
-            if ctx.is_main:
-                model.save_config(run_dir)
+            with _removed_on_failure(run_dir if new_run and ctx.is_main else None):
+                trainer = _set_up(config, run_dir, ctx, device)
             history, final = trainer.fit(on_epoch_end, on_step_end)
         finished = True
         return TrainResult(run_dir, history, final)
     finally:
         if owns_group:
             distributed.destroy_process_group(barrier=finished)
+
+
+def _set_up(config: TrainConfig, run_dir: Path, ctx: distributed.DistContext, device: torch.device) -> Trainer:
+    """Everything before the first step: the data, the model (and the weights it starts from), the trainer."""
+    init_weights, init_config = find_init_weights(config.init_from) if config.init_from else (None, None)
+    torch.manual_seed(config.seed)
+    keep = init_config if init_config is not None and config.keep_preprocessing else None
+    data = build_run_data(config, channels=init_config.in_channels if init_config else None, preprocessing=keep)
+    if config.image_size is None:
+        logger.info(
+            "image size %dx%d: the data's (for an image folder, the median shorter side of its images), which the "
+            "default model %s takes; --image-size or --model to change", *data.image_size, DEFAULT_MODEL,
+        )  # fmt: skip
+    model = build_model(config, data, init_config).to(device)
+    if init_weights is not None and config.resume is None:
+        source_grid = init_config.grid_size if init_config else None
+        model.load_weights(load_safetensors(init_weights), source_grid=source_grid, strict_head=False)
+    trainer = Trainer(config, run_dir, ctx, device, data, model)
+    _warn_unused_images(len(data.train), trainer.steps_per_epoch, config, ctx.world_size)
+    if ctx.is_main:
+        model.save_config(run_dir)
+    return trainer
+
+
+UNUSED_SHARE_WARNED = 0.05  # the whole batches of an epoch leaving out more than this share of the images: warn
+
+
+def _warn_unused_images(images: int, steps: int, config: TrainConfig, processes: int) -> None:
+    """Each epoch trains on whole batches only (so that any number of processes computes the same steps): say when
+    that leaves out a noticeable share of a small training set, and which batch size would not."""
+    per_step = config.batch_size * config.accum_steps
+    unused = images - steps * per_step
+    if unused <= UNUSED_SHARE_WARNED * images:
+        return
+    candidates = [size for size in range(config.batch_size, 0, -1) if size % processes == 0]
+    best = min(candidates, key=lambda size: images % (size * config.accum_steps))  # the largest of the best
+    logger.warning(
+        "%d training images in whole batches of %d: %d step(s) per epoch leave %d images (%.0f%%) out of each "
+        "epoch (different ones each epoch); --batch-size %d uses %s",
+        images, per_step, steps, unused, 100 * unused / images, best,
+        "all of them" if images % (best * config.accum_steps) == 0 else
+        f"all but {images % (best * config.accum_steps)}",
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _removed_on_failure(run_dir: Path | None) -> Iterator[None]:
+    """A new run that fails before its first step leaves no run folder behind (nothing in it could be resumed)."""
+    try:
+        yield
+    except BaseException:
+        if run_dir is not None:
+            for name in (TRAIN_CONFIG_FILE, CONFIG_FILE):
+                (run_dir / name).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a folder that holds anything else stays
+                run_dir.rmdir()
+        raise
 
 
 def load_run(run_dir: str | os.PathLike) -> tuple[VisionTransformer, TrainConfig]:
