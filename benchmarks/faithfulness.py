@@ -7,7 +7,9 @@ attribution, and each map's gain over the random order with its standard error (
 same architecture with random weights is scored too: a faithful score must not credit a map of an untrained
 model. Writes benchmarks/results/faithfulness.json; the docs' table is generated from it.
 
-    python benchmarks/faithfulness.py [--digits-run RUN] [--shapes [--shapes-run RUN]] [--max-images 400]
+    python benchmarks/faithfulness.py [--digits-run RUN] [--shapes [--shapes-run RUN]] [--no-digits] [--max-images 400]
+
+The rows of models not scored in a run (``--no-digits``, or no ``--shapes``) are kept from the existing file.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("runs/faithfulness"), help="folder for the runs")
     parser.add_argument("--digits-run", type=Path, help="a digits run of the default `vitkit train` to reuse")
+    parser.add_argument("--no-digits", action="store_true", help="leave the digits model's rows as they are")
     parser.add_argument("--shapes", action="store_true", help="also train and score ViT-Ti/16 on the shapes folder")
     parser.add_argument("--shapes-run", type=Path, help="a shapes run to reuse")
     parser.add_argument("--max-images", type=int, default=400, help="held-out images per model (default: 400)")
@@ -81,9 +84,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     start = time.perf_counter()
-    runs = [
-        ("vit_digits_stem on the digits (default `vitkit train`)", args.digits_run or train(args.work / "digits", []))
-    ]
+    runs = []
+    if not args.no_digits:
+        runs.append(
+            (
+                "vit_digits_stem on the digits (default `vitkit train`)",
+                args.digits_run or train(args.work / "digits", []),
+            )
+        )
     if args.shapes:
         if args.shapes_run is None:
             from make_shapes_folder import write_folder
@@ -93,7 +101,9 @@ def main() -> None:
                 write_folder(folder / "train", size=64, per_class=150, seed=0)
         shapes = args.shapes_run or train(args.work / "shapes-run", ["--data-dir", str(folder), *SHAPES_TRAINING])
         runs.append(("ViT-Ti/16 at 64 px on the shapes folder", shapes))
-    rows = []
+    scored = {label for label, _ in runs}
+    kept = json.loads(args.out.read_text())["results"] if args.out.is_file() else []
+    rows = [row for row in kept if row["model"] not in scored]
     for label, run in runs:
         model = from_pretrained(run).eval()
         images = held_out_images(run, model, args.max_images)
