@@ -26,7 +26,6 @@ import torch
 
 from vitkit import VisionTransformer, training
 from vitkit.explain.faithfulness import RANDOM_ORDER, compare_methods
-from vitkit.model.weights import from_pretrained
 
 RESULTS = Path(__file__).parent / "results" / "faithfulness.json"
 SHAPES_TRAINING = ["--model", "vit_tiny_patch16_224", "--image-size", "64", "--val-fraction", "0.15",
@@ -105,7 +104,7 @@ def main() -> None:
     kept = json.loads(args.out.read_text())["results"] if args.out.is_file() else []
     rows = [row for row in kept if row["model"] not in scored]
     for label, run in runs:
-        model = from_pretrained(run).eval()
+        model = VisionTransformer.from_pretrained(run).eval()
         images = held_out_images(run, model, args.max_images)
         for baseline in args.baselines:
             rows += score(model, images, label, "trained", baseline)
