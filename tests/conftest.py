@@ -61,3 +61,13 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The folder indexes the tests build go to a folder of their own, not to the user's cache (VITKIT_CACHE_DIR);
+    subprocesses inherit it."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("VITKIT_CACHE_DIR", str(tmp_path_factory.mktemp("vitkit-cache")))
+    yield
+    patch.undo()

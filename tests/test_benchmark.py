@@ -39,7 +39,11 @@ def test_a_subset_of_rows_is_compared_with_its_own_fastest_peer() -> None:
     assert [row.ratio_to_fastest_peer for row in whole.rows] == [0.5, 0.25, 1.0]
     subset = report.with_peer_ratios(comparison, ["vitkit", "timm"])
     assert [(row.label, row.ratio_to_fastest_peer) for row in subset.rows] == [("vitkit", 2.0), ("timm", 1.0)]
-    assert [row.ratio_to_fastest_peer for row in comparison.rows] == [None, None, None]  # the original is left as it was
+    assert [row.ratio_to_fastest_peer for row in comparison.rows] == [
+        None,
+        None,
+        None,
+    ]  # the original is left as it was
 
 
 def test_each_round_starts_with_another_entry() -> None:

@@ -268,3 +268,38 @@ def test_console_script_and_python_m(tmp_path: Path) -> None:
     )
     assert failed.returncode == 2
     assert failed.stderr.startswith("vitkit: error: run folder not found") and "Traceback" not in failed.stderr
+
+
+def test_train_builds_a_multi_node_torchrun_command_that_torchrun_reads_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch.distributed.run import config_from_args, get_args_parser
+
+    from vitkit.cli.train import torchrun_command
+
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))  # torchrun's reading sets it
+
+    argv = ["train", "--nnodes", "2:4", "--node-rank", "1", "--rdzv-endpoint", "node0:29400", "--max-restarts", "3",
+            "--nproc", "8", "--out", "runs/big"]  # fmt: skip
+    command = torchrun_command(cli.build_parser().parse_args(argv), Path("settings.json"), "big")
+    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    launch, script, script_args = config_from_args(get_args_parser().parse_args(command[3:]))
+    assert (launch.min_nodes, launch.max_nodes, launch.nproc_per_node, launch.max_restarts) == (2, 4, 8, 3)
+    assert (launch.rdzv_backend, launch.rdzv_endpoint, launch.run_id) == ("c10d", "node0:29400", "vitkit-big")
+    assert launch.rdzv_configs["is_host"] == "false"  # node 1 joins the store node 0 hosts
+    assert [script, *script_args] == [sys.executable, "-u", "-m", "vitkit", "train", "--config", "settings.json"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--nnodes", "2"], "--nnodes 2 needs --rdzv-endpoint HOST:PORT"),
+        (["--nnodes", "2", "--rdzv-endpoint", "node0"], "--rdzv-endpoint must be HOST:PORT, got 'node0'"),
+        (["--nnodes", "2", "--rdzv-endpoint", "node0:29400"], "needs --out DIR"),
+        (["--nnodes", "3", "--rdzv-endpoint", "node0:29400", "--out", "x", "--batch-size", "64"],
+         "batch_size 64 does not split evenly between 3 processes"),
+    ],
+)  # fmt: skip
+def test_multi_node_settings_that_cannot_work_are_refused_before_anything_starts(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    code, _, err = run_cli(capsys, "train", *argv)
+    assert code != 0 and message in err and "starting" not in err

@@ -9,10 +9,9 @@ from vitkit.io import atomic_path, load_safetensors, read_json, save_safetensors
 def test_atomic_path_keeps_old_file_when_the_write_fails(tmp_path):
     target = tmp_path / "state.json"
     write_json({"epoch": 1}, target)
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half a fi")
-            raise RuntimeError("crash mid-write")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half a fi")
+        raise RuntimeError("crash mid-write")
     assert read_json(target) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temp file left behind
 

@@ -72,7 +72,9 @@ def test_expand_paths_recurses_sorted_and_reports_bad_paths(tmp_path: Path, imag
 
 
 @pytest.mark.parametrize("channels", [1, 3])
-def test_predict_any_mode_and_size_and_report_bad_files(channels: int, images: dict[str, Path], tmp_path: Path, tiny_model: Callable[..., VisionTransformer]) -> None:
+def test_predict_any_mode_and_size_and_report_bad_files(
+    channels: int, images: dict[str, Path], tmp_path: Path, tiny_model: Callable[..., VisionTransformer]
+) -> None:
     model = tiny_model(channels)
     results = list(predict_files(model, [images["folder"], images["text"], tmp_path / "missing.png"], top_k=3))
 
@@ -92,7 +94,9 @@ def test_predict_any_mode_and_size_and_report_bad_files(channels: int, images: d
     assert "no such file" in by_path[tmp_path / "missing.png"]["error"]
 
 
-def test_probabilities_are_the_models_softmax_whatever_the_batching(images: dict[str, Path], tiny_model: Callable[..., VisionTransformer]) -> None:
+def test_probabilities_are_the_models_softmax_whatever_the_batching(
+    images: dict[str, Path], tiny_model: Callable[..., VisionTransformer]
+) -> None:
     model = tiny_model(3)
     paths = [images["rgba"], images["truncated"], images["big"], images["gray"]]
     small_batches = list(predict_files(model, paths, top_k=10, batch_size=1))
@@ -104,7 +108,11 @@ def test_probabilities_are_the_models_softmax_whatever_the_batching(images: dict
 
     config = model.config
     timm_transform = create_transform(
-        config.image_size, interpolation=config.interpolation, crop_pct=config.crop_pct, mean=config.mean, std=config.std
+        config.image_size,
+        interpolation=config.interpolation,
+        crop_pct=config.crop_pct,
+        mean=config.mean,
+        std=config.std,
     )
     for position, name in ((2, "big"), (3, "gray")):
         with Image.open(images[name]) as image, torch.no_grad():
@@ -115,7 +123,9 @@ def test_probabilities_are_the_models_softmax_whatever_the_batching(images: dict
             assert entry["probability"] == pytest.approx(expected[CLASS_NAMES.index(entry["class"])].item(), abs=1e-6)
 
 
-def test_model_without_class_names_or_statistics(images: dict[str, Path], tiny_model: Callable[..., VisionTransformer]) -> None:
+def test_model_without_class_names_or_statistics(
+    images: dict[str, Path], tiny_model: Callable[..., VisionTransformer]
+) -> None:
     model = tiny_model(1, class_names=None, mean=None, std=None)
     model.train()
     (result,) = predict_files(model, [images["gray"]], top_k=1)

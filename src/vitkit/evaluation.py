@@ -7,7 +7,7 @@ distributed run all-reduces them as they are.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +111,8 @@ def evaluate(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if not isinstance(dataset, Sized):
+        raise ValueError(f"evaluation needs a data set with a length, got {type(dataset).__name__}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     bar = tqdm(total=len(dataset), desc="evaluating", unit="img", leave=False, disable=None if progress else True)

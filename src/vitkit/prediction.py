@@ -7,14 +7,19 @@ instead of an exception.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import tarfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import Tensor
 
-from vitkit.data import eval_transform, find_image_files, load_image
+from vitkit.data import decode_image, eval_transform, find_image_files, load_image
+from vitkit.data.augment_config import is_shard_location
+from vitkit.data.shards import read_samples, read_shard_info
 from vitkit.data.sources import FOLDER_EXTENSIONS
 from vitkit.evaluation import class_names_of
 from vitkit.model import VisionTransformer
@@ -41,6 +46,26 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[Path, str
             yield path, f"no such file or folder: {path}"
 
 
+def _images(
+    paths: Iterable[str | os.PathLike], channels: int
+) -> Iterator[tuple[Path | str, Callable[[], Image.Image] | str]]:
+    """(name, image loader or error message) of each image to predict: files, folders, and the samples of shards
+    (named SHARD#KEY; a folder from `vitkit shard` gives all its splits)."""
+    for raw in paths:
+        if not is_shard_location(raw):
+            for path, error in expand_paths([raw]):
+                yield path, error if error is not None else partial(load_image, path, channels)
+            continue
+        try:
+            info, given = read_shard_info(raw)
+            urls = given.urls if given is not None else [url for split in info.splits.values() for url in split.urls]
+            for url in urls:
+                for _, sample in read_samples(url):
+                    yield sample.name, partial(decode_image, sample.image, channels, sample.name)
+        except (ValueError, OSError, tarfile.TarError) as err:
+            yield str(raw), f"cannot read the shards {raw}: {err}"
+
+
 def top_k_classes(logits: Tensor, names: Sequence[str], k: int) -> list[list[dict[str, Any]]]:
     """Per image, the k most probable classes as [{"class": name, "probability": p}, ...], best first."""
     values, indices = logits.float().softmax(dim=1).topk(min(k, logits.shape[1]), dim=1)
@@ -59,7 +84,7 @@ def predict_files(
     batch_size: int = 64,
     device: torch.device | str | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Predict each image in ``paths`` (files or folders), yielding one dict per image in order.
+    """Predict each image in ``paths`` (files, folders or WebDataset shards), yielding one dict per image in order.
 
     A result is {"path": str, "top_k": [{"class": name, "probability": p}, ...]} with the best
     min(top_k, num_classes) classes, or {"path": str, "error": message} for a path that is missing or
@@ -79,7 +104,7 @@ def predict_files(
     was_training = model.training
     model.eval()
 
-    def run(pending: list[tuple[Path, Tensor | str]]) -> Iterator[dict[str, Any]]:
+    def run(pending: list[tuple[Path | str, Tensor | str]]) -> Iterator[dict[str, Any]]:
         images = [item for _, item in pending if isinstance(item, Tensor)]
         if images:
             best = iter(top_k_classes(model(torch.stack(images).to(device)), names, k))
@@ -89,18 +114,18 @@ def predict_files(
             else:
                 yield {"path": str(path), "top_k": next(best)}
 
-    pending: list[tuple[Path, Tensor | str]] = []
+    pending: list[tuple[Path | str, Tensor | str]] = []
     num_images = 0
     try:
-        for path, error in expand_paths(paths):
-            if error is None:
+        for path, image in _images(paths, channels):
+            if isinstance(image, str):
+                pending.append((path, image))
+            else:
                 try:
-                    pending.append((path, transform(load_image(path, channels))))
+                    pending.append((path, transform(image())))
                     num_images += 1
                 except (ValueError, OSError) as err:  # ImageLoadError is a ValueError
                     pending.append((path, str(err)))
-            else:
-                pending.append((path, error))
             if num_images == batch_size:
                 yield from run(pending)
                 pending, num_images = [], 0

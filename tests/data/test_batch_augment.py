@@ -97,7 +97,8 @@ def test_two_processes_and_accumulation_see_the_batches_of_one(digits) -> None:
     one = batches(Loaders(digits, 64, 1, 0, 0, DistContext(), cpu), epoch=1)
     ranks = [batches(Loaders(digits, 64, 1, 0, 0, DistContext(r, r, 2), cpu), epoch=1) for r in (0, 1)]
     for (x, y), (x0, y0), (x1, y1) in zip(one, *ranks, strict=True):
-        assert torch.equal(x[0::2], x0) and torch.equal(x[1::2], x1) and torch.equal(y[0::2], y0)
+        assert torch.equal(x[0::2], x0) and torch.equal(x[1::2], x1)
+        assert torch.equal(y[0::2], y0) and torch.equal(y[1::2], y1)
     halves = batches(Loaders(digits, 32, 2, 0, 0, DistContext(), cpu), epoch=1)
     assert torch.equal(torch.cat([x for x, _ in one]), torch.cat([x for x, _ in halves]))
 

@@ -169,17 +169,24 @@ def test_folder_ignores_hidden_and_non_image_files(tmp_path: Path, image_folder)
     assert bundle.class_names == ["a", "b"] and len(bundle.train) + len(bundle.val) == 6
 
 
-def test_corrupt_image_names_the_file(tmp_path: Path, image_folder) -> None:
+def test_corrupt_image_is_substituted_deterministically_then_named_at_the_next_start(
+    tmp_path: Path, image_folder, caplog
+) -> None:
     image_folder(tmp_path / "train", {"a": 4, "b": 4}, size=(32, 32))
     image_folder(tmp_path / "val", {"a": 1, "b": 1})
     bundle = build_data("folder", data_dir=tmp_path, image_size=8, cache="off")
     broken = tmp_path / "train" / "a" / "0.png"
     assert bundle.train.base.samples[0][0] == str(broken)
     broken.write_bytes(broken.read_bytes()[:-60])  # truncated: the header still reads, the pixels do not
-    with pytest.raises(ImageLoadError, match=str(broken)):
-        bundle.train[0]
-    assert bundle.train[1][0].shape == (3, 8, 8)
-    # build_data decodes every training image before anything else, so it fails early too.
+    # Mid-run: the next sample that decodes, with sample 0's random draws, the same each time; logged and counted.
+    image, label = bundle.train[0]
+    assert label == bundle.train[1][1] and torch.equal(image, bundle.train[0][0])
+    with torch.random.fork_rng():
+        torch.manual_seed(bundle.train.sample_seed(0))
+        assert torch.equal(image, bundle.train.transform(bundle.train.base[1][0]))
+    assert f"cannot read {broken} as an image: truncated" in caplog.text and "substituting" in caplog.text
+    assert bundle.train.substitutions == 2
+    # The next start sees the file changed (size, time), checks it again and finds the missing end.
     for cache in ("on", "off"):
         with pytest.raises(ImageLoadError, match=f"1 bad file.*\n  {broken}: truncated"):
             build_data("folder", data_dir=tmp_path, image_size=8, channels=3, cache=cache)

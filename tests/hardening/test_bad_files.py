@@ -129,12 +129,18 @@ def test_train_and_evaluate_fail_before_starting_with_every_bad_file_or_skip_the
     assert json.loads(out)["num_samples"] == len(GOOD) and f"skipping {len(bad)} bad file(s)" in caplog.text
 
 
-def test_a_file_that_breaks_after_the_check_still_fails_naming_itself(tmp_path) -> None:
+def test_a_file_that_breaks_after_the_check_is_substituted_when_met_and_named(tmp_path, caplog) -> None:
     data, _, _ = _data_folder(tmp_path / "data")
     bundle = build_data("folder", data_dir=data, image_size=8, val_fraction=0.3, skip_bad_files=True, cache="off")
     path = Path(bundle.train.base.dataset.samples[bundle.train.base.indices[0]][0])
-    path.write_bytes(path.read_bytes()[:-30])  # the header still reads, the pixels do not
-    with pytest.raises(ImageLoadError, match=f"cannot read {path} as an image: truncated"):
-        bundle.train[0]
+    damaged = bytearray(path.read_bytes())
+    damaged[60:90] = bytes(30)  # inside the pixel data: the header and the end marker still read
+    path.write_bytes(bytes(damaged))
+    again = build_data("folder", data_dir=data, image_size=8, val_fraction=0.3, skip_bad_files=True, cache="off")
+    assert len(again.train) == len(bundle.train), "the start-up check reads headers and ends: the file passes"
+    image, label = again.train[0]  # met during an epoch: the next sample takes its place, the run goes on
+    assert image.shape == (3, 8, 8) and label == again.train[1][1]
+    assert f"cannot read {path} as an image" in caplog.text and "substituting the next sample" in caplog.text
+    path.write_bytes(path.read_bytes()[:-30])  # cut short: the next start finds it, naming it
     with pytest.raises(BadImageFilesError, match=f"{path}: truncated"):
         build_data("folder", data_dir=data, image_size=8, val_fraction=0.3)

@@ -1,4 +1,5 @@
-"""Random weights everywhere (zero biases would hide a wrong mapping), logit comparisons, an original-ViT .npz writer."""
+"""Random weights everywhere (zero biases would hide a wrong mapping), logit comparisons, an original-ViT .npz
+writer."""
 
 from __future__ import annotations
 

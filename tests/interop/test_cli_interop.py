@@ -19,7 +19,6 @@ from safetensors.torch import save_file
 from vitkit import VisionTransformer, cli
 
 
-
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
     code = cli.main([str(arg) for arg in argv])
     out, err = capsys.readouterr()
@@ -42,9 +41,12 @@ def test_convert_a_timm_file_then_predict_gives_timms_predictions(tmp_path: Path
     peer = randomise(timm.create_model("test_vit", pretrained=False, img_size=32, num_classes=3))
     save_file(peer.state_dict(), tmp_path / "model.safetensors")
     (tmp_path / "config.json").write_text(json.dumps({"architecture": "test_vit", "pretrained_cfg": {
-        "interpolation": "bicubic", "crop_pct": 0.9, "crop_mode": "center", "mean": [0.5] * 3, "std": [0.5] * 3}}))  # fmt: skip
+        "interpolation": "bicubic", "crop_pct": 0.9, "crop_mode": "center",
+        "mean": [0.5] * 3, "std": [0.5] * 3}}))  # fmt: skip
     # Without --model the architecture comes from timm's config.json beside the file, as the hub ships it.
-    code, out, err = run_cli(capsys, "convert", tmp_path / "model.safetensors", "--from", "timm", "--out", tmp_path / "run")
+    code, out, err = run_cli(
+        capsys, "convert", tmp_path / "model.safetensors", "--from", "timm", "--out", tmp_path / "run"
+    )
     assert code == 0, err
     assert "bicubic resize, crop_pct 0.9" in out
     image = photo(tmp_path / "photo.png", seed=0)
@@ -89,7 +91,8 @@ def test_export_onnx_at_a_fixed_size_with_mean_pooling_and_fc_norm(tmp_path: Pat
 
     torch.manual_seed(0)
     model = randomise(VisionTransformer(image_size=(16, 24), patch_size=8, hidden_dim=32, depth=2, num_heads=4,
-                                        mlp_dim=64, num_classes=3, class_token=False, pool="mean", fc_norm=True))  # fmt: skip
+                                        mlp_dim=64, num_classes=3, class_token=False, pool="mean",
+                                        fc_norm=True))  # fmt: skip
     differences = check_onnx(model, export_onnx(model, tmp_path / "vit.onnx"))
     assert set(differences) == {"batch 1", "batch 5"} and max(differences.values()) <= 1e-4
 
@@ -97,7 +100,8 @@ def test_export_onnx_at_a_fixed_size_with_mean_pooling_and_fc_norm(tmp_path: Pat
 def test_export_transformers_and_timm(tmp_path: Path, capsys) -> None:
     torch.manual_seed(0)
     model = randomise(VisionTransformer(image_size=(16, 24), patch_size=8, hidden_dim=32, depth=2, num_heads=4,
-                                        mlp_dim=64, num_classes=3, layer_norm_eps=1e-12, class_names=["a", "b", "c"]))  # fmt: skip
+                                        mlp_dim=64, num_classes=3, layer_norm_eps=1e-12,
+                                        class_names=["a", "b", "c"]))  # fmt: skip
     model.save_pretrained(tmp_path / "run")
     images = random_images(2, 16, 24)
     code, _, _ = run_cli(capsys, "export", tmp_path / "run", "--format", "transformers", "--out", tmp_path / "hf")
@@ -124,7 +128,9 @@ def test_fine_tune_a_converted_transformers_checkpoint(tmp_path: Path, capsys) -
     for split, count in (("train", 12), ("val", 4)):
         for label in ("red", "green"):
             for i in range(count):
-                photo(tmp_path / "photos" / split / label / f"{i}.png", seed=hash((split, label, i)) % 1000, size=(40, 40))
+                photo(
+                    tmp_path / "photos" / split / label / f"{i}.png", seed=hash((split, label, i)) % 1000, size=(40, 40)
+                )
     code, out, err = run_cli(capsys, "train", "--data-dir", tmp_path / "photos", "--init-from", tmp_path / "base",
                              "--image-size", "48", "--epochs", "2", "--batch-size", "8", "--no-tensorboard",
                              "--no-progress", "--out", tmp_path / "tuned")  # fmt: skip
@@ -148,7 +154,8 @@ def test_a_converted_imagenet_timm_model_names_its_classes_and_fine_tunes_keepin
     peer = randomise(timm.create_model("test_vit", pretrained=False, img_size=32, num_classes=1000))
     save_file(peer.state_dict(), tmp_path / "model.safetensors")
     (tmp_path / "config.json").write_text(json.dumps({"architecture": "test_vit", "pretrained_cfg": {
-        "interpolation": "bicubic", "crop_pct": 0.9, "crop_mode": "center", "mean": [0.5] * 3, "std": [0.5] * 3}}))  # fmt: skip
+        "interpolation": "bicubic", "crop_pct": 0.9, "crop_mode": "center",
+        "mean": [0.5] * 3, "std": [0.5] * 3}}))  # fmt: skip
     code, out, err = run_cli(capsys, "convert", tmp_path / "model.safetensors", "--from", "timm", "--out",
                              tmp_path / "in1k")  # fmt: skip
     assert code == 0, err

@@ -59,7 +59,11 @@ def test_a_timm_state_dict_needs_and_uses_the_architecture_name() -> None:
 
 def test_a_state_dict_of_another_architecture_lists_the_bad_keys() -> None:
     peer, _ = make_timm("test-vit")
-    with pytest.raises(ValueError, match=r"timm's vit_tiny_patch16_224: .*mismatched shapes: .*cls_token: weights \(1, 1, 64\) vs model \(1, 1, 192\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"timm's vit_tiny_patch16_224: .*mismatched shapes: "
+        r".*cls_token: weights \(1, 1, 64\) vs model \(1, 1, 192\)",
+    ):
         from_timm(peer.state_dict(), name="vit_tiny_patch16_224")
     truncated = {k: v for k, v in peer.state_dict().items() if not k.startswith("blocks.5.")}
     with pytest.raises(ValueError, match=r"missing keys: \['blocks.5.attn.proj.bias'"):
@@ -67,9 +71,18 @@ def test_a_state_dict_of_another_architecture_lists_the_bad_keys() -> None:
 
 
 def test_unsupported_timm_parts_are_named() -> None:
-    peer = timm.create_model("vit_base_patch16_224", pretrained=False, **SMALL, img_size=32, reg_tokens=4, init_values=1e-5)
+    peer = timm.create_model(
+        "vit_base_patch16_224", pretrained=False, **SMALL, img_size=32, reg_tokens=4, init_values=1e-5
+    )
     with pytest.raises(ValueError, match="register tokens.*LayerScale"):
         from_timm(peer)
+    from timm.models.vision_transformer import ResPostBlock
+
+    post_norm = timm.create_model("vit_base_patch16_224", pretrained=False, **SMALL, img_size=32, block_fn=ResPostBlock)
+    with pytest.raises(ValueError, match="blocks other than timm's pre-norm Block"):
+        from_timm(post_norm)  # same weight names, other logits: refused rather than converted
+    with pytest.raises(ValueError, match="timm's resnet18 is a ResNet, not a VisionTransformer"):
+        from_timm({}, name="resnet18")
 
 
 def test_export_with_another_layer_norm_epsilon_prints_a_working_call() -> None:
@@ -105,4 +118,6 @@ def test_a_training_pass_matches_timms_logits_and_gradients(case: str) -> None:
             grads = torch.cat([getattr(layer, part).grad for layer in (attn.q, attn.k, attn.v)])
             torch.testing.assert_close(grads, getattr(theirs.attn.qkv, part).grad, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(ours.mlp.fc1.weight.grad, theirs.mlp.fc1.weight.grad, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(model.patch_embed.proj.weight.grad, peer.patch_embed.proj.weight.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        model.patch_embed.proj.weight.grad, peer.patch_embed.proj.weight.grad, atol=1e-5, rtol=1e-4
+    )

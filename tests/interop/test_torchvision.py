@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from interop_helpers import TOLERANCE, max_logit_difference, random_images, randomise
 from torchvision.models import vit_b_16
 from torchvision.models.vision_transformer import VisionTransformer as TorchvisionViT
@@ -45,7 +44,11 @@ def test_wrong_torchvision_state_dicts_are_explained() -> None:
     state = TorchvisionViT(image_size=32, **SMALL, num_classes=3).state_dict()
     with pytest.raises(ValueError, match="needs name="):
         from_torchvision(state)
-    with pytest.raises(ValueError, match=r"torchvision's vit_b_16: .*mismatched shapes: .*class_token: weights \(1, 1, 32\) vs model \(1, 1, 768\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"torchvision's vit_b_16: .*mismatched shapes: "
+        r".*class_token: weights \(1, 1, 32\) vs model \(1, 1, 768\)",
+    ):
         from_torchvision(state, name="vit_b_16")
     with pytest.raises(ValueError, match="no model named 'vit_q_99'"):
         from_torchvision(state, name="vit_q_99")

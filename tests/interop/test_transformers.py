@@ -54,7 +54,12 @@ def test_a_saved_folder_loads_with_its_labels_and_preprocessing(tmp_path) -> Non
     model = from_transformers(tmp_path)
     config = model.config
     assert config.class_names == [f"class {i}" for i in range(7)]
-    assert (config.interpolation, config.crop_mode, config.crop_pct, config.mean) == ("bicubic", "squash", 1.0, (0.4,) * 3)
+    assert (config.interpolation, config.crop_mode, config.crop_pct, config.mean) == (
+        "bicubic",
+        "squash",
+        1.0,
+        (0.4,) * 3,
+    )
     assert max_logit_difference(model, peer, random_images(2, 24, 40)) <= TOLERANCE
 
 
@@ -65,8 +70,9 @@ def test_exported_image_processor_does_what_eval_transform_does(tmp_path) -> Non
     from vitkit.data import eval_transform
 
     torch.manual_seed(0)
-    model = VisionTransformer(image_size=32, patch_size=8, hidden_dim=32, depth=1, num_heads=2, mlp_dim=64, num_classes=2,
-                              interpolation="bicubic", crop_pct=0.875, mean=(0.5,) * 3, std=(0.25,) * 3)  # fmt: skip
+    model = VisionTransformer(image_size=32, patch_size=8, hidden_dim=32, depth=1, num_heads=2, mlp_dim=64,
+                              num_classes=2, interpolation="bicubic", crop_pct=0.875, mean=(0.5,) * 3,
+                              std=(0.25,) * 3)  # fmt: skip
     to_transformers(model, tmp_path)
     assert json.loads((tmp_path / "preprocessor_config.json").read_text())["crop_size"] == {"height": 32, "width": 32}
     processor = transformers.AutoImageProcessor.from_pretrained(tmp_path, backend="pil")

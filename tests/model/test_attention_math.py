@@ -9,7 +9,9 @@ from vitkit.model import patchify
 
 def test_multi_head_attention_matches_reference():
     torch.manual_seed(0)
-    model = VisionTransformer(image_size=8, patch_size=2, in_channels=1, num_classes=3, hidden_dim=24, depth=1, num_heads=3, mlp_dim=48)
+    model = VisionTransformer(
+        image_size=8, patch_size=2, in_channels=1, num_classes=3, hidden_dim=24, depth=1, num_heads=3, mlp_dim=48
+    )
     attn = model.blocks[0].attn.eval()
     for layer in (attn.q, attn.k, attn.v, attn.proj):
         torch.nn.init.normal_(layer.bias)  # non-zero biases, so they are checked too
@@ -22,7 +24,9 @@ def test_multi_head_attention_matches_reference():
 
 
 def test_q_k_v_are_three_distinct_learnable_layers():
-    model = VisionTransformer(image_size=8, patch_size=4, in_channels=1, num_classes=2, hidden_dim=16, depth=1, num_heads=2, mlp_dim=32)
+    model = VisionTransformer(
+        image_size=8, patch_size=4, in_channels=1, num_classes=2, hidden_dim=16, depth=1, num_heads=2, mlp_dim=32
+    )
     attn = model.blocks[0].attn
     layers = [attn.q, attn.k, attn.v]
     assert all(isinstance(layer, torch.nn.Linear) for layer in layers)
@@ -33,7 +37,9 @@ def test_q_k_v_are_three_distinct_learnable_layers():
 
 def test_patch_embedding_is_a_linear_projection_of_flattened_patches():
     torch.manual_seed(0)
-    model = VisionTransformer(image_size=(8, 12), patch_size=(4, 2), in_channels=3, num_classes=2, hidden_dim=16, depth=1, num_heads=2, mlp_dim=32)
+    model = VisionTransformer(
+        image_size=(8, 12), patch_size=(4, 2), num_classes=2, hidden_dim=16, depth=1, num_heads=2, mlp_dim=32
+    )  # three channels, the default
     images = torch.randn(2, 3, 8, 12)
     patches = patchify(images, (4, 2))
     assert patches.shape == (2, 2 * 6, 3 * 4 * 2)
@@ -46,7 +52,9 @@ def test_patch_embedding_is_a_linear_projection_of_flattened_patches():
 
 def test_encoder_block_is_pre_norm_with_residuals():
     torch.manual_seed(0)
-    model = VisionTransformer(image_size=8, patch_size=4, in_channels=1, num_classes=2, hidden_dim=16, depth=1, num_heads=2, mlp_dim=32).eval()
+    model = VisionTransformer(
+        image_size=8, patch_size=4, in_channels=1, num_classes=2, hidden_dim=16, depth=1, num_heads=2, mlp_dim=32
+    ).eval()
     block = model.blocks[0]
     x = torch.randn(3, 5, 16)
     after_attention = x + block.attn(block.norm1(x))

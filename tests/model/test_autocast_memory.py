@@ -28,7 +28,9 @@ def saved_bytes(module: nn.Module, x: Tensor) -> int:
 def test_block_keeps_no_more_for_backward_than_timms_fused_qkv_block() -> None:
     config = get_config("vit_tiny_patch16_224")
     ours = EncoderBlock(config, drop_path=0.0)
-    theirs = timm_vit.Block(config.hidden_dim, config.num_heads, mlp_ratio=config.mlp_dim / config.hidden_dim, qkv_bias=True)
+    theirs = timm_vit.Block(
+        config.hidden_dim, config.num_heads, mlp_ratio=config.mlp_dim / config.hidden_dim, qkv_bias=True
+    )
     x = torch.randn(8, 197, config.hidden_dim, requires_grad=True)
     activation = 8 * 197 * config.hidden_dim * 2  # one bf16 (B, N, D) tensor
     ours_bytes, theirs_bytes = saved_bytes(ours, x), saved_bytes(theirs, x)

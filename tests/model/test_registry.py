@@ -15,6 +15,8 @@ PUBLISHED = {
     "vit_large_patch16_224": 304_326_632,
     "vit_large_patch32_224": 306_535_400,
     "vit_huge_patch14_224": 632_045_800,
+    "vit_giant_patch14_224": 1_012_611_432,
+    "vit_gigantic_patch14_224": 1_844_440_680,
 }
 
 

@@ -78,7 +78,9 @@ def lsa_reference(attn: torch.nn.Module, x: torch.Tensor, temperature: torch.Ten
         p = torch.zeros(x.shape[0], n, n)
         for i in range(n):
             others = [j for j in range(n) if j != i]
-            p[:, i, others] = torch.softmax(q[:, i : i + 1] @ k[:, others].transpose(1, 2) / temperature[h], dim=-1)[:, 0]
+            p[:, i, others] = torch.softmax(q[:, i : i + 1] @ k[:, others].transpose(1, 2) / temperature[h], dim=-1)[
+                :, 0
+            ]
         probabilities.append(p)
     return torch.stack(probabilities, dim=1)
 
@@ -231,5 +233,9 @@ def test_config_files_without_the_options_load_with_them_off(tmp_path) -> None:
         del saved[key]
     (tmp_path / "config.json").write_text(json.dumps(saved))
     loaded = VisionTransformer.from_pretrained(tmp_path)
-    assert (loaded.config.patch_embed, loaded.config.locality_attention, loaded.config.conv_stem) == ("linear", False, 0)
+    assert (loaded.config.patch_embed, loaded.config.locality_attention, loaded.config.conv_stem) == (
+        "linear",
+        False,
+        0,
+    )
     assert loaded.config == model.config

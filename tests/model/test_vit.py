@@ -135,7 +135,9 @@ def test_dropouts_and_drop_path_act_only_in_training():
 
 def test_weight_init_is_truncated_normal():
     torch.manual_seed(0)
-    model = VisionTransformer(image_size=32, patch_size=4, in_channels=3, num_classes=10, hidden_dim=192, depth=2, num_heads=3, mlp_dim=384)
+    model = VisionTransformer(
+        image_size=32, patch_size=4, in_channels=3, num_classes=10, hidden_dim=192, depth=2, num_heads=3, mlp_dim=384
+    )
     weight = model.blocks[0].mlp.fc1.weight
     assert abs(weight.std().item() - 0.0176) < 0.002  # std of a normal(0, 0.02) cut at 2 std
     assert weight.abs().max() <= 0.04 + 1e-6  # truncated at two standard deviations
@@ -169,7 +171,9 @@ def test_config_object_carries_the_choices():
 
 
 def test_rectangular_images():
-    model = VisionTransformer(image_size=(8, 12), patch_size=(4, 3), in_channels=3, num_classes=2, hidden_dim=16, depth=1, num_heads=2, mlp_dim=32)
+    model = VisionTransformer(
+        image_size=(8, 12), patch_size=(4, 3), num_classes=2, hidden_dim=16, depth=1, num_heads=2, mlp_dim=32
+    )  # three channels, the default
     assert model.config.grid_size == (2, 4)
     assert model(torch.randn(2, 3, 8, 12)).shape == (2, 2)
 

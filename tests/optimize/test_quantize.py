@@ -70,7 +70,7 @@ def test_auto_packs_for_onednn_on_vnni_cpus_and_leaves_the_engine_as_it_was() ->
         quantize.quantize_int8(model, "torch")  # PyTorch's route as the process has it
     assert engines_seen[-1] == before
     # a failure while packing restores the engine too
-    with mock.patch("torch.ao.quantization.quantize_dynamic", side_effect=RuntimeError("packing failed")):
-        with pytest.raises(RuntimeError, match="packing failed"):
-            quantize.quantize_int8(model, ENGINES[-1])
+    failing = mock.patch("torch.ao.quantization.quantize_dynamic", side_effect=RuntimeError("packing failed"))
+    with failing, pytest.raises(RuntimeError, match="packing failed"):
+        quantize.quantize_int8(model, ENGINES[-1])
     assert torch.backends.quantized.engine == before

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from serve_helpers import CLASSES, direct_probabilities, png_bytes, probabilities_of
 from PIL import Image
+from serve_helpers import CLASSES, direct_probabilities, png_bytes, probabilities_of
 
 pytest.importorskip("fastapi", reason="vitkit serve needs the `serve` extra (fastapi)")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -22,7 +22,9 @@ from vitkit.serve import ServeSettings, create_app  # noqa: E402
 
 @pytest.fixture
 def client(run_dir: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(run_dir, settings=ServeSettings(max_files=3, max_bytes=20_000, max_pixels=300 * 300))) as c:
+    with TestClient(
+        create_app(run_dir, settings=ServeSettings(max_files=3, max_bytes=20_000, max_pixels=300 * 300))
+    ) as c:
         yield c
 
 
@@ -30,9 +32,16 @@ def upload(*images: tuple[str, bytes, str]) -> list[tuple[str, tuple[str, bytes,
     return [("files", image) for image in images]
 
 
-def test_predict_several_images_gives_the_models_probabilities_in_order(client: TestClient, served_model: VisionTransformer) -> None:
+def test_predict_several_images_gives_the_models_probabilities_in_order(
+    client: TestClient, served_model: VisionTransformer
+) -> None:
     images = [png_bytes(1), png_bytes(2, (7, 40), "L"), png_bytes(3, (64, 48), fmt="JPEG")]
-    response = client.post("/predict?top_k=10", files=upload(("a.png", images[0], "image/png"), ("b.png", images[1], "image/png"), ("c.jpg", images[2], "image/jpeg")))
+    response = client.post(
+        "/predict?top_k=10",
+        files=upload(
+            ("a.png", images[0], "image/png"), ("b.png", images[1], "image/png"), ("c.jpg", images[2], "image/jpeg")
+        ),
+    )
 
     assert response.status_code == 200, response.text
     body = response.json()
@@ -54,7 +63,7 @@ def test_top_k_defaults_to_five_and_is_capped_at_the_number_of_classes(client: T
 def test_explain_adds_the_attention_rollout_as_png(client: TestClient, served_model: VisionTransformer) -> None:
     from vitkit.data import decode_image, eval_transform
     from vitkit.explain import attention_rollout
-    
+
     data = png_bytes(5, (30, 30))
     response = client.post("/predict?explain=1", files=upload(("x.png", data, "image/png")))
     assert response.status_code == 200, response.text
@@ -71,14 +80,18 @@ def test_explain_adds_the_attention_rollout_as_png(client: TestClient, served_mo
     # The model's view is the preprocessed image with the normalisation undone: the model's input, up to rounding.
     pixels = torch.from_numpy(np.asarray(view, dtype=np.float32)).permute(2, 0, 1) / 255
     mean, std = torch.tensor(served_model.config.mean), torch.tensor(served_model.config.std)
-    assert torch.allclose((pixels - mean[:, None, None]) / std[:, None, None], image[0], atol=0.5 / 255 / float(std.min()) + 1e-6)
+    assert torch.allclose(
+        (pixels - mean[:, None, None]) / std[:, None, None], image[0], atol=0.5 / 255 / float(std.min()) + 1e-6
+    )
     # The hottest patch of the rollout is the brightest patch of the heat map (inferno grows brighter with value).
     grey = torch.from_numpy(np.asarray(heatmap.convert("L"), dtype=np.float32))
     patch_brightness = grey.reshape(4, 4, 4, 4).mean(dim=(1, 3))
     assert patch_brightness.argmax() == expected.argmax()
 
 
-def test_fast_predicts_through_vitkit_optimize_and_explains_with_the_plain_model(served_model: VisionTransformer) -> None:
+def test_fast_predicts_through_vitkit_optimize_and_explains_with_the_plain_model(
+    served_model: VisionTransformer,
+) -> None:
     from vitkit import optimize
     from vitkit.data import decode_image, eval_transform
     from vitkit.explain import attention_rollout
@@ -94,10 +107,14 @@ def test_fast_predicts_through_vitkit_optimize_and_explains_with_the_plain_model
     answer = response.json()["predictions"][0]
     assert torch.allclose(probabilities_of(answer, CLASSES), expected, atol=1e-5)
     assert not torch.allclose(expected, plain, atol=1e-5), "the fast path is a different computation"
-    assert torch.allclose(torch.tensor(answer["attention"]["rollout"]), attention_rollout(served_model, image)[0].float(), atol=1e-5)
+    assert torch.allclose(
+        torch.tensor(answer["attention"]["rollout"]), attention_rollout(served_model, image)[0].float(), atol=1e-5
+    )
 
 
-def test_health_counts_forward_passes_and_model_describes_the_model(client: TestClient, served_model: VisionTransformer) -> None:
+def test_health_counts_forward_passes_and_model_describes_the_model(
+    client: TestClient, served_model: VisionTransformer
+) -> None:
     assert client.get("/health").json() == {"status": "ok", "forward_passes": 0, "images": 0}
     client.post("/predict", files=upload(("a.png", png_bytes(1), "image/png"), ("b.png", png_bytes(2), "image/png")))
     health = client.get("/health").json()
@@ -177,7 +194,11 @@ BAD_REQUESTS = {
     "multipart without a file": (dict(files={"note": (None, "hello")}), 400, "no file"),
     "too many files": (dict(files=upload(*[("a.png", png_bytes(1), "image/png")] * 4)), 413, "Too many files"),
     "too many bytes": (dict(files=upload(("big.png", png_bytes(1, (120, 120)), "image/png"))), 413, "big.png"),
-    "too many pixels": (dict(files=upload(("wide.gif", blank_gif(400, 300), "image/gif"))), 413, "wide.gif as an image: 400x300 = 120,000 pixels is more than the limit of 90,000"),
+    "too many pixels": (
+        dict(files=upload(("wide.gif", blank_gif(400, 300), "image/gif"))),
+        413,
+        "wide.gif as an image: 400x300 = 120,000 pixels is more than the limit of 90,000",
+    ),
     "top_k below 1": (dict(params={"top_k": 0}, files=upload(("a.png", png_bytes(1), "image/png"))), 422, "top_k"),
 }
 
@@ -196,8 +217,10 @@ def test_a_body_over_the_limit_is_refused_even_without_content_length(client: Te
     big = png_bytes(1, (300, 300))
     boundary = "vitkit-test-boundary"
     body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n"
-        f"Content-Type: image/png\r\n\r\n".encode() + big * 4 + f"\r\n--{boundary}--\r\n".encode()
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n'
+        f"Content-Type: image/png\r\n\r\n".encode()
+        + big * 4
+        + f"\r\n--{boundary}--\r\n".encode()
     )
     headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
     response = client.post("/predict", content=chunked(body), headers=headers)
@@ -207,7 +230,9 @@ def test_a_body_over_the_limit_is_refused_even_without_content_length(client: Te
     assert too_long.status_code == 413 and f"({len(body)} bytes)" in too_long.json()["error"]
 
 
-def test_a_failing_forward_pass_is_a_json_500_and_the_next_request_works(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_forward_pass_is_a_json_500_and_the_next_request_works(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     app = create_app(run_dir)
     files = upload(("a.png", png_bytes(1), "image/png"))
     with TestClient(app, raise_server_exceptions=False) as client:
@@ -236,7 +261,9 @@ def test_create_app_from_a_model_object_and_bad_sources(served_model: VisionTran
         assert c.get("/model").json()["name"] == "mine"
     with pytest.raises(FileNotFoundError, match="has no model.safetensors"):
         create_app(tmp_path)
-    headless = VisionTransformer(image_size=8, patch_size=4, num_classes=0, hidden_dim=8, depth=1, num_heads=2, mlp_dim=8)
+    headless = VisionTransformer(
+        image_size=8, patch_size=4, num_classes=0, hidden_dim=8, depth=1, num_heads=2, mlp_dim=8
+    )
     with pytest.raises(ValueError, match="no classification head"):
         create_app(headless)
     with pytest.raises(ValueError, match="max_files must be at least 1"):

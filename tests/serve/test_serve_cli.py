@@ -14,7 +14,9 @@ from vitkit.cli import main
 pytest.importorskip("uvicorn", reason="vitkit serve needs the `serve` extra (uvicorn)")
 
 
-def test_several_workers_rebuild_the_app_from_the_environment(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_several_workers_rebuild_the_app_from_the_environment(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """--workers N hands uvicorn an import string; each worker process builds the app from VITKIT_SERVE, which
     names the key file but holds no key."""
     import importlib
@@ -47,7 +49,9 @@ def test_several_workers_rebuild_the_app_from_the_environment(run_dir: Path, tmp
         assert client.get("/model", headers={"Authorization": "Bearer other"}).status_code == 401
 
 
-def test_one_worker_serves_the_loaded_app_on_loopback_by_default(run_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_one_worker_serves_the_loaded_app_on_loopback_by_default(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     import uvicorn
     from fastapi.testclient import TestClient
 
@@ -61,7 +65,9 @@ def test_one_worker_serves_the_loaded_app_on_loopback_by_default(run_dir: Path, 
     assert "serving tiny-run on http://127.0.0.1:8000/" in capsys.readouterr().out
 
 
-def test_listening_beyond_loopback_without_a_key_warns_how_to_set_one(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_listening_beyond_loopback_without_a_key_warns_how_to_set_one(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     import uvicorn
 
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: None)
@@ -74,7 +80,9 @@ def test_listening_beyond_loopback_without_a_key_warns_how_to_set_one(run_dir: P
     assert "warning" not in capsys.readouterr().out
 
 
-def test_operations_flags_reach_the_app_and_uvicorn(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_operations_flags_reach_the_app_and_uvicorn(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import uvicorn
     from fastapi.testclient import TestClient
 
@@ -95,7 +103,9 @@ def test_operations_flags_reach_the_app_and_uvicorn(run_dir: Path, tmp_path: Pat
     assert client.app.state.metrics.registry.get_sample_value("vitkit_model_load_seconds") > 0, "loading was timed"
 
 
-def test_serve_rejects_a_missing_run_folder_and_bad_limits(tmp_path: Path, run_dir: Path, capsys: pytest.CaptureFixture) -> None:
+def test_serve_rejects_a_missing_run_folder_and_bad_limits(
+    tmp_path: Path, run_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
     assert main(["serve", str(tmp_path / "missing")]) == 2
     assert "run folder not found" in capsys.readouterr().err
     assert main(["serve", str(run_dir), "--max-megabytes", "0"]) == 2

@@ -36,7 +36,9 @@ async def hammer(url: str, images: list[bytes]) -> list[tuple[int, httpx.Respons
     return [answer for answers in per_client for answer in answers]
 
 
-def test_concurrent_clients_each_get_the_answer_for_their_own_image(run_dir: Path, served_model: VisionTransformer) -> None:
+def test_concurrent_clients_each_get_the_answer_for_their_own_image(
+    run_dir: Path, served_model: VisionTransformer
+) -> None:
     images = [png_bytes(seed) for seed in range(CLIENTS * REQUESTS_PER_CLIENT)]
     expected = direct_probabilities(served_model, images)
     gaps = (expected[:, None] - expected[None]).abs().amax(dim=-1) + torch.eye(len(images))

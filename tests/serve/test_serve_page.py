@@ -25,7 +25,8 @@ pytest.importorskip("uvicorn", reason="vitkit serve needs the `serve` extra (uvi
 sync_api = pytest.importorskip("playwright.sync_api", reason="the page test needs Playwright (the `dev` extra)")
 if not CHROMIUM.is_file():
     pytest.skip(
-        f"Chromium is not installed at {CHROMIUM} (`apt-get install chromium`; `make test` installs it where apt works)",
+        f"Chromium is not installed at {CHROMIUM} "
+        "(`apt-get install chromium`; `make test` installs it where apt works)",
         allow_module_level=True,
     )
 
@@ -38,7 +39,9 @@ def page_url(served_model: VisionTransformer) -> str:
         yield url
 
 
-def test_upload_shows_the_predicted_class_bars_and_attention_overlay(page_url: str, served_model: VisionTransformer, tmp_path: Path) -> None:
+def test_upload_shows_the_predicted_class_bars_and_attention_overlay(
+    page_url: str, served_model: VisionTransformer, tmp_path: Path
+) -> None:
     first, second = png_bytes(11, (48, 40)), png_bytes(12, (40, 48))
     expected = [CLASSES[int(i)] for i in direct_probabilities(served_model, [first, second]).argmax(dim=1)]
     with sync_api.sync_playwright() as playwright:
@@ -56,7 +59,9 @@ def test_upload_shows_the_predicted_class_bars_and_attention_overlay(page_url: s
                 loaded = page.eval_on_selector(overlay, "img => img.complete && img.naturalWidth > 0")
                 assert loaded, f"{overlay} did not load"
             assert page.eval_on_selector("#heatmap", "img => [img.naturalWidth, img.naturalHeight]") == [16, 16]
-            assert page.eval_on_selector("#heatmap", "img => img.getBoundingClientRect().width") > 100, "overlay shown large"
+            assert page.eval_on_selector("#heatmap", "img => img.getBoundingClientRect().width") > 100, (
+                "overlay shown large"
+            )
             screenshot = Path(os.environ.get("VITKIT_SCREENSHOT_DIR", tmp_path)) / "serve_page.png"
             page.screenshot(path=str(screenshot), full_page=True)
             assert screenshot.stat().st_size > 0
@@ -75,7 +80,9 @@ def test_upload_shows_the_predicted_class_bars_and_attention_overlay(page_url: s
             assert page.locator("#prediction").inner_text() == expected[1]
 
             # A file that is not an image: the server's error is shown, and the page keeps working.
-            page.set_input_files("#file-input", files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"not an image"}])
+            page.set_input_files(
+                "#file-input", files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"not an image"}]
+            )
             sync_api.expect(page.locator("#error")).to_contain_text("cannot read notes.png as an image", timeout=30_000)
         finally:
             browser.close()

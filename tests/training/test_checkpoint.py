@@ -1,4 +1,5 @@
-"""Checkpoint files: atomic writes, the weights/state pair kept consistent, weights-only loading."""
+"""Checkpoint files: atomic writes, the weights/state pair kept consistent, weights-only loading, and sharded
+checkpoint folders replaced whole."""
 
 from __future__ import annotations
 
@@ -9,7 +10,17 @@ import pytest
 import torch
 
 import vitkit.io
-from vitkit.training.checkpoint import LAST_STATE, LAST_WEIGHTS, load_checkpoint, save_checkpoint
+from vitkit.training import checkpoint
+from vitkit.training.checkpoint import (
+    LAST_STATE,
+    LAST_WEIGHTS,
+    SHARDED_CHECKPOINT,
+    checkpoint_step,
+    load_checkpoint,
+    load_sharded_checkpoint,
+    save_checkpoint,
+    save_sharded_checkpoint,
+)
 
 
 def pair(value: float) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
@@ -77,3 +88,51 @@ def test_state_files_load_without_executing_code(tmp_path: Path) -> None:
         ValueError, match="is not a readable vitkit training state.*(Weights only load failed|Unsupported global)"
     ):
         load_checkpoint(tmp_path)
+
+
+def sharded_save(run_dir: Path, value: float) -> None:
+    """A sharded checkpoint of one process (a plain module), whose weights and step are ``value``."""
+    model = torch.nn.Linear(3, 2)
+    torch.nn.init.constant_(model.weight, value)
+    optimizer = torch.optim.AdamW(model.parameters())
+    save_sharded_checkpoint(run_dir, model, optimizer, None, {"step": int(value)}, is_main=True)
+
+
+def sharded_load(run_dir: Path) -> tuple[float, int]:
+    """(a weight, the step) of the sharded checkpoint that loading picks."""
+    model = torch.nn.Linear(3, 2)
+    state = load_sharded_checkpoint(run_dir, model, torch.optim.AdamW(model.parameters()), None)
+    return model.weight[0, 0].item(), state["step"]
+
+
+def test_a_sharded_checkpoint_is_replaced_whole_whenever_the_writer_dies(tmp_path: Path, monkeypatch) -> None:
+    sharded_save(tmp_path, 1.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [SHARDED_CHECKPOINT]
+    # killed while the next one is written: it has no training state yet, the current one stands
+    (tmp_path / f"{SHARDED_CHECKPOINT}.next").mkdir()
+    (tmp_path / f"{SHARDED_CHECKPOINT}.next" / "__0_0.distcp").write_bytes(b"half")
+    assert checkpoint_step(tmp_path) == 1 and sharded_load(tmp_path) == (1.0, 1)
+    sharded_save(tmp_path, 2.0)  # clears the unfinished one
+    assert sorted(p.name for p in tmp_path.iterdir()) == [SHARDED_CHECKPOINT] and sharded_load(tmp_path) == (2.0, 2)
+
+    # killed between the renames: the current one moved aside, the complete next one not yet in place
+    def die_before_the_second_rename(source: object, target: object) -> None:
+        if Path(source).name == f"{SHARDED_CHECKPOINT}.next":
+            raise KeyboardInterrupt
+        os.rename(source, target)
+
+    monkeypatch.setattr(checkpoint.os, "replace", die_before_the_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        sharded_save(tmp_path, 3.0)
+    monkeypatch.undo()
+    assert not (tmp_path / SHARDED_CHECKPOINT).exists()
+    assert checkpoint_step(tmp_path) == 3 and sharded_load(tmp_path) == (3.0, 3)
+    sharded_save(tmp_path, 4.0)  # puts the pending one in place first, then replaces it
+    assert sorted(p.name for p in tmp_path.iterdir()) == [SHARDED_CHECKPOINT] and sharded_load(tmp_path) == (4.0, 4)
+
+
+def test_checkpoint_step_reads_the_step_without_loading_the_state(tmp_path: Path, monkeypatch) -> None:
+    assert checkpoint_step(tmp_path) is None
+    save_checkpoint(tmp_path, *pair(7.0))
+    monkeypatch.setattr(checkpoint, "load_checkpoint", None)  # the step comes from the weights' header
+    assert checkpoint_step(tmp_path) == 7

@@ -247,3 +247,26 @@ def test_image_folder_with_augmentation_and_mixing_flags(tiny, tmp_path: Path) -
     assert result.model.image_size == (12, 12) and result.model.patch_size == (4, 4)
     assert result.model.config.class_names == ["eight", "five", "three"]
     assert all(0 <= record["train_acc"] <= 1 for record in result.history)
+
+
+def test_compile_runs_the_training_steps_through_torch_compile(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--compile: the training forward passes are traced by torch.compile (here into a backend that counts the
+    calls and runs the traced graph eagerly: inductor's C++ build would take longer than the run) and the run
+    trains as the eager one does."""
+    calls: list[int] = []
+    compile_ = torch.compile
+
+    def counting_backend(graph: torch.fx.GraphModule, example_inputs: list) -> object:
+        def run(*args: object) -> object:
+            calls.append(1)
+            return graph.forward(*args)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", lambda model, **options: compile_(model, backend=counting_backend))
+    settings = dict(epochs=1, **DETERMINISTIC)
+    compiled = train(tiny("compiled", compile=True, **settings))
+    eager = train(tiny("eager", **settings))
+    steps = compiled.history[-1]["step"]
+    assert len(calls) >= steps  # at least one traced graph per forward pass of a step
+    assert_same_weights(compiled.model.state_dict(), eager.model.state_dict(), atol=1e-5)

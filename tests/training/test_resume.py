@@ -101,8 +101,13 @@ def test_kill_9_mid_epoch_then_resume_is_bitwise_identical(tiny) -> None:
     assert_same_run(reference.run_dir, resumed.run_dir)
 
 
-def test_resume_may_extend_epochs_but_not_change_the_recipe(tiny) -> None:
-    run = train(tiny(epochs=1))
+def test_steps_stop_with_a_checkpoint_then_resume_may_extend_epochs_but_not_change_the_recipe(tiny) -> None:
+    run = train(tiny(epochs=1, steps=5))
+    _, state = load_checkpoint(run.run_dir)
+    assert state["step"] == 5 and run.history == []  # stopped mid-epoch: no epoch ended, so no validation ran
+    assert not (run.run_dir / "model.safetensors").exists() and not (run.run_dir / "explain").exists()
+    run = resume(run.run_dir, steps=0)
+    assert [r["epoch"] for r in run.history] == [1] and (run.run_dir / "model.safetensors").exists()
     with pytest.raises(ValueError, match=r"cannot resume .*lr 0\.001 -> 0\.1"):
         resume(run.run_dir, lr=0.1)
     longer = resume(run.run_dir, epochs=2)
@@ -130,3 +135,4 @@ def test_resume_before_the_first_checkpoint_starts_over_with_the_saved_settings(
     assert load_train_config(run_dir).lr == 2e-3
     reference = train(tiny("reference", epochs=1, lr=2e-3))
     assert_same_run(reference.run_dir, resumed.run_dir)
+

@@ -6,6 +6,8 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -67,14 +69,33 @@ def write_digit_folder(root: Path, classes: list[int], per_class: int, size: int
     return root
 
 
+@contextlib.contextmanager
+def started_process_trees(
+    commands: list[list[str]], envs: list[dict[str, str]] | None = None
+) -> Iterator[list[subprocess.Popen]]:
+    """Start commands side by side, each of which may start processes of its own (torchrun); when the block ends,
+    however it ends, none of their processes survives."""
+    envs = envs or [subprocess_env()] * len(commands)
+    processes = [subprocess.Popen(c, env=env, start_new_session=True) for c, env in zip(commands, envs, strict=True)]
+    try:
+        yield processes
+    finally:
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def wait_for_success(processes: list[subprocess.Popen], timeout: float) -> None:
+    """Wait for every process (all within ``timeout`` seconds); raise if one failed."""
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        returncode = process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        if returncode != 0:
+            raise subprocess.CalledProcessError(returncode, process.args)
+
+
 def run_process_tree(command: list[str], timeout: float) -> None:
     """Run a command that starts processes of its own (torchrun); on timeout or failure, none of them survives."""
-    process = subprocess.Popen(command, env=subprocess_env(), start_new_session=True)
-    try:
-        returncode = process.wait(timeout=timeout)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    if returncode != 0:
-        raise subprocess.CalledProcessError(returncode, command)
+    with started_process_trees([command]) as processes:
+        wait_for_success(processes, timeout)

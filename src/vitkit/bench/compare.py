@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -50,7 +51,7 @@ def compare_inference(
     for i, batch_size in enumerate(batch_sizes):
         torch.manual_seed(0)
         images = torch.randn(batch_size, 3, image_size, image_size)
-        calls: dict[str, Callable[[], Any]] = {label: (lambda m=model: m(images)) for label, model in models.items()}
+        calls: dict[str, Callable[[], Any]] = {label: partial(model, images) for label, model in models.items()}
         products, product_flops = matmul_calls()
         calls.update(products)
         repeats = max(1, 2 // batch_size)  # a batch of 1 twice per timing: calls of 0.05 s and up

@@ -52,8 +52,8 @@ def unpooled_malloc() -> None:
     measuring child processes only: it changes the whole process's allocator.
 
     By default the threshold grows with the blocks freed (up to 32 MiB) and freed heap memory stays resident, so a
-    peak depends on the order of past allocations: the same ViT-S/16 training step (batch 32) peaked anywhere from
-    2,485 to 2,983 MiB from one fresh process to the next, while with blocks unpooled it peaked at 2,196 to 2,200.
+    peak depends on the order of past allocations and varies by hundreds of MiB between fresh processes running the
+    same step; with blocks unpooled it is the same from one process to the next.
     """
     _glibc("mallopt", M_MMAP_THRESHOLD, UNPOOLED_BYTES)
 
@@ -131,17 +131,25 @@ def peak_memories_mib(
     """Peak memory of each of ``labels`` running each batch (or, with ``train``, two training steps of each of
     :data:`TRAINERS`' labels), in MiB, above its imports.
 
-    Each label gets one fresh process that builds the model and runs the batches, smallest first, the peak reset
-    before each: each figure is about the memory that a process running only that batch needs once the model is
-    built. ``processes`` of them run at a time (a process's peak is its own, and nothing is timed meanwhile).
+    Each label gets one fresh process (a pool of one worker, which works before Python 3.11's
+    ``max_tasks_per_child`` too) that builds the model and runs the batches, smallest first, the peak reset before
+    each: each figure is about the memory that a process running only that batch needs once the model is built.
+    ``processes`` of them run at a time (a process's peak is its own, and nothing is timed meanwhile).
     """
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(processes, mp_context=context, max_tasks_per_child=1) as pool:
-        futures = {
-            label: pool.submit(
-                _peak_memory_child, MemoryTask(label, name, image_size, tuple(batch_sizes), threads, train)
-            )
-            for label in labels
-        }
-        peaks = {label: future.result() for label, future in futures.items()}
+    peaks: dict[str, dict[int, float] | None] = {}
+    for start in range(0, len(labels), processes):
+        group = labels[start : start + processes]
+        pools = [ProcessPoolExecutor(1, mp_context=context) for _ in group]
+        try:
+            futures = {
+                label: pool.submit(
+                    _peak_memory_child, MemoryTask(label, name, image_size, tuple(batch_sizes), threads, train)
+                )
+                for label, pool in zip(group, pools)
+            }
+            peaks.update({label: future.result() for label, future in futures.items()})
+        finally:
+            for pool in pools:
+                pool.shutdown()
     return {label: [None if p is None else p[b] for b in batch_sizes] for label, p in peaks.items()}

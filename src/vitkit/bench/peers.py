@@ -11,7 +11,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -31,11 +31,13 @@ def _timm(config: ViTConfig, name: str) -> nn.Module:
     return timm.create_model(name, img_size=config.image_size, num_classes=config.num_classes)
 
 
-def _transformers(config: ViTConfig, name: str) -> Callable[[Tensor], Tensor]:
+def _transformers(config: ViTConfig, name: str) -> nn.Module:
     from transformers import ViTConfig as HFConfig
     from transformers import ViTForImageClassification
 
-    hf = HFConfig(
+    # transformers 5's configs take num_labels and attn_implementation through the **kwargs that their
+    # dataclass-generated signature does not show
+    hf = HFConfig(  # type: ignore[call-arg]
         hidden_size=config.hidden_dim, num_hidden_layers=config.depth, num_attention_heads=config.num_heads,
         intermediate_size=config.mlp_dim, image_size=config.image_size[0], patch_size=config.patch_size[0],
         num_labels=config.num_classes, layer_norm_eps=config.layer_norm_eps, attn_implementation="sdpa",
@@ -114,24 +116,26 @@ def build(label: str, name: str, image_size: int) -> nn.Module | None:
         return None
 
 
-def _adamw_settings() -> dict[str, float]:
+def _adamw_settings() -> tuple[float, float]:
     """vitkit train's default learning rate and weight decay, given to both libraries' AdamW."""
     from vitkit.training.config import TrainConfig
 
     defaults = TrainConfig()
-    return {"lr": defaults.lr, "weight_decay": defaults.weight_decay}
+    return cast(float, defaults.lr), defaults.weight_decay  # TrainConfig's __post_init__ fills in the default lr
 
 
 def _vitkit_adamw(model: nn.Module) -> torch.optim.Optimizer:
     from vitkit.training.optim import build_optimizer
 
-    return build_optimizer(model, **_adamw_settings())
+    lr, weight_decay = _adamw_settings()
+    return build_optimizer(model, lr, weight_decay)
 
 
 def _timm_adamw(model: nn.Module, **options: Any) -> torch.optim.Optimizer:
     from timm.optim import create_optimizer_v2
 
-    return create_optimizer_v2(model, "adamw", **_adamw_settings(), **options)
+    lr, weight_decay = _adamw_settings()
+    return create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay, **options)
 
 
 ForwardContext = Callable[[nn.Module, Tensor], contextlib.AbstractContextManager]

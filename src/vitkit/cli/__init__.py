@@ -20,7 +20,10 @@ from vitkit import __version__
 from vitkit.cli.common import EXIT_FAILED, EXIT_USAGE, report_error
 
 # Subcommands in the order `vitkit --help` lists them; each is the module vitkit.cli.<name>.
-COMMANDS = ("train", "evaluate", "predict", "explain", "serve", "models", "bench", "convert", "export")
+COMMANDS = (
+    "train", "pretrain", "evaluate", "fewshot", "predict", "explain", "serve", "models", "bench", "convert", "export",
+    "shard",
+)  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,8 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _is_main_process() -> bool:
-    """Under torchrun only rank 0 reports progress; the other processes log warnings and errors only."""
-    return int(os.environ.get("RANK", "0")) == 0
+    """Under torchrun (or srun) only rank 0 reports progress; the other processes log warnings and errors only."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"]) == 0
+    return "SLURM_STEP_NUM_TASKS" not in os.environ or int(os.environ.get("SLURM_PROCID", "0")) == 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

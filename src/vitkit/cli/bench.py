@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import platform
 import time
 from collections.abc import Iterator
@@ -48,6 +49,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip peak memory (a fresh process per model)")
     parser.add_argument("--quick", action="store_true", help="a short run: at most 2 rounds, no memory, no scaling, no training")
     parser.add_argument("--json", metavar="PATH", default="bench.json", help="where to write results (default: bench.json)")
+    data = parser.add_argument_group(
+        "data loading (--data-dir: instead of the models, how fast an image folder feeds training)"
+    )
+    data.add_argument("--data-dir", metavar="DIR", help="image folder (DIR/train/<class>/... or DIR/<class>/...)")
+    data.add_argument("--workers", type=int_at_least(0), default=2, help="data-loading processes (default: 2)")
+    data.add_argument("--image-size", type=int_at_least(8), default=224, help="training image size (default: 224)")
     parser.set_defaults(func=run)
 
 
@@ -82,7 +89,32 @@ def training_comparisons(args: argparse.Namespace, memory: bool) -> Iterator[Com
         yield compare_training(SCALING_MODEL, args.train_batch_size, args.rounds, memory)
 
 
+def run_data_loading(args: argparse.Namespace) -> int:
+    """`vitkit bench --data-dir DIR`: start-up seconds and training-input images/s beside timm's loader."""
+    from vitkit.bench.data_loading import compare_training_input, startup_seconds
+    from vitkit.io import write_json
+
+    startup = startup_seconds(args.data_dir, args.workers, args.image_size)
+    print(f"start-up of {args.data_dir} ({startup['files']:,} files, {args.workers} worker processes): scan "
+          f"{startup['scan_s']:.2f} s, check {startup['check_s']:.2f} s (with the index: "
+          f"{startup['check_with_index_s']:.2f} s), statistics {startup['statistics_s']:.2f} s (then kept in the "
+          "index)")  # fmt: skip
+    comparison = compare_training_input(args.data_dir, args.workers, args.image_size, rounds=args.rounds)
+    print(f"\ntraining input at {args.image_size}px, random resized crop + flip + normalise, batch "
+          f"{comparison['batch_size']}, {args.workers} workers ({comparison['rounds']} interleaved rounds)")
+    print(f"  {'loader':24s} {'images/s':>9s} {'vs timm':>8s}")
+    for row in comparison["rows"]:
+        ratio = "-" if row["ratio_to_timm"] is None else f"{row['ratio_to_timm']:.2f}"
+        print(f"  {row['label']:24s} {row['images_per_s']:9.1f} {ratio:>7s}x")
+    write_json({"machine": {"cpu": _cpu_name(), "cpus": os.cpu_count()}, "startup": startup,
+                "training_input": comparison}, Path(args.json))  # fmt: skip
+    print(f"\nresults: {args.json}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.data_dir is not None:
+        return run_data_loading(args)
     import torch
 
     from vitkit.bench import format_table

@@ -97,7 +97,7 @@ def add_fast_argument(parser: argparse.ArgumentParser) -> None:
         "--fast",
         action="store_true",
         help="run through vitkit.optimize (fused q/k/v, int8 on the CPU, token merging from ViT-B/16's size up): "
-        "faster; top-1 agrees with float32 on >= 99%% of images (see the README's speed section)",
+        "faster; top-1 agrees with float32 on >= 99%% of images",
     )
 
 
@@ -121,3 +121,22 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def number_where(accept: Callable[[float], bool], expected: str) -> Callable[[str], float]:
+    """argparse type: a number that ``accept`` takes, with a message that says what was ``expected``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+        return value
+
+    return parse
+
+
+fraction = number_where(lambda value: 0.0 <= value < 1.0, "a number in [0, 1)")  # a share of patches, of weights
+positive_number = number_where(lambda value: value > 0, "a number > 0")

@@ -7,19 +7,16 @@ import argparse
 from collections.abc import Sized
 from typing import cast
 
-from vitkit.cli.common import add_device_argument, int_at_least, load_run_model, pick_cli_device, run_held_out_split
+from vitkit.cli.common import (
+    add_device_argument,
+    fraction,
+    int_at_least,
+    load_run_model,
+    pick_cli_device,
+    run_held_out_split,
+)
 
 HELD_OUT_PICTURES = 3  # images drawn when the run's held-out split stands in for image files
-
-
-def _ratio(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value}")
-    return value
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -44,7 +41,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="how the rollout combines each block's heads (default: mean)",
     )  # fmt: skip
     parser.add_argument(
-        "--discard-ratio", type=_ratio, default=0.0,
+        "--discard-ratio", type=fraction, default=0.0,
         help="fraction of the weakest attention weights the rollout drops in each row, in [0, 1) (default: 0)",
     )  # fmt: skip
     parser.add_argument("--top-k", type=int_at_least(1), default=3, help="predictions shown per image (default: 3)")

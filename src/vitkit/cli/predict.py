@@ -26,7 +26,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         "Folders are searched recursively for image files.",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run folder (config.json + model.safetensors)")
-    parser.add_argument("paths", metavar="IMAGE_OR_FOLDER", nargs="+", help="image files or folders of images")
+    parser.add_argument(
+        "paths", metavar="IMAGE_OR_FOLDER", nargs="+",
+        help="image files, folders of images, or WebDataset shards (.tar, patterns, URLs, `vitkit shard` folders)",
+    )  # fmt: skip
     parser.add_argument(
         "--top-k", type=int_at_least(1), default=5, help="classes per image (default: 5; at most the number of classes)"
     )
@@ -43,12 +46,15 @@ def run(args: argparse.Namespace) -> int:
     """
     from tqdm.auto import tqdm
 
+    from vitkit.data.augment_config import is_shard_location
     from vitkit.prediction import expand_paths, predict_files
 
     device = pick_cli_device(args.device)
     model = load_run_model(args.run_dir, device, fast=args.fast)
     failed = total = 0
-    count = sum(1 for _ in expand_paths(args.paths))  # file names only, for the bar's total and time left
+    # file names only, for the bar's total and time left (unknown for shards, whose samples are counted by reading)
+    shards = any(is_shard_location(path) for path in args.paths)
+    count = None if shards else sum(1 for _ in expand_paths(args.paths))
     results = predict_files(model, args.paths, args.top_k, batch_size=args.batch_size, device=device)
     for result in tqdm(results, total=count, desc="predicting", unit="img", disable=None, file=sys.stderr, leave=False):
         total += 1

@@ -20,14 +20,23 @@ def register(commands: argparse._SubParsersAction) -> None:
         "and exits.",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run folder (config.json + model.safetensors)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"
+    )
     parser.add_argument("--port", type=int_at_least(0), default=8000, help="port (default: 8000)")
     parser.add_argument(
-        "--workers", type=int_at_least(1), default=1, help="server processes, each with its own copy of the model (default: 1)"
+        "--workers",
+        type=int_at_least(1),
+        default=1,
+        help="server processes, each with its own copy of the model (default: 1)",
     )
     add_fast_argument(parser)
-    parser.add_argument("--max-batch", type=int_at_least(1), default=32, help="images per forward pass (default: 32; 1: no batching)")
-    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests (default: 5)")
+    parser.add_argument(
+        "--max-batch", type=int_at_least(1), default=32, help="images per forward pass (default: 32; 1: no batching)"
+    )
+    parser.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests (default: 5)"
+    )
     parser.add_argument("--max-files", type=int_at_least(1), default=16, help="images per request (default: 16)")
     parser.add_argument("--max-megabytes", type=float, default=10.0, help="size limit of one image file (default: 10)")
     parser.add_argument("--max-megapixels", type=float, default=40.0, help="pixel limit of one image (default: 40)")
@@ -71,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
     from vitkit.serve.auth import read_api_keys
 
     if args.max_megabytes <= 0 or args.max_megapixels <= 0:
-        raise ValueError(f"--max-megabytes and --max-megapixels must be > 0, got {args.max_megabytes}, {args.max_megapixels}")
+        raise ValueError(
+            f"--max-megabytes and --max-megapixels must be > 0, got {args.max_megabytes}, {args.max_megapixels}"
+        )
     settings = ServeSettings(
         max_files=args.max_files,
         max_bytes=int(args.max_megabytes * 2**20),

@@ -12,13 +12,16 @@ import argparse
 import dataclasses
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 from vitkit.data.augment_config import AUTO_AUGMENTS, INTERPOLATION_NAMES, AugmentConfig
 from vitkit.model.config import Pair, ViTConfig, to_pair
 from vitkit.training.config import (
     AUGMENT_SETTINGS,
+    AUTO_RESUME,
     NESTED,
+    TRAIN_CONFIG_FILE,
     VIT_CHOICES,
     VIT_SETTINGS,
     TrainConfig,
@@ -133,7 +136,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     config_file = getattr(args, "config", None)
     from_file = read_config_file(config_file) if config_file else {}
     resume = typed.get("resume", from_file.get("resume"))
-    values = load_train_config(resume).to_dict() if resume else default_settings()
+    run_dir = typed.get("out", from_file.get("out")) if resume == AUTO_RESUME else resume
+    saved = run_dir is not None and (resume != AUTO_RESUME or (Path(run_dir) / TRAIN_CONFIG_FILE).is_file())
+    values = load_train_config(run_dir).to_dict() if saved else default_settings()
     values = merge_settings(merge_settings(values, from_file), typed)
     if resume:
         values["resume"] = resume

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-SOURCES = ("digits", "folder", "mnist", "fashion-mnist", "cifar10", "cifar100", "svhn")
+SOURCES = ("digits", "folder", "shards", "mnist", "fashion-mnist", "cifar10", "cifar100", "svhn")
 CACHE_CHOICES = ("auto", "on", "off")  # keep decoded images in memory (vitkit.data.build_data)
+DECODE_CHOICES = ("cpu", "gpu")  # where training images are decoded and augmented (vitkit.data.gpu_decode)
+SHARDS_INFO = "shards.json"  # beside WebDataset shards: classes, counts (vitkit.data.shards)
 AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment")
 INTERPOLATION_NAMES = ("bilinear", "nearest", "bicubic")
 
@@ -67,7 +71,21 @@ _DEFAULT_AUGMENTS = {
     "cifar10": AugmentConfig(crop_scale_min=0.5, hflip=0.5, auto_augment="trivialaugment", random_erasing=0.25),
     "cifar100": AugmentConfig(crop_scale_min=0.5, hflip=0.5, auto_augment="trivialaugment", random_erasing=0.25),
     "folder": AugmentConfig(crop_scale_min=0.5, hflip=0.5),
+    "shards": AugmentConfig(crop_scale_min=0.5, hflip=0.5),  # image folders written as shards
 }
+
+
+def is_shard_location(data_dir: str | os.PathLike) -> bool:
+    """Whether ``data_dir`` names WebDataset shards (a folder holding shards.json, .tar paths or patterns, URLs, a
+    .txt list of them) rather than an image folder or a torchvision root."""
+    text = str(data_dir)
+    if Path(text).is_dir():
+        return (Path(text) / SHARDS_INFO).is_file()
+    if text.endswith(".txt") and Path(text).is_file():  # a list of shards, one a line, or some other text file
+        with open(text, errors="replace") as listing:
+            text = next((line.strip() for line in listing if line.strip()), "")
+    parts = [part.strip() for part in text.split("::")]
+    return any("://" in p or p.startswith("pipe:") or p.endswith(".tar") for p in parts)
 
 
 def default_augment(source: str, **overrides: Any) -> AugmentConfig:

@@ -5,8 +5,8 @@ is augmented in one pass: each sample's random resized crop, random affine move 
 into one 2x3 matrix, applied with a single ``affine_grid`` + ``grid_sample``; random erasing is a batched mask.
 The per-sample parameters are drawn on the CPU from a generator seeded by (seed, epoch, optimizer step) for all the
 samples of the step, and each micro-batch and process takes the rows of its own samples: a resumed run, N
-processes and gradient accumulation see exactly the augmentation of one uninterrupted process. RandAugment/TrivialAugment have no batched form here; data sets using
-them keep the per-sample path (``SeededTransformDataset``).
+processes and gradient accumulation see exactly the augmentation of one uninterrupted process. RandAugment and
+TrivialAugment have no batched form here; data sets using them keep the per-sample path (``SeededTransformDataset``).
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ class BatchAugment:
         self.aug = aug
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        self.moves = aug.crop_scale_min < 1 or aug.hflip > 0 or aug.affine_degrees or aug.affine_translate or (
-            aug.affine_scale
+        self.moves = (
+            aug.crop_scale_min < 1 or aug.hflip > 0 or aug.affine_degrees or aug.affine_translate or (aug.affine_scale)
         )
 
     def normalise(self, images: Tensor) -> Tensor:

@@ -40,6 +40,23 @@ class ImageTooLargeError(ImageLoadError):
     """An image declares more pixels than the caller (or PIL.Image.MAX_IMAGE_PIXELS) allows."""
 
 
+class ImageFile:
+    """An image file of a folder data set, not yet decoded: the transform that receives it decodes it, fully
+    (:class:`vitkit.data.transforms.ConvertChannels`) or at the scale its crop needs (:mod:`vitkit.data.decode`)."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = str(path)
+
+    def __repr__(self) -> str:
+        return f"ImageFile({self.path!r})"
+
+    def load(self, channels: int) -> Image.Image:
+        """The whole image, decoded by :func:`load_image`."""
+        return load_image(self.path, channels)
+
+
 def _check_channels(channels: int) -> None:
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
@@ -80,7 +97,7 @@ def convert_image(image: Image.Image, channels: int) -> Image.Image:
     return image.convert(target)
 
 
-def _file_problem(path: Path) -> str | None:
+def file_problem(path: Path) -> str | None:
     """Why ``path`` cannot be an image file, from the file system alone; None for a non-empty regular file.
 
     Checked before Pillow opens anything: opening a FIFO would block forever, and a symlink loop or a dangling link
@@ -119,14 +136,15 @@ def _reason(exc: Exception) -> str:
     return f"damaged image data ({type(exc).__name__}: {exc})"
 
 
-def _error(path: Path | str, reason: str, kind: type[ImageLoadError] = ImageLoadError) -> ImageLoadError:
+def load_error(path: Path | str, reason: str, kind: type[ImageLoadError] = ImageLoadError) -> ImageLoadError:
+    """The ImageLoadError for ``path``: its message names the file, the reason and what was expected."""
     error = kind(f"cannot read {path} as an image: {reason}; {_EXPECTED}")
     error.path, error.reason = path, reason
     return error
 
 
 @contextlib.contextmanager
-def _opened(source: Path | BinaryIO, name: Path | str, max_pixels: int | None = None) -> Iterator[Image.Image]:
+def open_image(source: Path | BinaryIO, name: Path | str, max_pixels: int | None = None) -> Iterator[Image.Image]:
     """Image.open with every way a file can be bad turned into an ImageLoadError naming it and the reason.
 
     ``source`` is a file path or bytes in memory, ``name`` what error messages call it. Pillow refuses images over
@@ -134,25 +152,25 @@ def _opened(source: Path | BinaryIO, name: Path | str, max_pixels: int | None = 
     over ``max_pixels``, if lower) with an ImageTooLargeError, so a decompression bomb fails the same clear way
     whatever its size, before any pixel is decoded.
     """
-    problem = _file_problem(source) if isinstance(source, Path) else None
+    problem = file_problem(source) if isinstance(source, Path) else None
     if problem is not None:
-        raise _error(name, problem)
+        raise load_error(name, problem)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused just below, with a clearer message
             image = Image.open(source)
     except Image.DecompressionBombError as exc:
-        raise _error(name, _reason(exc), ImageTooLargeError) from exc
+        raise load_error(name, _reason(exc), ImageTooLargeError) from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise _error(name, _reason(exc)) from exc
+        raise load_error(name, _reason(exc)) from exc
     with image:
         width, height = image.size
         if max_pixels is not None and width * height > max_pixels:
             reason = f"{width}x{height} = {width * height:,} pixels is more than the limit of {max_pixels:,}"
-            raise _error(name, reason, ImageTooLargeError)
+            raise load_error(name, reason, ImageTooLargeError)
         limit = Image.MAX_IMAGE_PIXELS
         if limit is not None and width * height > limit:
-            raise _error(
+            raise load_error(
                 name,
                 f"decompression bomb: {width}x{height} = {width * height:,} pixels is more than the limit of "
                 f"{limit:,} (PIL.Image.MAX_IMAGE_PIXELS; raise it only for files you trust)",
@@ -161,7 +179,7 @@ def _opened(source: Path | BinaryIO, name: Path | str, max_pixels: int | None = 
         try:
             yield image
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise _error(name, _reason(exc)) from exc
+            raise load_error(name, _reason(exc)) from exc
 
 
 def load_image(path: str | os.PathLike, channels: int) -> Image.Image:
@@ -175,7 +193,7 @@ def load_image(path: str | os.PathLike, channels: int) -> Image.Image:
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         raise FileNotFoundError(f"image file {path} does not exist")
-    return _decoded(_opened(path, path), channels)
+    return _decoded(open_image(path, path), channels)
 
 
 def decode_image(data: bytes, channels: int, name: str = "image", max_pixels: int | None = None) -> Image.Image:
@@ -185,7 +203,7 @@ def decode_image(data: bytes, channels: int, name: str = "image", max_pixels: in
     pixel is decoded, so a small file cannot make the caller allocate a huge image.
     """
     _check_channels(channels)
-    return _decoded(_opened(io.BytesIO(data), name, max_pixels), channels)
+    return _decoded(open_image(io.BytesIO(data), name, max_pixels), channels)
 
 
 def _decoded(opened: contextlib.AbstractContextManager[Image.Image], channels: int) -> Image.Image:
@@ -205,7 +223,7 @@ def image_header(path: str | os.PathLike) -> tuple[int, tuple[int, int]]:
     channels is 1 when the mode is one of GRAYSCALE_MODES (grey, grey+alpha, 1-bit, 16-bit, float) and 3 otherwise;
     palette images count as colour even when their palette happens to be grey.
     """
-    with _opened(Path(path), Path(path)) as image:
+    with open_image(Path(path), Path(path)) as image:
         return _channels_of(image.mode), (image.height, image.width)
 
 
@@ -214,11 +232,35 @@ def check_image(path: str | os.PathLike) -> tuple[int, tuple[int, int]]:
 
     JPEGs are decoded at 1/8 scale (still every block), which makes the check cheap even for large photos.
     """
-    with _opened(Path(path), Path(path)) as image:
+    with open_image(Path(path), Path(path)) as image:
         header = _channels_of(image.mode), (image.height, image.width)
         image.draft(None, (1, 1))
         image.load()
     return header
+
+
+# How each format's data ends: a file cut short (an interrupted copy or download) lacks it.
+_END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+_TAIL_BYTES = 4096  # cameras and editors may append a little data after the end marker
+
+
+def quick_check(path: str | os.PathLike) -> tuple[int, tuple[int, int]]:
+    """:func:`image_header` plus a look at the file's last bytes: (channels, (height, width)), cheap for any size.
+
+    A JPEG or PNG whose end marker is missing from its last 4 KiB (a file cut short) is decoded in full
+    (:func:`check_image`), so a truncated file fails here naming itself while the pixels of other files are left
+    for training to decode. Data damaged in the middle of a file passes; training substitutes such a file when it
+    meets it (:class:`vitkit.data.seeded.TransformedDataset`).
+    """
+    with open_image(Path(path), Path(path)) as image:
+        header, marker = (_channels_of(image.mode), (image.height, image.width)), _END_MARKERS.get(image.format or "")
+    if marker is None:
+        return header
+    with open(path, "rb") as file:
+        file.seek(max(0, os.fstat(file.fileno()).st_size - _TAIL_BYTES))
+        if marker in file.read():
+            return header
+    return check_image(path)
 
 
 def check_images(

@@ -1,4 +1,4 @@
-"""The data sets vitkit trains on: scikit-learn's digits, image folders and torchvision's data sets."""
+"""The data sets vitkit trains on: scikit-learn's digits, image folders, WebDataset shards and torchvision's sets."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision import datasets
 
-from vitkit.data.augment_config import CACHE_CHOICES, SOURCES, AugmentConfig, default_augment
-from vitkit.data.images import IMAGE_EXTENSIONS, ImageLoadError, check_images, find_image_files, load_image
+from vitkit.data.augment_config import CACHE_CHOICES, SOURCES, AugmentConfig, default_augment, is_shard_location
+from vitkit.data.decode import CentreCropDecoder, train_decoder
+from vitkit.data.folder_index import FolderIndex
+from vitkit.data.images import IMAGE_EXTENSIONS, ImageFile, ImageLoadError, find_image_files
 from vitkit.data.seeded import SeededTransformDataset, TransformedDataset
+from vitkit.data.shards import ShardSamples, ShardSet, read_shard_info
 from vitkit.data.transforms import (
     build_decode_transform,
     build_eval_transform,
@@ -63,12 +65,17 @@ class DataBundle:
     # The data decoded once at the training size when it is cached (--cache): (images uint8 (N, C, H, W), labels)
     # of each split. Training then augments whole batches of it (vitkit.data.batch_augment) and reads no files.
     memory: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+    # The training shards when they are streamed (vitkit.data.shards.ShardStream) rather than cached.
+    stream: ShardSet | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
 
+# Images the normalisation statistics of an image folder are computed from (a seeded random sample): the mean's
+# standard error is then about 1/22 of the spread of the images' own means, and start-up stays short.
+FOLDER_STATISTICS_SAMPLES = 500
 CACHE_LIMIT_BYTES = 1 << 30  # --cache auto keeps a data set in memory when its decoded pixels fit in 1 GiB
 
 
@@ -100,27 +107,33 @@ class BadImageFilesError(ImageLoadError):
 
 
 class ClassFolder(datasets.ImageFolder):
-    """ImageFolder that skips hidden folders and files, survives symbolic-link loops, reads images with
-    `load_image`, can be given the class list (so a val/eval folder missing a class still uses the training labels),
-    and decodes every image once up front: bad files fail now, all listed, or are left out with skip_bad_files."""
+    """ImageFolder that skips hidden folders and files, survives symbolic-link loops, can be given the class list
+    (so a val/eval folder missing a class still uses the training labels), and checks every file up front through
+    the folder's index (:mod:`vitkit.data.folder_index`: in ``workers`` processes, only new or changed files): bad
+    files fail now, all listed, or are left out with skip_bad_files.
+
+    Samples are (:class:`~vitkit.data.images.ImageFile`, class index): the transform decodes the file, in full
+    (:class:`~vitkit.data.transforms.ConvertChannels`) or at the scale its crop needs (:mod:`vitkit.data.decode`).
+    """
 
     def __init__(
         self,
         root: str | os.PathLike,
-        channels: int,
         class_names: Sequence[str] | None = None,
         *,
         skip_bad_files: bool = False,
+        workers: int = 0,
     ) -> None:
         self.given_classes = list(class_names) if class_names is not None else None
         self.skip_bad_files = skip_bad_files
         self.problems: list[str] = []  # bad files and empty class folders, one line each
         self.files: dict[str, list[Path]] = {}
         try:
-            super().__init__(str(root), loader=partial(load_image, channels=channels), allow_empty=True)
+            super().__init__(str(root), loader=ImageFile, allow_empty=True)
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"{root}: {exc}; expected {root}/<class>/<image files>") from exc
-        headers, bad = check_images([path for path, _ in self.samples])
+        self.index = FolderIndex(root)
+        headers, bad = self.index.check([path for path, _ in self.samples], workers)
         self.problems += bad
         if self.problems and not skip_bad_files:
             listing = "\n".join(f"  {line}" for line in self.problems)
@@ -204,6 +217,7 @@ def _folder(
     val_fraction: float,
     seed: int,
     skip_bad_files: bool,
+    workers: int,
 ) -> tuple[Dataset, Dataset, list[str], int, int | Sequence[int], str]:
     train_dir, val_dir = data_dir / "train", data_dir / "val"
     if not data_dir.is_dir():
@@ -211,27 +225,41 @@ def _folder(
     if not train_dir.is_dir():
         found = sorted(p.name for p in data_dir.iterdir() if p.is_dir())[:10]
         raise FileNotFoundError(f"{data_dir} has no train/ folder (found {found}); expected {_FOLDER_LAYOUT}")
-    train = ClassFolder(train_dir, channels or 3, skip_bad_files=skip_bad_files)
+    train = ClassFolder(train_dir, skip_bad_files=skip_bad_files, workers=workers)
     if len(train) == 0:
         raise FileNotFoundError(f"{train_dir} holds no readable images; expected {_FOLDER_LAYOUT}")
     class_names = list(train.classes)
     if channels is None or image_size is None:
         scanned_channels, median_side = _scan_folder(train)
-        if channels is None:  # decided by scanning the folder's own file list, so the loader is set afterwards
-            channels = scanned_channels
-            train.loader = partial(load_image, channels=channels)
+        channels = channels or scanned_channels
         image_size = image_size or median_side
         logger.info("folder %s: %d channel(s), image size %s", train_dir, channels, image_size)
     if val_dir.is_dir():
-        val: Dataset = ClassFolder(val_dir, channels, class_names, skip_bad_files=skip_bad_files)
+        val: Dataset = ClassFolder(val_dir, class_names, skip_bad_files=skip_bad_files, workers=workers)
         if len(val) == 0:
             raise FileNotFoundError(f"{val_dir} holds no images; expected {_FOLDER_LAYOUT}")
         return train, val, class_names, channels, image_size, "val"
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1) to hold out part of {train_dir}, got {val_fraction!r}")
-    train_idx, val_idx = _split_indices(train.targets, val_fraction, seed, str(train_dir))
+    train_idx, val_idx = _held_out_split(train, val_fraction, seed)
     logger.info("no %s: holding out %d of %d images (val_fraction=%s)", val_dir, len(val_idx), len(train), val_fraction)
     return Subset(train, train_idx), Subset(train, val_idx), class_names, channels, image_size, "val"
+
+
+def _shards(location: str, channels: int | None) -> tuple[ShardSamples, ShardSamples, list[str], int, int]:
+    """The train and val shards at ``location`` (a folder from `vitkit shard`, or the training shards themselves,
+    whose val shards are those listed beside them)."""
+    info, given = read_shard_info(location)
+    train = given if given is not None else info.splits.get("train")
+    val = info.splits.get("val")
+    if train is None or val is None or train == val:
+        raise ValueError(
+            f"{location}: training needs train and val shards (found splits {sorted(info.splits)}); expected the "
+            "folder `vitkit shard DIR --out SHARDS` writes, or its train-*.tar shards"
+        )
+    channels = channels or info.channels
+    train_samples, val_samples = ShardSamples(train, channels), ShardSamples(val, channels).load()
+    return train_samples, val_samples, list(info.classes), channels, info.image_size
 
 
 def _torchvision(source: str, root: Path, download: bool) -> tuple[Dataset, Dataset, list[str], int, int]:
@@ -293,8 +321,11 @@ def build_data(
         raise ValueError(f"data source {source!r} needs data_dir (the folder holding it)")
     elif source == "folder":
         train_base, val_base, class_names, native_channels, native_size, val_name = _folder(
-            Path(data_dir), channels, image_size, val_fraction, seed, skip_bad_files
+            Path(data_dir), channels, image_size, val_fraction, seed, skip_bad_files, workers
         )
+    elif source == "shards":
+        train_base, val_base, class_names, native_channels, native_size = _shards(str(data_dir), channels)
+        val_name = "val"
     else:
         train_base, val_base, class_names, native_channels, native_size = _torchvision(source, Path(data_dir), download)
         val_name = "test"
@@ -307,6 +338,8 @@ def build_data(
     memory = None
     if _cache_decision(cache, len(train_base) + len(val_base), size, channels):
         started = time.perf_counter()
+        if source == "shards":
+            train_base.load()
         memory = (
             *decode_all(train_base, size, channels, workers), *decode_all(val_base, size, channels, workers, **resize)
         )  # fmt: skip
@@ -318,16 +351,20 @@ def build_data(
     elif memory is not None:  # every training image, as the model sees them (before normalisation)
         pixels = memory[0].transpose(0, 1).flatten(1).double() / 255
         mean, std = pixel_statistics(pixels.sum(1), pixels.square().sum(1), pixels.shape[1])
+    elif source == "shards":  # from the first shards (their writer shuffled the samples): no other shard is read
+        statistics_base = ShardSamples(train_base.shards.head(2000), channels)
+        mean, std = compute_mean_std(statistics_base, size, channels, seed=seed, workers=workers)
     else:
-        mean, std = compute_mean_std(train_base, size, channels, seed=seed)
+        mean, std = _statistics(train_base, size, channels, seed, workers)
     logger.info(
         "%s: %d train / %d %s images, %d classes, %d channel(s), size %s, mean %s, std %s",
         *(source, len(train_base), len(val_base), val_name, len(class_names), channels, size),
         *([round(m, 4) for m in mean], [round(s, 4) for s in std]),
     )
+    train_transform, val_transform = _transforms(source, memory is None, size, channels, mean, std, aug, resize)
     return DataBundle(
-        train=SeededTransformDataset(train_base, build_train_transform(size, channels, mean, std, aug), seed),
-        val=TransformedDataset(val_base, build_eval_transform(size, channels, mean, std, **resize)),
+        train=SeededTransformDataset(train_base, train_transform, seed),
+        val=TransformedDataset(val_base, val_transform),
         class_names=class_names,
         in_channels=channels,
         image_size=size,
@@ -337,28 +374,97 @@ def build_data(
         val_name=val_name,
         augment=aug,
         memory=memory,
+        stream=train_base.shards if source == "shards" and memory is None else None,
     )
 
 
+def _transforms(
+    source: str, files: bool, size: tuple[int, int], channels: int, mean: tuple[float, ...],
+    std: tuple[float, ...], aug: AugmentConfig, resize: dict[str, Any],
+) -> tuple[Any, Any]:  # fmt: skip
+    """(train, eval) transforms (``resize``: the evaluation's interpolation and crop): on image files, decoders that
+    decode only what the crop needs where the augmentation allows (:mod:`vitkit.data.decode`), else the
+    transforms.v2 pipelines."""
+    train = build_train_transform(size, channels, mean, std, aug)
+    val = build_eval_transform(size, channels, mean, std, **resize)
+    if source != "folder" or not files:
+        return train, val
+    fast_train = train_decoder(size, channels, mean, std, aug)
+    logger.info("decoding image files at the scale each crop needs (vitkit.data.decode): evaluation%s",
+                " and training" if fast_train else "; training through transforms.v2 (its augmentation needs "
+                "the whole decoded image)")  # fmt: skip
+    return fast_train or train, CentreCropDecoder(size, channels, mean, std, **resize)
+
+
+def _statistics(
+    dataset: Dataset, size: tuple[int, int], channels: int, seed: int, workers: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """compute_mean_std in ``workers`` processes; for an image folder, kept in (and read from) its index."""
+    base, indices = (dataset.dataset, dataset.indices) if isinstance(dataset, Subset) else (dataset, None)
+    if not isinstance(base, ClassFolder):
+        return compute_mean_std(dataset, size, channels, seed=seed, workers=workers)
+    paths = [base.samples[i][0] for i in (range(len(base)) if indices is None else indices)]
+    key = base.index.fingerprint(paths, "statistics", list(size), channels, seed, FOLDER_STATISTICS_SAMPLES)
+    if key in base.index.computed:
+        mean, std = base.index.computed[key]
+        logger.info("normalisation statistics of %s from its index %s", base.root, base.index.file)
+        return tuple(mean), tuple(std)
+    mean, std = compute_mean_std(dataset, size, channels, FOLDER_STATISTICS_SAMPLES, seed, workers)
+    base.index.computed[key] = [list(mean), list(std)]
+    base.index.save()
+    return mean, std
+
+
+def _held_out_split(folder: ClassFolder, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """_split_indices of a folder's samples, kept in (and read from) its index."""
+    key = folder.index.fingerprint([path for path, _ in folder.samples], "split", fraction, seed)
+    if key not in folder.index.computed:
+        folder.index.computed[key] = _split_indices(folder.targets, fraction, seed, folder.root)
+        folder.index.save()
+    train, held_out = folder.index.computed[key]
+    return train, held_out
+
+
 def build_folder_eval_data(
-    data_dir: str | os.PathLike, config: ViTConfig, skip_bad_files: bool = False
+    data_dir: str | os.PathLike, config: ViTConfig, skip_bad_files: bool = False, workers: int = 0
 ) -> TransformedDataset:
     """An image folder prepared as a model with `config` expects (`eval_transform`), labelled with its class names.
 
     `data_dir` is DIR/<class>/<images>; a training folder (DIR/val/<class>) is accepted too, its val/ part used.
-    Class folders may be missing (no images of that class), but an unknown class folder is an error. Bad files
-    raise BadImageFilesError listing every one before any evaluation, or are left out with `skip_bad_files`.
+    Class folders may be missing (no images of that class), but an unknown class folder is an error. Files whose
+    check fails (:class:`ClassFolder`, in ``workers`` processes) raise BadImageFilesError listing every one before
+    any evaluation, or are left out with `skip_bad_files`. Images are decoded at the scale the crop needs
+    (:mod:`vitkit.data.decode`). WebDataset shards (`vitkit shard`'s folder, patterns, URLs) are read too: the
+    shards named, else the val shards.
     """
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise FileNotFoundError(f"evaluation folder {data_dir} does not exist; expected {data_dir}/<class>/<images>")
     if not config.num_classes:
         raise ValueError("the model has no classification head (num_classes is 0); it cannot be evaluated on labels")
     class_names = config.labels
+    if is_shard_location(data_dir):
+        return TransformedDataset(_eval_shards(str(data_dir), config.in_channels, class_names), eval_transform(config))
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"evaluation folder {data_dir} does not exist; expected {data_dir}/<class>/<images>")
     subdirs = {p.name for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
     if not subdirs <= set(class_names) and (data_dir / "val").is_dir():
         data_dir = data_dir / "val"
-    folder = ClassFolder(data_dir, config.in_channels, class_names, skip_bad_files=skip_bad_files)
+    folder = ClassFolder(data_dir, class_names, skip_bad_files=skip_bad_files, workers=workers)
     if len(folder) == 0:
         raise FileNotFoundError(f"{data_dir} holds no images; expected {data_dir}/<class>/<images>")
-    return TransformedDataset(folder, eval_transform(config))
+    mean, std = config.mean, config.std
+    if mean is None or std is None:
+        return TransformedDataset(folder, eval_transform(config))  # which warns about the missing statistics
+    resize = {"interpolation": config.interpolation, "crop_pct": config.crop_pct, "crop_mode": config.crop_mode}
+    return TransformedDataset(folder, CentreCropDecoder(config.image_size, config.in_channels, mean, std, **resize))
+
+
+def _eval_shards(location: str, channels: int, class_names: Sequence[str]) -> ShardSamples:
+    """The shards named at ``location``, else its val shards (else its train shards), labelled as the model is."""
+    info, given = read_shard_info(location)
+    shards = given or info.splits.get("val") or info.splits.get("train")
+    if shards is None:
+        raise ValueError(f"{location}: no shards to evaluate on (its splits: {sorted(info.splits)})")
+    unknown = sorted(set(info.classes) - set(class_names))
+    if unknown:
+        raise ValueError(f"{location} has classes {unknown} that are not among the model's classes {list(class_names)}")
+    return ShardSamples(shards, channels, [list(class_names).index(name) for name in info.classes])

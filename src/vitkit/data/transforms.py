@@ -5,18 +5,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Sized
 from typing import Any
 
 import PIL.Image
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from vitkit.data.augment_config import AugmentConfig
-from vitkit.data.images import convert_image
+from vitkit.data.images import ImageFile, ImageLoadError, convert_image
 from vitkit.model.config import ViTConfig, to_pair
 
 logger = logging.getLogger(__name__)
@@ -48,9 +48,10 @@ def single_threaded() -> Iterator[None]:
 
 
 class ConvertChannels(v2.Transform):
-    """Give every image `channels` channels: PIL images as `load_image` does, tensors by grey <-> RGB conversion."""
+    """Give every image `channels` channels: PIL images as `load_image` does, tensors by grey <-> RGB conversion;
+    an :class:`~vitkit.data.images.ImageFile` is decoded in full here."""
 
-    _transformed_types = (PIL.Image.Image, tv_tensors.Image, torch.Tensor)
+    _transformed_types = (ImageFile, PIL.Image.Image, tv_tensors.Image, torch.Tensor)
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -59,6 +60,8 @@ class ConvertChannels(v2.Transform):
         self.channels = channels
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, ImageFile):
+            return inpt.load(self.channels)
         if isinstance(inpt, PIL.Image.Image):
             return convert_image(inpt, self.channels)
         have = inpt.shape[-3]
@@ -181,32 +184,58 @@ def build_train_transform(
     return v2.Compose(steps)
 
 
+class _PixelSums(Dataset):
+    """Per-channel (sum, sum of squares, count) of the pixels of chosen samples of a data set, one sample each."""
+
+    def __init__(
+        self, dataset: Dataset, indices: list[int], to_tensor: Callable[[Any], torch.Tensor], channels: int
+    ) -> None:
+        self.dataset, self.indices, self.to_tensor, self.channels = dataset, indices, to_tensor, channels
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        try:
+            with single_threaded():
+                pixels = self.to_tensor(self.dataset[self.indices[i]][0]).flatten(1).double()
+        except ImageLoadError as exc:  # training substitutes such a file; the statistics leave it out
+            logger.warning("%s; left out of the normalisation statistics", exc)
+            pixels = torch.zeros(self.channels, 0, dtype=torch.float64)
+        return pixels.sum(dim=1), pixels.square().sum(dim=1), pixels.shape[1]
+
+
 def compute_mean_std(
     dataset: Dataset,
     image_size: int | Sequence[int],
     channels: int,
     max_samples: int = 2000,
     seed: int = 0,
+    workers: int = 0,
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of (a seeded random subsample of) `dataset`'s images at the training size.
 
-    `dataset` yields (image, label) with raw PIL images or uint8 tensors. Values are in [0, 1], as the model sees them
-    before normalisation. A channel with no variation gets std 1 so normalising never divides by zero.
+    `dataset` yields (image, label) with raw PIL images, image files or uint8 tensors; the images are decoded in
+    `workers` processes (0: this one). Values are in [0, 1], as the model sees them before normalisation. A channel
+    with no variation gets std 1 so normalising never divides by zero.
     """
+    if not isinstance(dataset, Sized):
+        raise ValueError(f"normalisation statistics need a data set with a length, got {type(dataset).__name__}")
     if len(dataset) == 0:
         raise ValueError("cannot compute normalisation statistics of an empty data set")
     to_tensor = v2.Compose(_unnormalised_eval_steps(image_size, channels))
     generator = torch.Generator().manual_seed(seed)
     indices = torch.randperm(len(dataset), generator=generator)[:max_samples].tolist()
+    sums = _PixelSums(dataset, indices, to_tensor, channels)
+    # A generator of its own: iterating must not draw from torch's global one (the model's initial weights come next).
+    loader = DataLoader(sums, batch_size=64, num_workers=workers, generator=torch.Generator())
     total = torch.zeros(channels, dtype=torch.float64)
     total_sq = torch.zeros(channels, dtype=torch.float64)
     count = 0
-    with single_threaded():
-        for index in indices:
-            pixels = to_tensor(dataset[index][0]).flatten(1).double()
-            total += pixels.sum(dim=1)
-            total_sq += pixels.square().sum(dim=1)
-            count += pixels.shape[1]
+    for batch_total, batch_total_sq, batch_count in loader:
+        total += batch_total.sum(dim=0)
+        total_sq += batch_total_sq.sum(dim=0)
+        count += int(batch_count.sum())
     return pixel_statistics(total, total_sq, count)
 
 

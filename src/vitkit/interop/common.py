@@ -14,7 +14,6 @@ from vitkit.io import PICKLE_SUFFIXES, load_pickle_weights_only, load_safetensor
 from vitkit.model import VisionTransformer, ViTConfig
 from vitkit.model.weights import load_weights
 
-
 # Checkpoints written by training scripts often wrap the weights in one of these keys.
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 

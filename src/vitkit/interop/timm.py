@@ -11,7 +11,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from torch import Tensor, nn
 
@@ -32,6 +32,7 @@ TIMM_LAYER_NORM_EPS = 1e-6
 def timm_model_from_state_dict(state_dict: dict[str, Tensor], name: str) -> TimmViT:
     """timm's ``name`` architecture (no download) holding ``state_dict``, after a check of every key and shape."""
     import timm
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
 
     state = dict(state_dict)
     num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
@@ -45,6 +46,8 @@ def timm_model_from_state_dict(state_dict: dict[str, Tensor], name: str) -> Timm
         model = timm.create_model(name, **kwargs)
     except RuntimeError as err:  # timm's "Unknown model"
         raise ValueError(f"timm has no model named {name!r}: {err}") from err
+    if not isinstance(model, TimmViT):
+        raise ValueError(f"timm's {name} is a {type(model).__name__}, not a VisionTransformer")
     check_state_dict(state, model.state_dict(), what=f"timm's {name}")
     model.load_state_dict(state)
     return model
@@ -73,8 +76,12 @@ def timm_hub_config(weights: Path, name: str | None) -> tuple[str, dict[str, Any
 
 def _unsupported(model: TimmViT) -> list[str]:
     """The parts of a timm ViT that vitkit's model does not have (each would change the logits)."""
+    from timm.models.vision_transformer import Block
+
     block = model.blocks[0]
+    act = getattr(block.mlp, "act", None)
     checks = {
+        "blocks other than timm's pre-norm Block": not all(type(b) is Block for b in model.blocks),
         "register tokens": model.num_reg_tokens > 0,
         "position vectors not added to the class token (no_embed_class)": model.no_embed_class,
         "no position vectors": model.pos_embed is None,
@@ -82,9 +89,7 @@ def _unsupported(model: TimmViT) -> list[str]:
         f"global_pool={model.global_pool!r} (vitkit pools 'token' or 'avg')": model.global_pool not in ("token", "avg"),
         "LayerScale (init_values)": not isinstance(getattr(block, "ls1", nn.Identity()), nn.Identity),
         "q/k normalisation (qk_norm)": not isinstance(getattr(block.attn, "q_norm", nn.Identity()), nn.Identity),
-        "an MLP other than Linear-GELU-Linear": not (
-            isinstance(getattr(block.mlp, "act", None), nn.GELU) and block.mlp.act.approximate == "none"
-        ),
+        "an MLP other than Linear-GELU-Linear": not (isinstance(act, nn.GELU) and act.approximate == "none"),
         "a norm inside the MLP": not isinstance(getattr(block.mlp, "norm", nn.Identity()), nn.Identity),
         "a norm after the patch embedding": not isinstance(model.patch_embed.norm, nn.Identity),
     }
@@ -93,6 +98,7 @@ def _unsupported(model: TimmViT) -> list[str]:
 
 def convert_timm(model: TimmViT) -> tuple[ViTConfig, dict[str, Tensor]]:
     """(ViTConfig, vitkit state dict) of a timm ``VisionTransformer``: the same weights, q/k/v split exactly."""
+    from timm.models.vision_transformer import Block
     from timm.models.vision_transformer import VisionTransformer as TimmViT
 
     if not isinstance(model, TimmViT):
@@ -100,7 +106,9 @@ def convert_timm(model: TimmViT) -> tuple[ViTConfig, dict[str, Tensor]]:
     unsupported = _unsupported(model)
     if unsupported:
         raise ValueError(f"this timm model has parts vitkit's ViT does not: {', '.join(unsupported)}")
-    block = model.blocks[0]
+    block = cast(Block, model.blocks[0])  # _unsupported checked that every block is a Block
+    # Block annotates its attention and MLP as plain modules; in a Block their layers are nn.Linear
+    fc1, qkv = cast(nn.Linear, block.mlp.fc1), cast(nn.Linear, block.attn.qkv)
     pretrained = dict(getattr(model, "pretrained_cfg", None) or {})
     in_channels = model.patch_embed.proj.in_channels
     stats = {k: pretrained[k] for k in ("mean", "std") if len(pretrained.get(k, ())) == in_channels}
@@ -116,10 +124,10 @@ def convert_timm(model: TimmViT) -> tuple[ViTConfig, dict[str, Tensor]]:
         hidden_dim=model.embed_dim,
         depth=len(model.blocks),
         num_heads=block.attn.num_heads,
-        mlp_dim=block.mlp.fc1.out_features,
+        mlp_dim=fc1.out_features,
         pool="cls" if model.global_pool == "token" else "mean",
         class_token=model.cls_token is not None,
-        qkv_bias=block.attn.qkv.bias is not None,
+        qkv_bias=qkv.bias is not None,
         layer_norm_eps=block.norm1.eps,
         fc_norm=isinstance(model.fc_norm, nn.LayerNorm),
         interpolation=pretrained.get("interpolation", "bicubic"),
@@ -175,6 +183,7 @@ def to_timm(model: VisionTransformer) -> tuple[dict[str, Tensor], dict[str, Any]
 
 def create_model_call(kwargs: dict[str, Any]) -> str:
     """The Python line that builds the timm model ``to_timm``'s state dict fits."""
+
     def code(value: Any) -> str:
         if isinstance(value, functools.partial):  # norm_layer: the repr would name the class, not the code
             return f"functools.partial(torch.nn.LayerNorm, eps={value.keywords['eps']!r})"
@@ -182,4 +191,3 @@ def create_model_call(kwargs: dict[str, Any]) -> str:
 
     args = ", ".join(f"{k}={code(v)}" for k, v in kwargs.items())
     return f"timm.create_model({TIMM_EXPORT_NAME!r}, pretrained=False, {args})"
-

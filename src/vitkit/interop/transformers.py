@@ -10,16 +10,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, cast
 
 from torch import Tensor, nn
 
 from vitkit.data.transforms import resize_size
 from vitkit.interop.common import build_model, refuse_what_peer_lacks, rename
 from vitkit.model import VisionTransformer, ViTConfig
-
-if TYPE_CHECKING:
-    from transformers import ViTForImageClassification
 
 # Inside each encoder layer: vitkit name -> transformers 5 name, and the same for transformers 4.
 _LAYER_NAMES = {
@@ -79,7 +76,7 @@ def _preprocessing(folder: Path | None) -> dict[str, Any]:
 
 
 def convert_transformers(
-    model: ViTForImageClassification, preprocessing: dict[str, Any] | None = None
+    model: nn.Module, preprocessing: dict[str, Any] | None = None
 ) -> tuple[ViTConfig, dict[str, Tensor]]:
     """(ViTConfig, vitkit state dict) of a ``ViTForImageClassification``: the same weights, renamed."""
     from transformers import ViTForImageClassification
@@ -89,8 +86,10 @@ def convert_transformers(
     peer = model.config
     if peer.hidden_act != "gelu":
         raise ValueError(f"vitkit's MLP uses exact GELU; this model uses hidden_act={peer.hidden_act!r}")
-    labels = [peer.id2label[i] for i in range(peer.num_labels)] if peer.num_labels else []
-    default_labels = [f"LABEL_{i}" for i in range(peer.num_labels)]
+    # the config's __post_init__ turns id2label's keys into ints (they are strings in config.json)
+    id2label = cast(dict[int, str], peer.id2label or {})
+    labels = [id2label[i] for i in range(len(id2label))]
+    default_labels = [f"LABEL_{i}" for i in range(len(id2label))]
     fields = _preprocessing(None) if preprocessing is None else preprocessing
     in_channels = peer.num_channels
     if len(fields["mean"]) != in_channels:
@@ -154,8 +153,7 @@ def to_transformers(model: VisionTransformer, directory: str | os.PathLike) -> P
         hidden_act="gelu",
         layer_norm_eps=config.layer_norm_eps,
         qkv_bias=config.qkv_bias,
-        num_labels=config.num_classes,
-        id2label=dict(enumerate(labels)),
+        id2label=dict(enumerate(labels)),  # num_labels is its length
         label2id={name: i for i, name in enumerate(labels)},
     )
     peer = transformers.ViTForImageClassification(peer_config)

@@ -17,6 +17,8 @@ Pair = tuple[int, int]
 POS_EMBED_CHOICES = ("learned", "sincos")
 POOL_CHOICES = ("cls", "mean", "seq")
 PATCH_EMBED_CHOICES = ("linear", "shifted")
+# The linear layers of an encoder block that LoRA adapters can wrap (vitkit.model.lora): attention, then MLP.
+LORA_TARGETS = ("q", "k", "v", "proj", "fc1", "fc2")
 INTERPOLATION_CHOICES = ("nearest", "bilinear", "bicubic")
 CROP_MODE_CHOICES = ("center", "squash")
 
@@ -29,7 +31,7 @@ def to_pair(value: int | Sequence[int], name: str) -> Pair:
         pair = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else ()
     if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
         raise ValueError(f"{name} must be a positive int or a (height, width) pair of them, got {value!r}")
-    return pair  # type: ignore[return-value]
+    return pair
 
 
 def _is_number(value: Any) -> bool:
@@ -158,7 +160,9 @@ class ViTConfig:
         if self.crop_mode not in CROP_MODE_CHOICES:
             raise ValueError(f"crop_mode must be one of {CROP_MODE_CHOICES}, got {self.crop_mode!r}")
         if not _is_number(self.crop_pct) or not 0.0 < self.crop_pct <= 1.0:
-            raise ValueError(f"crop_pct must be a number in (0, 1] (1 means no margin is cropped away), got {self.crop_pct!r}")
+            raise ValueError(
+                f"crop_pct must be a number in (0, 1] (1 means no margin is cropped away), got {self.crop_pct!r}"
+            )
         if not _is_number(self.layer_norm_eps) or self.layer_norm_eps <= 0:
             raise ValueError(f"layer_norm_eps must be a positive number, got {self.layer_norm_eps!r}")
         if self.class_names is not None:
@@ -166,9 +170,7 @@ class ViTConfig:
                 raise ValueError(f"class_names must be a list of names, one per class, got {self.class_names!r}")
             self.class_names = [str(name) for name in self.class_names]
             if len(self.class_names) != self.num_classes:
-                raise ValueError(
-                    f"class_names has {len(self.class_names)} names but num_classes is {self.num_classes}"
-                )
+                raise ValueError(f"class_names has {len(self.class_names)} names but num_classes is {self.num_classes}")
         for name in ("mean", "std"):
             value = getattr(self, name)
             if value is not None:

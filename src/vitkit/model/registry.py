@@ -12,13 +12,16 @@ from vitkit.model.config import ViTConfig
 if TYPE_CHECKING:
     from vitkit.model.vit import VisionTransformer
 
-# Width, depth, heads and MLP size of the ViT paper's model sizes (Table 1) and DeiT's Ti/S.
+# Width, depth, heads and MLP size of the ViT paper's model sizes (Table 1), DeiT's Ti/S, and the giant (g/14) and
+# gigantic (G/14) sizes of "Scaling Vision Transformers" (Zhai et al., 2022) as timm builds them.
 _SIZES: dict[str, dict[str, int]] = {
     "tiny": dict(hidden_dim=192, depth=12, num_heads=3, mlp_dim=768),
     "small": dict(hidden_dim=384, depth=12, num_heads=6, mlp_dim=1536),
     "base": dict(hidden_dim=768, depth=12, num_heads=12, mlp_dim=3072),
     "large": dict(hidden_dim=1024, depth=24, num_heads=16, mlp_dim=4096),
     "huge": dict(hidden_dim=1280, depth=32, num_heads=16, mlp_dim=5120),
+    "giant": dict(hidden_dim=1408, depth=40, num_heads=16, mlp_dim=6144),
+    "gigantic": dict(hidden_dim=1664, depth=48, num_heads=16, mlp_dim=8192),
 }
 
 
@@ -38,6 +41,8 @@ _REGISTRY: dict[str, ViTConfig] = {
     "vit_large_patch16_224": _paper_config("large", 16),
     "vit_large_patch32_224": _paper_config("large", 32),
     "vit_huge_patch14_224": _paper_config("huge", 14),
+    "vit_giant_patch14_224": _paper_config("giant", 14),
+    "vit_gigantic_patch14_224": _paper_config("gigantic", 14),
     # Small models for small images: vit_digits is the seed's ViT sized for the 8x8 digits; vit_digits_stem, what
     # `vitkit train` uses on them, adds one 3x3 convolution before the patches (Xiao et al., 2021): measured over
     # split seeds 0-2 it lifts held-out accuracy from about 98.9 % to 99.5 % in 40 epochs instead of 60.

@@ -93,7 +93,7 @@ class MLP(nn.Module):
     def __init__(self, config: ViTConfig) -> None:
         super().__init__()
         self.fc1 = nn.Linear(config.hidden_dim, config.mlp_dim)
-        self.act = nn.GELU()
+        self.act: nn.Module = nn.GELU()  # inference transforms replace it (in place, or inside a product)
         self.fc2 = nn.Linear(config.mlp_dim, config.hidden_dim)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -135,7 +135,8 @@ class VisionTransformer(nn.Module):
             config = config.replace(**kwargs)
         self.config = config
         # Steps 1-2, or shifted patch tokenization in their place (small_data) when the config asks for it.
-        self.patch_embed = small_data.shifted_patch_embedding(config) or PatchEmbedding(config)
+        # nn.Module: inference transforms may wrap it (vitkit.optimize's bf16 casts the images on the way in)
+        self.patch_embed: nn.Module = small_data.shifted_patch_embedding(config) or PatchEmbedding(config)
         num_positions = config.num_prefix_tokens + config.num_patches
         if config.class_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_dim))
@@ -160,7 +161,9 @@ class VisionTransformer(nn.Module):
             else nn.Identity()
         )
         self.seq_pool = small_data.sequence_pooling(config)
-        self.head = nn.Linear(self.head_input_dim, config.num_classes) if config.num_classes else nn.Identity()
+        self.head: nn.Module = (
+            nn.Linear(self.head_input_dim, config.num_classes) if config.num_classes else nn.Identity()
+        )
         self.reset_parameters()
 
     # --- what the model is --------------------------------------------------------------------
@@ -203,7 +206,9 @@ class VisionTransformer(nn.Module):
     def check_input(self, images: Tensor) -> None:
         """Raise a ValueError that says expected vs. got, instead of a shape error deep inside."""
         if images.ndim != 4:
-            raise ValueError(f"expected images of shape (batch, channels, height, width), got shape {tuple(images.shape)}")
+            raise ValueError(
+                f"expected images of shape (batch, channels, height, width), got shape {tuple(images.shape)}"
+            )
         channels, height, width = images.shape[1:]
         if channels != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got {channels}")
@@ -218,7 +223,9 @@ class VisionTransformer(nn.Module):
         self.check_input(images)
         tokens = self.patch_embed(images)  # (B, num_patches, D)
         if self.config.class_token:
-            tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)  # (B, 1 + num_patches, D)
+            tokens = torch.cat(
+                [self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1
+            )  # (B, 1 + num_patches, D)
         return self.pos_dropout(tokens + self.pos_embed)
 
     def forward_features(self, images: Tensor) -> Tensor:
@@ -302,13 +309,18 @@ class VisionTransformer(nn.Module):
     def reset_head(self, num_classes: int, class_names: list[str] | None = None) -> None:
         """A fresh classification head, e.g. to fine-tune on a data set with other classes."""
         self.config = self.config.replace(num_classes=num_classes, class_names=class_names)
-        device = self.patch_embed.proj.weight.device
-        self.head = nn.Linear(self.head_input_dim, num_classes).to(device) if num_classes else nn.Identity()
+        device = next(self.parameters()).device
         if num_classes:
-            trunc_normal_init(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+            head = nn.Linear(self.head_input_dim, num_classes).to(device)
+            trunc_normal_init(head.weight)
+            nn.init.zeros_(head.bias)
+            self.head = head
+        else:
+            self.head = nn.Identity()
 
-    def load_weights(self, state_dict: dict[str, Tensor], source_grid: Pair | None = None, strict_head: bool = True) -> None:
+    def load_weights(
+        self, state_dict: dict[str, Tensor], source_grid: Pair | None = None, strict_head: bool = True
+    ) -> None:
         """Load weights, fitting position vectors and (``strict_head=False``) the head: see ``weights.load_weights``."""
         weights.load_weights(self, state_dict, source_grid=source_grid, strict_head=strict_head)
 

@@ -29,7 +29,7 @@ import copy
 import logging
 import sys
 import types
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -56,18 +56,10 @@ def default_tome(config: ViTConfig) -> int:
     """Tokens merged per block by default: a quarter of the patches over the whole depth (ViT-B/16 at 224: 4), in
     models whose width times tokens is at least ViT-B/16's at 224 (:data:`TOME_MIN_SIZE`); none in smaller ones.
 
-    Accuracy, measured on a digits model (benchmarks/optimize_accuracy.py): merging a quarter of the patches kept
-    top-1 agreement with float32 above 99 % and accuracy unchanged; half of them did not. Speed, measured with int8
-    on this project's 2-core CPU (with against without, batch 1 unless said): the matching costs a few small steps
-    per block, while the merged tokens save work that grows with the width and the tokens.
-
-    - vit_digits, batch 256 (96 x 17 = 1,632): 0.80x;
-    - ViT-Ti/16 at 224 (192 x 197 = 37,824): 0.77x, batch 16 0.97x;
-    - ViT-S/16 at 224 (75,648): 0.90x, batch 16 0.99x;
-    - ViT-Ti/16 at 384 (110,784): 0.96x;
-    - ViT-B/16 at 224 (151,296): 1.01x, batch 16 1.015x to 1.03x;
-    - ViT-Ti/16 at 512 (196,800): 1.03x;
-    - ViT-S/16 at 384 (221,568) and 512 (393,600): 1.06x.
+    A quarter of the patches is the most that keeps top-1 agreement with float32 within the accuracy bar
+    (benchmarks/optimize_accuracy.py checks it). The matching costs a few small steps per block, while the merged
+    tokens save work that grows with the width and the tokens: below ViT-B/16's size the steps cost more than the
+    merged tokens save (benchmarks/ compares the two).
 
     Mean-pooled models merge nothing (their head would average merged tokens without their sizes).
     """
@@ -95,13 +87,13 @@ def optimize(
     ``int8`` defaults to on unless ``exact``, ``bf16`` or a GPU model says otherwise; ``onednn`` to on for a
     float32 CPU model (no int8, bf16 or compile) where PyTorch has oneDNN and its products of the model's shapes at
     one image were timed faster than ``F.linear``'s (:func:`~vitkit.optimize.onednn.onednn_wins`); ``tome`` to
-    :func:`default_tome` unless ``exact`` or a GPU model (there its many small matching steps cost more than
-    the merged tokens save: on an H200, ViT-B/16 in bf16 ran at 0.69x the speed without it at batch 256, 0.39x
-    at batch 1). Options that change the numbers (int8, bf16, tome > 0) cannot be combined with ``exact=True``.
+    :func:`default_tome` unless ``exact`` or a GPU model (there its many small matching steps, each a kernel
+    launch, cost more than the merged tokens save). Options that change the numbers (int8, bf16, tome > 0) cannot
+    be combined with ``exact=True``.
     """
     if not isinstance(model, VisionTransformer):
         raise ValueError(f"optimize expects a vitkit VisionTransformer, got {type(model).__name__}")
-    on_cpu = model.patch_embed.proj.weight.device.type == "cpu"
+    on_cpu = next(model.parameters()).device.type == "cpu"
     if tome is None:
         tome = 0 if exact or onnxruntime or not on_cpu else default_tome(model.config)
     if int8 is None:
@@ -149,7 +141,8 @@ def optimize(
         "optimized: fuse_qkv=%s int8=%s bf16=%s onednn=%s tome=%s compile=%s",
         fuse_qkv or bool(tome), int8, bf16, onednn, tome, compile,
     )  # fmt: skip
-    return torch.compile(fast) if compile else fast
+    # torch.compile of a Module returns an OptimizedModule (a Module); its annotation only says "a callable"
+    return cast(nn.Module, torch.compile(fast)) if compile else fast
 
 
 class _CallablePackage(types.ModuleType):

@@ -37,7 +37,7 @@ class Cast(nn.Module):
 
 def to_bf16(model: VisionTransformer) -> VisionTransformer:
     """All weights in bf16 (in place); images are cast on the way in, logits back to float32 on the way out."""
-    if model.patch_embed.proj.weight.device.type == "cpu" and not cpu_has_native_bf16():
+    if next(model.parameters()).device.type == "cpu" and not cpu_has_native_bf16():
         logger.warning("this CPU has no native bf16 (AVX-512 BF16 or AMX): bf16 will be slower than float32")
     model.to(torch.bfloat16)
     model.patch_embed = Cast(model.patch_embed, input_dtype=torch.bfloat16)

@@ -5,8 +5,7 @@ The MLP's first layer widens each token to ``mlp_dim`` (4x the width): at ViT-B/
 with fresh pages from the system, one page fault per 4 KiB, on every call; smaller blocks reuse freed memory.
 The MLP treats each token on its own, so running it on chunks of rows gives the same float32 numbers (int8
 quantizes each chunk's activations with the chunk's own scale) while every chunk's activation stays below the
-threshold. Measured on this project's 2-core machine: the int8 first layer took 9.3 us per row at 3,152 rows
-(39 MB out) against 6.1 us at 1,576, and ``optimize()`` of ViT-B/16 ran 8 % faster at batch 16 with chunks.
+threshold, and no call pays the page faults of fresh memory.
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ class FusedSelfAttention(nn.Module):
     def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """As the model's attention: (B, N, D), and the float32 probabilities with ``return_attention``."""
         out, _, attention = self.attend(x, return_attention=return_attention)
-        return (out, attention.float()) if return_attention else out
+        return out if attention is None else (out, attention.float())
 
 
 def fuse_qkv(model: VisionTransformer) -> VisionTransformer:

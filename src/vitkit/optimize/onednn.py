@@ -1,21 +1,18 @@
 """Linear layers multiplied by oneDNN on the CPU: at inference (``optimize``) and in ``vitkit train``'s steps.
 
 ``nn.Linear`` on the CPU multiplies through MKL's sgemm; PyTorch ships a second matrix-multiply library, oneDNN,
-whose kernels it uses for float32 convolutions but not for float32 linear layers. On this project's 2-core AMD EPYC
-(MKL reports its generic "Intel(R) Architecture processors" path there) oneDNN's float32 products of ViT-B/16's
-shapes took 0.69x to 0.9x MKL's time at 197 rows (batch 1) and at 3,152 rows (batch 16); with them
-``optimize(exact=True)`` of ViT-B/16 ran 1.20x faster at batch 1 and 1.12x at batch 16, and a ViT-S/16 training
-step at batch 32 1.08x faster. The numbers are float32 sums in another order: logits within a few 1e-6 of
-``nn.Linear``'s.
+whose kernels it uses for float32 convolutions but not for float32 linear layers. On CPUs where MKL falls back to
+its generic path (AMD's, for one) oneDNN's products of ViT shapes can be markedly faster. The numbers are float32
+sums in another order: logits within a few 1e-6 of ``nn.Linear``'s.
 
 In a training step (``vitkit train`` runs its larger CPU forward passes in :class:`OneDnnProducts`; the model is
 left as it is) the backward pass's product for the input's gradient runs in oneDNN too; the one for the weight's
-gradient stays with ``torch.mm``: its operands are transposed, and oneDNN was slower on them here.
+gradient stays with ``torch.mm``: its operands are transposed, a layout oneDNN handles more slowly.
 
-Whether oneDNN is faster depends on the CPU: on a 2-core Intel Xeon with AVX-512 the same products ran 0.93x to
-1.11x MKL's speed. So unless told (``optimize(onednn=True/False)``, ``--cpu-kernels on``), the choice is made at run
-time by :func:`onednn_wins`: both products timed once on the model's own shapes, oneDNN taken only where it wins by
-a margin (:data:`ONEDNN_MARGIN`), and the choice logged.
+Whether oneDNN is faster depends on the CPU (on some it is slower than MKL). So unless told
+(``optimize(onednn=True/False)``, ``--cpu-kernels on``), the choice is made at run time by :func:`onednn_wins`:
+both products timed once on the model's own shapes, oneDNN taken only where it wins by a margin
+(:data:`ONEDNN_MARGIN`), and the choice logged.
 """
 
 from __future__ import annotations
@@ -59,7 +56,6 @@ class _LinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
         return _product(x, weight, bias)
 
     @staticmethod
@@ -70,7 +66,7 @@ class _LinearFunction(torch.autograd.Function):
         grad_rows = grad.reshape(-1, grad.shape[-1])  # (tokens, out)
         grad_x = _product(grad, weight.t(), None) if needs_x else None
         grad_weight = grad_rows.t().mm(x.reshape(-1, x.shape[-1])) if needs_weight else None
-        grad_bias = grad_rows.sum(dim=0) if ctx.has_bias and needs_bias else None
+        grad_bias = grad_rows.sum(dim=0) if needs_bias else None  # False for a None bias
         return grad_x, grad_weight, grad_bias
 
 
@@ -127,7 +123,7 @@ def onednn_wins(shapes: Sequence[Shape], timings: ProductTimings = PRODUCT_TIMIN
     return wins
 
 
-def linear_shapes(model: nn.Module, images: int) -> list[Shape]:
+def linear_shapes(model: VisionTransformer, images: int) -> list[Shape]:
     """(rows, in, out) of each ``nn.Linear`` of ``model`` in a forward pass of ``images`` images: the head multiplies
     one row per image, every other layer one row per token."""
     config = model.config
@@ -183,7 +179,8 @@ def onednn_linears(model: VisionTransformer) -> VisionTransformer:
     """Make every float32 ``nn.Linear`` of ``model`` a :class:`OneDnnLinear` (in place), each MLP's exact GELU
     moved into its first layer."""
     for module in model.modules():
-        if isinstance(module, MLP) and type(module.act) is nn.GELU and module.act.approximate == "none":
+        act = module.act if isinstance(module, MLP) else None
+        if isinstance(module, MLP) and type(act) is nn.GELU and act.approximate == "none":
             module.fc1, module.act = OneDnnLinear(module.fc1, gelu=True), nn.Identity()
     for parent in list(model.modules()):
         for name, child in parent.named_children():

@@ -4,16 +4,15 @@ The encoder blocks' linear layers (q/k/v, projection, MLP: nearly all of a ViT's
 int8; the patch embedding and the head stay float, where the error would matter most for the least time.
 Two routes: torchao (the maintained home of PyTorch quantization) and PyTorch's own
 ``torch.ao.quantization.quantize_dynamic`` (deprecated in favour of torchao, still present in torch 2.x).
-On CPUs, measured in benchmarks/optimize_accuracy.py and the README, PyTorch's own route runs int8
-kernels in eager mode while torchao's CPU int8 path needs torch.compile to be fast, so "auto" takes the
-PyTorch route while it exists.
+On CPUs PyTorch's own route runs int8 kernels in eager mode while torchao's CPU int8 path needs
+torch.compile to be fast, so "auto" takes the PyTorch route while it exists.
 
 PyTorch's route packs the weights for one of its quantized engines, chosen when the layers are quantized: the
 backend may name any of ``torch.backends.quantized.supported_engines`` ("x86" and "fbgemm" run fbgemm's kernels,
-"onednn" oneDNN's). On a CPU with AVX-512 VNNI, oneDNN's kernels ran ViT-B/16 7 to 15 % faster at batch 16 and
-12 % faster at batch 1 than PyTorch's default "x86" (README), with the same arithmetic (activations quantized per
-tensor to 7 bits, weights to int8) and the same accuracy, so "auto" takes them there;
-elsewhere (AVX2 only: unmeasured here) it keeps the process's engine, PyTorch's default for the platform.
+"onednn" oneDNN's). On a CPU with AVX-512 VNNI oneDNN's kernels use its int8 dot-product instructions and run
+faster than PyTorch's default "x86", with the same arithmetic (activations quantized per tensor to 7 bits, weights
+to int8) and the same accuracy, so "auto" takes them there; elsewhere it keeps the process's engine, PyTorch's
+default for the platform.
 """
 
 from __future__ import annotations
@@ -69,6 +68,6 @@ def quantize_int8(model: VisionTransformer, backend: str = "auto") -> VisionTran
 
     engine = {"auto": default_engine(), "torch": torch.backends.quantized.engine}.get(backend, backend)
     with quantized_engine(engine), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the deprecation notice points to torchao, measured above
+        warnings.simplefilter("ignore")  # the deprecation notice points to torchao: see the module's docstring
         quantize_dynamic(model.blocks, {nn.Linear}, inplace=True)
     return model

@@ -83,7 +83,7 @@ class ProportionalAttention(FusedSelfAttention):
 
     def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         out, _, attention = self.attend(x, self.token_sizes.attention_bias(x), return_attention)
-        return (out, attention.float()) if return_attention else out
+        return out if attention is None else (out, attention.float())
 
 
 class MergingBlock(nn.Module):
@@ -107,7 +107,7 @@ class MergingBlock(nn.Module):
         x, self.token_sizes.sizes = merge_tokens(x, sizes, keys.mean(dim=1), self.r, self.protect_first)
         del out, keys  # not held through the MLP, as in EncoderBlock
         x = x + self.mlp(self.norm2(x))  # LayerNorm -> MLP -> residual
-        return (x, attention.float()) if return_attention else x
+        return x if attention is None else (x, attention.float())
 
 
 def apply_tome(model: VisionTransformer, r: int) -> VisionTransformer:
@@ -120,5 +120,10 @@ def apply_tome(model: VisionTransformer, r: int) -> VisionTransformer:
         raise ValueError(f"tome must be a whole number of tokens to merge per block (>= 0), got {r!r}")
     sizes = TokenSizes()
     protect_first = model.config.class_token
-    model.blocks = nn.ModuleList(MergingBlock(block, r, sizes, protect_first) for block in model.blocks)
+    merging = []
+    for block in model.blocks:
+        if not isinstance(block, EncoderBlock):
+            raise ValueError(f"token merging replaces the model's EncoderBlocks, got a {type(block).__name__}")
+        merging.append(MergingBlock(block, r, sizes, protect_first))
+    model.blocks = nn.ModuleList(merging)
     return model

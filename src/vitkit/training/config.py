@@ -25,8 +25,23 @@ from typing import Any
 
 import yaml
 
-from vitkit.data.augment_config import CACHE_CHOICES, SOURCES, AugmentConfig, default_augment
-from vitkit.model.config import PATCH_EMBED_CHOICES, POOL_CHOICES, POS_EMBED_CHOICES, Pair, ViTConfig, to_pair
+from vitkit.data.augment_config import (
+    CACHE_CHOICES,
+    DECODE_CHOICES,
+    SOURCES,
+    AugmentConfig,
+    default_augment,
+    is_shard_location,
+)
+from vitkit.model.config import (
+    LORA_TARGETS,
+    PATCH_EMBED_CHOICES,
+    POOL_CHOICES,
+    POS_EMBED_CHOICES,
+    Pair,
+    ViTConfig,
+    to_pair,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,11 +54,12 @@ DEFAULT_MODEL = "vit_digits_stem"
 SCRATCH_LR = 1e-3
 FINETUNE_LR = 1e-4
 AMP_CHOICES = ("auto", "bf16", "off")
+AUTO_RESUME = "auto"  # --resume auto: continue the run folder's last checkpoint if it has one, else start
 CPU_KERNELS_CHOICES = ("auto", "on", "off")  # see vitkit.training.cpu_kernels
 # Settings that may change when a run is resumed without changing what it computes (epochs extends the schedule).
 RESUMABLE_CHANGES = frozenset(
-    {"epochs", "workers", "save_every", "tensorboard", "progress", "resume", "out", "name", "download",
-     "device", "data_dir", "deterministic", "cpu_kernels"}
+    {"epochs", "steps", "workers", "save_every", "tensorboard", "progress", "resume", "out", "name", "download",
+     "device", "data_dir", "deterministic", "cpu_kernels", "grad_checkpointing", "compile"}
 )  # fmt: skip
 
 # ViTConfig fields the data decides (size, channels, classes, normalisation); every other one is a `vit` setting.
@@ -67,10 +83,11 @@ class TrainConfig:
     """Everything ``vitkit train`` can be told; saved resolved as ``train_config.json`` in the run folder."""
 
     # --- data
-    dataset: str | None = _flag(None, "data set; default: folder with --data-dir, else digits", choices=SOURCES)
+    dataset: str | None = _flag(None, "data set; default: folder/shards with --data-dir, else digits", choices=SOURCES)
     data_dir: str | None = _flag(
         None,
-        "image folder (DIR/train/<class>/..., optional DIR/val/<class>/...) or torchvision data root",
+        "image folder (DIR/train/<class>/..., optional DIR/val/<class>/...), WebDataset shards (a folder from "
+        "`vitkit shard`, a pattern such as shards/train-{000000..000009}.tar, URLs) or torchvision data root",
         metavar="DIR",
     )
     download: bool = _flag(False, "let torchvision download --dataset into --data-dir")
@@ -83,6 +100,10 @@ class TrainConfig:
     cache: str = _flag(
         "auto", "keep the decoded images in memory (no file reads after the first pass; whole-batch augmentation): "
         "auto (when they fit in 1 GiB), on, off", choices=CACHE_CHOICES,
+    )  # fmt: skip
+    decode: str = _flag(
+        "cpu", "where training images are decoded and augmented: cpu (in --workers), or gpu (whole batches on the "
+        "training device, torchvision's decode_jpeg; workers only read files)", choices=DECODE_CHOICES,
     )  # fmt: skip
     # --- model
     model: str | None = _flag(
@@ -103,6 +124,10 @@ class TrainConfig:
     )  # fmt: skip
     # --- optimisation
     epochs: int = _flag(40, "passes over the training set")
+    steps: int = _flag(
+        0, "stop after N optimizer steps and write the checkpoint, without the end-of-run validation and pictures "
+        "(smoke tests, timing); 0: run every epoch",
+    )  # fmt: skip
     batch_size: int = _flag(64, "images per forward pass over all processes (split evenly between them)")
     accum_steps: int = _flag(1, "forward passes per optimizer step (gradient accumulation)")
     lr: float | None = _flag(
@@ -116,6 +141,22 @@ class TrainConfig:
     ema_decay: float = _flag(0.99, "decay per optimizer step of the weights' EMA; 0 turns the EMA off")
     mixup: float = _flag(0.0, "MixUp alpha; 0 turns it off")
     cutmix: float = _flag(0.0, "CutMix alpha; 0 turns it off")
+    # --- fine-tuning with few labels (vitkit.training.finetune)
+    layer_decay: float = _flag(
+        1.0, "layer-wise learning-rate decay (BEiT/MAE fine-tuning): block i of D gets lr * X^(D - i), the "
+        "embeddings lr * X^(D + 1), the head lr; 1 turns it off",
+    )  # fmt: skip
+    freeze_blocks: int = _flag(0, "give the embeddings and the first K blocks no gradient; 0: train everything")
+    linear_probe: bool = _flag(False, "train the classification head only (every other weight frozen)")
+    head_lr_scale: float = _flag(1.0, "the head's learning rate is lr times this")
+    lora_rank: int = _flag(
+        0, "add low-rank adapters of this rank to the --lora-targets layers and train only them and the head "
+        "(needs --init-from); 0 turns LoRA off",
+    )  # fmt: skip
+    lora_alpha: float | None = _flag(None, "LoRA scaling alpha (the update is B A x * alpha / rank); default: rank")
+    lora_targets: str = _flag(
+        "q,v", "comma-separated layers that get adapters, of q, k, v, proj (attention), fc1, fc2 (MLP)", metavar="LIST"
+    )
     # --- augmentation: overrides of the data set's default (vitkit.data.default_augment)
     augment: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "overrides of the data set's AugmentConfig (flags: one per setting)"}
@@ -132,10 +173,22 @@ class TrainConfig:
         "pass): auto (from a forward-pass size up), on, off", choices=CPU_KERNELS_CHOICES,
     )  # fmt: skip
     deterministic: bool = _flag(True, "use deterministic algorithms (torch.use_deterministic_algorithms)")
+    shard_model: bool = _flag(
+        False, "shard weights, gradients and optimizer state between the processes (FSDP2, one unit per encoder "
+        "block) and write sharded checkpoints (torch.distributed.checkpoint); for models too large for DDP",
+    )  # fmt: skip
+    grad_checkpointing: bool = _flag(
+        False, "recompute each encoder block's activations in the backward pass instead of keeping them "
+        "(torch.utils.checkpoint): less memory, about a third more compute",
+    )  # fmt: skip
+    compile: bool = _flag(False, "compile the model for training with torch.compile")
     # --- the run folder
     out: str | None = _flag(None, "run folder; default: runs/NAME", metavar="DIR")
     name: str | None = _flag(None, "run name; default: DATASET-MODEL-DATE-TIME")
-    resume: str | None = _flag(None, "continue the interrupted run in this folder", metavar="RUN_DIR")
+    resume: str | None = _flag(
+        None, f"continue the interrupted run in this folder; {AUTO_RESUME}: the run folder's (--out) if it has a "
+        "checkpoint, else start it (the default under --max-restarts)", metavar="RUN_DIR|auto",
+    )  # fmt: skip
     save_every: int = _flag(0, "also write a checkpoint every N optimizer steps; 0: at the end of each epoch only")
     tensorboard: bool = _flag(True, "write TensorBoard event files (when tensorboard is installed)")
     progress: bool = _flag(True, "show a progress bar per epoch")
@@ -148,7 +201,8 @@ class TrainConfig:
         self.vit = _coerce_nested("vit", self.vit, VIT_SETTINGS, typing.get_type_hints(ViTConfig))
         self.augment = _coerce_nested("augment", self.augment, AUGMENT_SETTINGS, typing.get_type_hints(AugmentConfig))
         if self.dataset is None:
-            self.dataset = "folder" if self.data_dir is not None else "digits"
+            shards = self.data_dir is not None and is_shard_location(self.data_dir)
+            self.dataset = "digits" if self.data_dir is None else "shards" if shards else "folder"
         if self.lr is None:  # weights that already see well move little: fine-tuning starts 10x lower
             self.lr = FINETUNE_LR if self.init_from is not None else SCRATCH_LR
         self._check()
@@ -160,11 +214,12 @@ class TrainConfig:
 
         for name, choices in (
             ("dataset", SOURCES), ("amp", AMP_CHOICES), ("cache", CACHE_CHOICES), ("cpu_kernels", CPU_KERNELS_CHOICES),
+            ("decode", DECODE_CHOICES),
         ):  # fmt: skip
             need(getattr(self, name) in choices, name, f"one of {list(choices)}")
         for name in ("epochs", "batch_size", "accum_steps"):
             need(getattr(self, name) >= 1, name, "an integer >= 1")
-        for name in ("workers", "save_every", "seed"):
+        for name in ("workers", "save_every", "seed", "steps"):
             need(getattr(self, name) >= 0, name, "an integer >= 0")
         for name in ("min_lr", "warmup_epochs", "weight_decay", "clip_grad", "mixup", "cutmix"):
             need(getattr(self, name) >= 0, name, "a number >= 0")
@@ -173,6 +228,18 @@ class TrainConfig:
         for name in ("label_smoothing", "ema_decay"):
             need(0 <= getattr(self, name) < 1, name, "a number in [0, 1)")
         need(0 < self.val_fraction < 1, "val_fraction", "a fraction in (0, 1)")
+        need(0 < self.layer_decay <= 1, "layer_decay", "a number in (0, 1]")
+        need(self.freeze_blocks >= 0, "freeze_blocks", "an integer >= 0")
+        need(self.head_lr_scale > 0, "head_lr_scale", "a number > 0")
+        need(self.lora_rank >= 0, "lora_rank", "an integer >= 0")
+        need(self.lora_alpha is None or self.lora_alpha > 0, "lora_alpha", "a number > 0")
+        targets = self.lora_targets.split(",")
+        need(bool(targets) and set(targets) <= set(LORA_TARGETS), "lora_targets", f"names from {list(LORA_TARGETS)}")
+        if self.lora_rank and self.init_from is None:
+            raise ValueError("lora_rank needs init_from (--init-from RUN_DIR_OR_FILE): adapters adapt trained weights")
+        chosen = [name for name in ("linear_probe", "freeze_blocks", "lora_rank") if getattr(self, name)]
+        if len(chosen) > 1:
+            raise ValueError(f"{' and '.join(chosen)} exclude each other: each decides which weights train; pick one")
         for name, choices in VIT_CHOICES.items():
             if name in self.vit and self.vit[name] not in choices:
                 raise ValueError(f"vit.{name}={self.vit[name]!r} is invalid: expected one of {list(choices)}")
@@ -184,6 +251,13 @@ class TrainConfig:
             raise ValueError(f"the digits data set is built in and takes no data_dir (got {self.data_dir!r})")
         if self.dataset != "digits" and self.data_dir is None:
             raise ValueError(f"dataset {self.dataset!r} needs data_dir (--data-dir DIR)")
+        if self.decode == "gpu" and self.dataset not in ("folder", "shards"):
+            raise ValueError(f"decode='gpu' decodes image files: expected a folder or shards, got {self.dataset!r}")
+        if self.decode == "gpu" and self.augmentation().auto_augment != "none":
+            raise ValueError(
+                f"decode='gpu' augments whole batches, which auto_augment={self.augmentation().auto_augment!r} "
+                "cannot: expected auto_augment 'none', or decode 'cpu'"
+            )
 
     # --- conversions ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

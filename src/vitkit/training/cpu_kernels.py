@@ -8,13 +8,13 @@ Two things change in a CPU training step when it engages; the model stays as it 
   gradient; after GELU that is a (B, N, mlp_dim) tensor, four times the width, per block, while GELU's own backward
   node already keeps GELU's input, of the same size. Kept as a recipe instead (GELU's input and its
   ``approximate``), the output is recomputed bit for bit when the backward pass needs it: one wide tensor less per
-  block for one GELU per block more. Measured on this project's 2-core CPU, ViT-S/16 at batch 32: the step peaked
-  at 1,778 MiB instead of 2,187, at the same speed (benchmarks/gelu_recompute.py compares it with PyTorch's
-  selective activation checkpointing).
+  block for one GELU per block more, a small cost next to the block's products (benchmarks/gelu_recompute.py
+  compares it with PyTorch's selective activation checkpointing).
 
 ``auto`` engages both on the CPU from :data:`FAST_FORWARD_MIN_WORK` up (below it the Python around each operator
 costs more than they save), ``on`` on the CPU at any size (oneDNN without timing it), ``off`` never. Not on a GPU:
-measured on an H100 (ViT-B/16, batch 128), the recomputation cost 6 % of the bf16 step's speed for 17 % less memory.
+there the recomputation is a separate kernel whose cost is a larger share of a fast step, and GPU training has
+activation checkpointing for memory.
 
 The recipe is read from GELU's backward node (``GeluBackward0``'s ``_saved_self`` and ``_saved_approximate``), which
 PyTorch does not promise to keep: :func:`gelu_recipes_work` checks, once per process, that this PyTorch still
@@ -40,9 +40,8 @@ from vitkit.training.config import CPU_KERNELS_CHOICES
 
 logger = logging.getLogger(__name__)
 
-# The smallest forward pass (images x tokens x width) for which ``auto`` engages. Measured on this project's 2-core
-# CPU, one training step with against without: vit_digits_stem at batch 64 (104,448) 0.91x, ViT-Ti/16 batch 8
-# (302,592) 0.98x, ViT-S/16 batch 8 (605,184) 1.04x, ViT-Ti/16 batch 32 1.06x, ViT-S/16 batch 32 1.06x to 1.08x.
+# The smallest forward pass (images x tokens x width) for which ``auto`` engages: below it the Python around each
+# operator outweighs what the faster products and the smaller memory save.
 FAST_FORWARD_MIN_WORK = 500_000
 GELU_NODE = "GeluBackward0"  # the autograd node whose saved input and approximation make the recipe
 

@@ -1,7 +1,9 @@
-"""Several processes, one model: torchrun detection, process groups and reductions.
+"""Several processes, one model: torchrun and Slurm detection, process groups, DDP or FSDP2, and reductions.
 
-Under ``torchrun`` every process runs the same training loop on its share of each batch; DistributedDataParallel
-averages the gradients, so all processes hold the same weights. Only rank 0 writes files and logs.
+Under ``torchrun`` (or ``srun``) every process runs the same training loop on its share of each batch.
+DistributedDataParallel averages the gradients, so all processes hold the same weights; with ``--shard-model``
+FSDP2 (``fully_shard``) instead keeps 1/N of every weight, gradient and optimizer state on each process and gathers
+one encoder block's weights at a time. Only rank 0 writes files and logs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +42,20 @@ class DistContext:
 
 
 def context_from_env() -> DistContext:
-    """Read torchrun's RANK / LOCAL_RANK / WORLD_SIZE (absent: a single process)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    """Read torchrun's RANK / LOCAL_RANK / WORLD_SIZE; without them, the task of an ``srun`` job step
+    (SLURM_PROCID / SLURM_LOCALID / SLURM_STEP_NUM_TASKS); without either, a single process."""
+    env = os.environ
+    if "WORLD_SIZE" in env:
+        names = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+    elif "SLURM_STEP_NUM_TASKS" in env:  # set by srun for its tasks, not in the batch script itself
+        names = ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_STEP_NUM_TASKS")
+    else:
         return DistContext()
-    return DistContext(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world_size)
+    try:
+        rank, local_rank, world_size = (int(env.get(name, "0")) for name in names)
+    except ValueError as err:
+        raise ValueError(f"{'/'.join(names)} must be integers, got {[env.get(name) for name in names]}") from err
+    return DistContext(rank, local_rank, world_size) if world_size > 1 else DistContext()
 
 
 @contextlib.contextmanager
@@ -82,11 +95,30 @@ def init_process_group(ctx: DistContext, device: torch.device) -> bool:
     """
     if not ctx.distributed or dist.is_initialized():
         return False
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if missing:  # torchrun sets them; under srun the batch script does (docs/guides/multi-node.md)
+        raise ValueError(
+            f"process {ctx.rank} of {ctx.world_size} cannot find the others: {' and '.join(missing)} not set. Under "
+            "srun, export MASTER_ADDR (the first node's host name) and MASTER_PORT (a free port) in the batch script"
+        )
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    dist.init_process_group(
+        backend, rank=ctx.rank, world_size=ctx.world_size, device_id=device if device.type == "cuda" else None
+    )
     if ctx.is_main:
         logger.info("process group: %s, %d processes", backend, ctx.world_size)
     return True
+
+
+@contextlib.contextmanager
+def main_first(ctx: DistContext) -> Iterator[None]:
+    """Run the block on the main process first, then on the others, which find what it wrote (an image folder's
+    index): one process checks the files instead of every one at once."""
+    if ctx.distributed and not ctx.is_main:
+        dist.barrier()
+    yield
+    if ctx.distributed and ctx.is_main:
+        dist.barrier()
 
 
 def destroy_process_group(barrier: bool) -> None:
@@ -94,6 +126,82 @@ def destroy_process_group(barrier: bool) -> None:
     if barrier:
         dist.barrier()
     dist.destroy_process_group()
+
+
+def parallelize(model: nn.Module, ctx: DistContext, device: torch.device, shard: bool) -> nn.Module:
+    """The module the training steps run: ``model`` itself for one process; sharded in place with FSDP2 (one unit
+    per encoder block, then the root) with ``shard``; else wrapped in DistributedDataParallel."""
+    if not ctx.distributed:
+        return model
+    if shard:
+        shard_blocks(model, device)
+        return model
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def shard_blocks(model: nn.Module, device: torch.device) -> None:
+    """``fully_shard`` each of ``model.blocks``, then the model (patch embedding, head and the rest)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError as err:  # public from PyTorch 2.6
+        raise ValueError(
+            f"--shard-model needs PyTorch 2.6 or newer (FSDP2's fully_shard), found {torch.__version__}"
+        ) from err
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+@contextlib.contextmanager
+def gradient_sync(network: nn.Module, enabled: bool) -> Iterator[None]:
+    """Average the gradients between processes in this backward pass only if ``enabled`` (the last micro-batch of
+    an optimizer step): DDP's ``no_sync``, FSDP2's ``set_requires_gradient_sync``."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if enabled:
+        yield
+    elif isinstance(network, DistributedDataParallel):
+        with network.no_sync():
+            yield
+    elif isinstance(network, FSDPModule):
+        network.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            network.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def full_tensor(value: Tensor) -> Tensor:
+    """A plain tensor from a DTensor (an FSDP2 gradient norm is one), else ``value`` itself."""
+    from torch.distributed.tensor import DTensor
+
+    return value.full_tensor() if isinstance(value, DTensor) else value
+
+
+def full_weights(module: nn.Module) -> dict[str, Tensor]:
+    """``module``'s whole state dict on the CPU, in rank 0 (every process calls it: it gathers FSDP2's shards;
+    the other processes get an empty dict). A module that is not sharded gives its own state dict."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(module, FSDPModule):
+        return module.state_dict()
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def broadcast_object(obj: Any, ctx: DistContext) -> Any:
+    """Rank 0's ``obj`` on every process (no-op for one process)."""
+    if not ctx.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def all_reduce_sum(values: list[float], ctx: DistContext, device: torch.device) -> list[float]:

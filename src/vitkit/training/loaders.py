@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 from torch.utils.data import DataLoader, Subset
@@ -12,6 +13,8 @@ from torch.utils.data.distributed import DistributedSampler
 
 from vitkit.data import DataBundle
 from vitkit.data.batch_augment import BatchAugment, batched, draw, step_generator
+from vitkit.data.gpu_decode import BatchDecoder, EncodedImages, collate_encoded
+from vitkit.data.shards import training_stream
 from vitkit.training.distributed import DistContext
 
 
@@ -36,61 +39,100 @@ class Loaders:
     """This process's training batches per epoch and its share of the validation set.
 
     Data held in memory (``DataBundle.memory``) with an augmentation that has a batched form is indexed on the
-    device and augmented a whole batch at a time, seeded by (seed, epoch, micro-batch); anything else goes through
-    DataLoaders whose per-sample augmentation is seeded by (seed, epoch, sample). Either way the batches depend only
-    on the seed, the epoch and the position in it: the same for any number of processes and after a resume.
+    device and augmented a whole batch at a time, seeded by (seed, epoch, micro-batch); so are image files decoded
+    on the device (``decode="gpu"``: the workers read bytes). Anything else goes through DataLoaders whose
+    per-sample augmentation is seeded by (seed, epoch, sample); shards are streamed (``DataBundle.stream``). Either
+    way the batches depend only on the seed, the epoch and the position in it: the same after a resume, and for
+    any number of processes (shards: the same samples per epoch, grouped into batches per process).
     """
 
     def __init__(
         self, data: DataBundle, batch_size: int, accum_steps: int, workers: int, seed: int, ctx: DistContext,
-        device: torch.device,
+        device: torch.device, decode: str = "cpu",
     ) -> None:  # fmt: skip
         self.seed, self.ctx, self.device, self.batch_size, self.accum_steps = seed, ctx, device, batch_size, accum_steps
         self.per_process_batch = batch_size // ctx.world_size
         self.sampler = ResumableSampler(data.train, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
         self.micro_batches = self.sampler.num_samples // self.per_process_batch  # whole batches only (drop_last)
-        self.augment = (
-            BatchAugment(data.augment, data.mean, data.std) if data.memory is not None and batched(data.augment) else None
-        )
+        self.in_memory = data.memory is not None and batched(data.augment)
+        # --decode gpu: workers read files, this process decodes and augments whole batches on the device.
+        on_device = decode == "gpu" and data.memory is None
+        self.decoder = BatchDecoder(data.image_size, data.in_channels, device) if on_device else None
+        self.augment = BatchAugment(data.augment, data.mean, data.std) if self.in_memory or on_device else None
         # Worker seeds come from this generator, not from torch's global one, whose state a checkpoint must capture.
         self.generator = torch.Generator()
         val_share = range(ctx.rank, len(data.val), ctx.world_size)  # no padding: exact accuracy
         self.val_batch = max(2 * self.per_process_batch, 256)
-        if self.augment is not None:
+        if self.in_memory:
             train_images, train_labels, val_images, val_labels = data.memory
             self.images, self.labels = train_images.to(device), train_labels.to(device)
             self.val_images, self.val_labels = val_images[val_share].to(device), val_labels[val_share]
             return
         common = dict(num_workers=workers, pin_memory=device.type == "cuda", generator=self.generator)
-        # drop_last: every step averages equally many samples per process, so DDP's mean of means is the batch mean.
-        self.train = DataLoader(data.train, batch_size=self.per_process_batch, sampler=self.sampler, drop_last=True,
-                                **common)  # fmt: skip
+        self.stream = None
+        if data.stream is not None:
+            self.stream = training_stream(data, ctx.rank, ctx.world_size, self.per_process_batch, on_device)
+            self.micro_batches = self.stream.batches
+            self.train = DataLoader(self.stream, batch_size=None, **common)
+        else:
+            # drop_last: every step averages equally many samples per process, so DDP's mean of means is the batch
+            # mean.
+            self.train = DataLoader(
+                EncodedImages(data.train.base) if on_device else data.train, batch_size=self.per_process_batch,
+                sampler=self.sampler, drop_last=True, collate_fn=collate_encoded if on_device else None, **common,
+            )  # fmt: skip
         self.val_loader = DataLoader(Subset(data.val, val_share), batch_size=self.val_batch, shuffle=False, **common)
 
     def epoch(self, epoch: int, first: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This process's training batches of ``epoch``, from micro-batch ``first`` on (after a resume)."""
         self.sampler.set_epoch(epoch)
         self.sampler.start = first * self.per_process_batch
-        if self.augment is not None:
+        if self.in_memory:
             return self._memory_batches(epoch, first)
-        self.train.dataset.set_epoch(epoch)
+        if self.stream is not None:
+            self.stream.set_epoch(epoch, first)
+        elif self.decoder is None:
+            self.train.dataset.set_epoch(epoch)
         self.generator.manual_seed(self.seed + epoch)
+        if self.decoder is not None:
+            return self._decoded_batches(epoch, first)
         return iter(self.train)
+
+    def _rows(self, epoch: int, micro: int) -> torch.Tensor:
+        """The augmentation draws of this process's samples of micro-batch ``micro``: the step's rows, then this
+        micro-batch's, then this process's (DistributedSampler deals samples in turn)."""
+        step, part = divmod(micro, self.accum_steps)
+        rows = draw(step_generator(self.seed, epoch, step), self.batch_size * self.accum_steps)
+        return rows[part * self.batch_size : (part + 1) * self.batch_size][self.ctx.rank :: self.ctx.world_size]
 
     def _memory_batches(self, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         indices = torch.tensor(list(self.sampler), dtype=torch.int64).to(self.device)
-        size, global_size = self.per_process_batch, self.batch_size
+        size = self.per_process_batch
         for i, micro in enumerate(range(first, self.micro_batches)):
             batch = indices[i * size : (i + 1) * size]
-            # The step's rows, then this micro-batch's, then this process's (DistributedSampler deals samples in turn).
-            step, part = divmod(micro, self.accum_steps)
-            rows = draw(step_generator(self.seed, epoch, step), global_size * self.accum_steps)
-            rows = rows[part * global_size : (part + 1) * global_size][self.ctx.rank :: self.ctx.world_size]
-            yield self.augment(self.images[batch], rows), self.labels[batch]
+            yield self.augment(self.images[batch], self._rows(epoch, micro)), self.labels[batch]
+
+    def _decoded_batches(self, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches decoded on the device, the next one in a thread while the current one trains."""
+        batches = enumerate(self.train, start=first)
+        with ThreadPoolExecutor(1, thread_name_prefix="vitkit-decode") as decoding:
+
+            def decode_next() -> tuple[int, Future, torch.Tensor] | None:
+                micro, (files, labels) = next(batches, (None, (None, None)))
+                return None if micro is None else (micro, decoding.submit(self.decoder, files), labels)
+
+            pending = decode_next()
+            while pending is not None:
+                micro, images, labels = pending
+                pending = decode_next()
+                images = images.result()
+                if images.is_cuda:  # made on the decoder's stream: keep its memory until this stream is done
+                    images.record_stream(torch.cuda.current_stream(images.device))
+                yield self.augment(images, self._rows(epoch, micro)), labels
 
     def val(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This process's share of the validation set, normalised as the model expects."""
-        if self.augment is None:
+        if not self.in_memory:
             return iter(self.val_loader)
         return (
             (self.augment.normalise(self.val_images[i : i + self.val_batch]), self.val_labels[i : i + self.val_batch])

@@ -25,7 +25,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
@@ -33,12 +32,20 @@ from vitkit.data import DataBundle, build_batch_mixer
 from vitkit.evaluation import tally
 from vitkit.model import VisionTransformer
 from vitkit.training import distributed
-from vitkit.training.checkpoint import LAST_WEIGHTS, load_checkpoint, save_best, save_checkpoint
+from vitkit.training.checkpoint import (
+    LAST_WEIGHTS,
+    load_checkpoint,
+    load_sharded_checkpoint,
+    save_best,
+    save_checkpoint,
+    save_sharded_checkpoint,
+)
 from vitkit.training.config import TrainConfig
 from vitkit.training.cpu_kernels import choose as choose_cpu_kernels
 from vitkit.training.distributed import DistContext
 from vitkit.training.interrupts import DataWorkerError, TrainingInterrupted, is_worker_death, stop_on_ctrl_c
 from vitkit.training.loaders import Loaders
+from vitkit.training.memory import recompute_blocks_in_backward
 from vitkit.training.metrics import MetricsLog
 from vitkit.training.optim import build_optimizer, build_scheduler, lr_factor
 
@@ -103,25 +110,35 @@ class Trainer:
     ) -> None:  # fmt: skip
         self.config, self.run_dir, self.ctx, self.device = config, run_dir, ctx, device
         self.data, self.model = data, model
-        self.ddp = (
-            DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-            if ctx.distributed
-            else None
-        )
-        if ctx.distributed:
-            # Weights are rank 0's (DDP broadcast them); dropout, drop-path and mixing differ per process.
-            torch.manual_seed(config.seed + ctx.rank)
+        # The EMA copy first: FSDP2's modules cannot be deep-copied, and it must not share the blocks' recomputation.
         self.ema = (
             AveragedModel(model, multi_avg_fn=ema_with_warmup(config.ema_decay), use_buffers=True).eval()
             if config.ema_decay > 0
             else None
         )
+        if config.grad_checkpointing:
+            logger.info("gradient checkpointing: each encoder block's forward pass runs again in the backward pass")
+            recompute_blocks_in_backward(model)
+        self.sharded = config.shard_model and ctx.distributed
+        self.parallel = distributed.parallelize(model, ctx, device, shard=config.shard_model)
+        self.network = self.parallel  # what the training steps call: compiled with --compile
+        if self.sharded:
+            logger.info("model sharded between %d processes (FSDP2, one unit per encoder block)", ctx.world_size)
+            if self.ema is not None:
+                distributed.shard_blocks(self.ema.module, device)
+        if config.compile:
+            logger.info("compiling the model for training (torch.compile)")
+            self.network = torch.compile(self.parallel)
+        if ctx.distributed:
+            # Weights are rank 0's (all processes built them from one seed); dropout, drop-path and mixing differ.
+            torch.manual_seed(config.seed + ctx.rank)
         self.bf16 = use_bf16(config.amp, device)
         self.cpu_kernels = choose_cpu_kernels(config.cpu_kernels, device, model, config.batch_size)
         self.mixer = (
             build_batch_mixer(config.mixup, config.cutmix, data.num_classes) if config.mixup or config.cutmix else None
         )
-        self.loaders = Loaders(data, config.batch_size, config.accum_steps, config.workers, config.seed, ctx, device)
+        self.loaders = Loaders(data, config.batch_size, config.accum_steps, config.workers, config.seed, ctx, device,
+                               config.decode)  # fmt: skip
         self.steps_per_epoch = self.loaders.micro_batches // config.accum_steps
         if self.steps_per_epoch == 0:
             raise ValueError(
@@ -138,7 +155,9 @@ class Trainer:
             warmup_steps = total_steps // 2
         min_ratio = config.min_lr / config.lr
         self.parameters = list(model.parameters())
-        self.optimizer = build_optimizer(model, config.lr, config.weight_decay)
+        self.optimizer = build_optimizer(
+            model, config.lr, config.weight_decay, config.layer_decay, config.head_lr_scale
+        )
         self.scheduler = build_scheduler(self.optimizer, total_steps, warmup_steps, min_ratio)
         self.lr_schedule = [config.lr * lr_factor(s, total_steps, warmup_steps, min_ratio) for s in range(total_steps)]
 
@@ -184,6 +203,8 @@ class Trainer:
                 started = time.perf_counter()
                 try:
                     self._train_epoch(epoch, on_step_end)
+                    if self._step_limit_reached():
+                        return self._stop_at_step_limit()
                     record = self._end_epoch(epoch, started)
                 except (RuntimeError, ConnectionError, EOFError) as err:
                     if not is_worker_death(err):
@@ -194,7 +215,7 @@ class Trainer:
                     ) from err
                 if on_epoch_end is not None and self.ctx.is_main:
                     on_epoch_end(record)
-        final = self.ema.module if self.ema is not None else self.model
+        final = self._final_model()
         if self.metrics is not None:
             final.save_pretrained(self.run_dir)
             self.metrics.close()
@@ -207,7 +228,7 @@ class Trainer:
         config, loaders = self.config, self.loaders
         first = self.step_in_epoch * config.accum_steps  # micro-batches done before a resume
         total = self.steps_per_epoch * config.accum_steps
-        network = self.ddp or self.model
+        network = self.network
         network.train()
         bar = tqdm(
             total=total * config.batch_size, initial=first * config.batch_size, unit="img", unit_scale=True,
@@ -216,7 +237,8 @@ class Trainer:
         )  # fmt: skip
         started = time.perf_counter()
         step_loss = torch.zeros((), device=self.device)
-        for micro, (images, labels) in enumerate(loaders.epoch(epoch, first), start=first):
+        batches = iter(()) if self._step_limit_reached() else loaders.epoch(epoch, first)
+        for micro, (images, labels) in enumerate(batches, start=first):
             last_micro = (micro + 1) % config.accum_steps == 0
             step_loss += self._forward_backward(network, images, labels, sync=last_micro)
             bar.update(config.batch_size)
@@ -236,7 +258,34 @@ class Trainer:
                 on_step_end(epoch, self.step, self.model)
             if distributed.any_process(self.ctrl_c_pressed(), self.ctx, self.device):
                 self._stop_after_ctrl_c(epoch)
+            if self._step_limit_reached():
+                break
         bar.close()
+
+    def _step_limit_reached(self) -> bool:
+        return 0 < self.config.steps <= self.step
+
+    def _stop_at_step_limit(self) -> tuple[list[dict[str, Any]], VisionTransformer]:
+        """--steps N reached: the checkpoint of step N, and no end-of-run validation, final weights or pictures."""
+        if self.saved_step != self.step:
+            self._save_checkpoint()
+        if self.metrics is not None:
+            self.metrics.close()
+        logger.info("stopped after %d optimizer step(s) (steps=%d): the checkpoint is in %s; continue with "
+                    "`vitkit train --resume %s --steps 0`", self.step, self.config.steps, self.run_dir,
+                    self.run_dir)  # fmt: skip
+        return self.history, self._final_model()
+
+    def _final_model(self) -> VisionTransformer:
+        """The EMA when on, else the weights; a sharded model is gathered whole on rank 0 (one model.safetensors,
+        loaded like any run's)."""
+        final = self.ema.module if self.ema is not None else self.model
+        if self.sharded:
+            weights = distributed.full_weights(final)
+            if self.ctx.is_main:
+                final = VisionTransformer(final.config)
+                final.load_state_dict(weights)
+        return final
 
     def _stop_after_ctrl_c(self, epoch: int) -> None:
         """Ctrl-C: a checkpoint of the step just finished (every process stops at the same step), then stop."""
@@ -260,9 +309,8 @@ class Trainer:
         targets = labels
         if self.mixer is not None:
             images, targets = self.mixer(images, labels)
-        # Gradients are all-reduced between processes only on the last micro-batch of an optimizer step.
-        no_sync = self.ddp.no_sync() if self.ddp is not None and not sync else contextlib.nullcontext()
-        with no_sync:
+        # Gradients are averaged between processes only on the last micro-batch of an optimizer step.
+        with distributed.gradient_sync(self.parallel, sync):
             with self.cpu_kernels.forward(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 logits = network(images)
             loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.config.label_smoothing)
@@ -281,10 +329,10 @@ class Trainer:
         non-finite value stops the run before the bad update is applied.
         """
         max_norm = self.config.clip_grad or math.inf  # inf: measure the norm (to catch NaN) without clipping
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, max_norm, foreach=True)
+        grad_norm = distributed.full_tensor(torch.nn.utils.clip_grad_norm_(self.parameters, max_norm, foreach=True))
         loss_value, norm_value = torch.stack([loss.float(), grad_norm.float()]).tolist()
         self._stop_if_non_finite(epoch, loss_value, norm_value)
-        lr = self.scheduler.get_last_lr()[0]
+        lr = self.lr_schedule[self.step]  # the peak rate's; layer decay scales it per group
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
@@ -329,8 +377,9 @@ class Trainer:
         best_acc, source, module = max(candidates, key=lambda candidate: candidate[0])
         if best_acc > self.best_acc:
             self.best_acc = best_acc
+            weights = distributed.full_weights(module)  # sharded: every process takes part, rank 0 gets them
             if self.ctx.is_main:
-                save_best(self.run_dir, module.state_dict(), epoch + 1, best_acc, source)
+                save_best(self.run_dir, weights, epoch + 1, best_acc, source)
         self.history.append(record)
         self.epoch, self.step_in_epoch, self.sums, self.seconds = epoch + 1, 0, self._zero_sums(), 0.0
         self._save_checkpoint()  # first the checkpoint, then the report: a reported epoch is never lost
@@ -354,33 +403,47 @@ class Trainer:
 
     def _save_checkpoint(self) -> None:
         rng_states = distributed.gather_objects(self._rng_state(), self.ctx)  # every process's random stream
-        if not self.ctx.is_main:
-            return
+        sums = distributed.gather_objects(self.sums.cpu(), self.ctx)  # and its share of the epoch's sums
         state = {
             "epoch": self.epoch, "step": self.step, "step_in_epoch": self.step_in_epoch,
             "steps_per_epoch": self.steps_per_epoch, "best_acc": self.best_acc, "history": self.history,
-            "sums": self.sums.cpu(), "seconds": self.seconds, "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None,
+            "sums": sums, "seconds": self.seconds, "scheduler": self.scheduler.state_dict(),
             "rng": rng_states,
         }  # fmt: skip
-        save_checkpoint(self.run_dir, self.model.state_dict(), state)
+        if self.config.shard_model:  # every process writes its shards
+            save_sharded_checkpoint(self.run_dir, self.model, self.optimizer, self.ema, state, self.ctx.is_main)
+        elif self.ctx.is_main:
+            state["optimizer"] = self.optimizer.state_dict()
+            state["ema"] = self.ema.state_dict() if self.ema is not None else None
+            save_checkpoint(self.run_dir, self.model.state_dict(), state)
         self.saved_step = self.step
 
+    def _restored_sums(self, saved: Tensor | list[Tensor]) -> Tensor:
+        """This process's running sums of the epoch: its own when the process count is unchanged, else rank 0 takes
+        them all (they are only ever summed over the processes)."""
+        shares = [saved] if isinstance(saved, Tensor) else saved  # one tensor: an older checkpoint, rank 0's alone
+        if len(shares) == self.ctx.world_size:
+            return shares[self.ctx.rank].to(self.device)
+        return torch.stack(shares).sum(dim=0).to(self.device) if self.ctx.is_main else self._zero_sums()
+
     def _restore(self) -> None:
-        weights, state = load_checkpoint(self.run_dir)
+        if self.config.shard_model:
+            state = load_sharded_checkpoint(self.run_dir, self.model, self.optimizer, self.ema)
+        else:
+            weights, state = load_checkpoint(self.run_dir)
+            self.model.load_state_dict(weights)
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
         if state["steps_per_epoch"] != self.steps_per_epoch:
             raise ValueError(
                 f"cannot resume {self.run_dir}: it was trained with {state['steps_per_epoch']} steps per epoch, the "
                 f"data and batch size now give {self.steps_per_epoch} (did the data set change?)"
             )
-        self.model.load_state_dict(weights)
-        self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
         self.epoch, self.step, self.step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
         self.best_acc, self.history, self.saved_step = state["best_acc"], state["history"], state["step"]
-        self.sums, self.seconds = state["sums"].to(self.device), state["seconds"]
+        self.sums, self.seconds = self._restored_sums(state["sums"]), state["seconds"]
         if len(state["rng"]) == self.ctx.world_size:
             rng = state["rng"][self.ctx.rank]
             torch.set_rng_state(rng["cpu"])

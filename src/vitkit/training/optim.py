@@ -9,13 +9,19 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from vitkit.model import VisionTransformer
+from vitkit.training import finetune
 
 
-def build_optimizer(model: VisionTransformer, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW on the model's own parameter groups, so norms, biases, position embeddings and CLS are not decayed."""
+def build_optimizer(
+    model: VisionTransformer, lr: float, weight_decay: float, layer_decay: float = 1.0, head_lr_scale: float = 1.0
+) -> torch.optim.AdamW:
+    """AdamW on the model's own parameter groups, so norms, biases, position embeddings and CLS are not decayed,
+    split by learning rate for layer-wise decay and the head's scale (:func:`vitkit.training.finetune.param_groups`);
+    frozen parameters are left out."""
+    groups = finetune.param_groups(model, lr, weight_decay, layer_decay, head_lr_scale)
     # fused: the whole update in one kernel (CPU and CUDA), where the foreach implementation torch picks by default
     # runs one kernel per operation; small models, whose update is a large part of the step, gain the most.
-    return torch.optim.AdamW(model.param_groups(weight_decay), lr=lr, betas=(0.9, 0.999), fused=True)
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), fused=True)
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:

@@ -1,9 +1,9 @@
 """Run folders: what a run trains (data, model), creating or resuming its folder, its result, and `load_run`.
 
 A run folder holds ``train_config.json`` (the resolved settings), ``config.json`` (the model's), the checkpoint
-pair (``last.safetensors`` + ``last_state.pt``), ``best.safetensors``, the metrics and, once finished,
-``model.safetensors``. :func:`train` trains one process's share of a run; starting several processes
-(``vitkit train --nproc N``) is the command line's job.
+pair (``last.safetensors`` + ``last_state.pt``; a sharded run's folder ``last.dcp``), ``best.safetensors``, the
+metrics and, once finished, ``model.safetensors``. :func:`train` trains one process's share of a run; starting
+several processes (``vitkit train --nproc N``) is the command line's job.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from vitkit.data import DataBundle, build_data
 from vitkit.io import load_safetensors, write_json
 from vitkit.model import VisionTransformer, ViTConfig, get_config
 from vitkit.model.weights import CONFIG_FILE, WEIGHTS_FILE
-from vitkit.training import distributed
-from vitkit.training.checkpoint import LAST_STATE, LAST_WEIGHTS, find_init_weights
+from vitkit.training import distributed, finetune
+from vitkit.training.checkpoint import checkpoint_step, find_init_weights
 from vitkit.training.config import (
+    AUTO_RESUME,
     DEFAULT_MODEL,
     FINETUNE_LR,
     RESUMABLE_CHANGES,
@@ -80,7 +81,7 @@ def build_run_data(
         download=config.download,
         aug=config.augmentation(),
         channels=channels,
-        cache=config.cache,
+        cache="off" if config.decode == "gpu" else config.cache,  # the device decodes the files every epoch
         workers=config.workers,
         skip_bad_files=config.skip_bad_files,
         preprocessing=preprocessing,
@@ -175,13 +176,14 @@ def prepare_config(config: TrainConfig) -> TrainConfig:
 
     The command line calls it before starting several processes, so that all of them use one folder.
     """
-    if config.resume is not None:
+    resuming = config.resume is not None and config.resume != AUTO_RESUME  # auto: see start_or_resume
+    if resuming:
         if config.image_size is None:
             config = config.replace(image_size=load_train_config(config.resume).image_size)
         config = resolve_settings(config, new_run=False)
     else:
         config = resolve_settings(config)
-    if config.resume is not None:
+    if resuming:
         run_dir = Path(config.resume)
     elif config.out is not None:
         run_dir = Path(config.out)
@@ -195,7 +197,7 @@ def check_run_dir(config: TrainConfig) -> None:
     """A new run needs an unused folder; a resumed one the settings it was started with (bar RESUMABLE_CHANGES)."""
     run_dir = Path(config.out)
     if config.resume is None:
-        if (run_dir / LAST_STATE).exists() or (run_dir / WEIGHTS_FILE).exists():
+        if checkpoint_step(run_dir) is not None or (run_dir / WEIGHTS_FILE).exists():
             raise ValueError(
                 f"run folder {run_dir} already holds a run: continue it with --resume {run_dir}, "
                 "or choose another --out / --name"
@@ -225,28 +227,26 @@ def train(
     model)`` after each optimizer step and its checkpoint, on every process.
     """
     ctx = distributed.context_from_env()
-    config = prepare_config(config)
-    run_dir = Path(config.out)
-    new_run = config.resume is None
-    if ctx.is_main:
-        check_run_dir(config)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(config.to_dict(), run_dir / TRAIN_CONFIG_FILE)  # first: --resume works from the first moment
-    if config.resume is not None and not (run_dir / LAST_WEIGHTS).is_file():
-        logger.warning(
-            "%s has no checkpoint (the run stopped before its first one): starting it from the beginning with its "
-            "saved settings", run_dir,
-        )  # fmt: skip
-        config = config.replace(resume=None)
     check_batch_split(config.batch_size, ctx.world_size)
     device = distributed.pick_device(config.device, ctx)
     owns_group = distributed.init_process_group(ctx, device)
     finished = False
     try:
+        config, resume_step = start_or_resume(config, ctx)
+        run_dir = Path(config.out)
+        new_run = config.resume is None
         with determinism(config.deterministic, device), distributed.only_main_logs(ctx):
             with _removed_on_failure(run_dir if new_run and ctx.is_main else None):
                 trainer = _set_up(config, run_dir, ctx, device)
+            if trainer.step != resume_step:
+                raise ValueError(
+                    f"process {ctx.rank} resumed {run_dir} at step {trainer.step}, but process 0 found the checkpoint "
+                    f"of step {resume_step} there: every node must see the same run folder (shared storage)"
+                )
             history, final = trainer.fit(on_epoch_end, on_step_end)
+            if config.lora_rank:
+                base_weights = find_init_weights(config.init_from)[0] if config.init_from else None
+                final = finetune.save_lora_run(final, run_dir, config, base_weights, write=ctx.is_main)
         finished = True
         return TrainResult(run_dir, history, final)
     finally:
@@ -254,12 +254,47 @@ def train(
             distributed.destroy_process_group(barrier=finished)
 
 
+def start_or_resume(config: TrainConfig, ctx: distributed.DistContext) -> tuple[TrainConfig, int]:
+    """Rank 0 resolves the run folder and whether to resume (``--resume auto``: when the folder has a checkpoint;
+    the default under torchrun's ``--max-restarts``), prepares the folder, and every process takes its settings;
+    returns them and the step training starts from.
+
+    Decided once and broadcast, so that all processes start from the same checkpoint (or none) even if a restarted
+    worker group finds a checkpoint being written, and use one run folder even when it is named by the time.
+    """
+    resume_step = 0
+    if ctx.is_main:
+        if config.resume is None and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0:
+            config = config.replace(resume=AUTO_RESUME)  # torchrun may restart this worker group: it continues
+        config = prepare_config(config)
+        run_dir = Path(config.out)
+        if config.resume == AUTO_RESUME:
+            has_checkpoint = checkpoint_step(run_dir) is not None
+            config = prepare_config(config.replace(resume=str(run_dir) if has_checkpoint else None))
+        step = checkpoint_step(run_dir) if config.resume is not None else None
+        if step is not None:
+            logger.info("resuming %s from its checkpoint of step %d", run_dir, step)
+            resume_step = step
+        elif config.resume is not None:
+            logger.warning(
+                "%s has no checkpoint (the run stopped before its first one): starting it from the beginning with its "
+                "saved settings", run_dir,
+            )  # fmt: skip
+            config = config.replace(resume=None)
+        check_run_dir(config)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(config.to_dict(), run_dir / TRAIN_CONFIG_FILE)  # first: --resume works from the first moment
+    settings, resume_step = distributed.broadcast_object((config.to_dict(), resume_step), ctx)
+    return TrainConfig.from_dict(settings), resume_step
+
+
 def _set_up(config: TrainConfig, run_dir: Path, ctx: distributed.DistContext, device: torch.device) -> Trainer:
     """Everything before the first step: the data, the model (and the weights it starts from), the trainer."""
     init_weights, init_config = find_init_weights(config.init_from) if config.init_from else (None, None)
     torch.manual_seed(config.seed)
     keep = init_config if init_config is not None and config.keep_preprocessing else None
-    data = build_run_data(config, channels=init_config.in_channels if init_config else None, preprocessing=keep)
+    with distributed.main_first(ctx):  # the others then read the folder index the main process wrote
+        data = build_run_data(config, channels=init_config.in_channels if init_config else None, preprocessing=keep)
     if config.image_size is None:
         logger.info(
             "image size %dx%d: the data's (for an image folder, the median shorter side of its images), which the "
@@ -269,6 +304,7 @@ def _set_up(config: TrainConfig, run_dir: Path, ctx: distributed.DistContext, de
     if init_weights is not None and config.resume is None:
         source_grid = init_config.grid_size if init_config else None
         model.load_weights(load_safetensors(init_weights), source_grid=source_grid, strict_head=False)
+    finetune.prepare_model(model, config)
     trainer = Trainer(config, run_dir, ctx, device, data, model)
     _warn_unused_images(len(data.train), trainer.steps_per_epoch, config, ctx.world_size)
     if ctx.is_main:

@@ -1,0 +1,54 @@
+"""`vitkit pretrain`: masked-autoencoder pre-training of an encoder on unlabelled pixels, one line per epoch."""
+
+from __future__ import annotations
+
+import argparse
+
+from vitkit.cli.common import fraction, int_at_least
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    from vitkit.cli.train_flags import add_train_arguments  # no torch: flags come from the settings' dataclasses
+
+    parser = commands.add_parser(
+        "pretrain",
+        help="pre-train an encoder as a masked autoencoder (no labels used)",
+        description="Masked-autoencoder pre-training (He et al. 2021): most patches are hidden, the encoder sees the "
+        "rest, a light decoder reconstructs the hidden ones' normalised pixels. Takes the data and model flags of "
+        "`vitkit train`; the run folder's model.safetensors is the encoder: fine-tune it with "
+        "`vitkit train --init-from RUN_DIR`.",
+    )
+    group = parser.add_argument_group("masked autoencoder")
+    group.add_argument(
+        "--mask-ratio", type=fraction, metavar="X", default=0.75, help="share of patches hidden (default: 0.75)"
+    )
+    group.add_argument(
+        "--decoder-dim", type=int_at_least(1), metavar="N", default=128, help="decoder width (default: 128)"
+    )
+    group.add_argument(
+        "--decoder-depth", type=int_at_least(1), metavar="N", default=2, help="decoder blocks (default: 2)"
+    )
+    group.add_argument(
+        "--decoder-heads", type=int_at_least(1), metavar="N", default=4, help="decoder heads (default: 4)"
+    )
+    add_train_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vitkit.cli.train_flags import config_from_args
+    from vitkit.pretrain.run import MAESettings, pretrain
+
+    config = config_from_args(args)
+    settings = MAESettings(args.mask_ratio, args.decoder_dim, args.decoder_depth, args.decoder_heads)
+
+    def report(record: dict) -> None:
+        print(
+            f"epoch {record['epoch']}/{config.epochs}  loss {record['train_loss']:.4f}  "
+            f"val loss {record['val_loss']:.4f}  {record['epoch_time_s']:.1f}s",
+            flush=True,
+        )
+
+    result = pretrain(config, settings, on_epoch_end=report)
+    print(f"run folder: {result.run_dir}  (fine-tune with `vitkit train --init-from {result.run_dir}`)")
+    return 0

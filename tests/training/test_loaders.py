@@ -1,0 +1,87 @@
+"""Training from WebDataset shards: a resumed run equals an uninterrupted one, two processes on shards that do not
+divide evenly between them finish, and the trained run evaluates and predicts on shards as on the folder."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from test_resume import Crash, assert_same_run, crash_at, resume
+from training_helpers import run_process_tree, tiny_config, write_digit_folder
+
+from vitkit.cli import main
+from vitkit.data.shards import write_shards
+from vitkit.io import write_json
+from vitkit.training import train
+from vitkit.training.checkpoint import load_checkpoint
+from vitkit.training.metrics import read_metrics
+
+# 3 classes x 30 training images in shards of 40, 40 and 10; 21 validation images.
+STREAMED = {"batch_size": 16, "cache": "off", "drop_path": 0.1}
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(image folder, its shards)."""
+    root = tmp_path_factory.mktemp("shards")
+    folder = write_digit_folder(root / "folder", [0, 1, 2], per_class=30, size=16)
+    write_shards(folder, root / "shards", shard_size=40)
+    return folder, root / "shards"
+
+
+def test_a_run_on_shards_resumes_exactly_also_with_other_workers(digits: tuple[Path, Path], tiny) -> None:
+    shards = str(digits[1])
+    reference = train(tiny("reference", data_dir=shards, epochs=1, save_every=3, **STREAMED))
+    assert reference.history[0]["step"] == 90 // 16  # every whole batch of the epoch, 10 samples left out
+    crashed = tiny("crashed", data_dir=shards, epochs=1, save_every=3, **STREAMED)
+    with pytest.raises(Crash):
+        train(crashed, on_step_end=crash_at(4))
+    _, state = load_checkpoint(Path(crashed.out))
+    assert state["epoch"] == 0 and state["step_in_epoch"] == 3  # mid-epoch, one step after a checkpoint
+    resumed = resume(Path(crashed.out), workers=2)  # two workers stream the rest of the epoch
+    assert_same_run(reference.run_dir, resumed.run_dir)
+
+
+@pytest.fixture(scope="module")
+def two_process_run(digits: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`vitkit train --nproc 2` for one epoch on the 3 uneven shards (about 10 s)."""
+    out = tmp_path_factory.mktemp("nproc")
+    config = tiny_config(out / "run", data_dir=f"{digits[1]}/train-{{000000..000002}}.tar", epochs=1, **STREAMED)
+    write_json(config.to_dict(), out / "config.json")
+    command = [sys.executable, "-m", "vitkit", "-q", "train", "--nproc", "2", "--config", str(out / "config.json")]
+    run_process_tree(command, timeout=300)
+    return Path(config.out)
+
+
+def test_two_processes_on_uneven_shards_finish_the_epoch(two_process_run: Path) -> None:
+    (record,) = read_metrics(two_process_run)
+    assert record["step"] == 90 // 16  # 5 batches of 8 per process: 80 of the 90 samples
+    assert (two_process_run / "model.safetensors").is_file()
+
+
+def test_evaluate_and_predict_read_shards_as_the_folder(
+    two_process_run: Path, digits: tuple[Path, Path], capsys: pytest.CaptureFixture
+) -> None:
+    folder, shards = digits
+
+    def run_json(*argv: str) -> list[dict]:
+        assert main(list(argv)) == 0
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    plot = str(two_process_run / "cm.png")
+    (on_shards,) = run_json("evaluate", str(two_process_run), "--data-dir", str(shards), "--json", "--plot", plot)
+    (on_folder,) = run_json("evaluate", str(two_process_run), "--data-dir", str(folder), "--json", "--plot", plot)
+    (own_split,) = run_json("evaluate", str(two_process_run), "--json", "--plot", plot)  # the run's val shards
+    assert on_shards["num_samples"] == on_folder["num_samples"] == own_split["num_samples"] == 21
+    assert on_shards["confusion_matrix"] == on_folder["confusion_matrix"] == own_split["confusion_matrix"]
+
+    def top1(lines: list[dict]) -> Counter:
+        return Counter(line["top_k"][0]["class"] for line in lines)
+
+    from_shards = run_json("predict", str(two_process_run), str(shards / "val-000000.tar"), "--top-k", "1")
+    from_folder = run_json("predict", str(two_process_run), str(folder / "val"), "--top-k", "1")
+    assert all(line["path"].startswith(str(shards / "val-000000.tar#")) for line in from_shards)
+    assert len(from_shards) == 21 and top1(from_shards) == top1(from_folder)
