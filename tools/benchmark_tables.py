@@ -42,6 +42,11 @@ PAGES = {
         "GPU user would choose (float32 with TF32 off, bf16 autocast, bf16 weights, `torch.compile`) and a "
         "training step with fused AdamW. Peak memory is `torch.cuda.max_memory_allocated` for the model alone.",
     ),
+    "faithfulness": (
+        "Faithfulness of the explanation maps",
+        "`python benchmarks/faithfulness.py`: deletion and insertion AUC of each map against a random patch order "
+        "on each model's held-out split (see the guide *Which explanation to trust*).",
+    ),
     "optimize_accuracy": (
         "vitkit.optimize: accuracy and speed of each option",
         "`python benchmarks/optimize_accuracy.py`: a `vit_digits` model trained on the digits, each "
@@ -223,6 +228,23 @@ def results_page(stem: str, data: Any, figure: str | None = None) -> str:
         parts.append(f"![{title}]({figure})")
     parts.append(f"Raw data: `benchmarks/results/{stem}.json`.")
     return "\n\n".join(parts) + "\n"
+
+
+FAITHFULNESS_MARKER = "<!-- faithfulness-table (generated from benchmarks/results/faithfulness.json) -->"
+
+
+def faithfulness_table(results_dir: Path = RESULTS_DIR) -> str:
+    """The explain guide's table: per model, weights and baseline, each map's AUCs and gain over the random order."""
+    rows = []
+    for row in json.loads((results_dir / "faithfulness.json").read_text())["results"]:
+        gains = [
+            f"{row[f'{kind}_gain']:+.3f} ± {row[f'{kind}_gain_se']:.3f}" if row["map"] != "random order" else "-"
+            for kind in ("deletion", "insertion")
+        ]
+        rows.append([row["model"], row["weights"], row["baseline"], row["map"], str(row["images"]),
+                     f"{row['deletion_auc']:.3f}", gains[0], f"{row['insertion_auc']:.3f}", gains[1]])  # fmt: skip
+    header = ["model", "weights", "baseline", "map", "images", "deletion AUC", "gain", "insertion AUC", "gain"]
+    return markdown_table(header, rows)
 
 
 def index_page(results: dict[str, Any]) -> str:

@@ -1,4 +1,5 @@
-"""MkDocs hooks: the benchmark pages, generated from ``benchmarks/results/*.json`` at every build.
+"""MkDocs hooks: the benchmark pages (and the explain guide's table), generated from ``benchmarks/results/*.json``
+at every build.
 
 The pages exist only in the built site (``File.generated``), so there is nothing under ``docs/`` to edit by hand
 and nothing to keep in step with the results.
@@ -15,6 +16,13 @@ from mkdocs.structure.files import File, Files
 sys.path.insert(0, str(Path(__file__).parent))  # benchmark_tables.py sits beside this file
 
 import benchmark_tables  # noqa: E402
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:
+    """Fill the explain guide's faithfulness table from its results file."""
+    if benchmark_tables.FAITHFULNESS_MARKER in markdown:
+        return markdown.replace(benchmark_tables.FAITHFULNESS_MARKER, benchmark_tables.faithfulness_table())
+    return markdown
 
 
 def on_files(files: Files, config: Any) -> Files:

@@ -11,7 +11,9 @@ import torch
 
 from vitkit import VisionTransformer
 from vitkit.explain import (
+    attention_attribution,
     attention_rollout,
+    attribution,
     embedding_filters,
     grad_cam,
     head_attention,
@@ -221,3 +223,57 @@ def test_maps_leave_the_model_in_its_mode() -> None:
     attention_rollout(model, images_for(model))
     grad_cam(model, images_for(model))
     assert model.training
+
+
+def test_attribution_on_a_hand_worked_case() -> None:
+    """Two blocks over [CLS, p0, p1], two heads; the relevance worked out by hand from R <- R + mean_h((g A)^+) R."""
+    config = VisionTransformer(image_size=(2, 4), patch_size=2, in_channels=1, num_classes=2, hidden_dim=8, depth=2,
+                               num_heads=2, mlp_dim=8).config  # fmt: skip
+    first = torch.tensor([[0.2, 0.5, 0.3], [0.1, 0.6, 0.3], [0.3, 0.3, 0.4]])
+    first_gradient = torch.tensor([[1.0, 1.0, -1.0], [0.0, 1.0, 2.0], [1.0, 0.0, 0.0]])
+    # Head 0: (g A)^+ = [[.2 .5 0] [0 .6 .6] [.3 0 0]]; head 1 has the opposite gradient: [[0 0 .3] [0 0 0] [0 0 0]].
+    # Mean: [[.1 .25 .15] [0 .3 .3] [.15 0 0]], so R1 = I + that = [[1.1 .25 .15] [0 1.3 .3] [.15 0 1]].
+    attentions = [torch.stack([first, first])[None], torch.full((1, 2, 3, 3), 0.5)]
+    second_gradient = torch.zeros(3, 3)
+    second_gradient[0, 1] = 1.0  # both heads: Abar2 has .5 at (CLS, p0) only
+    gradients = [torch.stack([first_gradient, -first_gradient])[None], torch.stack([second_gradient] * 2)[None]]
+    # R2 = R1 + Abar2 R1: the CLS row gains .5 * R1's p0 row, [1.1 .9 .3]; over the patches, [.9 .3] / 1.2.
+    torch.testing.assert_close(attribution(attentions, gradients, config).flatten(), torch.tensor([0.75, 0.25]))
+    # Mean pooling reads the patch rows of R2 (= R1's: [0 1.3 .3] and [.15 0 1]) over the patches: [1.3 1.3] / 2.6.
+    mean_config = config.replace(pool="mean")
+    torch.testing.assert_close(attribution(attentions, gradients, mean_config).flatten(), torch.tensor([0.5, 0.5]))
+    # Gradients that lower the score everywhere leave no relevance: a map of zeros, not a division by zero.
+    negative = [-g.abs() for g in gradients]
+    assert attribution(attentions, negative, config).abs().sum().item() == 0.0
+    with pytest.raises(ValueError, match="one gradient per block"):
+        attribution(attentions, gradients[:1], config)
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_attention_attribution_weights_the_models_own_attention_by_its_gradient(pool: dict) -> None:
+    """A one-block model written out by hand with its attention as a leaf: the same attention, gradient and map."""
+    torch.manual_seed(0)
+    model = VisionTransformer(**{**GRID, **pool, "depth": 1}).eval()
+    images, target = images_for(model, 3), torch.tensor([2, 0, 1])
+    block, prefix = model.blocks[0], model.config.num_prefix_tokens
+    tokens = model.embed(images).detach()
+    normed = block.norm1(tokens)
+    heads = [layer(normed).reshape(3, -1, 2, 8).transpose(1, 2) for layer in (block.attn.q, block.attn.k, block.attn.v)]
+    attention = (heads[0] @ heads[1].transpose(-2, -1) / math.sqrt(8)).softmax(dim=-1).detach().requires_grad_(True)
+    mixed = tokens + block.attn.proj((attention @ heads[2]).transpose(1, 2).reshape(3, -1, 16))
+    final = model.norm(mixed + block.mlp(block.norm2(mixed)))
+    pooled = final[:, 0] if pool["pool"] == "cls" else final[:, prefix:].mean(dim=1)
+    score = model.head(pooled).gather(1, target[:, None]).sum()
+    (gradient,) = torch.autograd.grad(score, attention)
+    relevance = (gradient * attention).clamp_min(0).mean(dim=1).detach()  # + identity, whose patch part is uniform
+    if pool["pool"] == "cls":
+        expected = relevance[:, 0, prefix:]
+    else:
+        expected = relevance[:, prefix:, prefix:].mean(dim=1) + 1 / model.config.num_patches
+    expected = expected / expected.sum(dim=1, keepdim=True)
+    ours = attention_attribution(model, images, target)
+    assert ours.shape == (3, 2, 6)
+    torch.testing.assert_close(ours.flatten(1), expected, rtol=1e-4, atol=1e-6)
+    # The default target is the predicted class.
+    predicted = model(images).argmax(dim=1)
+    torch.testing.assert_close(attention_attribution(model, images), attention_attribution(model, images, predicted))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -14,6 +15,8 @@ from torch.utils.data import TensorDataset
 from vitkit import VisionTransformer
 from vitkit.cli import main
 from vitkit.explain.report import explain_images, write_run_pictures
+from vitkit.io import write_json
+from vitkit.training.config import TRAIN_CONFIG_FILE, TrainConfig
 
 
 def assert_valid_pngs(folder: Path) -> list[Path]:
@@ -56,12 +59,41 @@ def test_explain_writes_every_picture_and_an_index(digit_run, tmp_path: Path, ca
                  "--discard-ratio", "0.2", "--target", "3", "--filters", "4"]) == 0  # fmt: skip
     assert str(out / "index.html") in capsys.readouterr().out
     pngs = assert_valid_pngs(out)
-    per_image = ("patch-grid", "rollout", "grad-cam", "heads")
+    per_image = ("patch-grid", "rollout", "grad-cam", "attribution", "heads")
     expected = {f"{i:02d}-digit_{i}_{int(f.stem[-2])}_-{kind}.png" for i, f in enumerate(files) for kind in per_image}
     expected |= {"position-similarity.png", "attention-distance.png", "embedding-filters.png"}
     assert {png.name for png in pngs} == expected
     index = assert_index_shows_all(out, pngs)
     assert "Grad-CAM for class 3" in index and "heads fused by max, weakest 20% discarded" in index
+    assert "transformer attribution for class 3" in index and "faithfulness" not in index.lower()
+
+
+def test_explain_scores_the_maps_of_the_runs_held_out_split(digits_and_model, tmp_path: Path, capsys) -> None:
+    """Without image files, --faithfulness reads the run's held-out split from train_config.json and writes the
+    scores of every map and of the random order, as a figure, a table in index.html and faithfulness.json."""
+    _, model, _ = digits_and_model
+    run = model.save_pretrained(tmp_path / "run")
+    settings = TrainConfig(dataset="digits", image_size=12, val_fraction=0.05, seed=0).to_dict()
+    write_json(settings, run / TRAIN_CONFIG_FILE)
+    out = tmp_path / "scored"
+    assert main(["explain", str(run), "--faithfulness", "--max-images", "12", "--steps", "4", "--baseline", "mean",
+                 "--out", str(out)]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "faithfulness on 12 images" in printed and "random order" in printed
+    pngs = assert_valid_pngs(out)
+    assert "faithfulness.png" in {png.name for png in pngs}
+    assert len([png for png in pngs if png.name.endswith("-rollout.png")]) == 3  # the first held-out images drawn
+    index = assert_index_shows_all(out, pngs)
+    scores = json.loads((out / "faithfulness.json").read_text())
+    assert scores["images"] == 12 and scores["steps"] == 4 and scores["baseline"] == "mean"
+    methods = ["last-block attention", "attention rollout", "Grad-CAM", "transformer attribution", "random order"]
+    assert list(scores["methods"]) == methods
+    for name, areas in scores["methods"].items():
+        assert 0.0 <= areas["deletion_auc"] <= 1.0 and 0.0 <= areas["insertion_auc"] <= 1.0
+        assert f"<td>{name}</td><td>{areas['deletion_auc']:.3f}</td><td>{areas['insertion_auc']:.3f}</td>" in index
+    (run / TRAIN_CONFIG_FILE).unlink()
+    assert main(["explain", str(run), "--faithfulness", "--out", str(out)]) == 2
+    assert "has no train_config.json" in capsys.readouterr().err
 
 
 def test_explain_rejects_bad_input_with_a_clear_error(digit_run, tmp_path: Path, capsys) -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch and the model load only when a command runs, so `vitkit --help` starts fast
     import torch
+    from torch.utils.data import Dataset
 
     from vitkit.model import VisionTransformer
 
@@ -48,6 +49,29 @@ def load_run_model(run_dir: str | os.PathLike, device: torch.device, fast: bool 
 
         return optimize(model)
     return model
+
+
+def run_held_out_split(
+    run_dir: str | os.PathLike, model: VisionTransformer, instead: str, skip_bad_files: bool = False
+) -> tuple[Dataset, str]:
+    """A run's held-out split, rebuilt from its train_config.json with the same seed, and its description.
+
+    ``instead`` tells the user what to give when the run folder has no train_config.json.
+    """
+    from vitkit import training
+    from vitkit.training.config import TRAIN_CONFIG_FILE
+
+    if not (Path(run_dir) / TRAIN_CONFIG_FILE).is_file():
+        raise FileNotFoundError(
+            f"{run_dir} has no {TRAIN_CONFIG_FILE}, so its held-out split is unknown: {instead}"
+        )
+    # The same call, seed and settings as the run itself: the same held-out images, prepared as the model expects
+    # (a fine-tuned model keeps its source's normalisation, not the data's).
+    train_config = training.load_train_config(run_dir)
+    if skip_bad_files:
+        train_config = train_config.replace(skip_bad_files=True)
+    bundle = training.build_run_data(train_config, channels=model.in_channels, preprocessing=model.config)
+    return bundle.val, f"{bundle.val_name} split of {bundle.source}"
 
 
 def format_count(n: int) -> str:

@@ -14,6 +14,7 @@ from vitkit.cli.common import (
     load_run_model,
     percent,
     pick_cli_device,
+    run_held_out_split,
 )
 
 if TYPE_CHECKING:
@@ -57,9 +58,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def evaluation_data(args: argparse.Namespace, model: VisionTransformer) -> tuple[Dataset, str]:
     """The data set to evaluate on and its description: --data-dir, else the run's own held-out split."""
-    from vitkit import training
     from vitkit.data import build_folder_eval_data
-    from vitkit.training.config import TRAIN_CONFIG_FILE
 
     if args.data_dir is not None:
         from vitkit.data.augment_config import is_shard_location
@@ -68,18 +67,8 @@ def evaluation_data(args: argparse.Namespace, model: VisionTransformer) -> tuple
             args.data_dir, model.config, skip_bad_files=args.skip_bad_files, workers=args.workers
         )
         return dataset, f"{'shards' if is_shard_location(args.data_dir) else 'image folder'} {args.data_dir}"
-    if not (Path(args.run_dir) / TRAIN_CONFIG_FILE).is_file():
-        raise FileNotFoundError(
-            f"{args.run_dir} has no {TRAIN_CONFIG_FILE}, so its held-out split is unknown: "
-            "pass --data-dir DIR to evaluate on an image folder"
-        )
-    # The same call, seed and settings as the run itself: the same held-out images, prepared as the model expects
-    # (a fine-tuned model keeps its source's normalisation, not the data's).
-    train_config = training.load_train_config(args.run_dir)
-    if args.skip_bad_files:
-        train_config = train_config.replace(skip_bad_files=True)
-    bundle = training.build_run_data(train_config, channels=model.in_channels, preprocessing=model.config)
-    return bundle.val, f"{bundle.val_name} split of {bundle.source}"
+    instead = "pass --data-dir DIR to evaluate on an image folder"
+    return run_held_out_split(args.run_dir, model, instead, skip_bad_files=args.skip_bad_files)
 
 
 def run(args: argparse.Namespace) -> int:

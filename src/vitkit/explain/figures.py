@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from vitkit.explain.faithfulness import RANDOM_ORDER, Curves
 from vitkit.io import atomic_path
 
 HEAT = "inferno"
@@ -214,3 +215,21 @@ def heatmap_png(values: Tensor, size: tuple[int, int]) -> bytes:
 def model_view_png(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> bytes:
     """A preprocessed (C, H, W) image as a PNG of what the model sees (resized, cropped), normalisation undone."""
     return _encoded_png(np.rint(display_image(image, mean, std) * 255).astype(np.uint8))
+
+
+def faithfulness_figure(curves: Mapping[str, Curves]) -> Figure:
+    """Deletion and insertion curves per method, averaged over the images, with the mean area under each in the
+    legend; the random order dashed, as the yardstick."""
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    for side, (ax, title) in enumerate(zip(axes, ("deletion (lower is better)", "insertion (higher is better)"))):
+        for name, c in curves.items():
+            probabilities, areas = (c.deletion, c.deletion_auc) if side == 0 else (c.insertion, c.insertion_auc)
+            style = dict(color="grey", linestyle="--") if name == RANDOM_ORDER else {}
+            ax.plot(c.fractions.numpy(), probabilities.mean(dim=0).numpy(), label=f"{name}: AUC {areas.mean():.3f}",
+                    **style)  # fmt: skip
+        ax.set(xlabel="share of patches " + ("removed" if side == 0 else "revealed"), title=title, xlim=(0, 1))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("probability of the explained class")
+    return fig

@@ -2,7 +2,8 @@
 
 Every function takes a model and preprocessed images (B, C, H, W), as the model's forward does, and returns a
 detached float tensor on the CPU. The functions that work from attention probabilities also exist in a form
-that takes them (``rollout``, ``head_attention_of``, ``attention_distance``), so one forward pass can serve them all.
+that takes them (``rollout``, ``head_attention_of``, ``attention_distance``, ``attribution``), so one forward pass
+can serve them all.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def _classifier_view(matrix: Tensor, config: ViTConfig) -> Tensor:
         source = matrix[:, 0, prefix:]
     else:
         source = matrix[:, prefix:, prefix:].mean(dim=1)
-    source = source / source.sum(dim=-1, keepdim=True)
+    # A row with no weight on any patch (possible for gradient-weighted attention) stays a map of zeros.
+    source = source / source.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(source.dtype).tiny)
     return source.reshape(matrix.shape[0], *config.grid_size).float().cpu()
 
 
@@ -149,6 +151,58 @@ def grad_cam(model: VisionTransformer, images: Tensor, target: int | Sequence[in
     weights = patch_gradients.mean(dim=1, keepdim=True)  # (B, 1, D): how much each feature raises the score
     cam = (weights * patches).sum(dim=-1).clamp_min(0)
     return cam.reshape(images.shape[0], *config.grid_size).float().cpu()
+
+
+def attribution(attentions: Sequence[Tensor], gradients: Sequence[Tensor], config: ViTConfig) -> Tensor:
+    """Transformer attribution (Chefer, Gur & Wolf, 2021) from per-block attention probabilities and their gradients.
+
+    Each block's attention (B, h, N, N) is weighted by the gradient of the class score with respect to it, the
+    positive part kept and the heads averaged: Abar = mean_h((grad * A)^+). Relevance starts as the identity
+    (each token is itself) and is propagated through the blocks, first to last, with the residual connection:
+    R <- R + Abar @ R. The map is the classifier's row of R over the patches (see ``_classifier_view``), summing to 1.
+    Unlike the rollout, heads and links that lower the class score count for nothing.
+    """
+    _check_attentions(attentions, config)
+    if len(gradients) != len(attentions):
+        raise ValueError(f"expected one gradient per block's attention ({len(attentions)}), got {len(gradients)}")
+    batch, _, n, _ = attentions[0].shape
+    relevance = torch.eye(n, dtype=torch.float64, device=attentions[0].device).expand(batch, n, n)  # each token itself
+    for i, (attention, gradient) in enumerate(zip(attentions, gradients)):
+        if gradient.shape != attention.shape:
+            raise ValueError(
+                f"gradient of block {i} has shape {tuple(gradient.shape)}; "
+                f"expected the attention's {tuple(attention.shape)}"
+            )
+        weighted = (gradient.detach().double() * attention.detach().double()).clamp_min(0).mean(dim=1)  # (B, N, N)
+        relevance = relevance + weighted @ relevance
+    return _classifier_view(relevance, config)
+
+
+def attention_attribution(
+    model: VisionTransformer, images: Tensor, target: int | Sequence[int] | Tensor | None = None
+) -> Tensor:
+    """Transformer attribution maps (B, gh, gw) for class ``target`` (default: the predicted one), each summing to 1.
+
+    One forward pass that keeps every block's attention probabilities in the autograd graph (the blocks'
+    ``return_attention``), one backward pass from the class score to them; see :func:`attribution`.
+    """
+    with evaluating(model), torch.enable_grad():
+        tokens = model.embed(images)
+        attentions = []
+        for block in model.blocks:
+            tokens, attention = block(tokens, return_attention=True)
+            attentions.append(attention)
+        logits = model.forward_head(model.norm(tokens))
+        targets = _targets(target, logits)
+        gradients = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), attentions)
+    return attribution(attentions, gradients, model.config)
+
+
+def last_block_attention(model: VisionTransformer, images: Tensor) -> Tensor:
+    """The last block's attention from the classifier's token, heads averaged: (B, gh, gw), each summing to 1."""
+    with evaluating(model):
+        attentions = model.get_attention_maps(images)
+    return head_attention_of(attentions, model.config).mean(dim=1)
 
 
 def _targets(target: int | Sequence[int] | Tensor | None, logits: Tensor) -> Tensor:

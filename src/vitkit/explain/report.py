@@ -1,6 +1,7 @@
 """An explanation folder: every picture as a PNG, and an index.html that shows them together.
 
-`vitkit explain` writes one for the images it is given; a training run writes a small one (patch grid and
+`vitkit explain` writes one for the images it is given (with ``--faithfulness``, also the deletion and insertion
+scores of each map, in index.html and faithfulness.json); a training run writes a small one (patch grid and
 rollout of a few validation images) at its end.
 """
 
@@ -10,7 +11,7 @@ import html
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -19,12 +20,14 @@ from torch.utils.data import Dataset
 
 from vitkit.evaluation import class_names_of
 from vitkit.explain import figures, maps
-from vitkit.io import atomic_path
+from vitkit.explain.faithfulness import Curves, summary
+from vitkit.io import atomic_path, write_json
 from vitkit.model import VisionTransformer
 
 logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.html"
+FAITHFULNESS_FILE = "faithfulness.json"
 RUN_PICTURES = "explain"  # the folder of a run's pictures, beside its weights
 
 
@@ -54,14 +57,22 @@ class _Report:
 
     def __init__(self, out: Path, title: str) -> None:
         self.out, self.title = out, title
-        self.sections: list[tuple[str, list[tuple[str, str]]]] = []
+        self.sections: list[tuple[str, list[str]]] = []  # (heading, HTML of each item)
 
     def section(self, heading: str) -> None:
         self.sections.append((heading, []))
 
     def add(self, fig: figures.Figure, file_name: str, caption: str) -> None:
         figures.save_png(fig, self.out / file_name)
-        self.sections[-1][1].append((file_name, caption))
+        self.sections[-1][1].append(
+            f'<figure><img src="{html.escape(file_name)}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+
+    def add_table(self, header: Sequence[str], rows: Sequence[Sequence[str]], caption: str) -> None:
+        cells = ["<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
+        cells += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows]
+        self.sections[-1][1].append(f"<table><caption>{html.escape(caption)}</caption>{''.join(cells)}</table>")
 
     def write_index(self) -> Path:
         parts = [
@@ -69,16 +80,14 @@ class _Report:
             '<html lang="en"><head><meta charset="utf-8">',
             f"<title>{html.escape(self.title)}</title>",
             "<style>body{font-family:sans-serif;margin:2em}figure{display:inline-block;margin:0 1em 1em 0;"
-            "vertical-align:top}img{max-width:100%;border:1px solid #ddd}figcaption{max-width:40em}</style>",
+            "vertical-align:top}img{max-width:100%;border:1px solid #ddd}figcaption{max-width:40em}"
+            "table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #ddd;padding:.3em .6em}"
+            "caption{text-align:left;max-width:40em}</style>",
             f"</head><body><h1>{html.escape(self.title)}</h1>",
         ]
         for heading, items in self.sections:
             parts.append(f"<h2>{html.escape(heading)}</h2>")
-            for file_name, caption in items:
-                parts.append(
-                    f'<figure><img src="{html.escape(file_name)}" alt="{html.escape(caption)}">'
-                    f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-                )
+            parts.extend(items)
         parts.append("</body></html>\n")
         path = self.out / INDEX_FILE
         with atomic_path(path) as tmp:
@@ -105,12 +114,17 @@ def explain_images(
     top_k: int = 3,
     target: int | None = None,
     num_filters: int = 28,
+    faithfulness: Mapping[str, Curves] | None = None,
+    faithfulness_settings: Mapping[str, object] | None = None,
 ) -> Path:
     """Write every picture of ``images`` (preprocessed, named ``names``) and of the model into ``out``.
 
-    Per image: the patch grid, the attention rollout beside the top-k predictions, Grad-CAM for ``target``
-    (default: the predicted class) and the last block's attention per head. For the model: position-embedding
-    similarity, mean attention distance over the images, patch-embedding filters. Returns index.html's path.
+    Per image: the patch grid, the attention rollout beside the top-k predictions, Grad-CAM and transformer
+    attribution for ``target`` (default: the predicted class) and the last block's attention per head. For the
+    model: position-embedding similarity, mean attention distance over the images, patch-embedding filters.
+    With ``faithfulness`` (deletion and insertion curves by method, see ``faithfulness.compare_methods``): their
+    figure, a table of the mean areas, and faithfulness.json holding those areas and ``faithfulness_settings``.
+    Returns index.html's path.
     """
     if len(names) != len(images):
         raise ValueError(f"got {len(images)} images but {len(names)} names")
@@ -127,6 +141,7 @@ def explain_images(
     rollouts = maps.rollout(attentions, config, head_fusion, discard_ratio).numpy()
     heads = maps.head_attention_of(attentions, config).numpy()
     cams = maps.grad_cam(model, images, target).numpy()
+    attributions = maps.attention_attribution(model, images, target).numpy()
     predictions = _top_k(model, images, top_k)
     source = "the CLS token" if config.pool == "cls" else "the mean of the patch tokens"
     fusion = f"heads fused by {head_fusion}" + (f", weakest {discard_ratio:.0%} discarded" if discard_ratio else "")
@@ -143,6 +158,11 @@ def explain_images(
         cam = figures.heat_figure(shown, cams[index], f"Grad-CAM for class {cam_class}", "class evidence")
         cam_caption = f"Grad-CAM for class {cam_class} on what the last block's attention reads"
         report.add(cam, f"{stem}-grad-cam.png", cam_caption)
+        attributed = figures.heat_figure(shown, attributions[index], f"transformer attribution for class {cam_class}",
+                                         "share of the class evidence")  # fmt: skip
+        report.add(attributed, f"{stem}-attribution.png",
+                   f"transformer attribution for class {cam_class}: attention weighted by its gradient, through every "
+                   "block")  # fmt: skip
         attended = figures.head_attention_figure(shown, heads[index], f"last block: attention from {source}")
         report.add(attended, f"{stem}-heads.png", f"the last block's attention from {source}, one map per head")
 
@@ -160,13 +180,23 @@ def explain_images(
         report.add(figures.embedding_filters_figure(maps.embedding_filters(model, most).numpy()),
                    "embedding-filters.png",
                    "principal components of the patch-embedding filters: what the model measures in a patch")  # fmt: skip
+    if faithfulness is not None:
+        _faithfulness_section(report, faithfulness, faithfulness_settings or {})
     return report.write_index()
 
 
-def explain_files(model: VisionTransformer, paths: Sequence[str | os.PathLike], out: str | os.PathLike,
-                  **options: object) -> Path:  # fmt: skip
-    """:func:`explain_images` for image files, preprocessed as the model expects."""
-    return explain_images(model, load_images(model, paths), [str(path) for path in paths], out, **options)
+def _faithfulness_section(report: _Report, curves: Mapping[str, Curves], settings: Mapping[str, object]) -> None:
+    """The curves' figure and a table of the areas in index.html; the same areas in faithfulness.json."""
+    scores = summary(curves)
+    images = next(iter(scores.values()))["images"]
+    report.section(f"Faithfulness: which map ranks the patches the way the model uses them ({images} images)")
+    report.add(figures.faithfulness_figure(curves), "faithfulness.png",
+               "probability of the explained class as patches are removed (deletion) or revealed (insertion) in "
+               "each map's order; a map is faithful to the model only where it beats the random order")  # fmt: skip
+    rows = [[name, f"{s['deletion_auc']:.3f}", f"{s['insertion_auc']:.3f}"] for name, s in scores.items()]
+    report.add_table(["map", "deletion AUC (lower is better)", "insertion AUC (higher is better)"], rows,
+                     f"mean over {images} images; the file {FAITHFULNESS_FILE} holds the same figures")  # fmt: skip
+    write_json({**settings, "images": images, "methods": scores}, report.out / FAITHFULNESS_FILE)
 
 
 def write_run_pictures(

@@ -1,0 +1,134 @@
+"""Which map to trust on which model: deletion and insertion AUC of every map against a random patch order.
+
+For each model (a digits model trained with the default `vitkit train`; with ``--shapes``, a ViT-Ti/16 trained on
+a photo-like folder that benchmarks/make_shapes_folder.py draws), on its held-out split: the mean deletion and
+insertion AUC of the random order, the last block's attention, attention rollout, Grad-CAM and transformer
+attribution, and each map's gain over the random order with its standard error (paired, over the images). The
+same architecture with random weights is scored too: a faithful score must not credit a map of an untrained
+model. Writes benchmarks/results/faithfulness.json; the docs' table is generated from it.
+
+    python benchmarks/faithfulness.py [--digits-run RUN] [--shapes [--shapes-run RUN]] [--no-digits] [--max-images 400]
+
+The rows of models not scored in a run (``--no-digits``, or no ``--shapes``) are kept from the existing file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from vitkit import VisionTransformer, training
+from vitkit.explain.faithfulness import RANDOM_ORDER, compare_methods
+
+RESULTS = Path(__file__).parent / "results" / "faithfulness.json"
+SHAPES_TRAINING = ["--model", "vit_tiny_patch16_224", "--image-size", "64", "--val-fraction", "0.15",
+                   "--epochs", "5", "--warmup-epochs", "1", "--batch-size", "32"]  # fmt: skip
+
+
+def train(out: Path, flags: list[str]) -> Path:
+    """A run of `vitkit train` with ``flags`` in a fresh process, unless ``out`` already holds its weights."""
+    if not (out / "model.safetensors").is_file():
+        subprocess.run(
+            [sys.executable, "-m", "vitkit", "train", "--out", str(out), "--no-progress", *flags], check=True
+        )
+    return out
+
+
+def held_out_images(run: Path, model: VisionTransformer, limit: int) -> torch.Tensor:
+    """The first ``limit`` images of the run's held-out split, rebuilt from its train_config.json."""
+    bundle = training.build_run_data(
+        training.load_train_config(run), channels=model.in_channels, preprocessing=model.config
+    )
+    return torch.stack([bundle.val[i][0] for i in range(min(limit, len(bundle.val)))])
+
+
+def score(model: VisionTransformer, images: torch.Tensor, label: str, weights: str, baseline: str) -> list[dict]:
+    """One row per map: mean AUCs over the images and the paired gain over the random order (mean, standard error)."""
+    curves = compare_methods(model, images, baseline=baseline)
+    random = curves[RANDOM_ORDER]
+    rows = []
+    for name, c in curves.items():
+        deletion_gain = random.deletion_auc - c.deletion_auc
+        insertion_gain = c.insertion_auc - random.insertion_auc
+        n = len(images)
+        rows.append({
+            "model": label, "weights": weights, "baseline": baseline, "map": name, "images": n,
+            "deletion_auc": round(c.deletion_auc.mean().item(), 4),
+            "insertion_auc": round(c.insertion_auc.mean().item(), 4),
+            "deletion_gain": round(deletion_gain.mean().item(), 4),
+            "deletion_gain_se": round((deletion_gain.std() / n**0.5).item(), 4) if name != RANDOM_ORDER else 0.0,
+            "insertion_gain": round(insertion_gain.mean().item(), 4),
+            "insertion_gain_se": round((insertion_gain.std() / n**0.5).item(), 4) if name != RANDOM_ORDER else 0.0,
+        })  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("runs/faithfulness"), help="folder for the runs")
+    parser.add_argument("--digits-run", type=Path, help="a digits run of the default `vitkit train` to reuse")
+    parser.add_argument("--no-digits", action="store_true", help="leave the digits model's rows as they are")
+    parser.add_argument("--shapes", action="store_true", help="also train and score ViT-Ti/16 on the shapes folder")
+    parser.add_argument("--shapes-run", type=Path, help="a shapes run to reuse")
+    parser.add_argument("--max-images", type=int, default=400, help="held-out images per model (default: 400)")
+    parser.add_argument("--baselines", nargs="+", default=["blur", "mean"], choices=["blur", "mean"])
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    start = time.perf_counter()
+    runs = []
+    if not args.no_digits:
+        runs.append(
+            (
+                "vit_digits_stem on the digits (default `vitkit train`)",
+                args.digits_run or train(args.work / "digits", []),
+            )
+        )
+    if args.shapes:
+        if args.shapes_run is None:
+            from make_shapes_folder import write_folder
+
+            folder = args.work / "shapes"
+            if not folder.is_dir():
+                write_folder(folder / "train", size=64, per_class=150, seed=0)
+        shapes = args.shapes_run or train(args.work / "shapes-run", ["--data-dir", str(folder), *SHAPES_TRAINING])
+        runs.append(("ViT-Ti/16 at 64 px on the shapes folder", shapes))
+    scored = {label for label, _ in runs}
+    kept = json.loads(args.out.read_text())["results"] if args.out.is_file() else []
+    rows = [row for row in kept if row["model"] not in scored]
+    for label, run in runs:
+        model = VisionTransformer.from_pretrained(run).eval()
+        images = held_out_images(run, model, args.max_images)
+        for baseline in args.baselines:
+            rows += score(model, images, label, "trained", baseline)
+        torch.manual_seed(0)
+        untrained = VisionTransformer(model.config).eval()  # the same architecture, random weights
+        rows += score(untrained, images, label, "random init", args.baselines[0])
+    record = {
+        "description": "Deletion AUC (lower is better) and insertion AUC (higher is better) of each map on the "
+        "held-out split, against a random patch order; gains are over the random order, paired per image, with "
+        "their standard error. `random init` is the same architecture with untrained weights.",
+        "command": "python benchmarks/faithfulness.py " + " ".join(sys.argv[1:]),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "note": "shared with other jobs",
+        },  # fmt: skip
+        "run_seconds": round(time.perf_counter() - start, 1),
+        "results": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))  # make_shapes_folder.py sits beside this file
+    main()

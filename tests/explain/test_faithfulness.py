@@ -1,0 +1,102 @@
+"""Deletion and insertion curves on a model whose right order is known, and the baselines they replace patches with."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor
+
+from vitkit import VisionTransformer
+from vitkit.explain import deletion_insertion
+from vitkit.explain.faithfulness import RANDOM_ORDER, baseline_images, summary
+
+PATCH = 4  # the one patch the model reads: row 1, column 1 of a 2 x 3 grid of 2 x 2 patches
+
+
+class OnePatchModel(VisionTransformer):
+    """Two classes; logit 0 is the sum of patch ``PATCH``'s pixels, logit 1 is 0: nothing else matters."""
+
+    def forward(self, images: Tensor) -> Tensor:
+        patch = images[:, 0, 2:4, 2:4].sum(dim=(1, 2))
+        return torch.stack([patch, torch.zeros_like(patch)], dim=1)
+
+
+def one_patch_model() -> OnePatchModel:
+    return OnePatchModel(image_size=(4, 6), patch_size=2, in_channels=1, num_classes=2, hidden_dim=8, depth=1,
+                         num_heads=1, mlp_dim=8).eval()  # fmt: skip
+
+
+def images_with_a_bright_patch(batch: int = 4) -> Tensor:
+    torch.manual_seed(0)
+    images = torch.rand(batch, 1, 4, 6) * 0.5
+    images[:, :, 2:4, 2:4] += 1.0
+    return images
+
+
+def test_deleting_the_patch_the_model_reads_drops_the_probability_at_once() -> None:
+    model, images = one_patch_model(), images_with_a_bright_patch()
+    first = torch.zeros(4, 2, 3)
+    first[:, 1, 1] = 1.0  # the right patch first, the rest in reading order
+    last = 1.0 - first  # the right patch last
+    curves = deletion_insertion(model, images, {"first": first, "last": last}, steps=6, baseline="mean", seed=3)
+    assert list(curves) == ["first", "last", RANDOM_ORDER]
+    # By hand: the probability of class 0 is sigmoid(sum of the patch's pixels); removed, the patch holds the images'
+    # mean pixel in all four places.
+    whole = torch.sigmoid(images[:, 0, 2:4, 2:4].sum(dim=(1, 2))).double()
+    gone = torch.sigmoid(4 * images.mean()).double().expand(4)
+    deleted, inserted = curves["first"].deletion, curves["first"].insertion
+    torch.testing.assert_close(curves["first"].fractions, torch.arange(7, dtype=torch.float64) / 6)
+    torch.testing.assert_close(deleted, torch.stack([whole] + [gone] * 6, dim=1))
+    torch.testing.assert_close(inserted, torch.stack([gone] + [whole] * 6, dim=1))
+    torch.testing.assert_close(curves["last"].deletion, torch.stack([whole] * 6 + [gone], dim=1))
+    # Areas by the trapezoid rule over steps of 1/6: half a step at the start value, the rest at the end value.
+    torch.testing.assert_close(curves["first"].deletion_auc, (whole + 11 * gone) / 12)
+    torch.testing.assert_close(curves["first"].insertion_auc, (gone + 11 * whole) / 12)
+    torch.testing.assert_close(curves["last"].deletion_auc, (11 * whole + gone) / 12)
+    # The random order removes the patch at some step: one drop, between the best and the worst order.
+    random = curves[RANDOM_ORDER]
+    assert ((random.deletion[:, :-1] - random.deletion[:, 1:]).abs() > 1e-9).sum(dim=1).tolist() == [1] * 4
+    assert bool((random.deletion_auc >= curves["first"].deletion_auc - 1e-12).all())
+    assert bool((random.deletion_auc <= curves["last"].deletion_auc + 1e-12).all())
+    again = deletion_insertion(model, images, first, steps=6, baseline="mean", seed=3, batch_size=3)
+    torch.testing.assert_close(again[RANDOM_ORDER].deletion, random.deletion)  # seeded, and batching changes nothing
+    torch.testing.assert_close(again["map"].insertion, inserted)
+    scores = summary(curves)
+    assert scores["first"]["deletion_auc"] == pytest.approx(curves["first"].deletion_auc.mean().item())
+    assert scores["first"]["images"] == 4
+
+
+def test_fewer_steps_than_patches_remove_several_at_a_time() -> None:
+    model, images = one_patch_model(), images_with_a_bright_patch(2)
+    ranking = torch.arange(6.0).flip(0).reshape(1, 2, 3).expand(2, -1, -1)  # reading order: the patch is 5th
+    curves = deletion_insertion(model, images, ranking, steps=3, baseline="mean")["map"]
+    torch.testing.assert_close(curves.fractions, torch.tensor([0, 1 / 3, 2 / 3, 1], dtype=torch.float64))
+    dropped = curves.deletion[:, :-1] - curves.deletion[:, 1:]
+    assert bool((dropped[:, 2] > 0.1).all()) and bool((dropped[:, :2].abs() < 1e-9).all())  # gone with the 3rd pair
+
+
+def test_the_blur_baseline_is_scipys_gaussian_filter() -> None:
+    from scipy.ndimage import gaussian_filter
+
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 16, 20)
+    ours = baseline_images(images, (3, 2), "blur").numpy()
+    # sigma of one patch's longer side, cut at two sigmas; torch's reflection is scipy's "mirror".
+    expected = gaussian_filter(images.numpy(), sigma=(0, 0, 3, 3), mode="mirror", truncate=2.0)
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+    flat = baseline_images(images, (3, 2), "mean")
+    torch.testing.assert_close(flat[1, :, 5, 7], images.mean(dim=(0, 2, 3)))
+
+
+def test_bad_arguments_are_named() -> None:
+    model, images = one_patch_model(), images_with_a_bright_patch(2)
+    ranking = torch.rand(2, 2, 3)
+    with pytest.raises(ValueError, match=r"expected \(batch, gh, gw\) = \(2, 2, 3\)"):
+        deletion_insertion(model, images, torch.rand(2, 3, 2))
+    with pytest.raises(ValueError, match="steps must be an int from 1 to the number of patches \\(6\\)"):
+        deletion_insertion(model, images, ranking, steps=7)
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        deletion_insertion(model, images, ranking, baseline="zeros")
+    with pytest.raises(ValueError, match="the random order's curves"):
+        deletion_insertion(model, images, {RANDOM_ORDER: ranking})
