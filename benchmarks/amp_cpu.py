@@ -52,7 +52,9 @@ def main() -> None:
             times[bf16].append(time_steps(model, optimizer, images, labels, bf16, args.steps))
     fp32, bf16 = statistics.median(times[False]), statistics.median(times[True])
     print(f"{args.model}, batch {args.batch_size}, {torch.get_num_threads()} threads")
-    print(f"  fp32 {1000 * fp32:.1f} ms/step, bf16 autocast {1000 * bf16:.1f} ms/step, bf16 speed-up {fp32 / bf16:.2f}x")
+    print(
+        f"  fp32 {1000 * fp32:.1f} ms/step, bf16 autocast {1000 * bf16:.1f} ms/step, bf16 speed-up {fp32 / bf16:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -145,7 +145,9 @@ def training_peak_mib(
     return (torch.cuda.max_memory_allocated(device) - before) / 2**20
 
 
-def compare_training(name: str, batch_size: int, device: torch.device, rounds: int, dtype: torch.dtype | None) -> bench.Comparison:
+def compare_training(
+    name: str, batch_size: int, device: torch.device, rounds: int, dtype: torch.dtype | None
+) -> bench.Comparison:
     """One training step (forward, backward, fused AdamW) of vitkit and timm; ratio to timm."""
     torch.manual_seed(0)
     images = torch.randn(batch_size, 3, 224, 224, device=device)

@@ -43,8 +43,18 @@ OPTIONS: dict[str, dict[str, Any]] = {
 }
 SPEED_OPTIONS = {
     label: OPTIONS[label]
-    for label in ("float32", "exact, MKL products", "exact (fused q/k/v, oneDNN)", "fused + int8", "default", "int8, fbgemm kernels",
-                  "int8 via torchao", "bf16", "ONNX Runtime fp32", "ONNX Runtime int8")  # fmt: skip
+    for label in (
+        "float32",
+        "exact, MKL products",
+        "exact (fused q/k/v, oneDNN)",
+        "fused + int8",
+        "default",
+        "int8, fbgemm kernels",
+        "int8 via torchao",
+        "bf16",
+        "ONNX Runtime fp32",
+        "ONNX Runtime int8",
+    )  # fmt: skip
 }
 # ToMe on ViT-B/16 (196 patches, 12 blocks) at the digits runs' shares: r=4 merges a quarter of the patches
 # (as r=1 on vit_digits and the default), r=8 half of them (as r=2).
@@ -120,8 +130,12 @@ def speed_table(
     rows = []
     for label, s in seconds.items():
         speedup = seconds["float32"] / s
-        rows.append({"option": label, "images_per_s": batch_size / s, "speedup": speedup, "first_call_s": first_call[label]})
-        print(f"{label:24s} {batch_size / s:7.2f} images/s  {speedup:.2f}x float32  (first call {first_call[label]:.1f} s)")
+        rows.append(
+            {"option": label, "images_per_s": batch_size / s, "speedup": speedup, "first_call_s": first_call[label]}
+        )
+        print(
+            f"{label:24s} {batch_size / s:7.2f} images/s  {speedup:.2f}x float32  (first call {first_call[label]:.1f} s)"
+        )
     return rows
 
 
@@ -133,7 +147,9 @@ def trained_accuracy(run_dir: Path | None, epochs: int) -> list[dict[str, Any]]:
             command = [sys.executable, "-m", "vitkit", "-q", "train", "--epochs", str(epochs), "--out", str(run_dir),
                        "--no-progress", "--no-tensorboard"]  # fmt: skip
             subprocess.run(command, check=True)
-        print(f"accuracy on the held-out digits of {run_dir} (torch {torch.__version__}, {torch.get_num_threads()} threads)")
+        print(
+            f"accuracy on the held-out digits of {run_dir} (torch {torch.__version__}, {torch.get_num_threads()} threads)"
+        )
         return accuracy_table(run_dir)
 
 
@@ -149,7 +165,9 @@ def main() -> None:
     accuracy = [] if args.skip_accuracy else trained_accuracy(args.run_dir, args.epochs)
     speed = []
     if args.rounds:
-        print(f"\nspeed: vit_base_patch16_224, batch 16, {torch.get_num_threads()} threads, median of {args.rounds} rounds")
+        print(
+            f"\nspeed: vit_base_patch16_224, batch 16, {torch.get_num_threads()} threads, median of {args.rounds} rounds"
+        )
         speed = speed_table(args.rounds, args.compile)
     write_json({"accuracy": accuracy, "speed": speed}, args.json)
     print(f"results: {args.json}")

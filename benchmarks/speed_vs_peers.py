@@ -44,7 +44,9 @@ def plot(results: dict, path: Path) -> None:
     axes.set_xticks(range(len(comparisons)))
     axes.set_xticklabels([f"{c['model'].split('_patch')[0]}/16\nbatch {c['batch_size']}" for c in comparisons])
     axes.set_ylabel("images/s ÷ fastest fp32 peer")
-    axes.set_title(f"{results['machine']['cpu']}, {results['machine']['threads']} threads, torch {results['machine']['torch']}")
+    axes.set_title(
+        f"{results['machine']['cpu']}, {results['machine']['threads']} threads, torch {results['machine']['torch']}"
+    )
     axes.legend(ncols=4, fontsize="small")
     figure.savefig(path, dpi=110)
 

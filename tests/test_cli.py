@@ -106,7 +106,6 @@ def test_evaluate_on_an_image_folder(
     assert Path(result["plot"]).is_file()
 
 
-
 def test_evaluate_shows_top_5_only_for_more_than_5_classes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     from vitkit import VisionTransformer
 
@@ -120,6 +119,7 @@ def test_evaluate_shows_top_5_only_for_more_than_5_classes(capsys: pytest.Captur
     code, out, err = run_cli(capsys, "evaluate", tmp_path / "run", "--data-dir", tmp_path / "photos", "--device", "cpu")
     assert code == 0, err
     assert "top-1 accuracy: " in out and "top-5" not in out  # every label of 2 classes is among the best 5
+
 
 def write_image(path: Path, mode: str, size: tuple[int, int]) -> Path:
     pixels = np.random.default_rng(len(mode) + size[0]).integers(0, 256, (size[1], size[0], 4), dtype=np.uint8)

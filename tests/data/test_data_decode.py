@@ -37,18 +37,26 @@ def test_bytes_decode_as_the_same_file_loads(mode: str, fmt: str, tmp_path: Path
     data = encoded(Image.fromarray(pixels, "RGBA").convert(mode), fmt)
     (tmp_path / "image").write_bytes(data)
     for channels in (1, 3):
-        assert np.array_equal(np.asarray(decode_image(data, channels)), np.asarray(load_image(tmp_path / "image", channels)))
+        assert np.array_equal(
+            np.asarray(decode_image(data, channels)), np.asarray(load_image(tmp_path / "image", channels))
+        )
 
 
 def test_pixel_limit_and_bad_bytes() -> None:
     data = encoded(Image.new("L", (50, 40)), "PNG")
     assert decode_image(data, 1, max_pixels=2000).size == (50, 40)
-    with pytest.raises(ImageTooLargeError, match="upload.png as an image: 50x40 = 2,000 pixels is more than the limit of 1,999"):
+    with pytest.raises(
+        ImageTooLargeError, match="upload.png as an image: 50x40 = 2,000 pixels is more than the limit of 1,999"
+    ):
         decode_image(data, 1, "upload.png", max_pixels=1999)
     with pytest.raises(ImageLoadError, match="cannot read notes as an image: not an image"):
         decode_image(b"plain text", 3, "notes")
     with pytest.raises(ImageLoadError, match="cannot read cut.png as an image: .*truncated"):
-        decode_image(encoded(Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64), dtype=np.uint8)), "PNG")[:300], 1, "cut.png")
+        decode_image(
+            encoded(Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64), dtype=np.uint8)), "PNG")[:300],
+            1,
+            "cut.png",
+        )
 
 
 def test_pillow_decompression_bomb_is_too_large(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -118,7 +126,7 @@ def test_a_crop_decoded_at_a_reduced_dct_scale_matches_the_full_decode_resized(
         torch.manual_seed(seed)
         box, _ = decoder.region(640, 480)
         exact = Image.fromarray(full).resize((32, 32), Image.Resampling.BILINEAR, box=box)
-        expected = (torch.from_numpy(np.array(exact)).permute(2, 0, 1) / 255 - torch.tensor(MEAN).view(3, 1, 1))
+        expected = torch.from_numpy(np.array(exact)).permute(2, 0, 1) / 255 - torch.tensor(MEAN).view(3, 1, 1)
         expected /= torch.tensor(STD).view(3, 1, 1)
         difference = pixel_difference(got, expected)
         assert difference.mean() < 2.0 and difference.max() < 24, (seed, difference.mean(), difference.max())

@@ -1,6 +1,7 @@
 """A small ViT trained on the digits with a blank border, shared by the explanation tests (about 10 s, once)."""
 
 from __future__ import annotations
+
 from dataclasses import dataclass
 
 import pytest

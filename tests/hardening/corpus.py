@@ -65,7 +65,7 @@ def write_good(folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = {name: folder / name for name in GOOD}
     Image.fromarray(_noise(10, 12, 3, 0)).save(paths["plain.png"])
-    grey16 = (np.arange(80, dtype=np.uint16).reshape(8, 10) * 829)  # up to 65491: really 16 bits
+    grey16 = np.arange(80, dtype=np.uint16).reshape(8, 10) * 829  # up to 65491: really 16 bits
     Image.fromarray(grey16).save(paths["grey16.png"])
     Image.fromarray(_noise(10, 12, 4, 1), "CMYK").save(paths["cmyk.jpg"])
     frames = [Image.new("RGB", (12, 10), colour) for colour in ((255, 0, 0), (0, 0, 255))]

@@ -81,8 +81,10 @@ def test_predict_reports_each_bad_file_and_predicts_every_good_one(corpus, tiny_
         (line,) = [line for line in error_lines if f"{path} " in line]
         assert line.startswith("vitkit: error: ") and bad_reason(name) in line
         assert bad_reason(name) in results[path]["error"]
-    assert err.splitlines()[-1] == f"vitkit: error: {len(bad)} of {len(results)} paths could not be predicted " \
+    assert (
+        err.splitlines()[-1] == f"vitkit: error: {len(bad)} of {len(results)} paths could not be predicted "
         '(see their "error" lines)'
+    )
 
 
 def _data_folder(root: Path) -> tuple[Path, dict[str, Path], dict[str, Path]]:

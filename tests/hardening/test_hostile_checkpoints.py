@@ -128,7 +128,9 @@ def test_wrong_weights_fail_naming_the_mismatch(tmp_path: Path, capsys) -> None:
 
     deeper = saved_model(tmp_path / "deeper", depth=2)  # another architecture: two blocks, config says one
     write_json({"model_type": "vitkit", **VisionTransformer(**TINY).config.to_dict()}, deeper / "config.json")
-    with pytest.raises(ValueError, match=r"does not fit the model .*config.json describes.*unexpected keys:? \['blocks.1"):
+    with pytest.raises(
+        ValueError, match=r"does not fit the model .*config.json describes.*unexpected keys:? \['blocks.1"
+    ):
         VisionTransformer.from_pretrained(deeper)
 
     wider = saved_model(tmp_path / "wider", hidden_dim=32)  # config.json says hidden_dim 16

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 from training_helpers import tiny_config
 
 from vitkit.training import TrainConfig

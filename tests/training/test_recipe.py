@@ -100,8 +100,9 @@ def test_bf16_autocast_on_the_cpu(tiny) -> None:
     assert abs(bf16.history[0]["train_loss"] - fp32.history[0]["train_loss"]) < 0.05
 
 
-def test_cpu_kernels_on_multiply_every_linear_layer_through_onednn_and_the_run_says_so(tiny, monkeypatch,
-                                                                                       caplog) -> None:
+def test_cpu_kernels_on_multiply_every_linear_layer_through_onednn_and_the_run_says_so(
+    tiny, monkeypatch, caplog
+) -> None:
     """With --cpu-kernels on the trainer runs its forward passes (training and validation) in vitkit.optimize.onednn's
     products mode: each linear layer's forward and input-gradient product go to oneDNN; bf16 autocast keeps its own
     products. The tiny model is below auto's size; the run logs once, at the start, what engaged and why."""

@@ -135,4 +135,3 @@ def test_resume_before_the_first_checkpoint_starts_over_with_the_saved_settings(
     assert load_train_config(run_dir).lr == 2e-3
     reference = train(tiny("reference", epochs=1, lr=2e-3))
     assert_same_run(reference.run_dir, resumed.run_dir)
-

@@ -90,5 +90,7 @@ def test_fine_tuning_records_the_sources_architecture_and_keeps_its_preprocessin
     )
     assert config.vit["drop_path"] == 0.1  # the recipe's, not the source's 0
     kept = {key: config.vit.get(key) for key in ("interpolation", "crop_pct", "crop_mode")}
-    assert kept == ({"interpolation": "bicubic", "crop_pct": 0.9, "crop_mode": "center"} if keep else dict.fromkeys(kept))
+    assert kept == (
+        {"interpolation": "bicubic", "crop_pct": 0.9, "crop_mode": "center"} if keep else dict.fromkeys(kept)
+    )
     assert prepare_config(config) == config  # resolved once: the processes torchrun starts resolve the same

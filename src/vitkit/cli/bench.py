@@ -44,11 +44,18 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="image sizes for ViT-S/16 beside timm, batch 1 (default: 224 384 512; none to skip)",
     )  # fmt: skip
     parser.add_argument(
-        "--train-batch-size", type=int_at_least(0), default=32, help="ViT-S/16 training step batch (0 skips; default 32)"
+        "--train-batch-size",
+        type=int_at_least(0),
+        default=32,
+        help="ViT-S/16 training step batch (0 skips; default 32)",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip peak memory (a fresh process per model)")
-    parser.add_argument("--quick", action="store_true", help="a short run: at most 2 rounds, no memory, no scaling, no training")
-    parser.add_argument("--json", metavar="PATH", default="bench.json", help="where to write results (default: bench.json)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a short run: at most 2 rounds, no memory, no scaling, no training"
+    )
+    parser.add_argument(
+        "--json", metavar="PATH", default="bench.json", help="where to write results (default: bench.json)"
+    )
     data = parser.add_argument_group(
         "data loading (--data-dir: instead of the models, how fast an image folder feeds training)"
     )
@@ -100,8 +107,10 @@ def run_data_loading(args: argparse.Namespace) -> int:
           f"{startup['check_with_index_s']:.2f} s), statistics {startup['statistics_s']:.2f} s (then kept in the "
           "index)")  # fmt: skip
     comparison = compare_training_input(args.data_dir, args.workers, args.image_size, rounds=args.rounds)
-    print(f"\ntraining input at {args.image_size}px, random resized crop + flip + normalise, batch "
-          f"{comparison['batch_size']}, {args.workers} workers ({comparison['rounds']} interleaved rounds)")
+    print(
+        f"\ntraining input at {args.image_size}px, random resized crop + flip + normalise, batch "
+        f"{comparison['batch_size']}, {args.workers} workers ({comparison['rounds']} interleaved rounds)"
+    )
     print(f"  {'loader':24s} {'images/s':>9s} {'vs timm':>8s}")
     for row in comparison["rows"]:
         ratio = "-" if row["ratio_to_timm"] is None else f"{row['ratio_to_timm']:.2f}"

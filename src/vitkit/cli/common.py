@@ -62,9 +62,7 @@ def run_held_out_split(
     from vitkit.training.config import TRAIN_CONFIG_FILE
 
     if not (Path(run_dir) / TRAIN_CONFIG_FILE).is_file():
-        raise FileNotFoundError(
-            f"{run_dir} has no {TRAIN_CONFIG_FILE}, so its held-out split is unknown: {instead}"
-        )
+        raise FileNotFoundError(f"{run_dir} has no {TRAIN_CONFIG_FILE}, so its held-out split is unknown: {instead}")
     # The same call, seed and settings as the run itself: the same held-out images, prepared as the model expects
     # (a fine-tuned model keeps its source's normalisation, not the data's).
     train_config = training.load_train_config(run_dir)

@@ -157,7 +157,9 @@ def open_image(source: Path | BinaryIO, name: Path | str, max_pixels: int | None
         raise load_error(name, problem)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused just below, with a clearer message
+            warnings.simplefilter(
+                "ignore", Image.DecompressionBombWarning
+            )  # refused just below, with a clearer message
             image = Image.open(source)
     except Image.DecompressionBombError as exc:
         raise load_error(name, _reason(exc), ImageTooLargeError) from exc

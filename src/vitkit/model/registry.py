@@ -50,7 +50,14 @@ _REGISTRY: dict[str, ViTConfig] = {
         image_size=8, patch_size=2, in_channels=1, num_classes=10, hidden_dim=96, depth=4, num_heads=4, mlp_dim=192
     ),
     "vit_digits_stem": ViTConfig(
-        image_size=8, patch_size=2, in_channels=1, num_classes=10, hidden_dim=96, depth=4, num_heads=4, mlp_dim=192,
+        image_size=8,
+        patch_size=2,
+        in_channels=1,
+        num_classes=10,
+        hidden_dim=96,
+        depth=4,
+        num_heads=4,
+        mlp_dim=192,
         conv_stem=1,
     ),  # fmt: skip
     "vit_pico_patch4_28": ViTConfig(

@@ -53,6 +53,8 @@ def is_worker_death(err: BaseException) -> bool:
     "DataLoader worker (pid ...) ...", and a worker that dies while sending a batch breaks the connection
     (ConnectionError, EOFError) under the main process.
     """
-    return isinstance(err, (ConnectionError, EOFError)) or isinstance(err, RuntimeError) and "DataLoader worker" in str(
-        err
+    return (
+        isinstance(err, (ConnectionError, EOFError))
+        or isinstance(err, RuntimeError)
+        and "DataLoader worker" in str(err)
     )

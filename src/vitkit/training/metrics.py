@@ -47,9 +47,7 @@ class MetricsLog:
     ``close``.
     """
 
-    def __init__(
-        self, run_dir: Path, *, lr_schedule: Sequence[float], completed_steps: int, tensorboard: bool
-    ) -> None:
+    def __init__(self, run_dir: Path, *, lr_schedule: Sequence[float], completed_steps: int, tensorboard: bool) -> None:
         self.run_dir = run_dir
         self.lr_schedule = lr_schedule
         self.history: list[dict[str, Any]] = []

@@ -97,7 +97,9 @@ def build_model(config: TrainConfig, data: DataBundle, init_config: ViTConfig | 
         if any(side % p for side, p in zip(data.image_size, patch)):
             near = "x".join(str(max(p, side // p * p)) for side, p in zip(data.image_size, patch))
             origin = "the median shorter side of its images" if data.source == "folder" else "its images' size"
-            larger = ", the patch is larger than the image" if any(p > s for s, p in zip(data.image_size, patch)) else ""
+            larger = (
+                ", the patch is larger than the image" if any(p > s for s, p in zip(data.image_size, patch)) else ""
+            )
             raise ValueError(
                 f"the {data.source} data's image size {data.image_size[0]}x{data.image_size[1]} ({origin}) is not a "
                 f"multiple of patch_size {patch[0]}x{patch[1]}{larger}: pass --image-size {near}, or name a model "
@@ -350,4 +352,3 @@ def _removed_on_failure(run_dir: Path | None) -> Iterator[None]:
 def load_run(run_dir: str | os.PathLike) -> tuple[VisionTransformer, TrainConfig]:
     """A finished run's model and training config (the weights file chosen by ``model.weights.find_weights``)."""
     return VisionTransformer.from_pretrained(run_dir), load_train_config(run_dir)
-
