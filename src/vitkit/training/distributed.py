@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -151,7 +151,7 @@ def shard_blocks(model: nn.Module, device: torch.device) -> None:
         ) from err
 
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-    for block in model.blocks:
+    for block in cast(nn.ModuleList, model.blocks):  # a ViT's encoder blocks
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
 
@@ -192,7 +192,8 @@ def full_weights(module: nn.Module) -> dict[str, Tensor]:
 
     if not isinstance(module, FSDPModule):
         return module.state_dict()
-    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    weights = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return cast(dict[str, Tensor], weights)  # a full state dict holds plain tensors, no DTensor shards
 
 
 def broadcast_object(obj: Any, ctx: DistContext) -> Any:

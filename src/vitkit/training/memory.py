@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import cast
 
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -15,5 +16,5 @@ def recompute_blocks_in_backward(model: nn.Module) -> None:
     Set on the block instances, not in the model class: its state dict, its files and every other use of it stay
     as they are. Apply it before FSDP2's ``fully_shard``, which gathers a block's weights for the recomputation.
     """
-    for block in model.blocks:
+    for block in cast(nn.ModuleList, model.blocks):  # a ViT's encoder blocks
         block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
