@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Subset
@@ -54,6 +55,7 @@ class Loaders:
         self.per_process_batch = batch_size // ctx.world_size
         self.sampler = ResumableSampler(data.train, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
         self.micro_batches = self.sampler.num_samples // self.per_process_batch  # whole batches only (drop_last)
+        self.train_set = data.train
         self.in_memory = data.memory is not None and batched(data.augment)
         # --decode gpu: workers read files, this process decodes and augments whole batches on the device.
         on_device = decode == "gpu" and data.memory is None
@@ -68,7 +70,7 @@ class Loaders:
             self.images, self.labels = train_images.to(device), train_labels.to(device)
             self.val_images, self.val_labels = val_images[val_share].to(device), val_labels[val_share]
             return
-        common = dict(num_workers=workers, pin_memory=device.type == "cuda", generator=self.generator)
+        common: dict[str, Any] = dict(num_workers=workers, pin_memory=device.type == "cuda", generator=self.generator)
         self.stream = None
         if data.stream is not None:
             self.stream = training_stream(data, ctx.rank, ctx.world_size, self.per_process_batch, on_device)
@@ -92,7 +94,7 @@ class Loaders:
         if self.stream is not None:
             self.stream.set_epoch(epoch, first)
         elif self.decoder is None:
-            self.train.dataset.set_epoch(epoch)
+            self.train_set.set_epoch(epoch)
         self.generator.manual_seed(self.seed + epoch)
         if self.decoder is not None:
             return self._decoded_batches(epoch, first)
@@ -106,35 +108,49 @@ class Loaders:
         return rows[part * self.batch_size : (part + 1) * self.batch_size][self.ctx.rank :: self.ctx.world_size]
 
     def _memory_batches(self, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        augment = self._batch_augment()
         indices = torch.tensor(list(self.sampler), dtype=torch.int64).to(self.device)
         size = self.per_process_batch
         for i, micro in enumerate(range(first, self.micro_batches)):
             batch = indices[i * size : (i + 1) * size]
-            yield self.augment(self.images[batch], self._rows(epoch, micro)), self.labels[batch]
+            yield augment(self.images[batch], self._rows(epoch, micro)), self.labels[batch]
 
     def _decoded_batches(self, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches decoded on the device, the next one in a thread while the current one trains."""
+        augment, decoder = self._batch_augment(), self.decoder
+        if decoder is None:
+            raise RuntimeError("device-decoded batches need the BatchDecoder made for decode='gpu'")
         batches = enumerate(self.train, start=first)
         with ThreadPoolExecutor(1, thread_name_prefix="vitkit-decode") as decoding:
 
-            def decode_next() -> tuple[int, Future, torch.Tensor] | None:
-                micro, (files, labels) = next(batches, (None, (None, None)))
-                return None if micro is None else (micro, decoding.submit(self.decoder, files), labels)
+            def decode_next() -> tuple[int, Future[torch.Tensor], torch.Tensor] | None:
+                item = next(batches, None)
+                if item is None:
+                    return None
+                micro, (files, labels) = item
+                return micro, decoding.submit(decoder, files), labels
 
             pending = decode_next()
             while pending is not None:
-                micro, images, labels = pending
+                micro, decoded, labels = pending
                 pending = decode_next()
-                images = images.result()
+                images = decoded.result()
                 if images.is_cuda:  # made on the decoder's stream: keep its memory until this stream is done
                     images.record_stream(torch.cuda.current_stream(images.device))
-                yield self.augment(images, self._rows(epoch, micro)), labels
+                yield augment(images, self._rows(epoch, micro)), labels
+
+    def _batch_augment(self) -> BatchAugment:
+        """The whole-batch augmentation, made for data held in memory and for images decoded on the device."""
+        if self.augment is None:
+            raise RuntimeError("batches augmented on the device need the BatchAugment made for them")
+        return self.augment
 
     def val(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This process's share of the validation set, normalised as the model expects."""
         if not self.in_memory:
             return iter(self.val_loader)
+        normalise = self._batch_augment().normalise
         return (
-            (self.augment.normalise(self.val_images[i : i + self.val_batch]), self.val_labels[i : i + self.val_batch])
+            (normalise(self.val_images[i : i + self.val_batch]), self.val_labels[i : i + self.val_batch])
             for i in range(0, len(self.val_labels), self.val_batch)
         )
