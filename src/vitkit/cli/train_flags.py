@@ -119,8 +119,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     augment_hints = typing.get_type_hints(AugmentConfig)
     group = parser.add_argument_group("augmentation (default: the data set's, see vitkit.data.default_augment)")
     for name in AUGMENT_SETTINGS:
-        choices = {"auto_augment": AUTO_AUGMENTS, "affine_interpolation": INTERPOLATION_NAMES}.get(name)
-        options = {"choices": choices} if choices else {}
+        augment_choices = {"auto_augment": AUTO_AUGMENTS, "affine_interpolation": INTERPOLATION_NAMES}.get(name)
+        options = {"choices": augment_choices} if augment_choices else {}
         add_flag(group, name, f"augment.{name}", augment_hints[name], AUGMENT_HELP.get(name, name), **options)
 
 
@@ -137,8 +137,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     from_file = read_config_file(config_file) if config_file else {}
     resume = typed.get("resume", from_file.get("resume"))
     run_dir = typed.get("out", from_file.get("out")) if resume == AUTO_RESUME else resume
-    saved = run_dir is not None and (resume != AUTO_RESUME or (Path(run_dir) / TRAIN_CONFIG_FILE).is_file())
-    values = load_train_config(run_dir).to_dict() if saved else default_settings()
+    values = default_settings()
+    if run_dir is not None and (resume != AUTO_RESUME or (Path(run_dir) / TRAIN_CONFIG_FILE).is_file()):
+        values = load_train_config(run_dir).to_dict()
     values = merge_settings(merge_settings(values, from_file), typed)
     if resume:
         values["resume"] = resume
