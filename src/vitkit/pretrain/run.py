@@ -76,7 +76,7 @@ def pretrain(
     if changed:
         raise ValueError(f"pretraining takes no {', '.join(changed)}: these settings are for classification runs")
     config = prepare_config(config)
-    run_dir = Path(config.out)
+    run_dir = config.run_dir
     check_run_dir(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(config.to_dict(), run_dir / TRAIN_CONFIG_FILE)
@@ -95,9 +95,9 @@ def pretrain(
                 f"{len(data.train)} training images are too few for one step of batch_size {config.batch_size}"
             )
         total = config.epochs * steps_per_epoch
-        optimizer = torch.optim.AdamW(_param_groups(mae, config.weight_decay), lr=config.lr, betas=(0.9, 0.95))
+        optimizer = torch.optim.AdamW(_param_groups(mae, config.weight_decay), lr=config.peak_lr, betas=(0.9, 0.95))
         warmup = min(round(config.warmup_epochs * steps_per_epoch), total // 2)
-        scheduler = build_scheduler(optimizer, total, warmup, config.min_lr / config.lr)
+        scheduler = build_scheduler(optimizer, total, warmup, config.min_lr / config.peak_lr)
         logger.info("pre-training a masked autoencoder (mask ratio %g) on %d images of %s for %d epochs; run folder %s",
                     settings.mask_ratio, len(data.train), data.source, config.epochs, run_dir)  # fmt: skip
         for epoch in range(config.epochs):

@@ -21,7 +21,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -223,8 +223,8 @@ class TrainConfig:
             need(getattr(self, name) >= 0, name, "an integer >= 0")
         for name in ("min_lr", "warmup_epochs", "weight_decay", "clip_grad", "mixup", "cutmix"):
             need(getattr(self, name) >= 0, name, "a number >= 0")
-        need(self.lr > 0, "lr", "a number > 0")
-        need(self.min_lr <= self.lr, "min_lr", f"a number <= lr ({self.lr})")
+        need(self.peak_lr > 0, "lr", "a number > 0")
+        need(self.min_lr <= self.peak_lr, "min_lr", f"a number <= lr ({self.lr})")
         for name in ("label_smoothing", "ema_decay"):
             need(0 <= getattr(self, name) < 1, name, "a number in [0, 1)")
         need(0 < self.val_fraction < 1, "val_fraction", "a fraction in (0, 1)")
@@ -240,9 +240,9 @@ class TrainConfig:
         chosen = [name for name in ("linear_probe", "freeze_blocks", "lora_rank") if getattr(self, name)]
         if len(chosen) > 1:
             raise ValueError(f"{' and '.join(chosen)} exclude each other: each decides which weights train; pick one")
-        for name, choices in VIT_CHOICES.items():
-            if name in self.vit and self.vit[name] not in choices:
-                raise ValueError(f"vit.{name}={self.vit[name]!r} is invalid: expected one of {list(choices)}")
+        for name, vit_choices in VIT_CHOICES.items():
+            if name in self.vit and self.vit[name] not in vit_choices:
+                raise ValueError(f"vit.{name}={self.vit[name]!r} is invalid: expected one of {list(vit_choices)}")
         for name in ("dropout", "attention_dropout", "drop_path"):
             if not 0 <= self.vit.get(name, 0.0) < 1:
                 raise ValueError(f"vit.{name}={self.vit[name]!r} is invalid: expected a number in [0, 1)")
@@ -287,7 +287,21 @@ class TrainConfig:
 
     def augmentation(self) -> AugmentConfig:
         """The data set's default augmentation with this run's overrides."""
-        return default_augment(self.dataset, **self.augment)
+        return default_augment(cast(str, self.dataset), **self.augment)  # __post_init__ fills in dataset first
+
+    @property
+    def peak_lr(self) -> float:
+        """The peak learning rate: ``lr``, which ``__post_init__`` fills in when it is not given."""
+        if self.lr is None:
+            raise ValueError("lr=None: expected the learning rate that TrainConfig.__post_init__ fills in")
+        return self.lr
+
+    @property
+    def run_dir(self) -> Path:
+        """The run folder: ``out``, which ``vitkit.training.prepare_config`` fills in when it is not given."""
+        if self.out is None:
+            raise ValueError("out=None: expected the run folder that prepare_config fills in")
+        return Path(self.out)
 
     @property
     def model_name(self) -> str:

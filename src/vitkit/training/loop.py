@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +64,11 @@ class NonFiniteLossError(RuntimeError):
         self.step = step
 
 
-def ema_with_warmup(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor], None]:
+# The parameter lists AveragedModel hands its multi_avg_fn.
+TensorList = tuple[Tensor, ...] | list[Tensor]
+
+
+def ema_with_warmup(decay: float) -> Callable[[TensorList, TensorList, Tensor | int], None]:
     """EMA update for AveragedModel whose decay warms up as min(decay, (1 + n) / (10 + n)) after n updates
     (the num_updates rule of TensorFlow's ExponentialMovingAverage).
 
@@ -73,7 +77,7 @@ def ema_with_warmup(decay: float) -> Callable[[list[Tensor], list[Tensor], Tenso
     """
 
     @torch.no_grad()
-    def update(ema_params: list[Tensor], params: list[Tensor], num_averaged: Tensor) -> None:
+    def update(ema_params: TensorList, params: TensorList, num_averaged: Tensor | int) -> None:
         n = int(num_averaged)
         torch._foreach_lerp_(ema_params, params, 1.0 - min(decay, (1 + n) / (10 + n)))
 
@@ -128,7 +132,8 @@ class Trainer:
                 distributed.shard_blocks(self.ema.module, device)
         if config.compile:
             logger.info("compiling the model for training (torch.compile)")
-            self.network = torch.compile(self.parallel)
+            # Compiling a Module gives an OptimizedModule, itself a Module wrapping it.
+            self.network = cast(nn.Module, torch.compile(self.parallel))
         if ctx.distributed:
             # Weights are rank 0's (all processes built them from one seed); dropout, drop-path and mixing differ.
             torch.manual_seed(config.seed + ctx.rank)
@@ -153,13 +158,15 @@ class Trainer:
                 "warm-up shortened to half the run (%d steps) so that the cosine still anneals", total_steps // 2
             )
             warmup_steps = total_steps // 2
-        min_ratio = config.min_lr / config.lr
+        min_ratio = config.min_lr / config.peak_lr
         self.parameters = list(model.parameters())
         self.optimizer = build_optimizer(
-            model, config.lr, config.weight_decay, config.layer_decay, config.head_lr_scale
+            model, config.peak_lr, config.weight_decay, config.layer_decay, config.head_lr_scale
         )
         self.scheduler = build_scheduler(self.optimizer, total_steps, warmup_steps, min_ratio)
-        self.lr_schedule = [config.lr * lr_factor(s, total_steps, warmup_steps, min_ratio) for s in range(total_steps)]
+        self.lr_schedule = [
+            config.peak_lr * lr_factor(s, total_steps, warmup_steps, min_ratio) for s in range(total_steps)
+        ]
 
         self.epoch = 0  # epochs completed
         self.step = 0  # optimizer steps completed
@@ -365,15 +372,16 @@ class Trainer:
         """Evaluate raw and EMA weights, keep the best weights, write the checkpoint, then report the epoch."""
         loss, correct, count = distributed.all_reduce_sum(self.sums.tolist(), self.ctx, self.device)
         val_loss, val_acc = self._evaluate(self.model)
-        ema_val_acc = self._evaluate(self.ema.module)[1] if self.ema is not None else None
+        candidates: list[tuple[float, str, nn.Module]] = [(val_acc, "model", self.model)]
+        ema_val_acc = None
+        if self.ema is not None:
+            ema_val_acc = self._evaluate(self.ema.module)[1]
+            candidates.append((ema_val_acc, "ema", self.ema.module))
         record = {
             "epoch": epoch + 1, "step": self.step, "train_loss": loss / count, "train_acc": correct / count,
             "val_loss": val_loss, "val_acc": val_acc, "ema_val_acc": ema_val_acc, "lr": self.lr_schedule[self.step - 1],
             "images_per_s": count / max(self.seconds, 1e-9), "epoch_time_s": time.perf_counter() - started,
         }  # fmt: skip
-        candidates = [(val_acc, "model", self.model)]
-        if self.ema is not None:
-            candidates.append((ema_val_acc, "ema", self.ema.module))
         best_acc, source, module = max(candidates, key=lambda candidate: candidate[0])
         if best_acc > self.best_acc:
             self.best_acc = best_acc

@@ -120,11 +120,11 @@ def build_model(config: TrainConfig, data: DataBundle, init_config: ViTConfig | 
 PREPROCESSING_SETTINGS = ("interpolation", "crop_pct", "crop_mode")
 
 
-def _from_source(config: TrainConfig, new_run: bool) -> TrainConfig:
+def _from_source(config: TrainConfig, init_from: str, new_run: bool) -> TrainConfig:
     """Fine-tuning: the source's architecture (unless --model names one), its preprocessing (unless told not to keep
     it) and, for a new run, its image size (unless --image-size), all recorded so that train_config.json says what
     is trained."""
-    _, source = find_init_weights(config.init_from)
+    _, source = find_init_weights(init_from)
     if source is None:  # bare weights: the architecture is --model's, the rest the data's
         return config
     taken = (PREPROCESSING_SETTINGS if config.keep_preprocessing else ()) + (
@@ -161,7 +161,7 @@ def resolve_settings(config: TrainConfig, new_run: bool = True) -> TrainConfig:
     Resolving a resolved config changes nothing, so every process of a run, and its resumption, agree.
     """
     if config.init_from is not None:
-        config = _from_source(config, new_run)
+        config = _from_source(config, config.init_from, new_run)
     elif config.model is None:
         config = config.replace(model=config.model_name)  # train_config.json names the model actually trained
     if new_run and config.image_size is None and config.model is not None and config.model != DEFAULT_MODEL:
@@ -178,15 +178,15 @@ def prepare_config(config: TrainConfig) -> TrainConfig:
 
     The command line calls it before starting several processes, so that all of them use one folder.
     """
-    resuming = config.resume is not None and config.resume != AUTO_RESUME  # auto: see start_or_resume
-    if resuming:
+    resume_dir = None if config.resume == AUTO_RESUME else config.resume  # auto: see start_or_resume
+    if resume_dir is not None:
         if config.image_size is None:
-            config = config.replace(image_size=load_train_config(config.resume).image_size)
+            config = config.replace(image_size=load_train_config(resume_dir).image_size)
         config = resolve_settings(config, new_run=False)
     else:
         config = resolve_settings(config)
-    if resuming:
-        run_dir = Path(config.resume)
+    if resume_dir is not None:
+        run_dir = Path(resume_dir)
     elif config.out is not None:
         run_dir = Path(config.out)
     else:
@@ -197,7 +197,7 @@ def prepare_config(config: TrainConfig) -> TrainConfig:
 
 def check_run_dir(config: TrainConfig) -> None:
     """A new run needs an unused folder; a resumed one the settings it was started with (bar RESUMABLE_CHANGES)."""
-    run_dir = Path(config.out)
+    run_dir = config.run_dir
     if config.resume is None:
         if checkpoint_step(run_dir) is not None or (run_dir / WEIGHTS_FILE).exists():
             raise ValueError(
@@ -235,7 +235,7 @@ def train(
     finished = False
     try:
         config, resume_step = start_or_resume(config, ctx)
-        run_dir = Path(config.out)
+        run_dir = config.run_dir
         new_run = config.resume is None
         with determinism(config.deterministic, device), distributed.only_main_logs(ctx):
             with _removed_on_failure(run_dir if new_run and ctx.is_main else None):
@@ -269,7 +269,7 @@ def start_or_resume(config: TrainConfig, ctx: distributed.DistContext) -> tuple[
         if config.resume is None and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0:
             config = config.replace(resume=AUTO_RESUME)  # torchrun may restart this worker group: it continues
         config = prepare_config(config)
-        run_dir = Path(config.out)
+        run_dir = config.run_dir
         if config.resume == AUTO_RESUME:
             has_checkpoint = checkpoint_step(run_dir) is not None
             config = prepare_config(config.replace(resume=str(run_dir) if has_checkpoint else None))
