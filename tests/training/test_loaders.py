@@ -85,3 +85,32 @@ def test_evaluate_and_predict_read_shards_as_the_folder(
     from_folder = run_json("predict", str(two_process_run), str(folder / "val"), "--top-k", "1")
     assert all(line["path"].startswith(str(shards / "val-000000.tar#")) for line in from_shards)
     assert len(from_shards) == 21 and top1(from_shards) == top1(from_folder)
+
+
+@pytest.mark.parametrize("cache", ["on", "off"])
+def test_every_process_gets_as_many_validation_batches_and_together_every_image_once(tiny, cache: str) -> None:
+    """A sharded model gathers its weights in every forward pass, so every process must run as many of them; here
+    360 held-out digits over 7 processes give shares of 52 and 51, two batches of 51 and one: the short shares get
+    an empty batch in place of the missing one."""
+    import torch
+
+    from vitkit.training.distributed import DistContext
+    from vitkit.training.loaders import Loaders
+    from vitkit.training.run import build_run_data
+
+    data = build_run_data(tiny(cache=cache))
+    assert len(data.val) == 360
+    labels_seen: list[int] = []
+    counts = []
+    for rank in range(7):
+        loaders = Loaders(data, 63, 1, 0, 0, DistContext(rank=rank, world_size=7), torch.device("cpu"))
+        loaders.val_batch = 51
+        if not loaders.in_memory:
+            loaders.val_loader = torch.utils.data.DataLoader(loaders.val_loader.dataset, batch_size=51)
+        batches = list(loaders.val())
+        counts.append(len(batches))
+        for images, labels in batches:
+            assert images.shape[1:] == (data.in_channels, *data.image_size) and len(images) == len(labels)
+            labels_seen += labels.tolist()
+    assert counts == [2] * 7
+    assert Counter(labels_seen) == Counter(int(label) for _, label in data.val)

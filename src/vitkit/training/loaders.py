@@ -65,6 +65,8 @@ class Loaders:
         self.generator = torch.Generator()
         val_share = range(ctx.rank, len(data.val), ctx.world_size)  # no padding: exact accuracy
         self.val_batch = max(2 * self.per_process_batch, 256)
+        self.largest_val_share = len(range(0, len(data.val), ctx.world_size))  # rank 0's share, the largest
+        self.empty_batch_shape = (0, data.in_channels, *data.image_size)
         if self.in_memory:
             train_images, train_labels, val_images, val_labels = data.memory
             self.images, self.labels = train_images.to(device), train_labels.to(device)
@@ -146,11 +148,28 @@ class Loaders:
         return self.augment
 
     def val(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This process's share of the validation set, normalised as the model expects."""
-        if not self.in_memory:
-            return iter(self.val_loader)
-        normalise = self._batch_augment().normalise
-        return (
-            (normalise(self.val_images[i : i + self.val_batch]), self.val_labels[i : i + self.val_batch])
-            for i in range(0, len(self.val_labels), self.val_batch)
-        )
+        """This process's share of the validation set, normalised as the model expects.
+
+        Shares differ by at most one image, so one process may have one batch fewer; it gets an empty batch in its
+        place. Every process then runs as many forward passes as the others, which a sharded model needs: each
+        pass gathers the weights from all of them.
+        """
+        if self.in_memory:
+            normalise = self._batch_augment().normalise
+            batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = (
+                (normalise(self.val_images[i : i + self.val_batch]), self.val_labels[i : i + self.val_batch])
+                for i in range(0, len(self.val_labels), self.val_batch)
+            )
+        else:
+            batches = iter(self.val_loader)
+        return itertools.chain(batches, self._empty_val_batches())
+
+    def _empty_val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Empty batches up to the number of batches of the largest share (none for it)."""
+        if self.in_memory:
+            own, batch = len(self.val_labels), self.val_batch
+        else:
+            own, batch = len(self.val_loader.dataset), self.val_loader.batch_size or 1  # type: ignore[arg-type]
+        missing = -(-self.largest_val_share // batch) - -(-own // batch)
+        for _ in range(missing):
+            yield torch.zeros(self.empty_batch_shape, device=self.device), torch.zeros(0, dtype=torch.int64)
