@@ -16,8 +16,8 @@ from vitkit.explain.report import explain_images
 
 def small_model(channels: int, **options: object) -> VisionTransformer:
     torch.manual_seed(0)
-    return VisionTransformer(image_size=8, patch_size=(4, 2), in_channels=channels, num_classes=3, hidden_dim=16, depth=2,
-                             num_heads=2, mlp_dim=32, **options)  # fmt: skip
+    return VisionTransformer(image_size=8, patch_size=(4, 2), in_channels=channels, num_classes=3, hidden_dim=16,
+                             depth=2, num_heads=2, mlp_dim=32, **options)  # fmt: skip
 
 
 def test_shifted_patch_filters_are_one_filter_over_a_window_twice_the_patch() -> None:

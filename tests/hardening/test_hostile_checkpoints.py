@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import pickle
 from pathlib import Path
@@ -70,14 +71,14 @@ def refused(call, marker: Path, *words: str) -> None:
 
 
 def test_every_entry_point_refuses_a_pickle_that_would_run_code(marker: Path, tmp_path: Path, capsys) -> None:
-    tried = 0
     # from_pretrained: as model.safetensors, and as .bin/.pt/.pth (read with weights_only=True)
-    for name, zip_format in (("model.safetensors", False), ("model.safetensors", True), ("weights.bin", False),
-                             ("weights.pt", True), ("weights.pth", False)):  # fmt: skip
+    weight_files = (("model.safetensors", False), ("model.safetensors", True), ("weights.bin", False),
+                    ("weights.pt", True), ("weights.pth", False))  # fmt: skip
+    for tried, (name, zip_format) in enumerate(weight_files):
         folder = saved_model(tmp_path / f"pretrained-{tried}")
-        (folder / name).write_bytes(hostile_bytes(marker, zip_format=zip_format))
-        refused(lambda: VisionTransformer.from_pretrained(folder / name), marker, str(folder / name))
-        tried += 1
+        weights = folder / name
+        weights.write_bytes(hostile_bytes(marker, zip_format=zip_format))
+        refused(functools.partial(VisionTransformer.from_pretrained, weights), marker, str(weights))
     (folder / "model.safetensors").write_bytes(hostile_bytes(marker, zip_format=True))
     refused(lambda: VisionTransformer.from_pretrained(folder), marker, "not a readable safetensors")
 

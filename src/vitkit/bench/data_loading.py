@@ -97,6 +97,8 @@ def training_loaders(folder: ClassFolder, image_size: int, seed: int = 0) -> dic
     """The training-input pipelines compared, each a data set of (normalised image, label) over ``folder``."""
     aug = default_augment("folder", crop_scale_min=0.08)  # ImageNet's crop scale, as timm's default
     decoder = train_decoder(image_size, 3, IMAGENET_MEAN, IMAGENET_STD, aug)
+    if decoder is None:
+        raise ValueError(f"expected the folder augmentation {aug} to decode as one random resized crop, it does not")
     pipelines: dict[str, Dataset] = {
         "vitkit": SeededTransformDataset(folder, decoder, seed),
         "vitkit transforms.v2": SeededTransformDataset(

@@ -126,13 +126,14 @@ class FolderIndex:
                         self.root, self.file)  # fmt: skip
             for i, result in zip(todo, check_files([paths[i] for i in todo], checker, workers), strict=True):
                 known[i] = result
-                if stats[i] is not None:
+                stat = stats[i]
+                if stat is not None:
                     flat = [result] if isinstance(result, str) else [result[0], *result[1]]
-                    self.entries[keys[i]] = [*stats[i], *flat]
+                    self.entries[keys[i]] = [*stat, *flat]
             self.save()
         headers = [None if isinstance(result, str) else result for result in known]
         bad = [f"{path}: {result}" for path, result in zip(paths, known, strict=True) if isinstance(result, str)]
-        return headers, bad  # type: ignore[return-value]
+        return headers, bad
 
     def fingerprint(self, paths: Sequence[str], *settings: Any) -> str:
         """A key for what was computed from these files (as the index knows them) with these settings."""

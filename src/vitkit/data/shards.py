@@ -30,7 +30,7 @@ from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ from vitkit.data.seeded import sample_seed, seeded_transform
 from vitkit.io import atomic_path, write_json
 
 if TYPE_CHECKING:
-    from vitkit.data.sources import DataBundle
+    from vitkit.data.sources import ClassFolder, DataBundle
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,8 @@ def write_shards(
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size!r}")
     train, val, class_names, _, _, _ = _folder(Path(data_dir), 3, 0, val_fraction, seed, skip_bad_files, workers)
-    channels, median_side = _scan_folder(train.dataset if isinstance(train, torch.utils.data.Subset) else train)
+    folder = train.dataset if isinstance(train, torch.utils.data.Subset) else train
+    channels, median_side = _scan_folder(cast("ClassFolder", folder))  # _folder splits a ClassFolder
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     info: dict[str, Any] = {"format": "webdataset", "classes": class_names, "channels": channels,
@@ -133,8 +134,9 @@ def write_shards(
 def _file_samples(dataset: Dataset) -> list[tuple[str, int]]:
     """(path, class index) of each image of a ClassFolder or a Subset of one."""
     if isinstance(dataset, torch.utils.data.Subset):
-        return [dataset.dataset.samples[i] for i in dataset.indices]
-    return list(dataset.samples)
+        samples = cast("ClassFolder", dataset.dataset).samples
+        return [samples[i] for i in dataset.indices]
+    return list(cast("ClassFolder", dataset).samples)
 
 
 def _write_tar(path: Path, samples: Sequence[tuple[str, str, int]]) -> None:
@@ -250,9 +252,10 @@ def read_samples(url: str, wanted: Container[int] | None = None) -> Iterator[tup
     A local shard is read with seeks past the samples not wanted; a URL is streamed.
     """
     stream = open_stream(url)
-    mode = "r:" if getattr(stream, "seekable", lambda: False)() else "r|"  # WebDataset's pipes have no seekable()
-    with stream, tarfile.open(fileobj=stream, mode=mode) as tar:
-        index, key, parts = -1, None, {}
+    seekable = getattr(stream, "seekable", lambda: False)()  # WebDataset's pipes have no seekable()
+    with stream, tarfile.open(fileobj=stream, mode="r:" if seekable else "r|") as tar:
+        index, key = -1, None
+        parts: dict[str, bytes] = {}  # extension -> bytes of the current sample's files
         for member in tar:
             match = _KEY.match(member.name)
             if not member.isfile() or match is None:
@@ -262,7 +265,8 @@ def read_samples(url: str, wanted: Container[int] | None = None) -> Iterator[tup
                     yield index, _sample(url, key, parts)
                 index, key, parts = index + 1, match.group(1), {}
             if wanted is None or index in wanted:
-                parts[match.group(2).lower()] = tar.extractfile(member).read()
+                content = cast(IO[bytes], tar.extractfile(member))  # a regular file (isfile above) always has one
+                parts[match.group(2).lower()] = content.read()
         if key is not None and parts:
             yield index, _sample(url, key, parts)
 
@@ -404,11 +408,13 @@ class ShardStream(IterableDataset):
 def training_stream(data: DataBundle, rank: int, world_size: int, batch: int, encoded_only: bool) -> ShardStream:
     """The stream of ``data``'s training shards for one process: samples decoded and augmented as the training set's
     per-sample transform does (seeded by (seed, epoch, sample number)), or, with ``encoded_only``, their bytes."""
-    train = data.train
+    train, shards = data.train, data.stream
+    if shards is None:
+        raise ValueError(f"training_stream needs data streamed from shards, got the {data.source!r} data source")
     if encoded_only:
-        return ShardStream(data.stream, train.seed, rank, world_size, batch, _encoded_item, collate_encoded)
+        return ShardStream(shards, train.seed, rank, world_size, batch, _encoded_item, collate_encoded)
     prepare = partial(_transformed_item, train.transform, data.in_channels, train.seed)
-    return ShardStream(data.stream, train.seed, rank, world_size, batch, prepare, default_collate)
+    return ShardStream(shards, train.seed, rank, world_size, batch, prepare, default_collate)
 
 
 def _encoded_item(number: int, sample: Sample, epoch: int) -> tuple[torch.Tensor, int]:

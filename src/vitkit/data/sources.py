@@ -6,7 +6,7 @@ import logging
 import os
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,6 +116,8 @@ class ClassFolder(datasets.ImageFolder):
     (:class:`~vitkit.data.transforms.ConvertChannels`) or at the scale its crop needs (:mod:`vitkit.data.decode`).
     """
 
+    samples: list[tuple[str, int]]
+
     def __init__(
         self,
         root: str | os.PathLike,
@@ -149,7 +151,7 @@ class ClassFolder(datasets.ImageFolder):
         self.targets = [target for _, target in self.samples]
         self.headers: list[tuple[int, tuple[int, int]]] = [headers[i] for i in kept]  # type: ignore[misc]
 
-    def find_classes(self, directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
+    def find_classes(self, directory: str | os.PathLike[str]) -> tuple[list[str], dict[str, int]]:
         found = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
         if not found:
             raise FileNotFoundError(f"no class sub-folders in {directory}; expected {directory}/<class>/<image files>")
@@ -170,7 +172,9 @@ class ClassFolder(datasets.ImageFolder):
                 classes = [name for name in found if name not in empty]
         return classes, {name: index for index, name in enumerate(classes)}
 
-    def make_dataset(self, directory: str, class_to_idx: dict[str, int], *args: Any, **kwargs: Any) -> list:
+    def make_dataset(
+        self, directory: str, class_to_idx: dict[str, int], *args: Any, **kwargs: Any
+    ) -> list[tuple[str, int]]:
         """(path, class index) pairs from the file lists find_classes made, in class then path order."""
         return [(str(path), index) for name, index in class_to_idx.items() for path in self.files.get(name, [])]
 
@@ -210,6 +214,13 @@ def _scan_folder(folder: ClassFolder) -> tuple[int, int]:
     return channels, int(statistics.median_low(min(size) for _, size in folder.headers))
 
 
+def _length(dataset: Dataset) -> int:
+    """The number of samples of a map-style data set (torch's Dataset does not promise a length)."""
+    if not isinstance(dataset, Sized):
+        raise ValueError(f"expected a data set with a length, got {type(dataset).__name__}")
+    return len(dataset)
+
+
 def _folder(
     data_dir: Path,
     channels: int | None,
@@ -235,7 +246,7 @@ def _folder(
         image_size = image_size or median_side
         logger.info("folder %s: %d channel(s), image size %s", train_dir, channels, image_size)
     if val_dir.is_dir():
-        val: Dataset = ClassFolder(val_dir, class_names, skip_bad_files=skip_bad_files, workers=workers)
+        val = ClassFolder(val_dir, class_names, skip_bad_files=skip_bad_files, workers=workers)
         if len(val) == 0:
             raise FileNotFoundError(f"{val_dir} holds no images; expected {_FOLDER_LAYOUT}")
         return train, val, class_names, channels, image_size, "val"
@@ -312,6 +323,8 @@ def build_data(
         raise ValueError(f"channels must be 1, 3 or None (the data set's own), got {channels!r}")
     if image_size is not None:
         to_pair(image_size, "image_size")  # fail early on a bad size, before any loading
+    native_size: int | Sequence[int]
+    shard_samples: ShardSamples | None = None  # the training shards, when streaming is possible
     if source == "digits":
         if data_dir is not None:
             raise ValueError(f"the digits data set is embedded and takes no data_dir (got {data_dir}); use 'folder'")
@@ -324,8 +337,8 @@ def build_data(
             Path(data_dir), channels, image_size, val_fraction, seed, skip_bad_files, workers
         )
     elif source == "shards":
-        train_base, val_base, class_names, native_channels, native_size = _shards(str(data_dir), channels)
-        val_name = "val"
+        shard_samples, val_base, class_names, native_channels, native_size = _shards(str(data_dir), channels)
+        train_base, val_name = shard_samples, "val"
     else:
         train_base, val_base, class_names, native_channels, native_size = _torchvision(source, Path(data_dir), download)
         val_name = "test"
@@ -336,14 +349,14 @@ def build_data(
     if preprocessing is not None:
         resize = {name: getattr(preprocessing, name) for name in ("interpolation", "crop_pct", "crop_mode")}
     memory = None
-    if _cache_decision(cache, len(train_base) + len(val_base), size, channels):
+    if _cache_decision(cache, _length(train_base) + _length(val_base), size, channels):
         started = time.perf_counter()
-        if source == "shards":
-            train_base.load()
+        if shard_samples is not None:
+            shard_samples.load()
         memory = (
             *decode_all(train_base, size, channels, workers), *decode_all(val_base, size, channels, workers, **resize)
         )  # fmt: skip
-        logger.info("decoded %d images into memory in %.1f s", len(train_base) + len(val_base),
+        logger.info("decoded %d images into memory in %.1f s", _length(train_base) + _length(val_base),
                     time.perf_counter() - started)  # fmt: skip
         train_base, val_base = TensorDataset(*memory[:2]), TensorDataset(*memory[2:])  # no file is read again
     if preprocessing is not None and preprocessing.mean is not None and preprocessing.std is not None:
@@ -351,14 +364,14 @@ def build_data(
     elif memory is not None:  # every training image, as the model sees them (before normalisation)
         pixels = memory[0].transpose(0, 1).flatten(1).double() / 255
         mean, std = pixel_statistics(pixels.sum(1), pixels.square().sum(1), pixels.shape[1])
-    elif source == "shards":  # from the first shards (their writer shuffled the samples): no other shard is read
-        statistics_base = ShardSamples(train_base.shards.head(2000), channels)
+    elif shard_samples is not None:  # from the first shards (their writer shuffled the samples): none other is read
+        statistics_base = ShardSamples(shard_samples.shards.head(2000), channels)
         mean, std = compute_mean_std(statistics_base, size, channels, seed=seed, workers=workers)
     else:
         mean, std = _statistics(train_base, size, channels, seed, workers)
     logger.info(
         "%s: %d train / %d %s images, %d classes, %d channel(s), size %s, mean %s, std %s",
-        *(source, len(train_base), len(val_base), val_name, len(class_names), channels, size),
+        *(source, _length(train_base), _length(val_base), val_name, len(class_names), channels, size),
         *([round(m, 4) for m in mean], [round(s, 4) for s in std]),
     )
     train_transform, val_transform = _transforms(source, memory is None, size, channels, mean, std, aug, resize)
@@ -374,7 +387,7 @@ def build_data(
         val_name=val_name,
         augment=aug,
         memory=memory,
-        stream=train_base.shards if source == "shards" and memory is None else None,
+        stream=shard_samples.shards if shard_samples is not None and memory is None else None,
     )
 
 
@@ -454,8 +467,9 @@ def build_folder_eval_data(
     mean, std = config.mean, config.std
     if mean is None or std is None:
         return TransformedDataset(folder, eval_transform(config))  # which warns about the missing statistics
-    resize = {"interpolation": config.interpolation, "crop_pct": config.crop_pct, "crop_mode": config.crop_mode}
-    return TransformedDataset(folder, CentreCropDecoder(config.image_size, config.in_channels, mean, std, **resize))
+    decoder = CentreCropDecoder(config.image_size, config.in_channels, mean, std, interpolation=config.interpolation,
+                                crop_pct=config.crop_pct, crop_mode=config.crop_mode)  # fmt: skip
+    return TransformedDataset(folder, decoder)
 
 
 def _eval_shards(location: str, channels: int, class_names: Sequence[str]) -> ShardSamples:

@@ -25,8 +25,8 @@ HEAT = "inferno"
 def display_image(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """A preprocessed (C, H, W) image back in [0, 1] as (H, W) or (H, W, 3), the way imshow takes it."""
     pixels = image.detach().float().cpu() * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
-    pixels = pixels.clamp(0, 1).numpy()
-    return pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)
+    array = pixels.clamp(0, 1).numpy()
+    return array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
 
 
 def save_png(fig: Figure, path: str | os.PathLike) -> None:
@@ -127,14 +127,16 @@ def head_attention_figure(image: np.ndarray, maps: np.ndarray, title: str, label
 
 
 def distinct_colors(count: int) -> list[tuple[float, ...]]:
-    """``count`` colours that all differ: tab10's, tab20's, else evenly spaced along turbo."""
+    """``count`` RGBA colours that all differ: tab10's, tab20's, else evenly spaced along turbo."""
     from matplotlib import colormaps
 
     if count <= 10:
-        return list(colormaps["tab10"].colors[:count])
-    if count <= 20:
-        return list(colormaps["tab20"].colors[:count])
-    return [tuple(color) for color in colormaps["turbo"](np.linspace(0, 1, count))]
+        colors = colormaps["tab10"](np.arange(count))  # integers index a listed colormap's table exactly
+    elif count <= 20:
+        colors = colormaps["tab20"](np.arange(count))
+    else:
+        colors = colormaps["turbo"](np.linspace(0, 1, count))
+    return [tuple(color) for color in colors]
 
 
 def position_similarity_figure(similarity: np.ndarray) -> Figure:

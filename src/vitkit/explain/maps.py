@@ -76,18 +76,27 @@ def rollout(
     if not 0.0 <= discard_ratio < 1.0:
         raise ValueError(f"discard_ratio must be in [0, 1) (the fraction of weights to drop), got {discard_ratio!r}")
     _check_attentions(attentions, config)
-    product = None
-    for attention in attentions:
+
+    def mixing(attention: Tensor) -> Tensor:
+        """One block's fused, thinned, residual-mixed and renormalised attention: (B, N, N)."""
         attention = attention.detach().double()
-        fused = {"mean": attention.mean, "max": attention.amax, "min": attention.amin}[head_fusion](dim=1)  # (B, N, N)
+        if head_fusion == "mean":
+            fused = attention.mean(dim=1)
+        elif head_fusion == "max":
+            fused = attention.amax(dim=1)
+        else:
+            fused = attention.amin(dim=1)
         num_tokens = fused.shape[-1]
         num_discarded = int(num_tokens * discard_ratio)
         if num_discarded:
             weakest = fused.topk(num_discarded, dim=-1, largest=False).indices
             fused = fused.scatter(-1, weakest, 0.0)
         mixed = fused + torch.eye(num_tokens, dtype=fused.dtype, device=fused.device)  # the residual path
-        mixed = mixed / mixed.sum(dim=-1, keepdim=True)
-        product = mixed if product is None else mixed @ product
+        return mixed / mixed.sum(dim=-1, keepdim=True)
+
+    product = mixing(attentions[0])
+    for attention in attentions[1:]:
+        product = mixing(attention) @ product
     return _classifier_view(product, config)
 
 

@@ -11,7 +11,7 @@ import html
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Sized
 from pathlib import Path
 
 import torch
@@ -177,9 +177,11 @@ def explain_images(
     if config.conv_stem:  # patches of the stem's features: no filters over pixels (see maps.embedding_filters)
         logger.info("no patch-embedding filters drawn: the patches are cut from a convolutional stem's features")
     else:
-        report.add(figures.embedding_filters_figure(maps.embedding_filters(model, most).numpy()),
-                   "embedding-filters.png",
-                   "principal components of the patch-embedding filters: what the model measures in a patch")  # fmt: skip
+        report.add(
+            figures.embedding_filters_figure(maps.embedding_filters(model, most).numpy()),
+            "embedding-filters.png",
+            "principal components of the patch-embedding filters: what the model measures in a patch",
+        )
     if faithfulness is not None:
         _faithfulness_section(report, faithfulness, faithfulness_settings or {})
     return report.write_index()
@@ -210,6 +212,8 @@ def write_run_pictures(
     try:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
+        if not isinstance(dataset, Sized):
+            raise ValueError(f"drawing needs a data set with a length, got {type(dataset).__name__}")
         samples = [dataset[i] for i in range(min(count, len(dataset)))]
         images = torch.stack([image for image, _ in samples])
         names = class_names_of(model)

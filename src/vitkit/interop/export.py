@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -103,10 +104,11 @@ def export_onnx(model: VisionTransformer, path: str | os.PathLike, dynamic_image
         shapes[3] = pw * torch.export.Dim("grid_width", min=1, max=MAX_ONNX_SIDE // pw)
     example = torch.zeros(2, model.in_channels, height, width)
     with _exporter_logs_at_debug():
-        program = torch.onnx.export(
+        # torch types the result ONNXProgram | None; only its legacy exporter (dynamo=False) returns None
+        program = cast("torch.onnx.ONNXProgram", torch.onnx.export(
             module, (example,), input_names=["images"], output_names=["logits"], dynamic_shapes={"images": shapes},
             opset_version=ONNX_OPSET, dynamo=True, verbose=False,
-        )  # fmt: skip
+        ))  # fmt: skip
     program.model.metadata_props.update(onnx_metadata(model.config))
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
