@@ -98,13 +98,14 @@ def test_vitkits_training_row_runs_its_forward_as_vitkit_train_does(monkeypatch)
     from vitkit.training import cpu_kernels
 
     entered: list[tuple[torch.device, int]] = []
+    choose = cpu_kernels.choose
 
-    @contextlib.contextmanager
-    def recorded(device: torch.device, work: int) -> Iterator[None]:
-        entered.append((device, work))
-        yield
+    def recorded(setting: str, device: torch.device, model: VisionTransformer, images: int) -> cpu_kernels.CpuKernels:
+        assert setting == "auto"  # vitkit train's default
+        entered.append((device, cpu_kernels.forward_work(model, images)))
+        return choose(setting, device, model, images)
 
-    monkeypatch.setattr(cpu_kernels, "training_forward", recorded)
+    monkeypatch.setattr(cpu_kernels, "choose", recorded)
     model = VisionTransformer(get_config("vit_tiny_patch16_224"))
     images = torch.zeros(3, 3, 224, 224)
     for recipe in peers.TRAINERS.values():

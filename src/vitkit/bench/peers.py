@@ -146,10 +146,11 @@ def no_context(model: nn.Module, images: Tensor) -> contextlib.AbstractContextMa
 
 
 def vitkit_training_forward(model: nn.Module, images: Tensor) -> contextlib.AbstractContextManager:
-    """What `vitkit train` runs a forward pass of ``model`` on ``images`` in."""
-    from vitkit.training.cpu_kernels import forward_work, training_forward
+    """What `vitkit train` (``cpu_kernels="auto"``) runs a forward pass of ``model`` on ``images`` in: the trainer's
+    own decision, :func:`vitkit.training.cpu_kernels.choose`."""
+    from vitkit.training import cpu_kernels
 
-    return training_forward(images.device, forward_work(model, images.shape[0]))
+    return cpu_kernels.choose("auto", images.device, cast(VisionTransformer, model), images.shape[0]).forward()
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,7 @@ class TrainingRecipe:
 
 
 # The training comparison's rows, each as its library's training code trains: vitkit's trainer updates with fused
-# AdamW and runs its forward as `training_forward` says (GELU outputs recomputed in the backward pass, linear
+# AdamW and runs its forward as `cpu_kernels.choose` decides (GELU outputs recomputed in the backward pass, linear
 # layers multiplied by oneDNN); timm's train.py builds AdamW with create_optimizer_v2 (on the CPU torch's
 # per-tensor loop). The third row gives timm's model the fused update.
 TRAINERS: dict[str, TrainingRecipe] = {

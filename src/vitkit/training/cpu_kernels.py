@@ -188,12 +188,3 @@ def choose(setting: str, device: torch.device, model: VisionTransformer, images:
     if not recompute:
         why += "; GELU recomputation failed its check on this PyTorch"
     return CpuKernels(products, recompute, why)
-
-
-def training_forward(device: torch.device, work: int) -> contextlib.AbstractContextManager:
-    """The forward context of ``auto`` for a forward pass of ``work`` (images x tokens x width) without the model at
-    hand: oneDNN products wherever PyTorch has them (untimed) and GELU recomputation, on the CPU from
-    :data:`FAST_FORWARD_MIN_WORK` up."""
-    if device.type != "cpu" or work < FAST_FORWARD_MIN_WORK:
-        return contextlib.nullcontext()
-    return CpuKernels(onednn_available(), gelu_recipes_work(), "size").forward()
