@@ -1,7 +1,8 @@
 """The training step on a GPU: `vitkit train`'s beside timm's, ViT-B/16 at 224 with bf16 autocast, eager and compiled.
 
 Each library's step as its trainer builds it (``vitkit.bench.TRAINERS``): vitkit's model with fused AdamW and its
-forward pass in the context ``cpu_kernels.choose`` gives, as `vitkit train` runs it; timm's model with ``create_optimizer_v2``'s AdamW.
+forward pass in the context ``cpu_kernels.choose`` gives, as `vitkit train` runs it; timm's model with
+``create_optimizer_v2``'s AdamW.
 "compiled" rows wrap the model in ``torch.compile`` (what `vitkit train --compile` does). The steps are timed
 interleaved round by round in one process (median over rounds). For each row: images/s, TFLOP/s (three times the
 forward FLOPs that torch's FlopCounterMode counts, the backward costing about twice the forward) and MFU, the TFLOP/s
