@@ -139,13 +139,19 @@ def launch(command: list[str], description: str, env: dict[str, str]) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train a model, one line per epoch; with --nproc N > 1 start N copies of this command under torchrun."""
     from vitkit import training
-    from vitkit.cli.train_flags import config_from_args
+    from vitkit.cli.train_flags import config_from_args, given_settings
     from vitkit.io import write_json
     from vitkit.training import distributed
     from vitkit.training.config import TRAIN_CONFIG_FILE
+    from vitkit.training.folder_recipe import apply_recipe, describe_recipe
 
-    config = config_from_args(args)
+    config, facts = apply_recipe(config_from_args(args), given_settings(args))
     ctx = distributed.context_from_env()
+    if facts is not None and ctx.is_main:
+        print(
+            f"recipe for {config.data_dir} ({facts.describe()}): {describe_recipe(config.recipe or {})} "
+            "(flags given win; --no-auto-recipe: the fixed defaults)", flush=True,
+        )  # fmt: skip
     launches = args.nproc > 1 or is_multi_node(args.nnodes) or args.rdzv_endpoint is not None or args.max_restarts
     if launches and not ctx.distributed:
         check_launch(args, config)

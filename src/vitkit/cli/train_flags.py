@@ -124,8 +124,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         add_flag(group, name, f"augment.{name}", augment_hints[name], AUGMENT_HELP.get(name, name), **options)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The resolved config: defaults < resumed run's config < ``--config`` file < flags typed on the command line."""
+def _typed_and_file(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The settings typed on the command line and those of the ``--config`` file, both in nested form."""
     typed: dict[str, Any] = {name: {} for name in NESTED}
     for dest, value in vars(args).items():
         table, _, key = dest.rpartition(".")
@@ -134,7 +134,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         elif dest in {f.name for f in dataclasses.fields(TrainConfig)}:
             typed[dest] = value
     config_file = getattr(args, "config", None)
-    from_file = read_config_file(config_file) if config_file else {}
+    return typed, read_config_file(config_file) if config_file else {}
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The resolved config: defaults < resumed run's config < ``--config`` file < flags typed on the command line."""
+    typed, from_file = _typed_and_file(args)
     resume = typed.get("resume", from_file.get("resume"))
     run_dir = typed.get("out", from_file.get("out")) if resume == AUTO_RESUME else resume
     values = default_settings()
@@ -144,3 +149,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if resume:
         values["resume"] = resume
     return TrainConfig(**values)
+
+
+def given_settings(args: argparse.Namespace) -> set[str]:
+    """The settings the user chose, typed as flags or written in the ``--config`` file (flat names): the ones a
+    recipe chosen from the data leaves alone."""
+    return {
+        name
+        for values in _typed_and_file(args)
+        for key, value in values.items()
+        for name in (value if key in NESTED else (key,))
+    }

@@ -60,12 +60,12 @@ class AugmentConfig:
         return dataclasses.asdict(self)
 
 
-_DIGIT_LIKE = AugmentConfig(affine_degrees=10.0, affine_translate=0.1, affine_scale=0.1)
+DIGIT_LIKE_AUGMENT = AugmentConfig(affine_degrees=10.0, affine_translate=0.1, affine_scale=0.1)
 _DEFAULT_AUGMENTS = {
     # Upright digits: a flip or a large crop changes the class or loses the digit; small affine moves do not.
-    "digits": dataclasses.replace(_DIGIT_LIKE, affine_interpolation="nearest"),
-    "mnist": _DIGIT_LIKE,
-    "svhn": _DIGIT_LIKE,
+    "digits": dataclasses.replace(DIGIT_LIKE_AUGMENT, affine_interpolation="nearest"),
+    "mnist": DIGIT_LIKE_AUGMENT,
+    "svhn": DIGIT_LIKE_AUGMENT,
     "fashion-mnist": AugmentConfig(hflip=0.5, affine_translate=0.1, affine_scale=0.1),
     # Natural images: the DeiT-style recipe scaled down for small images.
     "cifar10": AugmentConfig(crop_scale_min=0.5, hflip=0.5, auto_augment="trivialaugment", random_erasing=0.25),

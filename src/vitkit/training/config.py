@@ -105,6 +105,16 @@ class TrainConfig:
         "cpu", "where training images are decoded and augmented: cpu (in --workers), or gpu (whole batches on the "
         "training device, torchvision's decode_jpeg; workers only read files)", choices=DECODE_CHOICES,
     )  # fmt: skip
+    auto_recipe: bool = _flag(
+        True, "choose the model, image size, epochs and augmentation from what an image folder holds (small grey "
+        "images: no flips or hard crops, a 4x4-patch ViT with a convolutional stem, epochs from the number of "
+        "images; photos: the defaults); settings given win. --no-auto-recipe: the fixed defaults",
+    )  # fmt: skip
+    recipe: dict[str, Any] | None = field(
+        default=None,
+        metadata={"help": "the settings auto_recipe chose from the folder (recorded in train_config.json; resumed "
+                  "runs keep them); None: not chosen yet"},
+    )  # fmt: skip
     # --- model
     model: str | None = _flag(
         None, f"named configuration (see `vitkit models`); default: that of --init-from, else {DEFAULT_MODEL}"
@@ -385,6 +395,8 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         return value
     if kind in (bool, str) and isinstance(value, kind):
         return value
+    if typing.get_origin(kind) is dict and isinstance(value, dict):
+        return dict(value)
     if typing.get_origin(kind) is tuple:
         return to_pair(tuple(value) if isinstance(value, list) else value, name)
     expected = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}.get(kind, str(kind))

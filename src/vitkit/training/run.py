@@ -23,7 +23,7 @@ from vitkit.data import DataBundle, build_data
 from vitkit.io import load_safetensors, write_json
 from vitkit.model import VisionTransformer, ViTConfig, get_config
 from vitkit.model.weights import CONFIG_FILE, WEIGHTS_FILE
-from vitkit.training import distributed, finetune
+from vitkit.training import distributed, finetune, folder_recipe
 from vitkit.training.checkpoint import checkpoint_step, find_init_weights
 from vitkit.training.config import (
     AUTO_RESUME,
@@ -173,17 +173,25 @@ def resolve_settings(config: TrainConfig, new_run: bool = True) -> TrainConfig:
 
 def prepare_config(config: TrainConfig) -> TrainConfig:
     """The settings with the run folder, model, image size and augmentation resolved, as ``train_config.json``
-    records them; a resumed run takes its image size from there (folders written before the size was recorded
-    keep the data's).
+    records them: a new run on an image folder takes the settings it was not given from the folder's recipe
+    (:mod:`vitkit.training.folder_recipe`); a resumed run takes its recipe and image size from there (folders
+    written before the size was recorded keep the data's).
 
     The command line calls it before starting several processes, so that all of them use one folder.
     """
     resume_dir = None if config.resume == AUTO_RESUME else config.resume  # auto: see start_or_resume
     if resume_dir is not None:
+        saved = load_train_config(resume_dir)
+        if config.recipe is None and saved.recipe is not None:  # the resumed run keeps its folder's recipe
+            config = folder_recipe.with_recipe(config, saved.recipe, folder_recipe.settings_given(config))
         if config.image_size is None:
-            config = config.replace(image_size=load_train_config(resume_dir).image_size)
+            config = config.replace(image_size=saved.image_size)
         config = resolve_settings(config, new_run=False)
     else:
+        config, facts = folder_recipe.apply_recipe(config, folder_recipe.settings_given(config))
+        if facts is not None:
+            logger.info("recipe for %s (%s): %s (auto_recipe=False: the fixed defaults)", config.data_dir,
+                        facts.describe(), folder_recipe.describe_recipe(config.recipe or {}))  # fmt: skip
         config = resolve_settings(config)
     if resume_dir is not None:
         run_dir = Path(resume_dir)
