@@ -11,11 +11,12 @@ import pytest
 from PIL import Image
 from training_helpers import write_digit_folder
 
+from vitkit import cli
 from vitkit.cli.train_flags import add_train_arguments, config_from_args, given_settings
 from vitkit.data import default_augment
 from vitkit.io import read_json
 from vitkit.model import get_config
-from vitkit.training import TrainConfig, prepare_config, train
+from vitkit.training import TrainConfig, prepare_config
 from vitkit.training.config import DEFAULT_MODEL
 from vitkit.training.folder_recipe import FolderFacts, apply_recipe, choose_recipe, folder_facts, settings_given
 from vitkit.training.run import check_run_dir
@@ -93,19 +94,22 @@ def test_a_photo_folder_trains_as_before(tmp_path: Path) -> None:
     assert after.augmentation() == default_augment("folder") and after.model_name == DEFAULT_MODEL
 
 
-def test_train_config_json_records_the_recipe_and_a_resumed_run_keeps_it(tmp_path: Path) -> None:
-    folder = grey_folder(tmp_path / "digits")
-    config = TrainConfig.from_dict(
-        dict(data_dir=str(folder), epochs=3, steps=1, hidden_dim=16, depth=1, num_heads=2, mlp_dim=16, batch_size=16,
-             progress=False, tensorboard=False, out=str(tmp_path / "run"))
-    )  # fmt: skip
-    assert settings_given(config) >= {"epochs", "steps", "hidden_dim", "batch_size", "out"}
-    train(config)
-    saved = read_json(tmp_path / "run" / "train_config.json")
+def test_the_run_prints_and_records_the_recipe_and_a_resumed_run_keeps_it(tmp_path: Path, capsys) -> None:
+    folder, run_dir = grey_folder(tmp_path / "digits"), tmp_path / "run"
+    tiny = dict(epochs=3, hidden_dim=16, depth=1, num_heads=2, mlp_dim=16, batch_size=16)
+    flags = [f"--{name.replace('_', '-')}={value}" for name, value in tiny.items()]
+    code = cli.main(["train", "--data-dir", str(folder), *flags, "--steps", "1", "--no-progress", "--no-tensorboard",
+                     "--out", str(run_dir)])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0 and f"recipe for {folder} (36 images of 3 classes, 16 px, 1 channel(s))" in printed
+    assert "--model vit_digits_stem --image-size 16x16 --patch-size 4x4 --crop-scale-min 1 --hflip 0" in printed
+    saved = read_json(run_dir / "train_config.json")
     assert saved["recipe"] == {"model": "vit_digits_stem", "image_size": [16, 16], "patch_size": [4, 4],
                                **GLYPH_AUGMENT}  # fmt: skip
     assert saved["epochs"] == 3 and saved["vit"]["patch_size"] == [4, 4] and saved["augment"]["hflip"] == 0.0
     # Resumed from code with only its folder and what it was given: the recorded recipe fills in the rest.
-    resumed = prepare_config(config.replace(resume=str(tmp_path / "run"), steps=0))
+    config = TrainConfig.from_dict(dict(data_dir=str(folder), resume=str(run_dir), progress=False, **tiny))
+    assert settings_given(config) >= set(tiny) and "patch_size" not in settings_given(config)
+    resumed = prepare_config(config)
     assert resumed.recipe == saved["recipe"] and resumed.vit["patch_size"] == (4, 4)
     check_run_dir(resumed)  # no setting differs from the interrupted run's

@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     ctx = distributed.context_from_env()
     if facts is not None and ctx.is_main:
         print(
-            f"recipe for {config.data_dir} ({facts.describe()}): {describe_recipe(config.recipe or {})} "
+            f"recipe for {config.data_dir} ({facts.describe()}): {describe_recipe(config.recipe or {}, facts)} "
             "(flags given win; --no-auto-recipe: the fixed defaults)", flush=True,
         )  # fmt: skip
     launches = args.nproc > 1 or is_multi_node(args.nnodes) or args.rdzv_endpoint is not None or args.max_restarts

@@ -138,13 +138,15 @@ def settings_given(config: TrainConfig) -> set[str]:
     return given | set(ours["augment"])
 
 
-def describe_recipe(recipe: dict[str, Any]) -> str:
-    """The chosen settings as the flags that would choose them."""
+def describe_recipe(recipe: dict[str, Any], facts: FolderFacts) -> str:
+    """What was chosen for a folder of these ``facts``, as the flags that would choose it."""
+    if not facts.small_grey:
+        return "photos: the defaults (random resized crops, horizontal flips)"
     if not recipe:
-        return "the defaults for photos (random resized crops, horizontal flips)"
+        return "small grey images, but every setting the recipe chooses was given"
     words = []
     for name, value in recipe.items():
         shown = "x".join(map(str, value)) if isinstance(value, (list, tuple)) else f"{value:g}" if isinstance(
             value, float) else str(value)  # fmt: skip
         words.append(f"--{name.replace('_', '-')} {shown}")
-    return " ".join(words)
+    return "small grey images: " + " ".join(words)

@@ -191,7 +191,7 @@ def prepare_config(config: TrainConfig) -> TrainConfig:
         config, facts = folder_recipe.apply_recipe(config, folder_recipe.settings_given(config))
         if facts is not None:
             logger.info("recipe for %s (%s): %s (auto_recipe=False: the fixed defaults)", config.data_dir,
-                        facts.describe(), folder_recipe.describe_recipe(config.recipe or {}))  # fmt: skip
+                        facts.describe(), folder_recipe.describe_recipe(config.recipe or {}, facts))  # fmt: skip
         config = resolve_settings(config)
     if resume_dir is not None:
         run_dir = Path(resume_dir)
