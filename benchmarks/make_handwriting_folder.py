@@ -1,21 +1,24 @@
 """Write a harder 28x28 digit folder (ImageFolder layout): distorted digits from offline sources, 7,000 + 1,600.
 
 What it is: a stand-in for a real handwriting set of 28x28 grey digits (7,000 training and 1,600 test images),
-hard enough that training recipes differ on it. Each image starts from one of two sources, half and half:
+hard enough that training recipes differ on it. Each image starts from one of two sources, about half and half:
 
-- one of scikit-learn's 1,797 8x8 handwritten digits, upsampled to a 20x20 box;
+- one of scikit-learn's 1,797 8x8 handwritten digits, upsampled into a box of 16 to 22 pixels;
 - a digit drawn with one of the TrueType fonts installed on the machine (``fc-list``: DejaVu, Liberation, ...),
-  fitted into a 20x20 box.
+  fitted into the same box.
 
-It is then varied as handwriting varies: stroke width (a grey-scale dilation or erosion at twice the size),
-slant (shear up to 0.3), rotation, scale and position jitter, an elastic distortion (Simard, Steinkraus and
-Platt, 2003: a random displacement field smoothed by a Gaussian, alpha 34, sigma 4 on 28x28), uneven ink
-intensity, and clutter: stray strokes, a fragment of another digit at the border, blotches and pixel noise.
+It is then varied as handwriting varies: stroke width (a grey-scale dilation or erosion before the digit is
+shrunk), slant (shear up to 0.25), rotation, scale and position jitter, an elastic distortion (Simard, Steinkraus
+and Platt, 2003: a random displacement field smoothed by a Gaussian of sigma 4 px, scaled by alpha 12 px, a third
+of the paper's augmentation, so that the digits stay readable: at alpha 34 an RBF SVC on the pixels reads only
+72 % of the test digits), uneven ink intensity, and clutter: stray strokes, a fragment of another digit at the
+border, blotches and pixel noise. As a yardstick of difficulty, an RBF SVC on 60 principal components of the
+pixels reads about 90 % of its test digits, against 97 % of make_digits_folder.py's.
 The test images come from other sources than the training images: scikit-learn's held-out 20 % of the digits,
 and fonts no training image uses, with other random seeds.
 
-What it is not: real handwriting. Font digits vary less than writers do and scikit-learn's digits were written
-by 43 people only; the clutter is synthetic. Accuracies on it rank recipes, they do not predict MNIST-like
+What it is not: real handwriting. Font digits vary less than writers do, scikit-learn's digits come from a few
+dozen writers and were scanned at 8x8, and the clutter is synthetic. Accuracies on it rank recipes, they do not predict MNIST-like
 accuracies. It needs no download.
 
     python benchmarks/make_handwriting_folder.py OUT_DIR [--train-per-class 700] [--test-per-class 160] [--seed 0]
@@ -91,14 +94,14 @@ def sklearn_digit(image: np.ndarray) -> np.ndarray:
 
 
 def affine(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random rotation (+-12 degrees), slant (shear +-0.3), scale (0.85-1.1) and shift (+-2.5 px) per image."""
+    """Random rotation (+-10 degrees), slant (shear +-0.25), scale (0.9-1.1) and shift (+-2 px) per image."""
     n = images.shape[0]
 
     def uniform(low: float, high: float) -> torch.Tensor:
         return low + (high - low) * torch.rand(n, generator=generator)
 
-    angle, shear, scale = uniform(-12, 12) * math.pi / 180, uniform(-0.3, 0.3), uniform(0.85, 1.1)
-    shift = uniform(-2.5, 2.5), uniform(-2.5, 2.5)
+    angle, shear, scale = uniform(-10, 10) * math.pi / 180, uniform(-0.25, 0.25), uniform(0.9, 1.1)
+    shift = uniform(-2, 2), uniform(-2, 2)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0], theta[:, 0, 1] = cos, -sin + shear * cos
@@ -108,7 +111,7 @@ def affine(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def elastic(images: torch.Tensor, generator: torch.Generator, alpha: float = 34.0, sigma: float = 4.0) -> torch.Tensor:
+def elastic(images: torch.Tensor, generator: torch.Generator, alpha: float = 12.0, sigma: float = 4.0) -> torch.Tensor:
     """Simard et al.'s elastic distortion: uniform(-1, 1) displacements smoothed by a Gaussian of ``sigma`` px and
     scaled by ``alpha`` px, one field per image."""
     n = images.shape[0]
@@ -124,22 +127,22 @@ def elastic(images: torch.Tensor, generator: torch.Generator, alpha: float = 34.
 
 
 def clutter(images: torch.Tensor, fragments: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Stray strokes (40 %), a fragment of another digit entering from a border (25 %), blotches (20 %), uneven
-    ink (intensity 0.55-1 per image) and pixel noise (sigma up to 0.08)."""
+    """Stray strokes (15 %), a fragment of another digit entering from a border (10 %), blotches (10 %), uneven
+    ink (intensity 0.7-1 per image) and pixel noise (sigma up to 0.04)."""
     n = images.shape[0]
-    out = images * (0.55 + 0.45 * torch.rand(n, 1, 1, 1, generator=generator))
+    out = images * (0.7 + 0.3 * torch.rand(n, 1, 1, 1, generator=generator))
     coordinates = torch.arange(SIZE, dtype=torch.float32)
     ys, xs = torch.meshgrid(coordinates, coordinates, indexing="ij")
     for i in range(n):
         draw = torch.rand(4, generator=generator)
-        if draw[0] < 0.4:  # a stray stroke: a short thick line segment somewhere
+        if draw[0] < 0.15:  # a stray stroke: a short thick line segment somewhere
             (y0, x0), angle = torch.rand(2, generator=generator) * SIZE, torch.rand(1, generator=generator) * math.pi
             length = 3 + 6 * torch.rand(1, generator=generator)
             dy, dx = torch.sin(angle), torch.cos(angle)
             along = ((ys - y0) * dy + (xs - x0) * dx).clamp(0, float(length))
             distance = torch.hypot(ys - y0 - along * dy, xs - x0 - along * dx)
             out[i, 0] = torch.maximum(out[i, 0], (0.8 * (1.2 - distance).clamp(0, 1)))
-        if draw[1] < 0.25:  # another digit's edge entering from a side
+        if draw[1] < 0.1:  # another digit's edge entering from a side
             other = fragments[int(torch.randint(len(fragments), (1,), generator=generator))]
             side = int(torch.randint(4, (1,), generator=generator))
             shifted = torch.roll(other, shifts=(0, 20) if side < 2 else (20, 0), dims=(-2, -1))
@@ -153,11 +156,11 @@ def clutter(images: torch.Tensor, fragments: torch.Tensor, generator: torch.Gene
             else:
                 edge[..., -5:, :] = 1
             out[i] = torch.maximum(out[i], 0.7 * shifted * edge)
-        if draw[2] < 0.2:  # a blotch
+        if draw[2] < 0.1:  # a blotch
             cy, cx = torch.rand(2, generator=generator) * SIZE
             radius = 1 + 1.5 * torch.rand(1, generator=generator)
             out[i, 0] = torch.maximum(out[i, 0], 0.6 * (radius - torch.hypot(ys - cy, xs - cx)).clamp(0, 1))
-    noise = torch.randn(out.shape, generator=generator) * 0.08 * torch.rand(n, 1, 1, 1, generator=generator)
+    noise = torch.randn(out.shape, generator=generator) * 0.04 * torch.rand(n, 1, 1, 1, generator=generator)
     return (out + noise).clamp(0, 1)
 
 
@@ -167,7 +170,7 @@ def make_split(sources: list[tuple[int, np.ndarray]], per_class: int, out: Path,
     generator = torch.Generator().manual_seed(seed)
     by_class = {digit: [image for label, image in sources if label == digit] for digit in range(10)}
     labels = np.repeat(np.arange(10), per_class)
-    strokes = rng.choice([-2, -1, 0, 0, 1, 2], size=len(labels))
+    strokes = rng.choice([-1, 0, 0, 1, 2], size=len(labels))
     boxes = rng.integers(BOX - 4, BOX + 3, size=len(labels))
     images = torch.stack(
         [

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 SMALL_SIDE = 64  # images at most this many pixels on their (median) shorter side count as small
 GRID = 4  # patches per side for small images
 SMALL_MODEL = "vit_digits_stem"
-TARGET_STEPS = 2600  # optimizer steps (of batch 64) that fit the small model to a folder of glyphs
+TARGET_STEPS = 2300  # optimizer steps (of batch 64) that fit the small model to a folder of glyphs
 MIN_EPOCHS, MAX_EPOCHS = 20, 200
 # The augmentation settings glyphs need other than photos (from the built-in digits' augmentation).
 GLYPH_AUGMENT = ("crop_scale_min", "hflip", "affine_degrees", "affine_translate", "affine_scale")
