@@ -208,7 +208,7 @@ def _digits(seed: int) -> tuple[Dataset, Dataset, list[str]]:
     return TensorDataset(images[train], labels[train]), TensorDataset(images[test], labels[test]), class_names
 
 
-def _scan_folder(folder: ClassFolder) -> tuple[int, int]:
+def scan_folder(folder: ClassFolder) -> tuple[int, int]:
     """(channels, median shorter side) of a folder's images, from their headers: 1 channel only if all are grey."""
     channels = max((image_channels for image_channels, _ in folder.headers), default=1)
     return channels, int(statistics.median_low(min(size) for _, size in folder.headers))
@@ -241,7 +241,7 @@ def _folder(
         raise FileNotFoundError(f"{train_dir} holds no readable images; expected {_FOLDER_LAYOUT}")
     class_names = list(train.classes)
     if channels is None or image_size is None:
-        scanned_channels, median_side = _scan_folder(train)
+        scanned_channels, median_side = scan_folder(train)
         channels = channels or scanned_channels
         image_size = image_size or median_side
         logger.info("folder %s: %d channel(s), image size %s", train_dir, channels, image_size)

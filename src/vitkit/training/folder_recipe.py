@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import statistics
 from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,7 +80,7 @@ def choose_recipe(facts: FolderFacts, batch_size: int = 64) -> dict[str, Any]:
 def folder_facts(data_dir: str | Path, workers: int = 0, skip_bad_files: bool = False) -> FolderFacts | None:
     """The facts of ``data_dir/train`` (None without one: reading the data then says what is missing), from the
     headers the folder index keeps, so that reading the data afterwards opens no file again."""
-    from vitkit.data.sources import ClassFolder  # torchvision: imported when a folder is read
+    from vitkit.data.sources import ClassFolder, scan_folder  # torchvision: imported when a folder is read
 
     train_dir = Path(data_dir) / "train"
     if not train_dir.is_dir():
@@ -89,8 +88,7 @@ def folder_facts(data_dir: str | Path, workers: int = 0, skip_bad_files: bool = 
     folder = ClassFolder(train_dir, skip_bad_files=skip_bad_files, workers=workers)
     if not folder.headers:
         return None
-    channels = max(image_channels for image_channels, _ in folder.headers)
-    side = int(statistics.median_low(min(size) for _, size in folder.headers))
+    channels, side = scan_folder(folder)  # what the data itself is read as
     return FolderFacts(channels, side, len(folder), len(folder.classes))
 
 
