@@ -104,13 +104,13 @@ def write_shards(
     Without val/, a stratified ``val_fraction`` of train/ (by ``seed``) becomes the val shards: the images that
     training on the folder holds out.
     """
-    from vitkit.data.sources import _folder, _scan_folder
+    from vitkit.data.sources import _folder, scan_folder
 
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size!r}")
     train, val, class_names, _, _, _ = _folder(Path(data_dir), 3, 0, val_fraction, seed, skip_bad_files, workers)
     folder = train.dataset if isinstance(train, torch.utils.data.Subset) else train
-    channels, median_side = _scan_folder(cast("ClassFolder", folder))  # _folder splits a ClassFolder
+    channels, median_side = scan_folder(cast("ClassFolder", folder))  # _folder splits a ClassFolder
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     info: dict[str, Any] = {"format": "webdataset", "classes": class_names, "channels": channels,
