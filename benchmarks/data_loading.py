@@ -52,8 +52,8 @@ import sys, torch
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 normalize = transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-transform = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-                                normalize])
+transform = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
+                                transforms.ToTensor(), normalize])
 folder = datasets.ImageFolder(sys.argv[1], transform=transform)
 images, labels = next(iter(DataLoader(folder, batch_size=int(sys.argv[3]), shuffle=True, num_workers=int(sys.argv[2]))))
 print(len(folder), tuple(images.shape))
