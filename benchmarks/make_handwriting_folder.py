@@ -18,8 +18,8 @@ The test images come from other sources than the training images: scikit-learn's
 and fonts no training image uses, with other random seeds.
 
 What it is not: real handwriting. Font digits vary less than writers do, scikit-learn's digits come from a few
-dozen writers and were scanned at 8x8, and the clutter is synthetic. Accuracies on it rank recipes, they do not predict MNIST-like
-accuracies. It needs no download.
+dozen writers and were scanned at 8x8, and the clutter is synthetic. Accuracies on it rank recipes, they do not
+predict MNIST-like accuracies. It needs no download.
 
     python benchmarks/make_handwriting_folder.py OUT_DIR [--train-per-class 700] [--test-per-class 160] [--seed 0]
 """
