@@ -75,7 +75,7 @@ def pretrain(
     changed = [name for name in CLASSIFICATION_ONLY if getattr(config, name) != getattr(defaults, name)]
     if changed:
         raise ValueError(f"pretraining takes no {', '.join(changed)}: these settings are for classification runs")
-    config = prepare_config(config)
+    config = prepare_config(config.replace(auto_recipe=False))  # the folder's recipe is for classification runs
     run_dir = config.run_dir
     check_run_dir(config)
     run_dir.mkdir(parents=True, exist_ok=True)
