@@ -106,7 +106,7 @@ def machine() -> dict[str, Any]:
         (line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout
          .splitlines() if line.startswith("Model name")), platform.processor(),
     )  # fmt: skip
-    return {"cpu": model, "cores": os.cpu_count(), "load_average_at_start": os.getloadavg()[0], "shared": True}
+    return {"cpu": model, "cores": os.cpu_count(), "shared": True}
 
 
 def main() -> None:
@@ -122,6 +122,7 @@ def main() -> None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         runs = {"documented": DOCUMENTED, "auto": []}
         run_dirs = {label: args.root / f"runs/{name}-{label}-{stamp}" for label in runs}
+        load_at_start = os.getloadavg()[0]
         started = time.perf_counter()
         processes = {label: start_training(data_dir, run_dirs[label], runs[label], args.threads) for label in runs}
         rows = {}
@@ -137,7 +138,8 @@ def main() -> None:
         }  # fmt: skip
         results = json.loads(RESULT.read_text()) if RESULT.is_file() else {"results": [], "bars": []}
         results.update(description=DESCRIPTION, command=f"python benchmarks/folder_recipe.py --threads {args.threads}")
-        results["machine"] = {**machine(), "threads_per_run": args.threads, "load_average_at_end": os.getloadavg()[0]}
+        results["machine"] = {**machine(), "threads_per_run": args.threads, "load_average_at_start": load_at_start,
+                              "load_average_at_end": os.getloadavg()[0]}  # fmt: skip
         results["results"] = [row for row in results["results"] if row["folder"] != name] + list(rows.values())
         results["bars"] = [row for row in results["bars"] if row["folder"] != name] + [bar]
         RESULT.parent.mkdir(exist_ok=True)
