@@ -53,6 +53,16 @@ PAGES = {
         "`vitkit.optimize` option against the float32 model (accuracy, and top-1 agreement on the held-out digits "
         "and on all of them), and the speed of each option on ViT-B/16 at batch 16.",
     ),
+    "lora": (
+        "LoRA against full fine-tuning",
+        "`python benchmarks/lora_transfer.py`: a digits model trained on 0-4, adapted to 5-9 with rank-4 LoRA "
+        "adapters and by full fine-tuning.",
+    ),
+    "mae": (
+        "Masked-autoencoder pre-training with a tenth of the labels",
+        "`python benchmarks/mae_few_labels.py`: MAE pre-training on the digits' training images, fine-tuned on a "
+        "tenth of their labels, against training from scratch with the same total epochs.",
+    ),
 }
 
 MODEL_NAMES = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H"}
