@@ -18,20 +18,14 @@ merged export equal to the adapted model (1e-5). Writes benchmarks/results/lora.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+from digits_runs import digits_split, final_accuracy, machine, parse_arguments, write_images
 
 from vitkit.data.augment_config import default_augment
 from vitkit.interop.export import export_merged_lora
@@ -49,26 +43,12 @@ BAR_FRACTION, BAR_POINTS, MERGE_TOLERANCE = 0.05, 2.0, 1e-5
 def write_split_folders(root: Path, seed: int) -> tuple[Path, Path, Path]:
     """Image folders of the 8x8 digits as PNGs: 0-4 and 5-9, each train/ (80 %) and val/ (20 %, held out), and
     5-9's training images alone (a run takes a validation fifth of them: the choice of LoRA's settings)."""
-    digits = load_digits()
-    pixels = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
-    train_idx, test_idx = train_test_split(
-        np.arange(len(pixels)), test_size=0.2, stratify=digits.target, random_state=seed
-    )
+    pixels, labels, train_idx, test_idx = digits_split(seed)
     for split, indices in (("train", train_idx), ("val", test_idx)):
-        for i in indices:
-            label = int(digits.target[i])
-            folders = [root / ("0-4" if label < 5 else "5-9") / split / str(label)]
-            if split == "train" and label >= 5:
-                folders.append(root / "5-9-choice" / split / str(label))
-            for folder in folders:
-                folder.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(pixels[i], "L").save(folder / f"{i}.png")
+        write_images(pixels, labels, indices[labels[indices] < 5], root / "0-4" / split)
+        write_images(pixels, labels, indices[labels[indices] >= 5], root / "5-9" / split)
+    write_images(pixels, labels, train_idx[labels[train_idx] >= 5], root / "5-9-choice" / "train")
     return root / "0-4", root / "5-9", root / "5-9-choice"
-
-
-def final_accuracy(history: list[dict]) -> float:
-    last = history[-1]
-    return last["ema_val_acc"] if last.get("ema_val_acc") is not None else last["val_acc"]
 
 
 def run_seed(seed: int, root: Path, choice: dict | None) -> tuple[dict, list[dict]]:
@@ -103,11 +83,7 @@ def run_seed(seed: int, root: Path, choice: dict | None) -> tuple[dict, list[dic
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_arguments(__doc__)
     rows: list[dict] = []
     choice: dict | None = None
     trials: list[dict] = []
@@ -140,8 +116,7 @@ def main() -> None:
     RESULTS.write_text(json.dumps({
         "description": __doc__.split("\n\n")[1].replace("\n", " "),
         "command": "python benchmarks/lora_transfer.py",
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
-                    "note": "shared with other jobs"},
+        "machine": machine(args.threads),
         "run_seconds": time.perf_counter() - started,
         "summary": summary,
         "settings": {"rank": RANK, "alpha": RANK, **(choice or {}), "full_fine_tuning_lr": FINETUNE_LR,

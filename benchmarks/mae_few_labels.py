@@ -22,19 +22,14 @@ benchmarks/results/mae.json.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
-from sklearn.datasets import load_digits
+from digits_runs import digits_split, final_accuracy, machine, parse_arguments, write_images
 from sklearn.model_selection import train_test_split
 
 from vitkit.data.augment_config import default_augment
@@ -52,25 +47,12 @@ MAE = MAESettings(mask_ratio=0.75, decoder_dim=128, decoder_depth=2, decoder_hea
 
 def write_folders(root: Path, seed: int) -> tuple[Path, Path]:
     """(every training image, a stratified tenth of them), each with the held-out 20 % as val/, as PNGs."""
-    digits = load_digits()
-    pixels = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
-    indices = np.arange(len(pixels))
-    train_idx, test_idx = train_test_split(indices, test_size=0.2, stratify=digits.target, random_state=seed)
-    labelled, _ = train_test_split(
-        train_idx, train_size=LABELLED_SHARE, stratify=digits.target[train_idx], random_state=seed
-    )
+    pixels, labels, train_idx, test_idx = digits_split(seed)
+    labelled, _ = train_test_split(train_idx, train_size=LABELLED_SHARE, stratify=labels[train_idx], random_state=seed)
     for name, train_part in (("all", train_idx), ("tenth", labelled)):
         for split, part in (("train", train_part), ("val", test_idx)):
-            for i in part:
-                folder = root / name / split / str(int(digits.target[i]))
-                folder.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(pixels[i], "L").save(folder / f"{i}.png")
+            write_images(pixels, labels, part, root / name / split)
     return root / "all", root / "tenth"
-
-
-def final_accuracy(history: list[dict]) -> float:
-    last = history[-1]
-    return last["ema_val_acc"] if last.get("ema_val_acc") is not None else last["val_acc"]
 
 
 def run_seed(seed: int, root: Path) -> dict:
@@ -95,11 +77,7 @@ def run_seed(seed: int, root: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_arguments(__doc__)
     rows = []
     started = time.perf_counter()
     for seed in args.seeds:
@@ -128,8 +106,7 @@ def main() -> None:
     RESULTS.write_text(json.dumps({
         "description": " ".join(__doc__.split("\n\n")[1].split()),
         "command": "python benchmarks/mae_few_labels.py",
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
-                    "note": "shared with other jobs"},
+        "machine": machine(args.threads),
         "run_seconds": time.perf_counter() - started,
         "summary": summary,
         "settings": {"pretrain_epochs": PRETRAIN_EPOCHS, "fine_tune_epochs": FINETUNE_EPOCHS,
