@@ -83,3 +83,5 @@ def test_a_pretrained_encoder_is_fine_tuned_from_its_run_folder(
 def test_classification_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="pretraining takes no label_smoothing, mixup"):
         pretrain(TrainConfig.from_dict(dict(QUIET, label_smoothing=0.2, mixup=0.5)))
+    with pytest.raises(ValueError, match="pretraining does not implement compile, ema_decay"):
+        pretrain(TrainConfig.from_dict(dict(QUIET, compile=True, ema_decay=0.9)))

@@ -45,6 +45,8 @@ RESUME_COMMAND = "vitkit pretrain"
 # Settings of a classification run that a masked autoencoder has no use for: changing one is an error, not ignored.
 CLASSIFICATION_ONLY = ("label_smoothing", "mixup", "cutmix", "init_from", "layer_decay", "freeze_blocks",
                        "linear_probe", "head_lr_scale", "lora_rank")  # fmt: skip
+# Settings of `vitkit train` that pre-training does not implement: refused rather than silently ignored.
+NOT_IN_PRETRAINING = ("shard_model", "compile", "grad_checkpointing", "amp", "decode", "ema_decay")
 
 
 @dataclass
@@ -117,6 +119,9 @@ def pretrain(
     changed = [name for name in CLASSIFICATION_ONLY if getattr(config, name) != getattr(defaults, name)]
     if changed:
         raise ValueError(f"pretraining takes no {', '.join(changed)}: these settings are for classification runs")
+    missing = [name for name in NOT_IN_PRETRAINING if getattr(config, name) != getattr(defaults, name)]
+    if missing:
+        raise ValueError(f"pretraining does not implement {', '.join(missing)}: leave them at their defaults")
     config, resuming = _start_or_resume(config, settings)
     device = distributed.pick_device(config.device, distributed.DistContext())
     with determinism(config.deterministic, device):
