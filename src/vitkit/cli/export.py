@@ -77,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
     if args.merge_lora:
         from vitkit.interop.export import export_merged_lora
 
+        if args.dynamic_image_size or args.check_size:
+            raise ValueError("--dynamic-image-size and --check-size are for --format onnx, not --merge-lora")
+
         folder, difference = export_merged_lora(args.run_dir, args.out)
         print(f"wrote {folder}: a plain vitkit model (config.json + model.safetensors, adapters merged)")
         print(f"  merged vs adapted model, max abs difference of logits: {difference:.3g}")
