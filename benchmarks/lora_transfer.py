@@ -63,9 +63,11 @@ def run_seed(seed: int, root: Path, choice: dict | None) -> tuple[dict, list[dic
         for i, candidate in enumerate(CANDIDATES):
             trial = train(TrainConfig.from_dict(dict(adapt, **candidate, data_dir=str(choosing), val_fraction=0.2,
                                                      out=str(root / f"choice{i}"))))  # fmt: skip
-            trials.append({**candidate, "validation_acc": final_accuracy(trial.history)})
-            print(f"  choosing: {candidate} -> {100 * trials[-1]['validation_acc']:.2f}% on validation", flush=True)
-        best = max(trials, key=lambda trial: trial["validation_acc"])
+            trials.append({**candidate, "accuracy_validation": final_accuracy(trial.history)})
+            print(
+                f"  choosing: {candidate} -> {100 * trials[-1]['accuracy_validation']:.2f}% on validation", flush=True
+            )
+        best = max(trials, key=lambda trial: trial["accuracy_validation"])
         choice = {key: best[key] for key in CANDIDATES[0]}
     full = train(TrainConfig.from_dict(dict(common, data_dir=str(high), init_from=str(source.run_dir),
                                             out=str(root / "full"))))  # fmt: skip
@@ -74,9 +76,9 @@ def run_seed(seed: int, root: Path, choice: dict | None) -> tuple[dict, list[dic
     trainable = sum(t.numel() for t in load_safetensors(lora.run_dir / ADAPTERS_FILE).values())
     total = sum(p.numel() for p in lora.model.parameters())  # the plain model: what full fine-tuning trains
     row = {
-        "seed": seed, **choice, "source_acc_0_4": final_accuracy(source.history),
-        "full_acc": final_accuracy(full.history), "lora_acc": final_accuracy(lora.history),
-        "lora_trainable": trainable, "weights": total, "lora_trainable_fraction": trainable / total,
+        "seed": seed, **choice, "accuracy_source_0_4": final_accuracy(source.history),
+        "accuracy_full_fine_tuning": final_accuracy(full.history), "accuracy_lora": final_accuracy(lora.history),
+        "lora_trainable": trainable, "weights": total, "share_of_weights_lora_trains": trainable / total,
         "merged_max_abs_logit_difference": difference, "seconds": time.perf_counter() - started,
     }  # fmt: skip
     return row, trials
@@ -94,24 +96,25 @@ def main() -> None:
         trials += [{"seed": seed, **trial} for trial in seed_trials]
         choice = {key: row[key] for key in CANDIDATES[0]}
         rows.append(row)
-        print(f"seed {seed}: source (0-4) {100 * row['source_acc_0_4']:.2f}% | 5-9: full fine-tuning "
-              f"{100 * row['full_acc']:.2f}%, LoRA rank {RANK} on {row['lora_targets']} at lr {row['lr']:g} "
-              f"{100 * row['lora_acc']:.2f}% training "
-              f"{100 * row['lora_trainable_fraction']:.2f}% of the weights | merged vs adapted logits "
+        print(f"seed {seed}: source (0-4) {100 * row['accuracy_source_0_4']:.2f}% | 5-9: full fine-tuning "
+              f"{100 * row['accuracy_full_fine_tuning']:.2f}%, LoRA rank {RANK} on {row['lora_targets']} "
+              f"at lr {row['lr']:g} "
+              f"{100 * row['accuracy_lora']:.2f}% training "
+              f"{100 * row['share_of_weights_lora_trains']:.2f}% of the weights | merged vs adapted logits "
               f"{row['merged_max_abs_logit_difference']:.2g} | {row['seconds']:.0f} s", flush=True)  # fmt: skip
-    full, lora = (statistics.mean(row[key] for row in rows) for key in ("full_acc", "lora_acc"))
-    fraction = max(row["lora_trainable_fraction"] for row in rows)
+    full, lora = (statistics.mean(row[key] for row in rows) for key in ("accuracy_full_fine_tuning", "accuracy_lora"))
+    fraction = max(row["share_of_weights_lora_trains"] for row in rows)
     difference = max(row["merged_max_abs_logit_difference"] for row in rows)
     gap = 100 * (full - lora)
     met = fraction < BAR_FRACTION and gap <= BAR_POINTS and difference <= MERGE_TOLERANCE
     summary = {
-        "seeds": len(rows), "full_fine_tuning_acc": full, "lora_acc": lora, "gap_points": gap,
-        "lora_trainable_fraction": fraction, "merged_max_abs_logit_difference": difference,
+        "seeds": len(rows), "accuracy_full_fine_tuning": full, "accuracy_lora": lora, "gap_points": gap,
+        "share_of_weights_lora_trains": fraction, "merged_max_abs_logit_difference": difference,
         "bar": f"LoRA rank {RANK} trains < 5 % of the weights, within {BAR_POINTS:g} points of full fine-tuning, "
         f"merged export equal to the adapted model ({MERGE_TOLERANCE:g})", "bar_met": met,
     }  # fmt: skip
     print(f"mean over {len(rows)} seed(s): full fine-tuning {100 * full:.2f}%, LoRA {100 * lora:.2f}% "
-          f"({gap:+.2f} points behind), LoRA trains {100 * fraction:.2f}% of the weights -> bar "
+          f"({gap:.2f} points behind), LoRA trains {100 * fraction:.2f}% of the weights -> bar "
           f"{'met' if met else 'NOT met'}")  # fmt: skip
     RESULTS.write_text(json.dumps({
         "description": __doc__.split("\n\n")[1].replace("\n", " "),

@@ -70,8 +70,8 @@ def run_seed(seed: int, root: Path) -> dict:
     same = train(TrainConfig.from_dict(dict(labelled, model="vit_digits", epochs=total, out=str(root / "same"))))
     return {
         "seed": seed, "labelled_images": len(list((tenth / "train").rglob("*.png"))),
-        "mae_fine_tuned_acc": final_accuracy(tuned.history), "scratch_acc": final_accuracy(scratch.history),
-        "scratch_vit_digits_acc": final_accuracy(same.history), "pretrain_val_loss": mae.history[-1]["val_loss"],
+        "accuracy_mae_fine_tuned": final_accuracy(tuned.history), "accuracy_scratch": final_accuracy(scratch.history),
+        "accuracy_scratch_vit_digits": final_accuracy(same.history), "pretrain_val_loss": mae.history[-1]["val_loss"],
         "pretrain_s": mae_s, "seconds": time.perf_counter() - started,
     }  # fmt: skip
 
@@ -85,17 +85,18 @@ def main() -> None:
             row = run_seed(seed, Path(tmp))
         rows.append(row)
         print(f"seed {seed}: {row['labelled_images']} labelled images | MAE + fine-tuning "
-              f"{100 * row['mae_fine_tuned_acc']:.2f}% | from scratch {100 * row['scratch_acc']:.2f}% "
-              f"(vit_digits {100 * row['scratch_vit_digits_acc']:.2f}%) | {row['seconds']:.0f} s",
+              f"{100 * row['accuracy_mae_fine_tuned']:.2f}% | from scratch {100 * row['accuracy_scratch']:.2f}% "
+              f"(vit_digits {100 * row['accuracy_scratch_vit_digits']:.2f}%) | {row['seconds']:.0f} s",
               flush=True)  # fmt: skip
     mae, scratch, same = (
         statistics.mean(row[key] for row in rows)
-        for key in ("mae_fine_tuned_acc", "scratch_acc", "scratch_vit_digits_acc")
+        for key in ("accuracy_mae_fine_tuned", "accuracy_scratch", "accuracy_scratch_vit_digits")
     )
     gap, gap_same = 100 * (mae - scratch), 100 * (mae - same)
     met = gap >= BAR_POINTS
     summary = {
-        "seeds": len(rows), "mae_fine_tuned_acc": mae, "scratch_acc": scratch, "scratch_vit_digits_acc": same,
+        "seeds": len(rows), "accuracy_mae_fine_tuned": mae, "accuracy_scratch": scratch,
+        "accuracy_scratch_vit_digits": same,
         "gain_points": gap, "gain_over_vit_digits_points": gap_same,
         "bar": f"MAE + fine-tuning >= {BAR_POINTS:g} points above training from scratch (same 10 %, same total "
         "epochs), mean of the seeds", "bar_met": met,

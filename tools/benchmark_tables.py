@@ -87,6 +87,8 @@ def format_number(value: Any) -> str:
         return str(value)
     if isinstance(value, int) or abs(value) >= 100:
         return f"{value:,.0f}"
+    if 0 < abs(value) < 0.01:  # a learning rate, a tolerance: its own digits, not 0.00
+        return f"{value:.2g}"
     return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
 
 

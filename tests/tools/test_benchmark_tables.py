@@ -81,3 +81,10 @@ def test_results_pages_render_every_results_file(tmp_path: Path) -> None:
         "### ViT-B/16 at 224, batch 1, inference (2 CPU threads)\n\n| library | images/s | ratio | peak MiB |\n"
         "|---|---|---|---|\n| vitkit | 3.50 | 1.25x | 360 |\n| timm | 2.80 | 1.00x |  |" in pages["benchmarks/speed.md"]
     )
+
+
+def test_small_numbers_keep_their_digits_and_accuracies_read_as_percentages() -> None:
+    assert [benchmark_tables.format_number(v) for v in (0.003, 4.8e-07, 0.0, 0.25, 12.5, 1234.0)] == [
+        "0.003", "4.8e-07", "0.00", "0.25", "12.5", "1,234"
+    ]  # fmt: skip
+    assert benchmark_tables.format_cell("accuracy_lora", 0.9722) == "97.22 %"
