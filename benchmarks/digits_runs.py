@@ -50,4 +50,8 @@ def parse_arguments(doc: str) -> argparse.Namespace:
 
 
 def machine(threads: int) -> dict[str, object]:
-    return {"cpu": platform.processor() or platform.machine(), "threads": threads, "note": "shared with other jobs"}
+    """The CPU's model name (from /proc/cpuinfo on Linux), the threads used, and that the machine was shared."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return {"cpu": names[0] if names else platform.machine(), "threads": threads, "note": "shared with other jobs"}
