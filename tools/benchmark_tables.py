@@ -246,9 +246,13 @@ FAITHFULNESS_MARKER = "<!-- faithfulness-table (generated from benchmarks/result
 
 
 def faithfulness_table(results_dir: Path = RESULTS_DIR) -> str:
-    """The explain guide's table: per model, weights and baseline, each map's AUCs and gain over the random order."""
+    """The explain guide's tables: the models with their held-out accuracy, then per model, weights and baseline,
+    each map's AUCs and gain over the random order."""
+    record = json.loads((results_dir / "faithfulness.json").read_text())
+    models = [[model["model"], str(model["held_out_images"]), f"{100 * model['held_out_accuracy']:.1f} %"]
+              for model in record["models"]]  # fmt: skip
     rows = []
-    for row in json.loads((results_dir / "faithfulness.json").read_text())["results"]:
+    for row in record["results"]:
         gains = [
             f"{row[f'{kind}_gain']:+.3f} ± {row[f'{kind}_gain_se']:.3f}" if row["map"] != "random order" else "-"
             for kind in ("deletion", "insertion")
@@ -256,7 +260,13 @@ def faithfulness_table(results_dir: Path = RESULTS_DIR) -> str:
         rows.append([row["model"], row["weights"], row["baseline"], row["map"], str(row["images"]),
                      f"{row['deletion_auc']:.3f}", gains[0], f"{row['insertion_auc']:.3f}", gains[1]])  # fmt: skip
     header = ["model", "weights", "baseline", "map", "images", "deletion AUC", "gain", "insertion AUC", "gain"]
-    return markdown_table(header, rows)
+    models_table = markdown_table(["model", "held-out images", "held-out accuracy"], models)
+    # What each baseline leaves of the evidence: the explained class's probability at the curves' ends.
+    ends = [[row["model"], row["baseline"], f"{row['probability_whole']:.3f}", f"{row['probability_all_deleted']:.3f}",
+             f"{row['probability_insertion_start']:.3f}"]
+            for row in record["results"] if row["map"] == "random order" and row["weights"] == "trained"]  # fmt: skip
+    ends_header = ["model", "baseline", "p(class), whole image", "every patch deleted", "insertion starts at"]
+    return "\n\n".join([models_table, markdown_table(ends_header, ends), markdown_table(header, rows)])
 
 
 def index_page(results: dict[str, Any]) -> str:
