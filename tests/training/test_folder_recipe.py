@@ -33,18 +33,19 @@ def cli_config(*argv: str) -> TrainConfig:
 
 def test_small_grey_images_get_glyph_settings_and_a_4x4_patch_grid() -> None:
     recipe = choose_recipe(FolderFacts(channels=1, side=28, images=7000, classes=10))
-    # 7000 images in batches of 64: 109 steps an epoch; 2300 steps take ceil(21.1) = 22 epochs.
-    assert recipe == {"model": "vit_digits_stem", "image_size": (28, 28), "patch_size": (7, 7), "epochs": 22,
-                      **GLYPH_AUGMENT}  # fmt: skip
-    # On 8x8 images the rule gives the built-in digits' own model: vit_digits_stem's 2x2 patches.
+    # 7000 images in batches of 64: 109 steps an epoch; 5500 steps take ceil(50.5) = 51 epochs.
+    assert recipe == {"model": "vit_digits", "image_size": (28, 28), "patch_size": (7, 7), "drop_path": 0.0,
+                      "epochs": 51, **GLYPH_AUGMENT}  # fmt: skip
+    # At 28 px the rule builds the registry's vit_pico_patch7_28; on 8x8 images, vit_digits itself (2x2 patches).
+    assert get_config(recipe["model"], image_size=28, patch_size=7) == get_config("vit_pico_patch7_28")
     eight = choose_recipe(FolderFacts(channels=1, side=8, images=1437, classes=10))
-    assert eight["patch_size"] == get_config("vit_digits_stem").patch_size and eight["image_size"] == (8, 8)
+    assert eight["patch_size"] == get_config("vit_digits").patch_size and eight["image_size"] == (8, 8)
     # A side no 4 divides is resized to the nearest grid of whole patches: 30 px -> 4 patches of 8 (round(7.5)).
     odd = choose_recipe(FolderFacts(channels=1, side=30, images=500, classes=3))
     assert odd["image_size"] == (32, 32) and odd["patch_size"] == (8, 8)
     built = get_config(odd["model"], image_size=odd["image_size"], patch_size=odd["patch_size"])
     assert built.grid_size == (4, 4)
-    # Epochs follow the folder's size, within bounds: 100 images (1 step an epoch) -> 200; 70,000 -> 20.
+    # Epochs follow the folder's size, within bounds: 100 images (1 step an epoch) -> 200; 70,000 -> 20 (not 6).
     assert choose_recipe(FolderFacts(1, 28, 100, 10))["epochs"] == 200
     assert choose_recipe(FolderFacts(1, 28, 70_000, 10))["epochs"] == 20
 
@@ -63,7 +64,8 @@ def test_the_command_line_takes_the_folders_recipe_but_every_flag_and_file_value
     folder = grey_folder(tmp_path / "digits")
     assert folder_facts(folder) == FolderFacts(channels=1, side=16, images=36, classes=3)
     chosen = cli_config("--data-dir", str(folder))
-    assert chosen.model == "vit_digits_stem" and chosen.image_size == (16, 16) and chosen.vit["patch_size"] == (4, 4)
+    assert chosen.model == "vit_digits" and chosen.image_size == (16, 16) and chosen.vit["patch_size"] == (4, 4)
+    assert chosen.vit["drop_path"] == 0.0
     assert chosen.epochs == 200 and chosen.augment == GLYPH_AUGMENT  # 36 images: one step an epoch
     settings = tmp_path / "settings.yaml"
     settings.write_text("epochs: 40\naffine_degrees: 0\n")  # 40 is also the default: typed, it still wins
@@ -74,6 +76,7 @@ def test_the_command_line_takes_the_folders_recipe_but_every_flag_and_file_value
     # A named model keeps its geometry; an image size given is the one the patches are chosen for.
     named = cli_config("--data-dir", str(folder), "--model", "vit_pico_patch7_28")
     assert named.model == "vit_pico_patch7_28" and "patch_size" not in named.vit and named.image_size is None
+    assert named.vit["drop_path"] == 0.1  # the recipe's default stochastic depth, as for any named model
     assert named.epochs == 200 and named.augment == GLYPH_AUGMENT
     resized = cli_config("--data-dir", str(folder), "--image-size", "32")
     assert resized.image_size == (32, 32) and resized.vit["patch_size"] == (8, 8)
@@ -102,10 +105,10 @@ def test_the_run_prints_and_records_the_recipe_and_a_resumed_run_keeps_it(tmp_pa
                      "--out", str(run_dir)])  # fmt: skip
     printed = capsys.readouterr().out
     assert code == 0 and f"recipe for {folder} (36 images of 3 classes, 16 px, 1 channel(s))" in printed
-    assert "--model vit_digits_stem --image-size 16x16 --patch-size 4x4 --crop-scale-min 1 --hflip 0" in printed
+    assert "--model vit_digits --image-size 16x16 --patch-size 4x4 --drop-path 0 --crop-scale-min 1" in printed
     saved = read_json(run_dir / "train_config.json")
-    assert saved["recipe"] == {"model": "vit_digits_stem", "image_size": [16, 16], "patch_size": [4, 4],
-                               **GLYPH_AUGMENT}  # fmt: skip
+    assert saved["recipe"] == {"model": "vit_digits", "image_size": [16, 16], "patch_size": [4, 4],
+                               "drop_path": 0.0, **GLYPH_AUGMENT}  # fmt: skip
     assert saved["epochs"] == 3 and saved["vit"]["patch_size"] == [4, 4] and saved["augment"]["hflip"] == 0.0
     # Resumed from code with only its folder and what it was given: the recorded recipe fills in the rest.
     config = TrainConfig.from_dict(dict(data_dir=str(folder), resume=str(run_dir), progress=False, **tiny))

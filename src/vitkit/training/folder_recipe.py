@@ -9,9 +9,10 @@ The rules for small grey images, and why:
 
 - **no flips, no hard crops, light affine moves** (the built-in digits' augmentation): a flipped or half-cropped
   glyph is another glyph or none, a small rotation, shift or zoom is the same one;
-- **a 4x4 grid of patches with one convolution before them** (``vit_digits_stem``'s architecture at the folder's
-  size, rounded to a multiple of 4): 16 tokens keep the encoder cheap, the convolution gives the patches the
-  local features a ViT has to learn from scratch on few images;
+- **a small ViT on a 4x4 grid of patches** (``vit_digits``' architecture at the folder's size, rounded to a
+  multiple of 4, as ``vit_pico_patch7_28`` is at 28 px): 16 tokens keep each step cheap, so that the budget goes
+  into more steps, and without stochastic depth, since a 4-block model on a few thousand glyphs underfits rather
+  than overfits;
 - **epochs from the number of images**: enough optimizer steps (``TARGET_STEPS``) for the model to fit the
   training set, between ``MIN_EPOCHS`` and ``MAX_EPOCHS`` passes over it.
 
@@ -34,12 +35,12 @@ if TYPE_CHECKING:
 
 SMALL_SIDE = 64  # images at most this many pixels on their (median) shorter side count as small
 GRID = 4  # patches per side for small images
-SMALL_MODEL = "vit_digits_stem"
-TARGET_STEPS = 2300  # optimizer steps (of batch 64) that fit the small model to a folder of glyphs
+SMALL_MODEL = "vit_digits"
+TARGET_STEPS = 5500  # optimizer steps (of batch 64) that fit the small model to a folder of glyphs
 MIN_EPOCHS, MAX_EPOCHS = 20, 200
 # The augmentation settings glyphs need other than photos (from the built-in digits' augmentation).
 GLYPH_AUGMENT = ("crop_scale_min", "hflip", "affine_degrees", "affine_translate", "affine_scale")
-GEOMETRY = ("model", "image_size", "patch_size")  # chosen together: the patches must cut the image whole
+MODEL_CHOICE = ("model", "image_size", "patch_size", "drop_path")  # chosen together: the patches cut the image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +73,7 @@ def choose_recipe(facts: FolderFacts, batch_size: int = 64) -> dict[str, Any]:
         "model": SMALL_MODEL,
         "image_size": (GRID * patch, GRID * patch),
         "patch_size": (patch, patch),
+        "drop_path": 0.0,
         "epochs": epochs,
         **{name: glyphs[name] for name in GLYPH_AUGMENT},
     }
@@ -111,8 +113,8 @@ def apply_recipe(config: TrainConfig, given: set[str]) -> tuple[TrainConfig, Fol
     chosen = choose_recipe(facts, config.batch_size * config.accum_steps)
     if config.init_from is not None:
         chosen = {name: value for name, value in chosen.items() if name in GLYPH_AUGMENT}
-    elif given & set(GEOMETRY) - {"image_size"}:  # a named model or patch size: its own geometry, as before
-        chosen = {name: value for name, value in chosen.items() if name not in GEOMETRY}
+    elif given & {"model", "patch_size"}:  # a named model or patch size: its own geometry, as before
+        chosen = {name: value for name, value in chosen.items() if name not in MODEL_CHOICE}
     return with_recipe(config, chosen, given), facts
 
 
