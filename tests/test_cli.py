@@ -288,6 +288,25 @@ def test_train_builds_a_multi_node_torchrun_command_that_torchrun_reads_back(mon
     assert [script, *script_args] == [sys.executable, "-u", "-m", "vitkit", "train", "--config", "settings.json"]
 
 
+def test_train_nproc_builds_a_standalone_torchrun_command_that_torchrun_reads_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--nproc N` on one machine: what differs from the several machines' command that
+    tests/training/test_distributed.py runs end to end (`vitkit train --nnodes 2`)."""
+    from torch.distributed.run import config_from_args, get_args_parser
+
+    from vitkit.cli.train import torchrun_command
+
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))  # torchrun's reading sets it
+    command = torchrun_command(cli.build_parser().parse_args(["train", "--nproc", "2"]), Path("settings.json"), "r")
+    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    args = get_args_parser().parse_args(command[3:])
+    assert args.standalone and args.rdzv_endpoint == ""
+    launch, script, script_args = config_from_args(args)
+    assert (launch.min_nodes, launch.max_nodes, launch.nproc_per_node, launch.max_restarts) == (1, 1, 2, 0)
+    assert [script, *script_args] == [sys.executable, "-u", "-m", "vitkit", "train", "--config", "settings.json"]
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
