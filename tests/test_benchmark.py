@@ -156,12 +156,10 @@ print(round(memory.memory_kib()[0] / 1024))
 
 
 def test_unpooled_malloc_gives_freed_blocks_back() -> None:
-    def resident_mib(setup: str) -> int:
-        code = RESIDENT_AFTER_TWO_FREED_BLOCKS.format(setup=setup)
-        return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
-
-    pooled = resident_mib("")
-    unpooled = resident_mib("memory.unpooled_malloc()")
+    codes = [RESIDENT_AFTER_TWO_FREED_BLOCKS.format(setup=setup) for setup in ("", "memory.unpooled_malloc()")]
+    processes = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for code in codes]
+    pooled, unpooled = (int(process.communicate(timeout=120)[0]) for process in processes)  # side by side
+    assert [process.returncode for process in processes] == [0, 0]
     assert pooled - unpooled >= 15  # the second 20 MiB block stayed resident only with glibc's pooling
 
 
