@@ -2,8 +2,9 @@
 beside timm's loader. Writes benchmarks/results/data.json.
 
 Start-up: the wall time (and the CPU time of the process and its workers, steadier on a shared machine) of
-`vitkit train --data-dir DIR --steps 1` (a small model, 224 px, the same workers) with an empty folder index (the first start) and with the index of that first start (a second start, resume or
-evaluate), against a script that scans the same folder with torchvision's `ImageFolder` and loads one batch
+`vitkit train --data-dir DIR --steps 1` (a small model, 224 px, the same workers) with an empty folder index (the
+first start) and with the index of that first start (a second start, resume or evaluate; the median of
+SECOND_STARTS), against a script that scans the same folder with torchvision's `ImageFolder` and loads one batch
 through a `DataLoader` with the same workers. Each is its own process, run in turns; the script's time is the
 median of its runs.
 
@@ -20,6 +21,7 @@ The folders hold photo-like JPEGs written here (smooth gradients, shapes and noi
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
@@ -43,13 +45,15 @@ CLASSES = 10
 SMALL_MODEL = ["--model", "vit_tiny_patch16_224", "--patch-size", "32", "--depth", "2", "--hidden-dim", "64",
                "--num-heads", "2", "--mlp-dim", "128"]  # fmt: skip
 BATCH = 64
+SECOND_STARTS = 3  # second starts measured (the median counts), each after a run of the script
 
 IMAGEFOLDER_SCRIPT = """
 import sys, torch
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
+normalize = transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 transform = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
-                                transforms.ToTensor(), transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+                                transforms.ToTensor(), normalize])
 folder = datasets.ImageFolder(sys.argv[1], transform=transform)
 images, labels = next(iter(DataLoader(folder, batch_size=int(sys.argv[3]), shuffle=True, num_workers=int(sys.argv[2]))))
 print(len(folder), tuple(images.shape))
@@ -97,7 +101,7 @@ def timed(command: list[str], env: dict[str, str]) -> tuple[float, float]:
 
 
 def startup(data_dir: Path, workers: int, env: dict[str, str]) -> dict[str, float]:
-    """Seconds to the first optimizer step: the ImageFolder script (twice), vitkit's first and second starts."""
+    """Seconds to the first optimizer step: the ImageFolder script between vitkit's first and second starts."""
     with tempfile.TemporaryDirectory() as tmp:
         cache_env = {**env, "VITKIT_CACHE_DIR": str(Path(tmp) / "cache")}
 
@@ -110,16 +114,28 @@ def startup(data_dir: Path, workers: int, env: dict[str, str]) -> dict[str, floa
         script = [sys.executable, "-c", IMAGEFOLDER_SCRIPT, str(data_dir / "train"), str(workers), str(BATCH)]
         baseline = [timed(script, env)]
         first = train("first")
+        seconds = []
+        for round in range(SECOND_STARTS):  # the script and second starts in turns
+            baseline.append(timed(script, env))
+            seconds.append(train(f"second{round}"))
         baseline.append(timed(script, env))
-        second = train("second")
-        baseline.append(timed(script, env))
+    second = (statistics.median(run[0] for run in seconds), statistics.median(run[1] for run in seconds))
     wall, cpu = statistics.median(run[0] for run in baseline), statistics.median(run[1] for run in baseline)
     return {"files": sum(1 for _ in data_dir.glob("train/*/*.jpg")), "imagefolder_script_s": wall,
             "imagefolder_script_cpu_s": cpu, "imagefolder_script_runs_s": [run[0] for run in baseline],
             "vitkit_first_start_s": first[0], "vitkit_first_start_cpu_s": first[1],
             "vitkit_second_start_s": second[0], "vitkit_second_start_cpu_s": second[1],
+            "vitkit_second_start_runs_s": [run[0] for run in seconds],
             "first_start_ratio": first[0] / wall, "second_start_ratio": second[0] / wall,
             "first_start_cpu_ratio": first[1] / cpu, "second_start_cpu_ratio": second[1] / cpu}  # fmt: skip
+
+
+def _previous_startup() -> list[dict]:
+    """The start-up rows of the results file, if any: a run for some folder sizes keeps the others'."""
+    try:
+        return json.loads(RESULTS.read_text())["startup"]
+    except (OSError, ValueError, KeyError):
+        return []
 
 
 def main() -> None:
@@ -154,11 +170,14 @@ def main() -> None:
         "workers": args.workers,
         "startup": [],
     }
+    previous = _previous_startup()
     for count in args.counts:
         folder = write_folder(args.root / f"photos-{count}", count, distinct)
-        results["startup"].append(startup(folder, args.workers, env))
+        results["startup"].append({**startup(folder, args.workers, env), "load_average": os.getloadavg()[0]})
         print(results["startup"][-1], flush=True)
         write_json(results, RESULTS)
+    kept = [row for row in previous if row["files"] not in args.counts]  # the sizes not measured this time
+    results["startup"] = sorted(kept + results["startup"], key=lambda row: row["files"])
     results["training_input"] = compare_training_input(args.root / f"photos-{args.counts[0]}", args.workers,
                                                        rounds=args.rounds)  # fmt: skip
     for row in results["training_input"]["rows"]:

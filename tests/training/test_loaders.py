@@ -94,3 +94,22 @@ def test_every_process_gets_as_many_validation_batches_and_together_every_image_
             labels_seen += labels.tolist()
     assert counts == [2] * 7
     assert Counter(labels_seen) == Counter(int(label) for _, label in data.val)
+
+
+@pytest.mark.parametrize("cache", ["on", "off"])
+def test_an_epoch_cut_short_by_a_step_limit_reads_only_the_batches_it_trains_on(tiny, cache: str) -> None:
+    """Micro-batches first..end of an epoch are those of the whole epoch at the same places, and the sampler
+    deals no index beyond them (so that no worker decodes an image `--steps` will not train on)."""
+    import torch
+
+    from vitkit.training.distributed import DistContext
+    from vitkit.training.loaders import Loaders
+    from vitkit.training.run import build_run_data
+
+    loaders = Loaders(build_run_data(tiny(cache=cache)), 64, 1, 0, 0, DistContext(), torch.device("cpu"))
+    whole = list(loaders.epoch(1))
+    part = list(loaders.epoch(1, first=3, end=5))
+    assert len(whole) == loaders.micro_batches and len(part) == 2
+    for (images, labels), (expected_images, expected_labels) in zip(part, whole[3:5], strict=True):
+        assert torch.equal(images, expected_images) and torch.equal(labels, expected_labels)
+    assert len(loaders.sampler) == len(list(loaders.sampler)) == 2 * 64

@@ -291,14 +291,20 @@ def find_image_files(folder: str | os.PathLike) -> tuple[list[Path], int]:
     link back to a parent folder cannot make the walk endless. Entries named like images are returned even when
     they are not regular files (a FIFO, a broken link), so that the caller reports them rather than losing them.
     """
-    images: list[Path] = []
+    paths, others = image_file_paths(folder)
+    return [Path(path) for path in paths], others
+
+
+def image_file_paths(folder: str | os.PathLike) -> tuple[list[str], int]:
+    """:func:`find_image_files` as path strings: a million files are listed without a million Path objects."""
+    images: list[str] = []
     others = 0
     seen: set[tuple[int, int]] = set()
 
-    def walk(directory: Path) -> None:
+    def walk(directory: str) -> None:
         nonlocal others
         try:
-            info = directory.stat()
+            info = os.stat(directory)
         except OSError:
             return
         if (info.st_dev, info.st_ino) in seen:
@@ -313,11 +319,11 @@ def find_image_files(folder: str | os.PathLike) -> tuple[list[Path], int]:
             except OSError:  # a symbolic-link loop
                 is_folder = False
             if is_folder:
-                walk(Path(entry.path))
-            elif Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
-                images.append(Path(entry.path))
+                walk(entry.path)
+            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                images.append(entry.path)
             else:
                 others += 1
 
-    walk(Path(folder))
+    walk(os.fspath(folder))
     return images, others

@@ -283,28 +283,83 @@ def _sample(url: str, key: str, parts: dict[str, bytes]) -> Sample:
     return Sample(name, parts[images[0]], images[0], label)
 
 
+@dataclass(frozen=True)
+class _Located:
+    """Where a local shard holds one sample's image file (its bytes are read when asked for), and its class."""
+
+    name: str  # shard#key
+    path: str
+    offset: int
+    size: int
+    extension: str
+    label: int
+
+    @property
+    def image(self) -> bytes:
+        with open(self.path, "rb") as file:
+            file.seek(self.offset)
+            return file.read(self.size)
+
+
+def locate_samples(url: str) -> list[_Located]:
+    """Each sample of the local shard ``url`` (a path or file:// URL): where its image file lies in the tar, and its
+    class index (the one part read now), so that a data set of shards need not hold every image's bytes in memory."""
+    located: list[_Located] = []
+    path = url.removeprefix("file://")
+    with tarfile.open(path, mode="r:") as tar:
+        key: str | None = None
+        parts: dict[str, bytes] = {}  # the current sample's .cls bytes
+        where: dict[str, tuple[int, int]] = {}  # (offset, size) in the tar of each of its files
+
+        def finish() -> None:
+            if key is None or not where:
+                return
+            sample = _sample(url, key, {**{ext: b"" for ext in where}, **parts})  # checks the parts, reads .cls
+            located.append(_Located(sample.name, path, *where[sample.extension], sample.extension, sample.label))
+
+        for member in tar:
+            match = _KEY.match(member.name)
+            if not member.isfile() or match is None:
+                continue
+            if match.group(1) != key:
+                finish()
+                key, parts, where = match.group(1), {}, {}
+            extension = match.group(2).lower()
+            if extension == "cls":
+                parts["cls"] = cast(IO[bytes], tar.extractfile(member)).read()
+            where[extension] = (member.offset_data, member.size)
+        finish()
+    return located
+
+
 class ShardSamples(Dataset):
     """Indexed access to a shard set's samples as (PIL image, class index): for validation, evaluation and caching.
 
-    The shards are read once, on first access, and their samples' bytes kept in memory: meant for validation sets
-    and for data sets small enough to cache. ``label_map`` renumbers the classes (to those of a model).
+    The shards are read once, on first access: local shards for where each sample lies (its bytes are read when
+    the sample is), shards at URLs in whole, their samples' bytes kept in memory. ``label_map`` renumbers the
+    classes (to those of a model).
     """
 
     def __init__(self, shards: ShardSet, channels: int, label_map: Sequence[int] | None = None) -> None:
         self.shards, self.channels, self.label_map = shards, channels, label_map
-        self._samples: list[Sample] | None = None
+        self._samples: list[Sample | _Located] | None = None
 
     def __len__(self) -> int:
         return self.shards.total
 
     def load(self) -> ShardSamples:
-        """Read the shards now (before DataLoader workers start, which then share the samples)."""
+        """Read the shards now (before DataLoader workers start, which then share what was read)."""
         self.samples()
         return self
 
-    def samples(self) -> list[Sample]:
+    def samples(self) -> list[Sample | _Located]:
         if self._samples is None:
-            self._samples = [sample for url in self.shards.urls for _, sample in read_samples(url)]
+            self._samples = []
+            for url in self.shards.urls:
+                if not _is_url(url) or url.startswith("file://"):
+                    self._samples += locate_samples(url)
+                else:
+                    self._samples += [sample for _, sample in read_samples(url)]
             if len(self._samples) != self.shards.total:
                 raise ValueError(
                     f"the shards {self.shards.urls[:3]}... hold {len(self._samples)} samples, their {SHARDS_INFO} "

@@ -20,7 +20,7 @@ from torchvision import datasets
 from vitkit.data.augment_config import CACHE_CHOICES, SOURCES, AugmentConfig, default_augment, is_shard_location
 from vitkit.data.decode import CentreCropDecoder, train_decoder
 from vitkit.data.folder_index import FolderIndex
-from vitkit.data.images import IMAGE_EXTENSIONS, ImageFile, ImageLoadError, find_image_files
+from vitkit.data.images import IMAGE_EXTENSIONS, ImageFile, ImageLoadError, image_file_paths
 from vitkit.data.seeded import SeededTransformDataset, TransformedDataset
 from vitkit.data.shards import ShardSamples, ShardSet, read_shard_info
 from vitkit.data.transforms import (
@@ -129,7 +129,7 @@ class ClassFolder(datasets.ImageFolder):
         self.given_classes = list(class_names) if class_names is not None else None
         self.skip_bad_files = skip_bad_files
         self.problems: list[str] = []  # bad files and empty class folders, one line each
-        self.files: dict[str, list[Path]] = {}
+        self.files: dict[str, list[str]] = {}
         try:
             super().__init__(str(root), loader=ImageFile, allow_empty=True)
         except FileNotFoundError as exc:
@@ -161,7 +161,7 @@ class ClassFolder(datasets.ImageFolder):
             raise ValueError(f"{directory} has class folders {unknown} that are not among the classes {classes}")
         others = 0
         for name in found:
-            self.files[name], skipped = find_image_files(Path(directory) / name)
+            self.files[name], skipped = image_file_paths(os.path.join(directory, name))
             others += skipped
         if others:
             logger.info("%s: ignoring %d file(s) whose names are not those of images", directory, others)
@@ -176,7 +176,7 @@ class ClassFolder(datasets.ImageFolder):
         self, directory: str, class_to_idx: dict[str, int], *args: Any, **kwargs: Any
     ) -> list[tuple[str, int]]:
         """(path, class index) pairs from the file lists find_classes made, in class then path order."""
-        return [(str(path), index) for name, index in class_to_idx.items() for path in self.files.get(name, [])]
+        return [(path, index) for name, index in class_to_idx.items() for path in self.files.get(name, [])]
 
 
 def _split_indices(targets: Sequence[int], test_size: float | int, seed: int, what: str) -> tuple[list[int], list[int]]:

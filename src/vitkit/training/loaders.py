@@ -20,7 +20,8 @@ from vitkit.training.distributed import DistContext
 
 
 class ResumableSampler(DistributedSampler):
-    """A DistributedSampler that can start part-way through an epoch (set ``start`` after ``set_epoch``).
+    """A DistributedSampler that can start part-way through an epoch and end early (set ``start`` and ``stop``
+    after ``set_epoch``; ``stop`` None: the epoch's end).
 
     DistributedSampler shuffles with a generator seeded by seed + epoch and deals the permutation out in turn,
     sample i to process i mod world_size: with a per-process batch of B / world_size, one step of all processes
@@ -28,12 +29,13 @@ class ResumableSampler(DistributedSampler):
     """
 
     start: int = 0
+    stop: int | None = None
 
     def __iter__(self) -> Iterator[int]:
-        return itertools.islice(super().__iter__(), self.start, None)
+        return itertools.islice(super().__iter__(), self.start, self.stop)
 
     def __len__(self) -> int:
-        return self.num_samples - self.start
+        return (self.num_samples if self.stop is None else min(self.stop, self.num_samples)) - self.start
 
 
 class Loaders:
@@ -87,12 +89,15 @@ class Loaders:
             )  # fmt: skip
         self.val_loader = DataLoader(Subset(data.val, val_share), batch_size=self.val_batch, shuffle=False, **common)
 
-    def epoch(self, epoch: int, first: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This process's training batches of ``epoch``, from micro-batch ``first`` on (after a resume)."""
+    def epoch(self, epoch: int, first: int = 0, end: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This process's training batches of ``epoch``, from micro-batch ``first`` on (after a resume) up to
+        micro-batch ``end`` (a step limit within the epoch; None: the epoch's end), so that no worker decodes a
+        batch that will not be trained on."""
         self.sampler.set_epoch(epoch)
         self.sampler.start = first * self.per_process_batch
+        self.sampler.stop = None if end is None else end * self.per_process_batch
         if self.in_memory:
-            return self._memory_batches(epoch, first)
+            return self._memory_batches(epoch, first, self.micro_batches if end is None else end)
         if self.stream is not None:
             self.stream.set_epoch(epoch, first)
         elif self.decoder is None:
@@ -109,11 +114,11 @@ class Loaders:
         rows = draw(step_generator(self.seed, epoch, step), self.batch_size * self.accum_steps)
         return rows[part * self.batch_size : (part + 1) * self.batch_size][self.ctx.rank :: self.ctx.world_size]
 
-    def _memory_batches(self, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _memory_batches(self, epoch: int, first: int, end: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         augment = self._batch_augment()
         indices = torch.tensor(list(self.sampler), dtype=torch.int64).to(self.device)
         size = self.per_process_batch
-        for i, micro in enumerate(range(first, self.micro_batches)):
+        for i, micro in enumerate(range(first, min(end, self.micro_batches))):
             batch = indices[i * size : (i + 1) * size]
             yield augment(self.images[batch], self._rows(epoch, micro)), self.labels[batch]
 

@@ -255,7 +255,8 @@ class Trainer:
         )  # fmt: skip
         started = time.perf_counter()
         step_loss = torch.zeros((), device=self.device)
-        batches = iter(()) if self._step_limit_reached() else loaders.epoch(epoch, first)
+        end = min(total, first + (config.steps - self.step) * config.accum_steps) if config.steps else None
+        batches = iter(()) if self._step_limit_reached() else loaders.epoch(epoch, first, end)
         for micro, (images, labels) in enumerate(batches, start=first):
             last_micro = (micro + 1) % config.accum_steps == 0
             step_loss += self._forward_backward(network, images, labels, sync=last_micro)
