@@ -3,7 +3,9 @@
 For each model (a digits model trained with the default `vitkit train`; with ``--shapes``, a ViT-Ti/16 trained on
 a photo-like folder that benchmarks/make_shapes_folder.py draws), on its held-out split: the mean deletion and
 insertion AUC of the random order, the last block's attention, attention rollout, Grad-CAM and transformer
-attribution, and each map's gain over the random order with its standard error (paired, over the images). The
+attribution, and each map's gain over the random order with its standard error (paired, over the images; the
+random order is the mean of four permutations per image). Baselines: "rise" (deletion to the data's mean colour,
+insertion from the blurred image, the default of `vitkit explain`), then "blur" and "mean" for both curves. The
 same architecture with random weights is scored too: a faithful score must not credit a map of an untrained
 model. Writes benchmarks/results/faithfulness.json; the docs' table is generated from it.
 
@@ -25,11 +27,16 @@ from pathlib import Path
 import torch
 
 from vitkit import VisionTransformer, training
-from vitkit.explain.faithfulness import RANDOM_ORDER, compare_methods
+from vitkit.explain.faithfulness import BASELINES, RANDOM_ORDER, compare_methods
 
 RESULTS = Path(__file__).parent / "results" / "faithfulness.json"
+RANDOM_ORDERS = 4  # permutations per image averaged into the random order's curves: a less noisy yardstick
+SHAPES_PER_CLASS = 300
+# Random crops keep most of the image (--crop-scale-min 0.8): the class is one object somewhere in it, which a
+# tighter crop often cuts away, training the model on a label its input no longer shows.
 SHAPES_TRAINING = ["--model", "vit_tiny_patch16_224", "--image-size", "64", "--val-fraction", "0.15",
-                   "--epochs", "5", "--warmup-epochs", "1", "--batch-size", "32"]  # fmt: skip
+                   "--epochs", "20", "--warmup-epochs", "1", "--batch-size", "32",
+                   "--crop-scale-min", "0.8"]  # fmt: skip
 
 
 def train(out: Path, flags: list[str]) -> Path:
@@ -41,17 +48,19 @@ def train(out: Path, flags: list[str]) -> Path:
     return out
 
 
-def held_out_images(run: Path, model: VisionTransformer, limit: int) -> torch.Tensor:
-    """The first ``limit`` images of the run's held-out split, rebuilt from its train_config.json."""
+def held_out_images(run: Path, model: VisionTransformer, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``limit`` images of the run's held-out split and their labels, rebuilt from its train_config.json."""
     bundle = training.build_run_data(
         training.load_train_config(run), channels=model.in_channels, preprocessing=model.config
     )
-    return torch.stack([bundle.val[i][0] for i in range(min(limit, len(bundle.val)))])
+    samples = [bundle.val[i] for i in range(min(limit, len(bundle.val)))]
+    return torch.stack([image for image, _ in samples]), torch.tensor([int(label) for _, label in samples])
 
 
 def score(model: VisionTransformer, images: torch.Tensor, label: str, weights: str, baseline: str) -> list[dict]:
-    """One row per map: mean AUCs over the images and the paired gain over the random order (mean, standard error)."""
-    curves = compare_methods(model, images, baseline=baseline)
+    """One row per map: mean AUCs over the images and the paired gain over the random order (mean, standard error),
+    and the explained class's probability on the whole image, with every patch deleted and where insertion starts."""
+    curves = compare_methods(model, images, baseline=baseline, random_orders=RANDOM_ORDERS)
     random = curves[RANDOM_ORDER]
     rows = []
     for name, c in curves.items():
@@ -66,6 +75,9 @@ def score(model: VisionTransformer, images: torch.Tensor, label: str, weights: s
             "deletion_gain_se": round((deletion_gain.std() / n**0.5).item(), 4) if name != RANDOM_ORDER else 0.0,
             "insertion_gain": round(insertion_gain.mean().item(), 4),
             "insertion_gain_se": round((insertion_gain.std() / n**0.5).item(), 4) if name != RANDOM_ORDER else 0.0,
+            "probability_whole": round(c.deletion[:, 0].mean().item(), 4),
+            "probability_all_deleted": round(c.deletion[:, -1].mean().item(), 4),
+            "probability_insertion_start": round(c.insertion[:, 0].mean().item(), 4),
         })  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -79,10 +91,11 @@ def main() -> None:
     parser.add_argument("--shapes", action="store_true", help="also train and score ViT-Ti/16 on the shapes folder")
     parser.add_argument("--shapes-run", type=Path, help="a shapes run to reuse")
     parser.add_argument("--max-images", type=int, default=400, help="held-out images per model (default: 400)")
-    parser.add_argument("--baselines", nargs="+", default=["blur", "mean"], choices=["blur", "mean"])
+    parser.add_argument("--baselines", nargs="+", default=list(BASELINES), choices=BASELINES)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     start = time.perf_counter()
+    command = "python benchmarks/faithfulness.py " + " ".join(sys.argv[1:])
     runs = []
     if not args.no_digits:
         runs.append(
@@ -97,15 +110,22 @@ def main() -> None:
 
             folder = args.work / "shapes"
             if not folder.is_dir():
-                write_folder(folder / "train", size=64, per_class=150, seed=0)
+                write_folder(folder / "train", size=64, per_class=SHAPES_PER_CLASS, seed=0)
         shapes = args.shapes_run or train(args.work / "shapes-run", ["--data-dir", str(folder), *SHAPES_TRAINING])
         runs.append(("ViT-Ti/16 at 64 px on the shapes folder", shapes))
     scored = {label for label, _ in runs}
-    kept = json.loads(args.out.read_text())["results"] if args.out.is_file() else []
-    rows = [row for row in kept if row["model"] not in scored]
+    kept = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    rows = [row for row in kept.get("results", []) if row["model"] not in scored]
+    models = [kept_model for kept_model in kept.get("models", []) if kept_model["model"] not in scored]
     for label, run in runs:
         model = VisionTransformer.from_pretrained(run).eval()
-        images = held_out_images(run, model, args.max_images)
+        images, labels = held_out_images(run, model, args.max_images)
+        with torch.no_grad():
+            predictions = torch.cat([model(part).argmax(dim=1) for part in images.split(64)])
+        models.append({"model": label, "run": str(run), "held_out_images": len(images),
+                       "held_out_accuracy": round((predictions == labels).float().mean().item(), 4),
+                       "command": command})  # fmt: skip
+        print(json.dumps(models[-1]), flush=True)
         for baseline in args.baselines:
             rows += score(model, images, label, "trained", baseline)
         torch.manual_seed(0)
@@ -113,15 +133,20 @@ def main() -> None:
         rows += score(untrained, images, label, "random init", args.baselines[0])
     record = {
         "description": "Deletion AUC (lower is better) and insertion AUC (higher is better) of each map on the "
-        "held-out split, against a random patch order; gains are over the random order, paired per image, with "
-        "their standard error. `random init` is the same architecture with untrained weights.",
-        "command": "python benchmarks/faithfulness.py " + " ".join(sys.argv[1:]),
+        "held-out split, against a random patch order (the mean of four permutations per image); gains are over "
+        "the random order, paired per image, with their standard error. Baseline `rise`: deletion to the data's "
+        "mean colour, insertion from the blurred image; `blur` and `mean`: that baseline for both curves. "
+        "probability_*: the explained (predicted) class's mean probability on the whole image, with every patch "
+        "deleted, and where insertion starts. `random init` is the same architecture with untrained weights. "
+        "`models` holds each model's run, held-out accuracy and the command that scored it.",
+        "command": command,
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(),
             "note": "shared with other jobs",
         },  # fmt: skip
         "run_seconds": round(time.perf_counter() - start, 1),
+        "models": models,
         "results": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,16 @@ PAGES = {
         "`vitkit.optimize` option against the float32 model (accuracy, and top-1 agreement on the held-out digits "
         "and on all of them), and the speed of each option on ViT-B/16 at batch 16.",
     ),
+    "lora": (
+        "LoRA against full fine-tuning",
+        "`python benchmarks/lora_transfer.py`: a digits model trained on 0-4, adapted to 5-9 with rank-4 LoRA "
+        "adapters and by full fine-tuning.",
+    ),
+    "mae": (
+        "Masked-autoencoder pre-training with a tenth of the labels",
+        "`python benchmarks/mae_few_labels.py`: MAE pre-training on the digits' training images, fine-tuned on a "
+        "tenth of their labels, against training from scratch with the same total epochs.",
+    ),
 }
 
 MODEL_NAMES = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H"}
@@ -77,6 +87,8 @@ def format_number(value: Any) -> str:
         return str(value)
     if isinstance(value, int) or abs(value) >= 100:
         return f"{value:,.0f}"
+    if 0 < abs(value) < 0.01:  # a learning rate, a tolerance: its own digits, not 0.00
+        return f"{value:.2g}"
     return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
 
 
@@ -234,9 +246,13 @@ FAITHFULNESS_MARKER = "<!-- faithfulness-table (generated from benchmarks/result
 
 
 def faithfulness_table(results_dir: Path = RESULTS_DIR) -> str:
-    """The explain guide's table: per model, weights and baseline, each map's AUCs and gain over the random order."""
+    """The explain guide's tables: the models with their held-out accuracy, then per model, weights and baseline,
+    each map's AUCs and gain over the random order."""
+    record = json.loads((results_dir / "faithfulness.json").read_text())
+    models = [[model["model"], str(model["held_out_images"]), f"{100 * model['held_out_accuracy']:.1f} %"]
+              for model in record["models"]]  # fmt: skip
     rows = []
-    for row in json.loads((results_dir / "faithfulness.json").read_text())["results"]:
+    for row in record["results"]:
         gains = [
             f"{row[f'{kind}_gain']:+.3f} ± {row[f'{kind}_gain_se']:.3f}" if row["map"] != "random order" else "-"
             for kind in ("deletion", "insertion")
@@ -244,7 +260,13 @@ def faithfulness_table(results_dir: Path = RESULTS_DIR) -> str:
         rows.append([row["model"], row["weights"], row["baseline"], row["map"], str(row["images"]),
                      f"{row['deletion_auc']:.3f}", gains[0], f"{row['insertion_auc']:.3f}", gains[1]])  # fmt: skip
     header = ["model", "weights", "baseline", "map", "images", "deletion AUC", "gain", "insertion AUC", "gain"]
-    return markdown_table(header, rows)
+    models_table = markdown_table(["model", "held-out images", "held-out accuracy"], models)
+    # What each baseline leaves of the evidence: the explained class's probability at the curves' ends.
+    ends = [[row["model"], row["baseline"], f"{row['probability_whole']:.3f}", f"{row['probability_all_deleted']:.3f}",
+             f"{row['probability_insertion_start']:.3f}"]
+            for row in record["results"] if row["map"] == "random order" and row["weights"] == "trained"]  # fmt: skip
+    ends_header = ["model", "baseline", "p(class), whole image", "every patch deleted", "insertion starts at"]
+    return "\n\n".join([models_table, markdown_table(ends_header, ends), markdown_table(header, rows)])
 
 
 def index_page(results: dict[str, Any]) -> str:

@@ -45,18 +45,29 @@ def faithfulness_gains(model, images) -> dict[str, tuple[torch.Tensor, torch.Ten
             for name, c in curves.items()}  # fmt: skip
 
 
+def standard_error(gains: torch.Tensor) -> float:
+    return (gains.std() / len(gains) ** 0.5).item()
+
+
 def test_faithfulness_tells_the_trained_model_from_random_weights(digits_and_model) -> None:
     """Where the picture could not (Grad-CAM lit the pen strokes for anywhere between 2 % and 98 % of its mass on
-    random weights), deletion and insertion scores can: on random weights no map moves the probability at all."""
+    random weights), deletion and insertion scores can: a map of the trained model beats the random order by more
+    than the noise of the measurement; on random weights no map does."""
     digits, model, randoms = digits_and_model
     trained = faithfulness_gains(model, digits.images)
-    # Measured on the 200 held-out digits (gain, standard error): rollout 0.21 (0.02) / 0.22 (0.02), transformer
-    # attribution 0.12 (0.02) / 0.12 (0.02), Grad-CAM 0.01 (0.02) / 0.05 (0.02), last block -0.02 (0.02) / 0.03 (0.02).
+    # Measured on the 200 held-out digits (deletion gain, insertion gain, standard errors): rollout 0.16 (0.013) /
+    # 0.21 (0.017), transformer attribution 0.09 (0.016) / 0.12 (0.020), Grad-CAM -0.004 (0.018) / 0.045 (0.020),
+    # last block -0.035 (0.022) / 0.026 (0.018).
     for name in ("attention rollout", "transformer attribution"):
         for gain in trained[name]:
-            assert gain.mean() > 0.05 and gain.mean() > 3 * gain.std() / len(gain) ** 0.5, name
-    assert trained["Grad-CAM"][1].mean() > 0.02  # it beats the random order on insertion only
+            assert gain.mean() > 3 * standard_error(gain), name
+    # Grad-CAM (issue 10 asked for its mass on the strokes; faithfulness settles it): on insertion it beats the
+    # random order by more than twice its standard error; on deletion it does not on this model, as the guide says.
+    cam_insertion = trained["Grad-CAM"][1]
+    assert cam_insertion.mean() > 2 * standard_error(cam_insertion)
+    noise = {name: min(standard_error(gain) for gain in gains) for name, gains in trained.items()}
     for untrained in randoms[:2]:
-        # The probability of a class hardly depends on the image: every gain is below 0.001 (measured up to 0.0003).
+        # The probability of a class hardly depends on the image: every gain is far inside the noise with which
+        # the trained model's gains are measured (measured: at most 0.0004, against standard errors above 0.01).
         for name, gains in faithfulness_gains(untrained, digits.images[:50]).items():
-            assert max(gain.mean().abs().item() for gain in gains) < 0.005, name
+            assert max(gain.mean().abs().item() for gain in gains) < noise[name], name

@@ -22,9 +22,9 @@ class OnePatchModel(VisionTransformer):
         return torch.stack([patch, torch.zeros_like(patch)], dim=1)
 
 
-def one_patch_model() -> OnePatchModel:
+def one_patch_model(**preprocessing: tuple[float, ...]) -> OnePatchModel:
     return OnePatchModel(image_size=(4, 6), patch_size=2, in_channels=1, num_classes=2, hidden_dim=8, depth=1,
-                         num_heads=1, mlp_dim=8).eval()  # fmt: skip
+                         num_heads=1, mlp_dim=8, **preprocessing).eval()  # fmt: skip
 
 
 def images_with_a_bright_patch(batch: int = 4) -> Tensor:
@@ -87,6 +87,40 @@ def test_the_blur_baseline_is_scipys_gaussian_filter() -> None:
     np.testing.assert_allclose(ours, expected, atol=1e-5)
     flat = baseline_images(images, (3, 2), "mean")
     torch.testing.assert_close(flat[1, :, 5, 7], images.mean(dim=(0, 2, 3)))
+    # Images normalised by the data's statistics: the data's mean colour is zero, whichever images are explained.
+    torch.testing.assert_close(baseline_images(images, (3, 2), "mean", normalised=True), torch.zeros_like(images))
+
+
+def test_rise_protocol_deletes_to_the_data_mean_and_inserts_on_the_blurred_image() -> None:
+    from scipy.ndimage import gaussian_filter
+
+    model, images = one_patch_model(mean=(0.5,), std=(0.25,)), images_with_a_bright_patch()
+    first = torch.zeros(4, 2, 3)
+    first[:, 1, 1] = 1.0
+    curves = deletion_insertion(model, images, first, steps=6)["map"]  # baseline="rise" is the default
+    # By hand: the model normalises with the data's statistics, so the deleted patch holds zeros, logit 0 is 0 and
+    # the probability of class 0 is one half; insertion starts from the blur (scipy's, as above) of each image, its
+    # kernel cut to a half-width of 3 pixels (1.5 sigmas) to fit the 4-pixel-high images.
+    blurred = gaussian_filter(images.numpy(), sigma=(0, 0, 2, 2), mode="mirror", truncate=1.5)
+    start = torch.sigmoid(torch.from_numpy(blurred[:, 0, 2:4, 2:4].sum(axis=(1, 2)))).double()
+    torch.testing.assert_close(curves.deletion[:, -1], torch.full((4,), 0.5, dtype=torch.float64))
+    torch.testing.assert_close(curves.insertion[:, 0], start, atol=1e-6, rtol=1e-6)
+    whole = torch.sigmoid(images[:, 0, 2:4, 2:4].sum(dim=(1, 2))).double()
+    torch.testing.assert_close(curves.insertion[:, 1], whole)  # the patch revealed first
+
+
+def test_the_random_order_is_the_mean_of_several_permutations() -> None:
+    model, images = one_patch_model(), images_with_a_bright_patch()
+    orders = 5
+    random = deletion_insertion(model, images, {}, steps=6, baseline="mean", random_orders=orders)[RANDOM_ORDER]
+    whole = torch.sigmoid(images[:, 0, 2:4, 2:4].sum(dim=(1, 2))).double()[:, None]
+    gone = torch.sigmoid(4 * images.mean()).double()
+    # Each permutation removes the one patch that matters at one step: after each step, the share of the orders
+    # that have removed it is a multiple of 1/5, rising to 1, and it is not the same step for every order.
+    share = (whole - random.deletion) / (whole - gone)
+    torch.testing.assert_close(share * orders, (share * orders).round())
+    assert bool((share[:, -1] == 1).all()) and bool(((share > 0) & (share < 1)).any())
+    assert bool((share[:, 1:] >= share[:, :-1] - 1e-12).all())
 
 
 def test_bad_arguments_are_named() -> None:
@@ -98,5 +132,7 @@ def test_bad_arguments_are_named() -> None:
         deletion_insertion(model, images, ranking, steps=7)
     with pytest.raises(ValueError, match="baseline must be one of"):
         deletion_insertion(model, images, ranking, baseline="zeros")
+    with pytest.raises(ValueError, match="random_orders must be an int of at least 1, got 0"):
+        deletion_insertion(model, images, ranking, random_orders=0)
     with pytest.raises(ValueError, match="the random order's curves"):
         deletion_insertion(model, images, {RANDOM_ORDER: ranking})

@@ -53,3 +53,24 @@ def test_the_autoencoder_learns_to_reconstruct_and_trains_the_encoder() -> None:
     assert predictions.shape == (8, 16, 4) and mask.sum().item() == 8 * 12  # 75 % of 16 patches hidden
     assert encoder.patch_embed.proj.weight.grad.abs().sum() > 0 and encoder.blocks[0].attn.q.weight.grad is not None
     assert losses[-1] < 0.85 * losses[0]  # (predicting zeros scores 0.75: the targets' variance)
+
+
+def test_reconstruction_keeps_visible_patches_and_gives_hidden_ones_their_own_mean_and_spread() -> None:
+    images = torch.tensor([[0.0, 2.0], [0.0, 2.0]]).repeat(2, 2).view(1, 1, 4, 4)  # four 2x2 patches [0, 2 / 0, 2]
+    encoder = VisionTransformer(image_size=4, patch_size=2, in_channels=1, num_classes=0, hidden_dim=16, depth=1,
+                                num_heads=2, mlp_dim=32)  # fmt: skip
+    mae = MaskedAutoencoder(encoder, decoder_dim=16, decoder_depth=1, decoder_heads=2, mask_ratio=0.5).eval()
+    noise = torch.tensor([[0.9, 0.1, 0.2, 0.8]])  # patches 0 and 3 (top left, bottom right) hidden
+    with torch.no_grad():
+        mae.decoder_pred.weight.zero_()
+        mae.decoder_pred.bias.zero_()  # predicts normalised pixels of 0: each hidden patch at its own mean, 1
+        masked, pasted = mae.reconstruct(images, noise)
+        expected = images.clone()
+        expected[..., :2, :2] = expected[..., 2:, 2:] = 1.0
+        torch.testing.assert_close(pasted, expected, atol=1e-6, rtol=0)
+        blanked = images.clone()
+        blanked[..., :2, :2] = blanked[..., 2:, 2:] = 0.0
+        assert torch.equal(masked, blanked)
+        # The pixels of the normalised target itself come back as the image, up to the variance's 1e-6.
+        mae.decoder_pred.bias.copy_(torch.tensor([-1.0, 1.0, -1.0, 1.0]) / (4 / 3) ** 0.5)
+        torch.testing.assert_close(mae.reconstruct(images, noise)[1], images, atol=1e-5, rtol=0)

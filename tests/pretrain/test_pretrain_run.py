@@ -1,4 +1,5 @@
-"""`vitkit pretrain`: a masked-autoencoder run folder whose encoder `vitkit train --init-from` fine-tunes."""
+"""`vitkit pretrain`: a masked-autoencoder run folder whose encoder `vitkit train --init-from` fine-tunes, and that
+resumes exactly with its loss plot and a picture of reconstructions."""
 
 from __future__ import annotations
 
@@ -6,27 +7,69 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from vitkit import cli
 from vitkit.io import load_safetensors, read_json
 from vitkit.pretrain.run import pretrain
 from vitkit.training import TrainConfig, train
+from vitkit.training.metrics import read_metrics
 
 QUIET = dict(progress=False, tensorboard=False, warmup_epochs=0.0, batch_size=64)
 
 
-def test_a_pretrained_encoder_is_fine_tuned_from_its_run_folder(tmp_path: Path, one_thread: None, monkeypatch) -> None:
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(a 2-epoch pre-training run, the same run stopped mid second epoch by --steps and resumed), through the
+    command line; only the resumed run draws its pictures (drawing is most of a tiny run's time)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("pretrain")
+    reference, stopped = root / "reference", root / "stopped"
+    # Random masks, stochastic depth and augmentation all draw from the streams the checkpoint keeps.
+    tiny = ["--epochs", "2", "--batch-size", "64", "--hidden-dim", "32", "--depth", "2", "--num-heads", "2",
+            "--mlp-dim", "64", "--patch-size", "2", "--conv-stem", "0", "--drop-path", "0.1", "--warmup-epochs", "0.5",
+            "--no-progress", "--no-tensorboard", "--mask-ratio", "0.5", "--decoder-dim", "16", "--decoder-depth", "1",
+            "--decoder-heads", "2"]  # fmt: skip
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("vitkit.explain.report.write_reconstructions", lambda *args, **kwargs: None)
+            patch.setattr("vitkit.training.metrics.MetricsLog._plot", lambda *args: None)
+            assert cli.main(["pretrain", *tiny, "--out", str(reference)]) == 0
+            assert cli.main(["pretrain", *tiny, "--steps", "30", "--out", str(stopped)]) == 0  # mid second epoch
+        assert not (stopped / "model.safetensors").exists()
+        # The run's own MAE settings unless told otherwise; other ones would make another run.
+        assert cli.main(["pretrain", "--resume", str(stopped), "--mask-ratio", "0.75"]) == 2
+        assert cli.main(["pretrain", "--resume", str(stopped), "--steps", "0"]) == 0
+        return reference, stopped
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_stopped_run_resumes_bit_for_bit_and_draws_its_loss_and_reconstructions(runs: tuple[Path, Path]) -> None:
+    reference, resumed = runs
+    for name in ("model.safetensors", "last.safetensors"):
+        expected, got = load_safetensors(reference / name), load_safetensors(resumed / name)
+        assert expected.keys() == got.keys()
+        assert all(torch.equal(expected[key], got[key]) for key in expected), name
+    timeless = [[{k: v for k, v in r.items() if k not in ("images_per_s", "epoch_time_s")} for r in read_metrics(run)]
+                for run in runs]  # fmt: skip
+    assert timeless[0] == timeless[1] and [r["epoch"] for r in timeless[0]] == [1, 2]
+    record = read_json(resumed / "pretrain.json")
+    assert record["mae"]["mask_ratio"] == 0.5 and [r["epoch"] for r in record["history"]] == [1, 2]
+    assert 0 < record["history"][-1]["val_loss"] < 2  # (learning is tested in test_mae)
+    for picture in ("loss.png", "lr.png", "reconstructions.png"):
+        assert Image.open(resumed / picture).size[0] > 100, picture
+    assert not (resumed / "accuracy.png").exists()  # no labels, no accuracy
+
+
+def test_a_pretrained_encoder_is_fine_tuned_from_its_run_folder(
+    runs: tuple[Path, Path], tmp_path: Path, one_thread: None, monkeypatch
+) -> None:
     # The run's pictures and plots (tested in tests/training) are most of a tiny run's time.
     monkeypatch.setattr("vitkit.explain.report.write_run_pictures", lambda *args: None)
     monkeypatch.setattr("vitkit.training.metrics.MetricsLog._plot", lambda *args: None)
-    run_dir = tmp_path / "mae"
-    flags = ["--epochs", "1", "--batch-size", "64", "--hidden-dim", "32", "--depth", "2", "--num-heads", "2",
-             "--mlp-dim", "64", "--patch-size", "2", "--conv-stem", "0", "--warmup-epochs", "0", "--no-progress",
-             "--no-tensorboard", "--decoder-dim", "16", "--decoder-depth", "1", "--decoder-heads", "2"]  # fmt: skip
-    assert cli.main(["pretrain", *flags, "--mask-ratio", "0.5", "--out", str(run_dir)]) == 0
-    record = read_json(run_dir / "pretrain.json")
-    assert record["mae"]["mask_ratio"] == 0.5 and [r["epoch"] for r in record["history"]] == [1]
-    assert 0 < record["history"][0]["val_loss"] < 2  # (learning is tested in test_mae)
+    run_dir = runs[0]
     encoder = load_safetensors(run_dir / "model.safetensors")
     assert not any(key.startswith("decoder") or key == "mask_token" for key in encoder)
     # lr so small that the fine-tuned encoder is still the pre-trained one, up to 1e-6.
@@ -40,3 +83,5 @@ def test_a_pretrained_encoder_is_fine_tuned_from_its_run_folder(tmp_path: Path, 
 def test_classification_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="pretraining takes no label_smoothing, mixup"):
         pretrain(TrainConfig.from_dict(dict(QUIET, label_smoothing=0.2, mixup=0.5)))
+    with pytest.raises(ValueError, match="pretraining does not implement compile, ema_decay"):
+        pretrain(TrainConfig.from_dict(dict(QUIET, compile=True, ema_decay=0.9)))

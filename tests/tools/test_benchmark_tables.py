@@ -81,3 +81,31 @@ def test_results_pages_render_every_results_file(tmp_path: Path) -> None:
         "### ViT-B/16 at 224, batch 1, inference (2 CPU threads)\n\n| library | images/s | ratio | peak MiB |\n"
         "|---|---|---|---|\n| vitkit | 3.50 | 1.25x | 360 |\n| timm | 2.80 | 1.00x |  |" in pages["benchmarks/speed.md"]
     )
+
+
+def test_small_numbers_keep_their_digits_and_accuracies_read_as_percentages() -> None:
+    assert [benchmark_tables.format_number(v) for v in (0.003, 4.8e-07, 0.0, 0.25, 12.5, 1234.0)] == [
+        "0.003", "4.8e-07", "0.00", "0.25", "12.5", "1,234"
+    ]  # fmt: skip
+    assert benchmark_tables.format_cell("accuracy_lora", 0.9722) == "97.22 %"
+
+
+def test_faithfulness_tables_show_the_models_the_curve_ends_and_the_gains(tmp_path: Path) -> None:
+    def row(weights: str, name: str, gain: float) -> dict:
+        return {"model": "m", "weights": weights, "baseline": "rise", "map": name, "images": 10,
+                "deletion_auc": 0.25, "insertion_auc": 0.5, "deletion_gain": gain, "deletion_gain_se": 0.01,
+                "insertion_gain": -gain, "insertion_gain_se": 0.02, "probability_whole": 0.9,
+                "probability_all_deleted": 0.1, "probability_insertion_start": 0.3}  # fmt: skip
+
+    record = {"models": [{"model": "m", "held_out_images": 10, "held_out_accuracy": 0.875}],
+              "results": [row("trained", "rollout", 0.05), row("trained", "random order", 0.0),
+                          row("random init", "random order", 0.0)]}  # fmt: skip
+    (tmp_path / "faithfulness.json").write_text(json.dumps(record))
+    models, ends, scores = benchmark_tables.faithfulness_table(tmp_path).split("\n\n")
+    assert models.splitlines()[2] == "| m | 10 | 87.5 % |"
+    assert ends.splitlines()[2:] == ["| m | rise | 0.900 | 0.100 | 0.300 |"]  # the trained model's only
+    assert (
+        scores.splitlines()[2]
+        == "| m | trained | rise | rollout | 10 | 0.250 | +0.050 ± 0.010 | 0.500 | -0.050 ± 0.020 |"
+    )
+    assert scores.splitlines()[3].endswith("| - | 0.500 | - |")  # the random order has no gain over itself

@@ -3,6 +3,7 @@ learning-rate decay, frozen blocks, linear probes and LoRA runs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,63 @@ def test_a_lora_run_saves_adapters_and_a_merged_model_equal_to_the_adapted_one(l
     images = torch.randn(8, 1, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(merged.eval()(images), adapted(images), atol=1e-5, rtol=0)
+
+
+def digit_png(path: Path) -> Path:
+    """One 8x8 grey digit image file."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    Image.fromarray((load_digits().images[7] * 255 / 16).astype("uint8"), "L").save(path)
+    return path
+
+
+def test_export_merge_lora_writes_a_plain_model_with_the_adapted_logits(
+    lora_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source_dir, run_dir = lora_run
+    out = tmp_path / "merged"
+    assert cli.main(["export", str(run_dir), "--merge-lora", "--out", str(out)]) == 0
+    assert "max abs difference of logits" in capsys.readouterr().out
+    assert sorted(path.name for path in out.iterdir()) == ["config.json", "model.safetensors"]
+    merged = VisionTransformer.from_pretrained(out).eval()
+    assert set(merged.state_dict()) == set(load_safetensors(source_dir / "model.safetensors"))  # no adapters
+    images = torch.randn(8, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(images), finetune.load_lora_model(run_dir)(images), atol=1e-5, rtol=0)
+    assert cli.main(["export", str(source_dir), "--merge-lora", "--out", str(tmp_path / "no")]) == 2
+    assert "is not a LoRA run (it has no lora.json" in capsys.readouterr().err
+
+
+def test_evaluate_predict_and_serve_load_a_lora_run_as_the_adapted_model(
+    lora_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from vitkit.cli.common import run_held_out_split
+    from vitkit.data import decode_image, eval_transform
+    from vitkit.serve import create_app
+
+    _, run_dir = lora_run
+    adapted = finetune.load_lora_model(run_dir)
+    image = digit_png(tmp_path / "digit.png")
+    with torch.no_grad():
+        expected = adapted(eval_transform(adapted.config)(decode_image(image.read_bytes(), 1))[None]).softmax(1)[0]
+    expected_by_class = dict(zip(adapted.config.labels, expected.tolist()))
+
+    assert cli.main(["predict", str(run_dir), str(image), "--top-k", "3", "--device", "cpu"]) == 0
+    for entry in json.loads(capsys.readouterr().out)["top_k"]:
+        assert entry["probability"] == pytest.approx(expected_by_class[entry["class"]], abs=1e-5)
+    with TestClient(create_app(run_dir)) as client:
+        response = client.post("/predict?top_k=3", files=[("files", ("digit.png", image.read_bytes(), "image/png"))])
+    assert response.status_code == 200, response.text
+    for entry in response.json()["predictions"][0]["top_k"]:
+        assert entry["probability"] == pytest.approx(expected_by_class[entry["class"]], abs=1e-5)
+
+    assert cli.main(["evaluate", str(run_dir), "--json", "--device", "cpu", "--plot", str(tmp_path / "cm.png")]) == 0
+    held_out, _ = run_held_out_split(run_dir, adapted, instead="")
+    batch = torch.stack([held_out[i][0] for i in range(len(held_out))])
+    labels = torch.tensor([held_out[i][1] for i in range(len(held_out))])
+    with torch.no_grad():
+        accuracy = (adapted(batch).argmax(1) == labels).double().mean().item()
+    assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(accuracy)

@@ -60,8 +60,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="deletion/insertion steps (default: 16, or one per patch for models with fewer)",
     )  # fmt: skip
     parser.add_argument(
-        "--baseline", choices=("blur", "mean"), default="blur",
-        help="what a removed patch shows: the blurred image or the images' mean colour (default: blur)",
+        "--baseline", choices=("rise", "blur", "mean"), default="rise",
+        help="what a removed patch shows: rise (RISE's protocol: deletion to the data's mean colour, insertion "
+        "from the blurred image), blur or mean for both (default: rise)",
     )  # fmt: skip
     parser.add_argument(
         "--max-images", type=int_at_least(1), default=200,

@@ -1,11 +1,14 @@
-"""`vitkit export`: a run's model as ONNX (checked with onnxruntime), a transformers folder or a timm state dict."""
+"""`vitkit export`: a run's model as ONNX (checked with onnxruntime), a transformers folder or a timm state dict;
+``--merge-lora``: a LoRA run's adapters merged into a plain vitkit model folder (checked against the adapted model)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 FORMATS = ("onnx", "transformers", "timm")
 ONNX_TOLERANCE = 1e-4
+MERGE_TOLERANCE = 1e-5  # fp32 logits of the merged model against the adapted one
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -27,11 +30,22 @@ def register(commands: argparse._SubParsersAction) -> None:
         "abs difference of logits is printed); --dynamic-image-size interpolates the position vectors in the graph "
         "so one file serves several image sizes. transformers: a folder for "
         "ViTForImageClassification.from_pretrained, with an image-processor config. timm: a state dict and the "
-        "timm.create_model(...) call it fits.",
+        "timm.create_model(...) call it fits. --merge-lora (a LoRA run, from `vitkit train --lora-rank`): a plain "
+        "vitkit model folder, the base weights with the adapters merged in, checked against the adapted model. "
+        "Every format exports a LoRA run's merged model.",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run folder (config.json + model.safetensors)")
-    parser.add_argument("--format", choices=FORMATS, required=True, help="what to write")
-    parser.add_argument("--out", metavar="PATH", required=True, help="the .onnx file, transformers folder or timm file")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--format", choices=FORMATS, help="what to write")
+    what.add_argument(
+        "--merge-lora",
+        action="store_true",
+        help="a LoRA run's adapters merged into its base weights: a vitkit model folder (config.json + "
+        "model.safetensors) with the adapted model's logits",
+    )
+    parser.add_argument(
+        "--out", metavar="PATH", required=True, help="the .onnx file, transformers folder, timm file or model folder"
+    )
     parser.add_argument(
         "--dynamic-image-size", action="store_true", help="onnx: accept any image size that is a multiple of the patch"
     )
@@ -60,7 +74,26 @@ def run(args: argparse.Namespace) -> int:
 
     from vitkit.cli.common import EXIT_FAILED, load_run_model, report_error
 
+    if args.merge_lora:
+        from vitkit.interop.export import export_merged_lora
+
+        if args.dynamic_image_size or args.check_size:
+            raise ValueError("--dynamic-image-size and --check-size are for --format onnx, not --merge-lora")
+
+        folder, difference = export_merged_lora(args.run_dir, args.out)
+        print(f"wrote {folder}: a plain vitkit model (config.json + model.safetensors, adapters merged)")
+        print(f"  merged vs adapted model, max abs difference of logits: {difference:.3g}")
+        if difference > MERGE_TOLERANCE:
+            report_error(
+                f"the merged model differs from the adapted one by {difference:.3g} (more than {MERGE_TOLERANCE:g})"
+            )
+            return EXIT_FAILED
+        return 0
+    from vitkit.training.finetune import LORA_FILE
+
     model = load_run_model(args.run_dir, torch.device("cpu"))
+    if (Path(args.run_dir) / LORA_FILE).is_file():
+        print(f"{args.run_dir} is a LoRA run: exporting its merged model ({args.run_dir}/model.safetensors)")
     if args.format == "onnx":
         from vitkit.interop.export import check_onnx, export_onnx
 

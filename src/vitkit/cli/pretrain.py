@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from vitkit.cli.common import fraction, int_at_least
+
+MAE_FLAGS = ("mask_ratio", "decoder_dim", "decoder_depth", "decoder_heads")  # MAESettings' fields
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -18,18 +21,18 @@ def register(commands: argparse._SubParsersAction) -> None:
         "`vitkit train`; the run folder's model.safetensors is the encoder: fine-tune it with "
         "`vitkit train --init-from RUN_DIR`.",
     )
-    group = parser.add_argument_group("masked autoencoder")
+    group = parser.add_argument_group("masked autoencoder (with --resume: the run's, unless given)")
     group.add_argument(
-        "--mask-ratio", type=fraction, metavar="X", default=0.75, help="share of patches hidden (default: 0.75)"
+        "--mask-ratio", type=fraction, metavar="X", default=None, help="share of patches hidden (default: 0.75)"
     )
     group.add_argument(
-        "--decoder-dim", type=int_at_least(1), metavar="N", default=128, help="decoder width (default: 128)"
+        "--decoder-dim", type=int_at_least(1), metavar="N", default=None, help="decoder width (default: 128)"
     )
     group.add_argument(
-        "--decoder-depth", type=int_at_least(1), metavar="N", default=2, help="decoder blocks (default: 2)"
+        "--decoder-depth", type=int_at_least(1), metavar="N", default=None, help="decoder blocks (default: 2)"
     )
     group.add_argument(
-        "--decoder-heads", type=int_at_least(1), metavar="N", default=4, help="decoder heads (default: 4)"
+        "--decoder-heads", type=int_at_least(1), metavar="N", default=None, help="decoder heads (default: 4)"
     )
     add_train_arguments(parser)
     parser.set_defaults(func=run)
@@ -37,10 +40,13 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vitkit.cli.train_flags import config_from_args
-    from vitkit.pretrain.run import MAESettings, pretrain
+    from vitkit.pretrain.run import MAESettings, pretrain, saved_settings
+    from vitkit.training.config import AUTO_RESUME
 
     config = config_from_args(args)
-    settings = MAESettings(args.mask_ratio, args.decoder_dim, args.decoder_depth, args.decoder_heads)
+    base = saved_settings(config.resume) if config.resume not in (None, AUTO_RESUME) else MAESettings()
+    typed = {name: getattr(args, name) for name in MAE_FLAGS if getattr(args, name) is not None}
+    settings = dataclasses.replace(base, **typed)
 
     def report(record: dict) -> None:
         print(
@@ -50,5 +56,8 @@ def run(args: argparse.Namespace) -> int:
         )
 
     result = pretrain(config, settings, on_epoch_end=report)
-    print(f"run folder: {result.run_dir}  (fine-tune with `vitkit train --init-from {result.run_dir}`)")
+    if len(result.history) < config.epochs:  # stopped at --steps
+        print(f"run folder: {result.run_dir}  (continue with `vitkit pretrain --resume {result.run_dir} --steps 0`)")
+    else:
+        print(f"run folder: {result.run_dir}  (fine-tune with `vitkit train --init-from {result.run_dir}`)")
     return 0

@@ -5,6 +5,13 @@ records the probability of the target class after each step: a faithful map make
 under the curve). Insertion starts from the baseline and reveals the patches in the same order: a faithful map
 makes the probability rise fast (a large area). A random order, seeded, is the yardstick: a map that does no
 better than it says nothing about the model, however plausible it looks.
+
+What a removed patch shows is the baseline. RISE's own protocol, the default here ("rise"), gives each curve its
+own: deletion replaces a patch with the data's mean colour, which holds nothing of the image, and insertion
+starts from the blurred image, whose colours the model has seen, and reveals the sharp patches on it. A blur
+keeps each region's average colour, so deleting to it removes only the detail; on small images, where a
+patch is a large part of the object, that average can still tell the class, and the deletion curve then
+measures what the blur leaves rather than what the map ranks.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ from vitkit.explain import maps as explain_maps
 from vitkit.explain.maps import _targets, evaluating
 from vitkit.model import VisionTransformer, ViTConfig
 
-BASELINES = ("blur", "mean")
+BASELINES = ("rise", "blur", "mean")
+DEFAULT_BASELINE = "rise"  # deletion to the data's mean colour, insertion from the blurred image
 # The maps compared, by the name the report and the JSON file give them; each takes (model, images, target).
 METHODS = {
     "last-block attention": lambda model, images, target: explain_maps.last_block_attention(model, images),
@@ -57,15 +65,20 @@ class Curves:
         return torch.trapezoid(self.insertion, self.fractions, dim=-1)
 
 
-def baseline_images(images: Tensor, patch_size: Sequence[int], baseline: str = "blur") -> Tensor:
-    """What a removed patch shows: the image blurred (Gaussian, sigma one patch) or the images' mean per channel.
+def baseline_images(
+    images: Tensor, patch_size: Sequence[int], baseline: str = "blur", normalised: bool = False
+) -> Tensor:
+    """What a removed patch shows: the image blurred (Gaussian, sigma one patch) or the data's mean colour.
 
-    The blur keeps each region's average colour and removes the detail a patch holds; the mean is one flat value
-    per channel, the mean of the given images (for normalised images about the data set's mean).
+    The blur keeps each region's average colour and removes the detail a patch holds. The mean is one flat value
+    per channel: zero for images ``normalised`` by the data's mean and std (the model's preprocessing), so that
+    every image is compared with the same baseline, else the mean of the given images.
     """
-    if baseline not in BASELINES:
-        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+    if baseline not in ("blur", "mean"):
+        raise ValueError(f"baseline must be 'blur' or 'mean', got {baseline!r}")
     if baseline == "mean":
+        if normalised:
+            return torch.zeros_like(images)
         return images.mean(dim=(0, 2, 3), keepdim=True).expand_as(images).clone()
     from torchvision.transforms.functional import gaussian_blur
 
@@ -96,22 +109,30 @@ def deletion_insertion(
     images: Tensor,
     maps: Tensor | Mapping[str, Tensor],
     steps: int | None = None,
-    baseline: str = "blur",
+    baseline: str = DEFAULT_BASELINE,
     target: int | Sequence[int] | Tensor | None = None,
     seed: int = 0,
     batch_size: int | None = None,
+    random_orders: int = 1,
 ) -> dict[str, Curves]:
     """Deletion and insertion curves of each map (B, gh, gw) and of a random patch order, per image.
 
     ``maps``: one tensor (its curves are named ``"map"``) or maps by method name. The patches are removed or
     revealed in ``steps`` equal steps (at most the number of patches; default 16 or one per patch), replaced by
-    ``baseline`` ("blur" or "mean", see :func:`baseline_images`). ``target`` is the class whose probability is recorded
-    (default: the one predicted on the whole image). The random order draws one permutation per image from
-    ``seed``. Every step is one forward pass for all images, maps and orders together (``batch_size`` images at
-    a time if given). Returns the curves by name, ``"random order"`` last.
+    ``baseline``: "rise" (deletion to the data's mean colour, insertion from the blurred image), "blur" or "mean"
+    for both curves (see :func:`baseline_images`; the mean is zero when the model's config has the data's mean
+    and std, which normalised the images). ``target`` is the class whose probability is recorded (default: the
+    one predicted on the whole image). The random order's curves are the mean of ``random_orders`` permutations
+    per image, drawn from ``seed``: more of them estimate the yardstick with less noise. Every step is one forward
+    pass for all images, maps and orders together (``batch_size`` images at a time if given). Returns the curves
+    by name, ``"random order"`` last.
     """
     config = model.config
     named = {SINGLE_MAP: maps} if isinstance(maps, Tensor) else dict(maps)
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+    if not isinstance(random_orders, int) or random_orders < 1:
+        raise ValueError(f"random_orders must be an int of at least 1, got {random_orders!r}")
     if RANDOM_ORDER in named:
         raise ValueError(f"{RANDOM_ORDER!r} is the name of the random order's curves; give the map another name")
     batch, patches = images.shape[0], config.num_patches
@@ -129,9 +150,12 @@ def deletion_insertion(
     device = next(model.parameters()).device
     images = images.to(device)
     generator = torch.Generator().manual_seed(seed)
-    random_ranks = torch.rand(batch, patches, generator=generator).argsort(dim=1)  # a random permutation is its ranks
-    ranks = torch.stack([_ranks(ranking.cpu()) for ranking in named.values()] + [random_ranks]).to(device)  # (M, B, P)
-    baselines = baseline_images(images, config.patch_size, baseline)
+    # A random permutation is its own ranks: (random_orders, B, P).
+    random_ranks = torch.rand(random_orders, batch, patches, generator=generator).argsort(dim=-1)
+    ranks = torch.cat([*(_ranks(ranking.cpu())[None] for ranking in named.values()), random_ranks]).to(device)
+    normalised = config.mean is not None and config.std is not None
+    deleted_to = baseline_images(images, config.patch_size, "mean" if baseline == "rise" else baseline, normalised)
+    inserted_on = baseline_images(images, config.patch_size, "blur", normalised) if baseline == "rise" else deleted_to
     counts = [round(s * patches / steps) for s in range(steps + 1)]
     chunk = batch_size or batch
     deletion, insertion = [], []
@@ -139,25 +163,30 @@ def deletion_insertion(
         targets = _targets(target, torch.cat([model(images[i : i + chunk]) for i in range(0, batch, chunk)]))
         for start in range(0, batch, chunk):
             part = slice(start, start + chunk)
-            curves = _curves(model, images[part], baselines[part], ranks[:, part], counts, targets[part])
-            deletion.append(curves[0])
-            insertion.append(curves[1])
+            probabilities = _curves(model, images[part], deleted_to[part], inserted_on[part], ranks[:, part], counts,
+                                    targets[part])  # fmt: skip
+            deletion.append(probabilities[0])
+            insertion.append(probabilities[1])
     fractions = torch.tensor(counts, dtype=torch.float64) / patches
     deleted, inserted = torch.cat(deletion, dim=1), torch.cat(insertion, dim=1)  # (orders, B, S + 1)
-    names = [*named, RANDOM_ORDER]
-    return {name: Curves(fractions, deleted[i], inserted[i]) for i, name in enumerate(names)}
+    curves = {name: Curves(fractions, deleted[i], inserted[i]) for i, name in enumerate(named)}
+    randoms = slice(len(named), None)
+    curves[RANDOM_ORDER] = Curves(fractions, deleted[randoms].mean(dim=0), inserted[randoms].mean(dim=0))
+    return curves
 
 
-def _curves(model: VisionTransformer, images: Tensor, baselines: Tensor, ranks: Tensor, counts: list[int],
-            targets: Tensor) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """(orders, B, S + 1) deletion and insertion probabilities for one chunk of images; ``ranks`` is (orders, B, P)."""
+def _curves(model: VisionTransformer, images: Tensor, deleted_to: Tensor, inserted_on: Tensor, ranks: Tensor,
+            counts: list[int], targets: Tensor) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """(orders, B, S + 1) deletion and insertion probabilities for one chunk of images; ``ranks`` is (orders, B, P).
+
+    Deletion puts ``deleted_to`` in place of the patches, insertion puts the patches on ``inserted_on``."""
     num_orders, batch = ranks.shape[:2]
     index = targets.repeat(2 * num_orders)[:, None]
     deletion, insertion = [], []
     for count in counts:
         mask = _patch_mask(ranks, count, model.config)  # (orders, B, 1, H, W)
-        deleted = torch.where(mask, baselines, images)  # the first patches of the order gone
-        inserted = torch.where(mask, images, baselines)  # only the first patches of the order there
+        deleted = torch.where(mask, deleted_to, images)  # the first patches of the order gone
+        inserted = torch.where(mask, images, inserted_on)  # only the first patches of the order there
         both = torch.cat([deleted.flatten(0, 1), inserted.flatten(0, 1)])  # (2 * orders * B, C, H, W)
         probabilities = model(both).float().softmax(dim=1).gather(1, index).squeeze(1).double().cpu()
         deletion.append(probabilities[: num_orders * batch].reshape(num_orders, batch))
@@ -169,10 +198,11 @@ def compare_methods(
     model: VisionTransformer,
     images: Tensor,
     steps: int | None = None,
-    baseline: str = "blur",
+    baseline: str = DEFAULT_BASELINE,
     target: int | Sequence[int] | Tensor | None = None,
     seed: int = 0,
     batch_size: int = 64,
+    random_orders: int = 1,
 ) -> dict[str, Curves]:
     """Deletion and insertion curves of every map in :data:`METHODS` and of a random order, on the same images.
 
@@ -192,7 +222,7 @@ def compare_methods(
         )  # fmt: skip
         for name, method in METHODS.items()
     }
-    return deletion_insertion(model, images, named, steps, baseline, targets, seed, batch_size)
+    return deletion_insertion(model, images, named, steps, baseline, targets, seed, batch_size, random_orders)
 
 
 def summary(curves: Mapping[str, Curves]) -> dict[str, dict[str, float]]:

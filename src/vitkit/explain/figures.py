@@ -126,6 +126,19 @@ def head_attention_figure(image: np.ndarray, maps: np.ndarray, title: str, label
     return fig
 
 
+def reconstruction_figure(rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], mask_ratio: float) -> Figure:
+    """One row per image: the image, what the masked autoencoder's encoder sees, and its reconstruction."""
+    fig = Figure(figsize=(6, 2 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), 3, squeeze=False)
+    titles = ("held-out image", f"{round(100 * mask_ratio)} % of patches hidden", "reconstruction")
+    for row, images in zip(axes, rows):
+        for ax, image in zip(row, images):
+            _show(ax, image)
+    for ax, title in zip(axes[0], titles):
+        ax.set_title(title)
+    return fig
+
+
 def distinct_colors(count: int) -> list[tuple[float, ...]]:
     """``count`` RGBA colours that all differ: tab10's, tab20's, else evenly spaced along turbo."""
     from matplotlib import colormaps

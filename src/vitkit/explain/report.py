@@ -2,7 +2,7 @@
 
 `vitkit explain` writes one for the images it is given (with ``--faithfulness``, also the deletion and insertion
 scores of each map, in index.html and faithfulness.json); a training run writes a small one (patch grid and
-rollout of a few validation images) at its end.
+rollout of a few validation images) at its end, and a pre-training run a picture of its reconstructions.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from vitkit.explain import figures, maps
 from vitkit.explain.faithfulness import Curves, summary
 from vitkit.io import atomic_path, write_json
 from vitkit.model import VisionTransformer
+from vitkit.pretrain.mae import MaskedAutoencoder
 
 logger = logging.getLogger(__name__)
 
@@ -232,4 +233,34 @@ def write_run_pictures(
         return report.write_index()
     except Exception as err:  # noqa: BLE001 - a picture is not worth a finished run
         logger.warning("could not draw the run's explanation pictures into %s: %s", out, err)
+        return None
+
+
+def write_reconstructions(
+    mae: MaskedAutoencoder, dataset: Dataset, path: str | os.PathLike, count: int = 4, seed: int = 0
+) -> Path | None:
+    """The first ``count`` images of ``dataset`` (held-out (image, label) pairs, preprocessed), masked with masks
+    drawn from ``seed`` and reconstructed, as one PNG at the end of a pre-training run.
+
+    Drawing must never cost a run: any failure is logged as a warning and None returned.
+    """
+    try:
+        if not isinstance(dataset, Sized):
+            raise ValueError(f"drawing needs a data set with a length, got {type(dataset).__name__}")
+        device = next(mae.parameters()).device
+        images = torch.stack([dataset[i][0] for i in range(min(count, len(dataset)))]).to(device)
+        noise = torch.rand(len(images), mae.encoder.config.num_patches, generator=torch.Generator().manual_seed(seed))
+        mae.eval()
+        masked, reconstructed = mae.reconstruct(images, noise.to(device))
+        mean, std = _normalisation(mae.encoder)
+        rows = [
+            (figures.display_image(image, mean, std), figures.display_image(hidden, mean, std),
+             figures.display_image(rebuilt, mean, std))
+            for image, hidden, rebuilt in zip(images, masked, reconstructed)
+        ]  # fmt: skip
+        path = Path(path)
+        figures.save_png(figures.reconstruction_figure(rows, mae.mask_ratio), path)
+        return path
+    except Exception as err:  # noqa: BLE001 - a picture is not worth a finished run
+        logger.warning("could not draw the reconstructions into %s: %s", path, err)
         return None

@@ -1,4 +1,5 @@
-"""vitkit models out: ONNX (checked with onnxruntime), a transformers folder, a timm state dict.
+"""vitkit models out: ONNX (checked with onnxruntime), a transformers folder, a timm state dict, and a LoRA run's
+adapters merged into a plain vitkit model folder.
 
 ONNX export uses ``torch.onnx.export``'s dynamo exporter: the batch dimension is always dynamic, and with
 ``dynamic_image_size`` the height and width are too, the position vectors being interpolated inside the graph
@@ -24,7 +25,9 @@ from vitkit.interop.timm import create_model_call, to_timm
 from vitkit.io import atomic_path, save_safetensors
 from vitkit.model import VisionTransformer
 from vitkit.model.config import Pair, ViTConfig
+from vitkit.model.lora import merge_lora
 from vitkit.model.weights import interpolate_position_vectors
+from vitkit.training.finetune import load_lora_model
 
 ONNX_OPSET = 18  # Resize with antialiasing
 MAX_ONNX_SIDE = 4096  # the largest image side the dynamic graph is declared for
@@ -155,3 +158,15 @@ def export_timm(model: VisionTransformer, path: str | os.PathLike) -> str:
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
     return create_model_call(kwargs)
+
+
+@torch.no_grad()
+def export_merged_lora(run_dir: str | os.PathLike, out: str | os.PathLike, seed: int = 0) -> tuple[Path, float]:
+    """Write a LoRA run's model, rebuilt from its base weights and adapters and merged, as a plain vitkit model
+    folder (``config.json`` + ``model.safetensors``, no adapters); returns (the folder, the max abs difference of
+    logits between the merged and the adapted model on random images)."""
+    adapted = load_lora_model(run_dir).float().cpu()
+    merged = merge_lora(adapted).eval()
+    folder = merged.save_pretrained(out)
+    images = torch.randn(4, adapted.in_channels, *adapted.image_size, generator=torch.Generator().manual_seed(seed))
+    return folder, float((merged(images) - adapted(images)).abs().max())

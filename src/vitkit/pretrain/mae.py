@@ -43,11 +43,24 @@ def random_masking(tokens: Tensor, mask_ratio: float, noise: Tensor | None = Non
     return kept, mask.gather(1, restore), restore
 
 
+def patch_statistics(patches: Tensor) -> tuple[Tensor, Tensor]:
+    """Each patch's (mean, standard deviation) over its pixels (B, N, 1): what the normalised-pixel target removes."""
+    return patches.mean(dim=-1, keepdim=True), (patches.var(dim=-1, keepdim=True) + 1e-6).sqrt()
+
+
+def unpatchify(patches: Tensor, patch_size: tuple[int, int], grid_size: tuple[int, int]) -> Tensor:
+    """The inverse of :func:`~vitkit.model.patchify`: flattened patches (B, gh*gw, C*P*P) back to (B, C, H, W)."""
+    (ph, pw), (gh, gw) = patch_size, grid_size
+    channels = patches.shape[-1] // (ph * pw)
+    images = patches.reshape(patches.shape[0], gh, gw, channels, ph, pw).permute(0, 3, 1, 4, 2, 5)
+    return images.reshape(patches.shape[0], channels, gh * ph, gw * pw)
+
+
 def normalised_pixel_loss(images: Tensor, predictions: Tensor, mask: Tensor, patch_size: tuple[int, int]) -> Tensor:
     """Mean squared error on the hidden patches (``mask`` 1), against per-patch normalised pixels (B, N, C*P*P)."""
     target = patchify(images, patch_size)
-    mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
-    target = (target - mean) / (var + 1e-6).sqrt()
+    mean, std = patch_statistics(target)
+    target = (target - mean) / std
     per_patch = (predictions - target).pow(2).mean(dim=-1)
     return (per_patch * mask).sum() / mask.sum()
 
@@ -116,3 +129,20 @@ class MaskedAutoencoder(nn.Module):
         predictions = self.decode(encoded, restore)
         loss = normalised_pixel_loss(images, predictions, mask, self.encoder.config.patch_size)
         return loss, predictions, mask
+
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(the images with their hidden patches blanked, the visible patches with the decoder's predictions in the
+        hidden places), both (B, C, H, W) in the images' scale: each prediction takes its patch's own mean and spread
+        back, as the paper's pictures do."""
+        _, predictions, mask = self(images, noise)
+        config = self.encoder.config
+        patches = patchify(images, config.patch_size)
+        mean, std = patch_statistics(patches)
+        hidden = mask[..., None]
+        visible = patches * (1 - hidden)
+        pasted = visible + (predictions * std + mean) * hidden
+        return (
+            unpatchify(visible, config.patch_size, config.grid_size),
+            unpatchify(pasted, config.patch_size, config.grid_size),
+        )

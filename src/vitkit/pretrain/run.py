@@ -1,10 +1,13 @@
 """`vitkit pretrain`: a masked-autoencoder run on an image folder's pixels, written as a run folder.
 
 The data, the encoder's architecture, the optimizer and its schedule come from the same :class:`TrainConfig` and
-helpers as ``vitkit train`` (labels are not used); the folder holds ``train_config.json``, ``pretrain.json`` (the
-MAE settings and one record per epoch) and, once finished, the encoder as ``config.json`` + ``model.safetensors``,
-so that ``vitkit train --init-from RUN_DIR`` fine-tunes it (with a new head). Single process; an interrupted run
-starts again.
+helpers as ``vitkit train`` (labels are not used), and the run folder follows the same conventions:
+``train_config.json``; ``pretrain.json`` (the MAE settings and one record per epoch); the checkpoint pair
+(``last.safetensors`` + ``last_state.pt``, written atomically after every epoch, every ``save_every`` steps, at
+``steps`` and on Ctrl-C) from which ``--resume`` continues bit for bit on the CPU; ``metrics.jsonl`` / ``.csv`` and the
+loss and learning-rate plots; and, once finished, the encoder as ``config.json`` + ``model.safetensors``, so that
+``vitkit train --init-from RUN_DIR`` fine-tunes it (with a new head), and ``reconstructions.png``: a few held-out
+images, masked and reconstructed. Single process.
 """
 
 from __future__ import annotations
@@ -20,22 +23,30 @@ from typing import Any
 
 import torch
 
-from vitkit.io import write_json
+from vitkit.data import DataBundle
+from vitkit.io import read_json, write_json
 from vitkit.model import VisionTransformer
 from vitkit.pretrain.mae import MASK_RATIO, MaskedAutoencoder
 from vitkit.training import distributed
-from vitkit.training.config import TRAIN_CONFIG_FILE, TrainConfig
+from vitkit.training.checkpoint import checkpoint_step, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from vitkit.training.config import AUTO_RESUME, TRAIN_CONFIG_FILE, TrainConfig
+from vitkit.training.interrupts import TrainingInterrupted, stop_on_ctrl_c
 from vitkit.training.loaders import Loaders
 from vitkit.training.loop import determinism
-from vitkit.training.optim import build_scheduler
+from vitkit.training.metrics import MetricsLog
+from vitkit.training.optim import build_scheduler, lr_factor
 from vitkit.training.run import build_model, build_run_data, check_run_dir, prepare_config
 
 logger = logging.getLogger(__name__)
 
 PRETRAIN_FILE = "pretrain.json"
+RECONSTRUCTIONS_FILE = "reconstructions.png"
+RESUME_COMMAND = "vitkit pretrain"
 # Settings of a classification run that a masked autoencoder has no use for: changing one is an error, not ignored.
-CLASSIFICATION_ONLY = ("label_smoothing", "mixup", "cutmix", "init_from", "resume", "layer_decay", "freeze_blocks",
+CLASSIFICATION_ONLY = ("label_smoothing", "mixup", "cutmix", "init_from", "layer_decay", "freeze_blocks",
                        "linear_probe", "head_lr_scale", "lora_rank")  # fmt: skip
+# Settings of `vitkit train` that pre-training does not implement: refused rather than silently ignored.
+NOT_IN_PRETRAINING = ("shard_model", "compile", "grad_checkpointing", "amp", "decode", "ema_decay")
 
 
 @dataclass
@@ -55,6 +66,11 @@ class PretrainResult:
     encoder: VisionTransformer
 
 
+def saved_settings(run_dir: str | Path) -> MAESettings:
+    """The MAE settings a pre-training run folder was started with."""
+    return MAESettings(**read_json(Path(run_dir) / PRETRAIN_FILE)["mae"])
+
+
 def _param_groups(mae: MaskedAutoencoder, weight_decay: float) -> list[dict[str, Any]]:
     """The encoder's own decay / no-decay groups; the decoder's matrices decay, its vectors and mask token do not."""
     groups = mae.encoder.param_groups(weight_decay)
@@ -64,69 +80,203 @@ def _param_groups(mae: MaskedAutoencoder, weight_decay: float) -> list[dict[str,
     return groups
 
 
+def _start_or_resume(config: TrainConfig, settings: MAESettings) -> tuple[TrainConfig, bool]:
+    """The resolved settings and the prepared run folder; whether a checkpoint there is to be resumed."""
+    config = prepare_config(config)
+    if config.resume == AUTO_RESUME:  # the run folder's checkpoint if it has one, else a new run
+        has_checkpoint = checkpoint_step(config.run_dir) is not None
+        config = prepare_config(config.replace(resume=str(config.run_dir) if has_checkpoint else None))
+    run_dir = config.run_dir
+    resuming = config.resume is not None and checkpoint_step(run_dir) is not None
+    if config.resume is not None:
+        saved = saved_settings(run_dir)
+        if saved != settings:
+            raise ValueError(
+                f"cannot resume {run_dir} with other MAE settings ({dataclasses.asdict(saved)} -> "
+                f"{dataclasses.asdict(settings)}): the continued run would differ from the interrupted one"
+            )
+        if not resuming:
+            logger.warning("%s has no checkpoint (the run stopped before its first one): starting it from the "
+                           "beginning with its saved settings", run_dir)  # fmt: skip
+            config = config.replace(resume=None)
+    check_run_dir(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(config.to_dict(), run_dir / TRAIN_CONFIG_FILE)
+    if not resuming:
+        write_json({"mae": dataclasses.asdict(settings), "history": []}, run_dir / PRETRAIN_FILE)
+    return config, resuming
+
+
 def pretrain(
     config: TrainConfig,
     settings: MAESettings | None = None,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
 ) -> PretrainResult:
-    """Pre-train the encoder ``config`` describes as a masked autoencoder on ``config``'s training images."""
+    """Pre-train the encoder ``config`` describes as a masked autoencoder on ``config``'s training images; with
+    ``config.resume`` continue that run folder's last checkpoint (``settings`` must be the run's)."""
     settings = settings or MAESettings()
     defaults = TrainConfig()
     changed = [name for name in CLASSIFICATION_ONLY if getattr(config, name) != getattr(defaults, name)]
     if changed:
         raise ValueError(f"pretraining takes no {', '.join(changed)}: these settings are for classification runs")
-    config = prepare_config(config)
-    run_dir = config.run_dir
-    check_run_dir(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(config.to_dict(), run_dir / TRAIN_CONFIG_FILE)
-    ctx = distributed.DistContext()
-    device = distributed.pick_device(config.device, ctx)
-    history: list[dict[str, Any]] = []
+    missing = [name for name in NOT_IN_PRETRAINING if getattr(config, name) != getattr(defaults, name)]
+    if missing:
+        raise ValueError(f"pretraining does not implement {', '.join(missing)}: leave them at their defaults")
+    config, resuming = _start_or_resume(config, settings)
+    device = distributed.pick_device(config.device, distributed.DistContext())
     with determinism(config.deterministic, device):
         torch.manual_seed(config.seed)
         data = build_run_data(config)
         encoder = build_model(config, data)
-        mae = MaskedAutoencoder(encoder, **dataclasses.asdict(settings)).to(device)
-        loaders = Loaders(data, config.batch_size, config.accum_steps, config.workers, config.seed, ctx, device)
-        steps_per_epoch = loaders.micro_batches // config.accum_steps
-        if steps_per_epoch == 0:
+        run = _PretrainRun(config, settings, data, MaskedAutoencoder(encoder, **dataclasses.asdict(settings)), device)
+        if resuming:
+            run.restore()
+        return run.fit(on_epoch_end)
+
+
+class _PretrainRun:
+    """One pre-training run's state: the model, optimizer, schedule, progress and the epoch's running losses."""
+
+    def __init__(
+        self, config: TrainConfig, settings: MAESettings, data: DataBundle, mae: MaskedAutoencoder,
+        device: torch.device,
+    ) -> None:  # fmt: skip
+        self.config, self.settings, self.data, self.device = config, settings, data, device
+        self.run_dir = config.run_dir
+        self.mae = mae.to(device)
+        self.loaders = Loaders(data, config.batch_size, config.accum_steps, config.workers, config.seed,
+                               distributed.DistContext(), device)  # fmt: skip
+        self.steps_per_epoch = self.loaders.micro_batches // config.accum_steps
+        if self.steps_per_epoch == 0:
             raise ValueError(
                 f"{len(data.train)} training images are too few for one step of batch_size {config.batch_size}"
             )
-        total = config.epochs * steps_per_epoch
-        optimizer = torch.optim.AdamW(_param_groups(mae, config.weight_decay), lr=config.peak_lr, betas=(0.9, 0.95))
-        warmup = min(round(config.warmup_epochs * steps_per_epoch), total // 2)
-        scheduler = build_scheduler(optimizer, total, warmup, config.min_lr / config.peak_lr)
-        logger.info("pre-training a masked autoencoder (mask ratio %g) on %d images of %s for %d epochs; run folder %s",
-                    settings.mask_ratio, len(data.train), data.source, config.epochs, run_dir)  # fmt: skip
-        for epoch in range(config.epochs):
-            started, losses = time.perf_counter(), []
-            mae.train()
-            for micro, (images, _) in enumerate(loaders.epoch(epoch, 0)):
-                loss = mae(images.to(device))[0]
-                (loss / config.accum_steps).backward()
-                losses.append(loss.detach())
-                if (micro + 1) % config.accum_steps:
-                    continue
-                norm = torch.nn.utils.clip_grad_norm_(mae.parameters(), config.clip_grad or math.inf)
-                if not math.isfinite(norm.item()):
-                    raise ValueError(
-                        f"pre-training stopped: the gradient norm became {norm.item()} in epoch {epoch + 1}"
-                    )
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-            val_loss = _validation_loss(mae, loaders, config.seed)
-            train_loss = torch.stack(losses).mean().item()
-            elapsed = time.perf_counter() - started
-            record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "epoch_time_s": elapsed}
-            history.append(record)
-            write_json({"mae": dataclasses.asdict(settings), "history": history}, run_dir / PRETRAIN_FILE)
-            if on_epoch_end is not None:
-                on_epoch_end(record)
-    encoder.save_pretrained(run_dir)
-    return PretrainResult(run_dir, history, encoder)
+        total = config.epochs * self.steps_per_epoch
+        warmup = min(round(config.warmup_epochs * self.steps_per_epoch), total // 2)
+        min_ratio = config.min_lr / config.peak_lr
+        self.optimizer = torch.optim.AdamW(
+            _param_groups(self.mae, config.weight_decay), lr=config.peak_lr, betas=(0.9, 0.95)
+        )
+        self.scheduler = build_scheduler(self.optimizer, total, warmup, min_ratio)
+        self.lr_schedule = [config.peak_lr * lr_factor(s, total, warmup, min_ratio) for s in range(total)]
+        self.epoch = self.step = self.step_in_epoch = 0  # completed
+        self.history: list[dict[str, Any]] = []
+        self.losses: list[torch.Tensor] = []  # this epoch's, one per micro-batch
+        self.seconds = 0.0  # time spent in this epoch's steps
+        self.saved_step: int | None = None
+
+    def fit(self, on_epoch_end: Callable[[dict[str, Any]], None] | None) -> PretrainResult:
+        config, encoder = self.config, self.mae.encoder
+        logger.info("pre-training a masked autoencoder (mask ratio %g) on %d images of %s for %d epochs of %d steps; "
+                    "run folder %s", self.settings.mask_ratio, len(self.data.train), self.data.source, config.epochs,
+                    self.steps_per_epoch, self.run_dir)  # fmt: skip
+        if self.step:
+            logger.info("resuming at epoch %d, step %d", self.epoch + 1, self.step)
+        metrics = MetricsLog(self.run_dir, lr_schedule=self.lr_schedule, completed_steps=self.step,
+                             tensorboard=config.tensorboard, train_loss_label="train (hidden patches)")  # fmt: skip
+        with stop_on_ctrl_c() as ctrl_c_pressed:
+            for epoch in range(self.epoch, config.epochs):
+                self._train_epoch(epoch, ctrl_c_pressed)
+                if 0 < config.steps <= self.step:
+                    if self.saved_step != self.step:
+                        self._save_checkpoint()
+                    metrics.close()
+                    logger.info("stopped after %d optimizer step(s) (steps=%d): continue with `%s --resume %s "
+                                "--steps 0`", self.step, config.steps, RESUME_COMMAND, self.run_dir)  # fmt: skip
+                    return PretrainResult(self.run_dir, self.history, encoder)
+                record = self._end_epoch(epoch)
+                metrics.log_epoch(self.history)
+                if on_epoch_end is not None:
+                    on_epoch_end(record)
+        metrics.close()
+        encoder.save_pretrained(self.run_dir)
+        from vitkit.explain.report import write_reconstructions  # the pictures layer, loaded late
+
+        write_reconstructions(self.mae, self.data.val, self.run_dir / RECONSTRUCTIONS_FILE, seed=config.seed)
+        return PretrainResult(self.run_dir, self.history, encoder)
+
+    def _train_epoch(self, epoch: int, ctrl_c_pressed: Callable[[], bool]) -> None:
+        config, mae = self.config, self.mae
+        mae.train()
+        first = self.step_in_epoch * config.accum_steps  # micro-batches done before a resume
+        started = time.perf_counter()
+        batches = iter(()) if 0 < config.steps <= self.step else self.loaders.epoch(epoch, first)
+        for micro, (images, _) in enumerate(batches, start=first):
+            loss = mae(images.to(self.device))[0]
+            (loss / config.accum_steps).backward()
+            self.losses.append(loss.detach())
+            if (micro + 1) % config.accum_steps:
+                continue
+            norm = torch.nn.utils.clip_grad_norm_(mae.parameters(), config.clip_grad or math.inf)
+            if not math.isfinite(norm.item()):
+                raise ValueError(
+                    f"pre-training stopped: the gradient norm became {norm.item()} in epoch {epoch + 1}; {self._kept()}"
+                )
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            self.step += 1
+            self.step_in_epoch += 1
+            now = time.perf_counter()
+            self.seconds, started = self.seconds + now - started, now
+            if config.save_every and self.step % config.save_every == 0 and self.step_in_epoch < self.steps_per_epoch:
+                self._save_checkpoint()
+            if ctrl_c_pressed():
+                if self.saved_step != self.step:
+                    self._save_checkpoint()
+                raise TrainingInterrupted(
+                    f"interrupted by Ctrl-C after step {self.step} (epoch {epoch + 1}); the checkpoint is saved in "
+                    f"{self.run_dir}: continue with `{RESUME_COMMAND} --resume {self.run_dir}`"
+                )
+            if 0 < config.steps <= self.step:
+                break
+
+    def _end_epoch(self, epoch: int) -> dict[str, Any]:
+        """The epoch's record (validation loss under fixed masks), then the checkpoint and pretrain.json."""
+        count = len(self.losses) * self.config.batch_size
+        record = {
+            "epoch": epoch + 1, "step": self.step, "train_loss": torch.stack(self.losses).mean().item(),
+            "val_loss": _validation_loss(self.mae, self.loaders, self.config.seed),
+            "lr": self.lr_schedule[self.step - 1],
+            "images_per_s": count / max(self.seconds, 1e-9), "epoch_time_s": self.seconds,
+        }  # fmt: skip
+        self.history.append(record)
+        self.epoch, self.step_in_epoch, self.losses, self.seconds = epoch + 1, 0, [], 0.0
+        self._save_checkpoint()  # first the checkpoint, then the report: a reported epoch is never lost
+        write_json({"mae": dataclasses.asdict(self.settings), "history": self.history}, self.run_dir / PRETRAIN_FILE)
+        return record
+
+    def _kept(self) -> str:
+        if self.saved_step is None:
+            return "no checkpoint had been written yet"
+        return f"the last good checkpoint (step {self.saved_step}) in {self.run_dir} is kept"
+
+    def _save_checkpoint(self) -> None:
+        state = {
+            "epoch": self.epoch, "step": self.step, "step_in_epoch": self.step_in_epoch,
+            "steps_per_epoch": self.steps_per_epoch, "history": self.history, "seconds": self.seconds,
+            "losses": torch.stack(self.losses).cpu() if self.losses else torch.zeros(0),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(self.device),
+        }  # fmt: skip
+        save_checkpoint(self.run_dir, self.mae.state_dict(), state, command=RESUME_COMMAND)
+        self.saved_step = self.step
+
+    def restore(self) -> None:
+        """Continue from the run folder's last checkpoint."""
+        weights, state = load_checkpoint(self.run_dir)
+        if state["steps_per_epoch"] != self.steps_per_epoch:
+            raise ValueError(
+                f"cannot resume {self.run_dir}: it was trained with {state['steps_per_epoch']} steps per epoch, the "
+                f"data and batch size now give {self.steps_per_epoch} (did the data set change?)"
+            )
+        self.mae.load_state_dict(weights)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.step, self.step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
+        self.history, self.seconds, self.saved_step = state["history"], state["seconds"], state["step"]
+        self.losses = [loss.to(self.device) for loss in state["losses"]]
+        set_rng_state(state["rng"], self.device)
 
 
 @torch.no_grad()

@@ -49,8 +49,23 @@ _SHARDED_OLD = SHARDED_CHECKPOINT + ".old"
 _SHARDED_STATE = "trainer_state.pt"  # rank 0's part, written last
 
 
-def save_checkpoint(run_dir: Path, weights: dict[str, Tensor], state: dict[str, Any]) -> None:
-    """Write ``last.safetensors`` + ``last_state.pt`` so that a crash at any point leaves a consistent pair."""
+def rng_state(device: torch.device) -> dict[str, Tensor | None]:
+    """The global random streams a resumed run must continue: the CPU's and, on a GPU, the device's."""
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Continue the random streams :func:`rng_state` saved."""
+    torch.set_rng_state(state["cpu"])
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def save_checkpoint(
+    run_dir: Path, weights: dict[str, Tensor], state: dict[str, Any], command: str = "vitkit train"
+) -> None:
+    """Write ``last.safetensors`` + ``last_state.pt`` so that a crash at any point leaves a consistent pair
+    (``command``: what resumes the run, for the message when writing fails)."""
     checkpoint_id = uuid.uuid4().hex
     pending = run_dir / _PENDING_STATE
     try:
@@ -62,7 +77,7 @@ def save_checkpoint(run_dir: Path, weights: dict[str, Tensor], state: dict[str, 
         raise OSError(
             err.errno,
             f"could not write a checkpoint in {run_dir} ({err.strerror or err}); the previous checkpoint there is "
-            f"intact: free some space, then continue with `vitkit train --resume {run_dir}`",
+            f"intact: free some space, then continue with `{command} --resume {run_dir}`",
         ) from err
     os.replace(pending, run_dir / LAST_STATE)
 

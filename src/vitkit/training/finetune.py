@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from vitkit.io import load_safetensors, read_json, save_safetensors, write_json
-from vitkit.model import VisionTransformer
+from vitkit.model import VisionTransformer, ViTConfig
 from vitkit.model.lora import add_lora, merge_lora
+from vitkit.model.weights import CONFIG_FILE, WEIGHTS_FILE
 from vitkit.training.checkpoint import find_init_weights
 from vitkit.training.config import TrainConfig
 
@@ -119,9 +120,20 @@ def save_lora_run(
 def load_lora_model(run_dir: str | os.PathLike) -> VisionTransformer:
     """The adapted model of a LoRA run, rebuilt from its base weights and ``adapters.safetensors`` (not merged)."""
     run_dir = Path(run_dir)
+    if not (run_dir / LORA_FILE).is_file():
+        raise FileNotFoundError(
+            f"{run_dir} is not a LoRA run (it has no {LORA_FILE}, which `vitkit train --lora-rank` writes when the run "
+            f"finishes): its {WEIGHTS_FILE} is already a plain model"
+        )
     settings = read_json(run_dir / LORA_FILE)
-    model = VisionTransformer.from_pretrained(run_dir)  # the run's architecture; its weights are replaced below
-    base_path, base_config = find_init_weights(settings["base_weights"])
+    model = VisionTransformer(ViTConfig.from_dict(read_json(run_dir / CONFIG_FILE)))  # the run's architecture
+    try:
+        base_path, base_config = find_init_weights(settings["base_weights"])
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f"the base weights of the LoRA run {run_dir} ({settings['base_weights']}, named in its {LORA_FILE}) are "
+            f"gone ({err}); its {WEIGHTS_FILE} already holds the merged model"
+        ) from None
     model.load_weights(
         load_safetensors(base_path), source_grid=base_config.grid_size if base_config else None, strict_head=False
     )

@@ -36,9 +36,11 @@ from vitkit.training.checkpoint import (
     LAST_WEIGHTS,
     load_checkpoint,
     load_sharded_checkpoint,
+    rng_state,
     save_best,
     save_checkpoint,
     save_sharded_checkpoint,
+    set_rng_state,
 )
 from vitkit.training.config import TrainConfig
 from vitkit.training.cpu_kernels import CpuKernels
@@ -417,12 +419,8 @@ class Trainer:
         return loss / count, correct / count
 
     # --- checkpoints ----------------------------------------------------------------------------
-    def _rng_state(self) -> dict[str, Tensor | None]:
-        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
-        return {"cpu": torch.get_rng_state(), "cuda": cuda}
-
     def _save_checkpoint(self) -> None:
-        rng_states = distributed.gather_objects(self._rng_state(), self.ctx)  # every process's random stream
+        rng_states = distributed.gather_objects(rng_state(self.device), self.ctx)  # every process's random stream
         sums = distributed.gather_objects(self.sums.cpu(), self.ctx)  # and its share of the epoch's sums
         state = {
             "epoch": self.epoch, "step": self.step, "step_in_epoch": self.step_in_epoch,
@@ -467,10 +465,7 @@ class Trainer:
         self.best_acc, self.history, self.saved_step = state["best_acc"], state["history"], state["step"]
         self.sums, self.seconds = self._restored_sums(state["sums"]), state["seconds"]
         if len(state["rng"]) == self.ctx.world_size:
-            rng = state["rng"][self.ctx.rank]
-            torch.set_rng_state(rng["cpu"])
-            if rng["cuda"] is not None and self.device.type == "cuda":
-                torch.cuda.set_rng_state(rng["cuda"], self.device)
+            set_rng_state(state["rng"][self.ctx.rank], self.device)
         else:
             logger.warning(
                 "the checkpoint was written by %d process(es), this run has %d: the data order is kept, but dropout "

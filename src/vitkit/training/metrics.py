@@ -47,8 +47,12 @@ class MetricsLog:
     ``close``.
     """
 
-    def __init__(self, run_dir: Path, *, lr_schedule: Sequence[float], completed_steps: int, tensorboard: bool) -> None:
+    def __init__(
+        self, run_dir: Path, *, lr_schedule: Sequence[float], completed_steps: int, tensorboard: bool,
+        train_loss_label: str = "train (with label smoothing / mixing)",
+    ) -> None:  # fmt: skip
         self.run_dir = run_dir
+        self.train_loss_label = train_loss_label
         self.lr_schedule = lr_schedule
         self.history: list[dict[str, Any]] = []
         self.writer = _summary_writer(run_dir / "tensorboard", completed_steps) if tensorboard else None
@@ -105,15 +109,16 @@ class MetricsLog:
                 ax.plot(epochs, values, marker="o", markersize=3, label=label)
 
         fig, ax = _figure("loss", "epoch", "loss")
-        series(ax, "train_loss", "train (with label smoothing / mixing)")
+        series(ax, "train_loss", self.train_loss_label)
         series(ax, "val_loss", "validation")
         _save(fig, ax, self.run_dir / "loss.png")
 
-        fig, ax = _figure("accuracy", "epoch", "accuracy (%)")
-        series(ax, "train_acc", "train", 100)
-        series(ax, "val_acc", "validation", 100)
-        series(ax, "ema_val_acc", "validation, EMA weights", 100)
-        _save(fig, ax, self.run_dir / "accuracy.png")
+        if any(r.get("val_acc") is not None for r in history):  # a pre-training run has none
+            fig, ax = _figure("accuracy", "epoch", "accuracy (%)")
+            series(ax, "train_acc", "train", 100)
+            series(ax, "val_acc", "validation", 100)
+            series(ax, "ema_val_acc", "validation, EMA weights", 100)
+            _save(fig, ax, self.run_dir / "accuracy.png")
 
         fig, ax = _figure("learning rate", "optimizer step", "learning rate")
         stride = max(1, len(self.lr_schedule) // _MAX_PLOT_POINTS)
