@@ -7,7 +7,7 @@ of docs/commands/train.md (vit_pico_patch7_28 at 28 px, no flips or crops, light
 validation accuracy (EMA weights) on the folder's test/ images and the means; writes
 benchmarks/results/shards_accuracy.json.
 
-    python benchmarks/shards_accuracy.py [--seeds 0 1 2] [--epochs 15] [--train-per-class 200] [--shared]
+    python benchmarks/shards_accuracy.py [--seeds 0 1 2] [--epochs 20] [--train-per-class 200] [--shared]
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ def final_accuracy(data_dir: Path, seed: int, args: argparse.Namespace, out: Pat
     """(final validation accuracy of the saved weights, seconds) of one run."""
     config = TrainConfig(
         data_dir=str(data_dir), seed=seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        warmup_epochs=args.warmup_epochs, model=MODEL, image_size=(28, 28), augment=AUGMENT, cache="off", out=str(out),
-        progress=False, tensorboard=False,
+        warmup_epochs=args.warmup_epochs, model=MODEL, image_size=(28, 28), augment=AUGMENT, cache="off",
+        workers=args.workers, out=str(out), progress=False, tensorboard=False,
     )  # fmt: skip
     started = time.perf_counter()
     record = train(config).final
@@ -51,11 +51,12 @@ def final_accuracy(data_dir: Path, seed: int, args: argparse.Namespace, out: Pat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--train-per-class", type=int, default=200)
     parser.add_argument("--test-per-class", type=int, default=50)
     parser.add_argument("--shard-size", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2, help="data-loading processes of each run")
     parser.add_argument("--warmup-epochs", type=float, default=3.0)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--shared", action="store_true", help="say in the results that the machine was shared")
@@ -80,7 +81,7 @@ def main() -> None:
         "what": "final validation accuracy, 28x28 digits folder (make_digits_folder.py) against its shards, "
         "same recipe and seeds, both read per sample",
         "train_per_class": args.train_per_class, "test_per_class": args.test_per_class, "epochs": args.epochs,
-        "batch_size": args.batch_size, "warmup_epochs": args.warmup_epochs, "lr": args.lr,
+        "batch_size": args.batch_size, "workers": args.workers, "warmup_epochs": args.warmup_epochs, "lr": args.lr,
         "model": MODEL, "augment": AUGMENT, "shard_size": args.shard_size, "runs": rows,
         "folder_mean": statistics.mean(folder_accs), "shards_mean": statistics.mean(shard_accs),
         "folder_spread": max(folder_accs) - min(folder_accs), "shards_spread": max(shard_accs) - min(shard_accs),

@@ -255,19 +255,16 @@ def test_training_errors_are_messages_not_tracebacks(
 
 
 def test_console_script_and_python_m(tmp_path: Path) -> None:
-    """The installed `vitkit` script and `python -m vitkit` both run the CLI (as `make train` and torchrun use them)."""
-    listing = subprocess.run(
-        [sys.executable, "-m", "vitkit", "models"], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert listing.returncode == 0, listing.stderr
-    assert "vit_base_patch16_224" in listing.stdout and "86,567,656" in listing.stdout
-
-    script = Path(sys.executable).with_name("vitkit")
-    failed = subprocess.run(
-        [script, "evaluate", tmp_path / "missing"], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert failed.returncode == 2
-    assert failed.stderr.startswith("vitkit: error: run folder not found") and "Traceback" not in failed.stderr
+    """The installed `vitkit` script and `python -m vitkit` both run the CLI (as `make train` and torchrun use them);
+    the two run side by side."""
+    commands = [[sys.executable, "-m", "vitkit", "models"],
+                [Path(sys.executable).with_name("vitkit"), "evaluate", tmp_path / "missing"]]  # fmt: skip
+    processes = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands]
+    (listing, listing_err), (_, failed_err) = (process.communicate(timeout=120) for process in processes)
+    assert processes[0].returncode == 0, listing_err
+    assert "vit_base_patch16_224" in listing and "86,567,656" in listing
+    assert processes[1].returncode == 2
+    assert failed_err.startswith("vitkit: error: run folder not found") and "Traceback" not in failed_err
 
 
 def test_train_builds_a_multi_node_torchrun_command_that_torchrun_reads_back(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -285,6 +282,25 @@ def test_train_builds_a_multi_node_torchrun_command_that_torchrun_reads_back(mon
     assert (launch.min_nodes, launch.max_nodes, launch.nproc_per_node, launch.max_restarts) == (2, 4, 8, 3)
     assert (launch.rdzv_backend, launch.rdzv_endpoint, launch.run_id) == ("c10d", "node0:29400", "vitkit-big")
     assert launch.rdzv_configs["is_host"] == "false"  # node 1 joins the store node 0 hosts
+    assert [script, *script_args] == [sys.executable, "-u", "-m", "vitkit", "train", "--config", "settings.json"]
+
+
+def test_train_nproc_builds_a_standalone_torchrun_command_that_torchrun_reads_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--nproc N` on one machine: what differs from the several machines' command that
+    tests/training/test_distributed.py runs end to end (`vitkit train --nnodes 2`)."""
+    from torch.distributed.run import config_from_args, get_args_parser
+
+    from vitkit.cli.train import torchrun_command
+
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))  # torchrun's reading sets it
+    command = torchrun_command(cli.build_parser().parse_args(["train", "--nproc", "2"]), Path("settings.json"), "r")
+    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    args = get_args_parser().parse_args(command[3:])
+    assert args.standalone and args.rdzv_endpoint == ""
+    launch, script, script_args = config_from_args(args)
+    assert (launch.min_nodes, launch.max_nodes, launch.nproc_per_node, launch.max_restarts) == (1, 1, 2, 0)
     assert [script, *script_args] == [sys.executable, "-u", "-m", "vitkit", "train", "--config", "settings.json"]
 
 

@@ -7,7 +7,6 @@ that has its final name must be complete (writes go to a temporary file, are flu
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import gc
 import json
@@ -16,7 +15,6 @@ import multiprocessing.connection
 import os
 import random
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -36,6 +34,7 @@ RECIPE = dict(hidden_dim=16, depth=1, num_heads=2, mlp_dim=32, epochs=1, batch_s
               warmup_epochs=0.5, drop_path=0.1, progress=False, tensorboard=False,
               cache="off")  # fmt: skip  # DataLoader workers that can die (cached data needs none)
 KILLS = 5
+CTRL_C_STEP = 5
 
 
 def recipe(out: Path, **changes: object) -> TrainConfig:
@@ -47,11 +46,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The uninterrupted run every faulted run must end up equal to."""
+    """The uninterrupted run every faulted run must end up equal to. Checkpoints do not change what a run computes,
+    so it writes none but the end of its epoch's (as do the faulted runs once resumed for the last time)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return train(recipe(tmp_path_factory.mktemp("reference") / "run")).run_dir
+        return train(recipe(tmp_path_factory.mktemp("reference") / "run", save_every=0)).run_dir
     finally:
         torch.set_num_threads(threads)
 
@@ -80,14 +80,13 @@ def assert_no_half_written_file(run_dir: Path) -> int:
     return state["step"]
 
 
-def checkpoint_time(run_dir: Path) -> int | None:
-    with contextlib.suppress(FileNotFoundError):
-        return (run_dir / LAST_STATE).stat().st_mtime_ns
-    return None
-
-
 def resume(run_dir: Path, **changes: object):
     return train(load_train_config(run_dir).replace(resume=str(run_dir), **changes))
+
+
+def resume_to_the_end(run_dir: Path, **changes: object) -> None:
+    """Resume to the end of the run, without the checkpoint of every step (the reference has none either)."""
+    resume(run_dir, save_every=0, **changes)
 
 
 def _train_quietly(config: TrainConfig, steps: Connection) -> None:
@@ -122,7 +121,7 @@ def test_kill_9_at_random_moments_then_resume_loses_nothing(reference: Path, tmp
         steps.append(assert_no_half_written_file(run_dir))
         assert not (run_dir / "model.safetensors").exists(), "killed before the end"
     assert steps == sorted(steps) and len(set(steps)) == KILLS, f"each kill at a later step: {steps}"
-    resume(run_dir)
+    resume_to_the_end(run_dir)
     assert_nothing_lost(reference, run_dir)
 
 
@@ -151,33 +150,55 @@ def test_a_full_disk_while_saving_is_a_clear_error_and_the_previous_checkpoint_s
     monkeypatch.undo()
     assert assert_no_half_written_file(run_dir) == 29, "the checkpoint before the full disk"
     assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")], "no temporary file left behind"
-    resume(run_dir)
+    resume_to_the_end(run_dir)
     assert_nothing_lost(reference, run_dir)
+
+
+def _train_on_the_command_line(argv: list[str], output: Path, pause: Connection) -> None:
+    """The body of a forked child: `vitkit ARGV` as the command line runs it, its output written to ``output``.
+    After optimizer step CTRL_C_STEP it says so through ``pause`` and waits for the answer: the test presses Ctrl-C
+    meanwhile, so that the signal lands at a known step and the run never ends before it."""
+    from vitkit import cli, training
+
+    def wait_at_the_step(epoch: int, step: int, model: torch.nn.Module) -> None:
+        if step == CTRL_C_STEP:
+            pause.send(step)
+            pause.recv()
+
+    real_train = training.train
+    training.train = lambda config, **kwargs: real_train(config, on_step_end=wait_at_the_step, **kwargs)
+    with output.open("w") as sys.stderr:
+        sys.stdout = sys.stderr
+        sys.exit(cli.main(argv))
 
 
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(reference: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "interrupted"
     config_file = tmp_path / "recipe.json"
-    write_json(recipe(run_dir, save_every=50).to_dict(), config_file)
-    command = [sys.executable, "-m", "vitkit", "train", "--config", str(config_file)]
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    write_json(recipe(run_dir, save_every=0).to_dict(), config_file)  # the only checkpoint is Ctrl-C's
+    output = tmp_path / "output.txt"
+    fork = multiprocessing.get_context("fork")  # a real process, without paying for a fresh interpreter
+    pause, child_end = fork.Pipe()
+    child = fork.Process(target=_train_on_the_command_line, args=(["train", "--config", str(config_file)], output,
+                                                                  child_end))  # fmt: skip
+    child.start()
+    child_end.close()
     try:
-        deadline = time.monotonic() + 180
-        while checkpoint_time(run_dir) is None:  # the first checkpoint (step 50): training is under way
-            assert child.poll() is None, child.communicate()
-            assert time.monotonic() < deadline, "no checkpoint after 180 s"
-            time.sleep(0.01)
-        time.sleep(0.2)
-        child.send_signal(signal.SIGINT)
-        _, err = child.communicate(timeout=120)
+        ready = multiprocessing.connection.wait([pause, child.sentinel])  # the step is done, or the child ended
+        assert pause in ready, f"the run ended before step {CTRL_C_STEP}: {output.read_text()}"
+        assert pause.recv() == CTRL_C_STEP
+        os.kill(child.pid, signal.SIGINT)
+        pause.send("go on")
+        child.join(timeout=120)  # a hang guard
     finally:
-        with contextlib.suppress(ProcessLookupError):
+        if child.exitcode is None:
             child.kill()
-    assert child.returncode == 130, err
+            child.join()
+    err = output.read_text()
+    assert child.exitcode == 130, err
     assert "Traceback" not in err and f"vitkit train --resume {run_dir}" in err, err
-    saved_step = assert_no_half_written_file(run_dir)
-    assert f"after step {saved_step}" in err, err  # the checkpoint was written at the interruption
+    assert f"after step {CTRL_C_STEP}" in err, err  # the checkpoint was written at the interruption
+    assert assert_no_half_written_file(run_dir) == CTRL_C_STEP
     assert not (run_dir / "model.safetensors").exists()
     resume(run_dir)
     assert_nothing_lost(reference, run_dir)
@@ -204,5 +225,5 @@ def test_a_data_worker_that_dies_is_a_clear_error_and_the_checkpoint_stays_usabl
     del info  # its traceback keeps the data loader alive, and PyTorch would report the dead worker again
     gc.collect()
     assert assert_no_half_written_file(run_dir) >= 40
-    resume(run_dir, workers=0)
+    resume_to_the_end(run_dir, workers=0)
     assert_nothing_lost(reference, run_dir)

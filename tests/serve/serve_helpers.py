@@ -6,7 +6,6 @@ import contextlib
 import io
 import socket
 import threading
-import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -47,16 +46,26 @@ def running_server(app: object) -> Iterator[str]:
     """Run `app` on uvicorn in a thread, on a free port of 127.0.0.1; yield its base URL, stop it afterwards."""
     import uvicorn
 
+    settled = threading.Event()  # set once the server listens, or once its thread has ended (a failed start)
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            settled.set()
+
+    def serve() -> None:
+        try:
+            server.run(sockets=[sock])
+        finally:
+            settled.set()
+
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    server = Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start within 30 s")
-        time.sleep(0.02)
+    if not settled.wait(timeout=60) or not server.started:  # the timeout guards against a hang only
+        raise RuntimeError("the test server did not start")
     try:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:

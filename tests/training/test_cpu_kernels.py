@@ -144,3 +144,15 @@ def test_the_setting_decides_what_engages_and_says_why(monkeypatch) -> None:
 def test_forward_work_is_images_times_tokens_times_width() -> None:
     model = VisionTransformer(image_size=16, patch_size=4, num_classes=5, hidden_dim=48, depth=1, num_heads=3)
     assert forward_work(model, 8) == 8 * (16 + 1) * 48
+
+
+def test_a_resumed_run_keeps_the_recorded_decision_while_its_setting_and_device_stay() -> None:
+    cpu, decision = torch.device("cpu"), choose("on", torch.device("cpu"), small_vit(depth=1), 1)
+    record = decision.record("on", cpu)
+    kept = cpu_kernels.resumed(record, "on", cpu)
+    assert kept is not None and (kept.onednn_products, kept.recompute_gelu) == (
+        decision.onednn_products, decision.recompute_gelu
+    )  # fmt: skip
+    assert kept.reason == "cpu_kernels=on; as decided when the run started"
+    assert cpu_kernels.resumed(record, "auto", cpu) is None  # a changed setting decides anew
+    assert cpu_kernels.resumed(record, "on", torch.device("cuda")) is None

@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import select
 import shutil
 import signal
 import socket
+import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from training_helpers import (
+    DDP_RECIPE,
     assert_same_weights,
-    run_process_tree,
     started_process_trees,
     subprocess_env,
     tiny_config,
@@ -43,7 +45,7 @@ from vitkit.training.metrics import read_metrics
 from vitkit.training.optim import build_optimizer
 
 DDP_TOLERANCE = 5e-5
-RECIPE = dict(epochs=2, batch_size=64, accum_steps=2, drop_path=0.0, dropout=0.0, mixup=0.0, cutmix=0.0)
+RECIPE = DDP_RECIPE  # the runs here and conftest.py's `ddp_out` (2 processes on one node, started by torchrun)
 SAVE_EVERY = 3  # checkpoints at steps 3, 6, 9, 11 (epoch 1's end), 12, 15 ...: a killed worker costs at most 3 steps
 PAUSE_STEP = 16  # in epoch 2 (11 steps per epoch), one step after a checkpoint
 STEPS = 22
@@ -60,20 +62,6 @@ def config_file(out: Path, name: str, **changes: object) -> Path:
     path = out / f"{name}.json"
     write_json(tiny_config(out / name, **{**RECIPE, **changes}).to_dict(), path)
     return path
-
-
-@pytest.fixture(scope="module")
-def ddp_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The results of ddp_worker.py under `torchrun --nproc_per_node=2` (about 10 s)."""
-    out = tmp_path_factory.mktemp("ddp")
-    config_file = out / "ddp.json"
-    write_json(tiny_config(out / "ddp", **RECIPE).to_dict(), config_file)
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        str(Path(__file__).with_name("ddp_worker.py")), str(config_file), str(out),
-    ]  # fmt: skip
-    run_process_tree(command, timeout=300)
-    return out
 
 
 def test_processes_end_with_identical_weights(ddp_out: Path) -> None:
@@ -99,22 +87,19 @@ def test_distributed_resume_is_bitwise_identical(ddp_out: Path) -> None:
         assert_same_weights(load_safetensors(ddp_out / "ddp" / name), load_safetensors(ddp_out / "resumed" / name))
 
 
+def test_every_process_runs_rank_0s_cpu_kernels_decision(ddp_out: Path) -> None:
+    """ddp_worker.py makes each rank's own decision differ (rank 1's takes oneDNN): rank 0's is taken by both, and
+    the resumed run takes it back from the checkpoint."""
+    rank0 = ["rank 0's decision", "rank 0's decision; as decided when the run started"]
+    for rank in (0, 1):
+        assert json.loads((ddp_out / f"rank{rank}.json").read_text())["cpu_kernels"] == rank0
+
+
 def test_nan_on_one_process_stops_all_at_the_same_step(ddp_out: Path) -> None:
     outcomes = [json.loads((ddp_out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert outcomes[0]["step"] == outcomes[1]["step"] == 4
     assert "gradient norm became nan" in outcomes[0]["error"]  # rank 1's NaN reached it through the all-reduce
     assert "loss became nan" in outcomes[1]["error"]
-
-
-def test_nproc_starts_torchrun_itself(ddp_out: Path, tiny) -> None:
-    """`vitkit train --nproc 2` runs the same computation as torchrun started by hand."""
-    config = tiny("nproc", **RECIPE)
-    config_file = Path(config.out).parent / "nproc.json"
-    write_json(config.to_dict(), config_file)
-    run_process_tree([sys.executable, "-m", "vitkit", "-q", "train", "--nproc", "2", "--config", str(config_file)], 300)
-    run_dir = Path(config.out)
-    assert_same_weights(load_safetensors(ddp_out / "rank0.safetensors"), load_safetensors(run_dir / "last.safetensors"))
-    assert [r["epoch"] for r in read_metrics(run_dir)] == [1, 2]
 
 
 # --- several nodes ----------------------------------------------------------------------------------------------
@@ -123,7 +108,8 @@ def test_nproc_starts_torchrun_itself(ddp_out: Path, tiny) -> None:
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The run folder of `vitkit train --nnodes 2 --node-rank R --rdzv-endpoint ... --nproc 1` run as two agents
-    on this machine (about 15 s)."""
+    on this machine (about 15 s): the command line starting torchrun itself, as `--nproc N` does on one machine
+    (the torchrun command it builds is tested in tests/test_cli.py)."""
     out = tmp_path_factory.mktemp("nodes")
     settings, endpoint = config_file(out, "run", save_every=SAVE_EVERY), f"127.0.0.1:{free_port()}"
     agents = [
@@ -137,7 +123,8 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_two_nodes_match_two_processes_on_one_node(two_nodes: Path, ddp_out: Path) -> None:
-    """One process on each of two nodes computes what two processes on one node do (the same all-reduces)."""
+    """One process on each of two nodes, started by `vitkit train`, computes what two processes on one node started
+    by torchrun by hand do (the same all-reduces)."""
     last = load_safetensors(two_nodes / "last.safetensors")
     assert_same_weights(load_safetensors(ddp_out / "rank0.safetensors"), last)
     assert_same_weights(
@@ -146,31 +133,44 @@ def test_two_nodes_match_two_processes_on_one_node(two_nodes: Path, ddp_out: Pat
     assert without_timings(read_metrics(two_nodes)) == without_timings(read_metrics(ddp_out / "ddp"))
 
 
-def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_uninterrupted(two_nodes: Path, tmp_path: Path) -> None:
+def paused_worker(agents: list[subprocess.Popen]) -> int:
+    """The process id a worker prints on its agent's standard output (`paused PID`) once it has stopped at
+    PAUSE_STEP; fails if both agents' outputs end first (the agents ended)."""
+    outputs = {agent.stdout.fileno(): b"" for agent in agents if agent.stdout is not None}
+    while outputs:
+        ready, _, _ = select.select(list(outputs), [], [])  # blocks until a line or an end arrives
+        for fd in ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                del outputs[fd]
+                continue
+            outputs[fd] += chunk
+            paused = re.search(rb"^paused (\d+)$", outputs[fd], re.MULTILINE)
+            if paused:
+                return int(paused[1])
+    raise AssertionError("the agents ended before the worker paused")
+
+
+def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_uninterrupted(ddp_out: Path, tmp_path: Path) -> None:
     """torchrun started by hand on two nodes with --max-restarts 1; rank 1 is killed with SIGKILL in epoch 2. Both
-    worker groups restart, continue from the last checkpoint by themselves, and end with the uninterrupted weights."""
+    worker groups restart, continue from the last checkpoint by themselves, and end with the weights of the
+    uninterrupted run of 2 processes."""
     settings, endpoint = config_file(tmp_path, "run", save_every=SAVE_EVERY), f"127.0.0.1:{free_port()}"
-    pid_file = tmp_path / "paused.pid"
     agents = [
         [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
          f"--rdzv-endpoint={endpoint}", "--rdzv-id=kill-test", f"--rdzv-conf=is_host={str(rank == 0).lower()}",
-         "--max-restarts=1", str(Path(__file__).with_name("elastic_worker.py")), str(pid_file), str(PAUSE_STEP),
+         "--max-restarts=1", str(Path(__file__).with_name("elastic_worker.py")), str(PAUSE_STEP),
          "--config", str(settings)]
         for rank in (0, 1)
     ]  # fmt: skip
     env = torchrun_env(max_restarts=1)
-    with started_process_trees(agents, [{**env, **subprocess_env()}] * 2) as processes:
-        deadline = time.monotonic() + 300
-        while not pid_file.exists():  # the worker writes it when it has stopped at PAUSE_STEP
-            assert all(p.poll() is None for p in processes), "an agent ended before the worker paused"
-            assert time.monotonic() < deadline, "the worker never reached the pause"
-            time.sleep(0.05)
-        os.kill(int(pid_file.read_text()), signal.SIGKILL)
-        wait_for_success(processes, timeout=300)
-    run_dir = tmp_path / "run"
+    with started_process_trees(agents, [{**env, **subprocess_env()}] * 2, stdout=subprocess.PIPE) as processes:
+        os.kill(paused_worker(processes), signal.SIGKILL)
+        wait_for_success(processes, timeout=300)  # their remaining output is a few lines: the pipes never fill
+    run_dir, reference = tmp_path / "run", ddp_out / "ddp"
     for name in ("last.safetensors", "model.safetensors", "best.safetensors"):
-        assert_same_weights(load_safetensors(two_nodes / name), load_safetensors(run_dir / name))
-    assert without_timings(read_metrics(run_dir)) == without_timings(read_metrics(two_nodes))
+        assert_same_weights(load_safetensors(reference / name), load_safetensors(run_dir / name))
+    assert without_timings(read_metrics(run_dir)) == without_timings(read_metrics(reference))
 
 
 # --- a sharded model --------------------------------------------------------------------------------------------

@@ -4,36 +4,21 @@ divide evenly between them finish, and the trained run evaluates and predicts on
 from __future__ import annotations
 
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from test_resume import Crash, assert_same_run, crash_at, resume
-from training_helpers import run_process_tree, tiny_config, write_digit_folder
+from training_helpers import STREAMED
 
 from vitkit.cli import main
-from vitkit.data.shards import write_shards
-from vitkit.io import write_json
 from vitkit.training import train
 from vitkit.training.checkpoint import load_checkpoint
 from vitkit.training.metrics import read_metrics
 
-# 3 classes x 30 training images in shards of 40, 40 and 10; 21 validation images.
-STREAMED = {"batch_size": 16, "cache": "off", "drop_path": 0.1}
 
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(image folder, its shards)."""
-    root = tmp_path_factory.mktemp("shards")
-    folder = write_digit_folder(root / "folder", [0, 1, 2], per_class=30, size=16)
-    write_shards(folder, root / "shards", shard_size=40)
-    return folder, root / "shards"
-
-
-def test_a_run_on_shards_resumes_exactly_also_with_other_workers(digits: tuple[Path, Path], tiny) -> None:
-    shards = str(digits[1])
+def test_a_run_on_shards_resumes_exactly_also_with_other_workers(digit_shards: tuple[Path, Path], tiny) -> None:
+    shards = str(digit_shards[1])
     reference = train(tiny("reference", data_dir=shards, epochs=1, save_every=3, **STREAMED))
     assert reference.history[0]["step"] == 90 // 16  # every whole batch of the epoch, 10 samples left out
     crashed = tiny("crashed", data_dir=shards, epochs=1, save_every=3, **STREAMED)
@@ -46,14 +31,9 @@ def test_a_run_on_shards_resumes_exactly_also_with_other_workers(digits: tuple[P
 
 
 @pytest.fixture(scope="module")
-def two_process_run(digits: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`vitkit train --nproc 2` for one epoch on the 3 uneven shards (about 10 s)."""
-    out = tmp_path_factory.mktemp("nproc")
-    config = tiny_config(out / "run", data_dir=f"{digits[1]}/train-{{000000..000002}}.tar", epochs=1, **STREAMED)
-    write_json(config.to_dict(), out / "config.json")
-    command = [sys.executable, "-m", "vitkit", "-q", "train", "--nproc", "2", "--config", str(out / "config.json")]
-    run_process_tree(command, timeout=300)
-    return Path(config.out)
+def two_process_run(ddp_out: Path) -> Path:
+    """One epoch of 2 processes on the 3 uneven shards, run by the torchrun launch of conftest.py's `ddp_out`."""
+    return ddp_out / "uneven"
 
 
 def test_two_processes_on_uneven_shards_finish_the_epoch(two_process_run: Path) -> None:
@@ -63,9 +43,9 @@ def test_two_processes_on_uneven_shards_finish_the_epoch(two_process_run: Path) 
 
 
 def test_evaluate_and_predict_read_shards_as_the_folder(
-    two_process_run: Path, digits: tuple[Path, Path], capsys: pytest.CaptureFixture
+    two_process_run: Path, digit_shards: tuple[Path, Path], capsys: pytest.CaptureFixture
 ) -> None:
-    folder, shards = digits
+    folder, shards = digit_shards
 
     def run_json(*argv: str) -> list[dict]:
         assert main(list(argv)) == 0

@@ -15,8 +15,9 @@ from training_helpers import assert_same_weights, without_timings
 
 from vitkit.io import load_safetensors
 from vitkit.model import VisionTransformer
-from vitkit.training import TrainConfig, load_run, load_train_config, train
+from vitkit.training import TrainConfig, cpu_kernels, load_run, load_train_config, train
 from vitkit.training.checkpoint import load_checkpoint
+from vitkit.training.cpu_kernels import CpuKernels
 from vitkit.training.metrics import read_metrics
 
 
@@ -48,7 +49,7 @@ def assert_same_run(reference: Path, resumed: Path) -> None:
 def test_crash_mid_epoch_then_resume_is_bitwise_identical(tiny) -> None:
     # Every source of randomness at once: dropout, stochastic depth, MixUp/CutMix, augmentation, EMA.
     recipe = dict(epochs=3, save_every=5, mixup=0.2, cutmix=1.0, drop_path=0.1, dropout=0.1)
-    reference = train(tiny("reference", **recipe))
+    reference = train(tiny("reference", **{**recipe, "save_every": 0}))  # checkpoints change nothing it computes
     crashed = tiny("crashed", **recipe)
     steps_per_epoch = reference.history[0]["step"]
     crash_step = steps_per_epoch + 12  # mid-epoch 2, a few steps after a save_every checkpoint
@@ -96,8 +97,8 @@ def test_kill_9_mid_epoch_then_resume_is_bitwise_identical(tiny) -> None:
     _, state = load_checkpoint(Path(victim.out))
     assert state["epoch"] == 0 and state["step_in_epoch"] > 0
 
-    resumed = resume(Path(victim.out))
-    reference = train(tiny("reference", **recipe))
+    resumed = resume(Path(victim.out), save_every=0)  # checkpoints change nothing a run computes: the rest of the
+    reference = train(tiny("reference", **{**recipe, "save_every": 0}))  # epoch and the reference skip them
     assert_same_run(reference.run_dir, resumed.run_dir)
 
 
@@ -124,14 +125,41 @@ def test_a_finished_run_folder_is_not_overwritten(tiny) -> None:
 
 def test_resume_before_the_first_checkpoint_starts_over_with_the_saved_settings(tiny, caplog) -> None:
     """A run killed before its first checkpoint left only its settings: --resume trains it from the start."""
-    config = tiny("killed", epochs=1, lr=2e-3)
+    config = tiny("killed", epochs=1, steps=5, lr=2e-3)
     run_dir = Path(config.out)
     with pytest.raises(Crash):
-        train(config, on_step_end=crash_at(3))  # the first checkpoint comes at the end of the epoch
+        train(config, on_step_end=crash_at(3))  # the first checkpoint comes with the last step, the 5th
     assert not (run_dir / "last.safetensors").exists()
     with caplog.at_level("WARNING"):
-        resumed = resume(run_dir)
+        resume(run_dir)
     assert "has no checkpoint" in caplog.text and "starting it from the beginning" in caplog.text
     assert load_train_config(run_dir).lr == 2e-3
-    reference = train(tiny("reference", epochs=1, lr=2e-3))
-    assert_same_run(reference.run_dir, resumed.run_dir)
+    reference = train(tiny("reference", epochs=1, steps=5, lr=2e-3))
+    _, state = load_checkpoint(run_dir)
+    assert state["step"] == 5
+    assert_same_weights(load_safetensors(reference.run_dir / "last.safetensors"),
+                        load_safetensors(run_dir / "last.safetensors"))  # fmt: skip
+    assert_same_weights(load_checkpoint(reference.run_dir)[1]["ema"], state["ema"])
+
+
+def test_a_resumed_run_keeps_its_cpu_kernels_decision_unless_the_setting_changed(tiny, monkeypatch, caplog) -> None:
+    """A second timing of oneDNN may decide otherwise, and oneDNN sums in another order: the resumed run takes the
+    decision its checkpoint recorded; a changed --cpu-kernels decides anew."""
+    settings: list[str] = []
+
+    def choose(setting: str, *args: object) -> CpuKernels:
+        settings.append(setting)
+        return CpuKernels(onednn_products=False, recompute_gelu=True, reason=f"decision {len(settings)}")
+
+    monkeypatch.setattr(cpu_kernels, "choose", choose)
+    with caplog.at_level("INFO", logger="vitkit.training.loop"):
+        run = train(tiny(epochs=1, steps=1))
+        assert "CPU kernels: GELU outputs recomputed in the backward pass (decision 1)" in caplog.text
+        for steps in (2, 3):  # resumed twice: the decision stays the first one
+            caplog.clear()
+            resume(run.run_dir, steps=steps)
+            assert "(decision 1; as decided when the run started)" in caplog.text
+        caplog.clear()
+        resume(run.run_dir, steps=4, cpu_kernels="on")
+        assert "(decision 2)" in caplog.text
+    assert settings == ["auto", "on"]

@@ -15,6 +15,9 @@ import torch
 from vitkit.training import TrainConfig
 
 TINY = dict(hidden_dim=32, depth=2, num_heads=2, mlp_dim=64)
+# The runs of test_distributed.py: 2 epochs of 11 optimizer steps (1437 digits, 2 micro-batches of 32 per step).
+DDP_RECIPE = dict(epochs=2, batch_size=64, accum_steps=2, drop_path=0.0, dropout=0.0, mixup=0.0, cutmix=0.0)
+STREAMED = {"batch_size": 16, "cache": "off", "drop_path": 0.1}  # runs on the shards of `digit_shards`
 
 
 def tiny_config(out: Path, **changes: object) -> TrainConfig:
@@ -71,12 +74,16 @@ def write_digit_folder(root: Path, classes: list[int], per_class: int, size: int
 
 @contextlib.contextmanager
 def started_process_trees(
-    commands: list[list[str]], envs: list[dict[str, str]] | None = None
+    commands: list[list[str]], envs: list[dict[str, str]] | None = None, stdout: int | None = None
 ) -> Iterator[list[subprocess.Popen]]:
-    """Start commands side by side, each of which may start processes of its own (torchrun); when the block ends,
-    however it ends, none of their processes survives."""
+    """Start commands side by side, each of which may start processes of its own (torchrun), their standard output
+    going to ``stdout`` (subprocess.PIPE: read by the caller); when the block ends, however it ends, none of their
+    processes survives."""
     envs = envs or [subprocess_env()] * len(commands)
-    processes = [subprocess.Popen(c, env=env, start_new_session=True) for c, env in zip(commands, envs, strict=True)]
+    processes = [
+        subprocess.Popen(command, env=env, stdout=stdout, start_new_session=True)
+        for command, env in zip(commands, envs, strict=True)
+    ]
     try:
         yield processes
     finally:
@@ -84,6 +91,8 @@ def started_process_trees(
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
 
 
 def wait_for_success(processes: list[subprocess.Popen], timeout: float) -> None:

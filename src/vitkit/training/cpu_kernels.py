@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 # operator outweighs what the faster products and the smaller memory save.
 FAST_FORWARD_MIN_WORK = 500_000
 GELU_NODE = "GeluBackward0"  # the autograd node whose saved input and approximation make the recipe
+AS_STARTED = "; as decided when the run started"  # the end of a resumed run's reason
 
 
 @dataclass
@@ -152,6 +153,26 @@ class CpuKernels:
             self.recompute_gelu
         )
         return f"{' and '.join(parts) or 'none'} ({self.reason})"
+
+    def record(self, setting: str, device: torch.device) -> dict[str, Any]:
+        """The decision as a checkpoint keeps it, with the ``setting`` and device type it was made for: a resumed
+        run takes it back (:func:`resumed`) instead of timing oneDNN again."""
+        return {"setting": setting, "device": device.type, "onednn_products": self.onednn_products,
+                "recompute_gelu": self.recompute_gelu, "reason": self.reason}  # fmt: skip
+
+
+def resumed(record: dict[str, Any], setting: str, device: torch.device) -> CpuKernels | None:
+    """The decision a run's checkpoint recorded (:meth:`CpuKernels.record`), for the resumed run when its setting and
+    device type are those the decision was made for; None when they changed (the new setting decides anew).
+
+    oneDNN's products sum in another order than ``F.linear``'s, so a decision taken again (a new timing) could
+    change what the rest of the run computes; kept, the resumed run continues as it started, bit for bit.
+    """
+    if record.get("setting") != setting or record.get("device") != device.type:
+        return None
+    products = bool(record["onednn_products"]) and onednn_available()
+    recompute = bool(record["recompute_gelu"]) and gelu_recipes_work()
+    return CpuKernels(products, recompute, record["reason"].removesuffix(AS_STARTED) + AS_STARTED)
 
 
 def forward_work(model: VisionTransformer, images: int) -> int:

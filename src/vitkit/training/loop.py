@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from vitkit.data import DataBundle, build_batch_mixer
 from vitkit.evaluation import tally
 from vitkit.model import VisionTransformer
-from vitkit.training import distributed
+from vitkit.training import cpu_kernels, distributed
 from vitkit.training.checkpoint import (
     LAST_WEIGHTS,
     load_checkpoint,
@@ -43,7 +43,7 @@ from vitkit.training.checkpoint import (
     set_rng_state,
 )
 from vitkit.training.config import TrainConfig
-from vitkit.training.cpu_kernels import choose as choose_cpu_kernels
+from vitkit.training.cpu_kernels import CpuKernels
 from vitkit.training.distributed import DistContext
 from vitkit.training.interrupts import DataWorkerError, TrainingInterrupted, is_worker_death, stop_on_ctrl_c
 from vitkit.training.loaders import Loaders
@@ -140,7 +140,6 @@ class Trainer:
             # Weights are rank 0's (all processes built them from one seed); dropout, drop-path and mixing differ.
             torch.manual_seed(config.seed + ctx.rank)
         self.bf16 = use_bf16(config.amp, device)
-        self.cpu_kernels = choose_cpu_kernels(config.cpu_kernels, device, model, config.batch_size)
         self.mixer = (
             build_batch_mixer(config.mixup, config.cutmix, data.num_classes) if config.mixup or config.cutmix else None
         )
@@ -178,13 +177,25 @@ class Trainer:
         self.sums = self._zero_sums()
         self.seconds = 0.0  # time spent in this epoch's steps
         self.saved_step: int | None = None
-        if config.resume is not None:
-            self._restore()
+        recorded_kernels = self._restore() if config.resume is not None else None
+        self.cpu_kernels = self._decide_cpu_kernels(recorded_kernels)
         self.metrics = (
             MetricsLog(run_dir, lr_schedule=self.lr_schedule, completed_steps=self.step, tensorboard=config.tensorboard)
             if ctx.is_main
             else None
         )
+
+    def _decide_cpu_kernels(self, recorded: dict[str, Any] | None) -> CpuKernels:
+        """Rank 0's :func:`~vitkit.training.cpu_kernels.choose` for every process: oneDNN's timing differs between
+        processes, and processes that multiplied in different libraries would not compute what one process does. A
+        resumed run keeps the decision its checkpoint recorded (``recorded``) while its setting and device type are
+        unchanged."""
+        config, kernels = self.config, None
+        if self.ctx.is_main:
+            kernels = cpu_kernels.resumed(recorded, config.cpu_kernels, self.device) if recorded else None
+            if kernels is None:
+                kernels = cpu_kernels.choose(config.cpu_kernels, self.device, self.model, config.batch_size)
+        return cast(CpuKernels, distributed.broadcast_object(kernels, self.ctx))
 
     def _zero_sums(self) -> Tensor:
         """The epoch's running (loss sum, correct, count) on the device: read once, when the epoch ends."""
@@ -415,7 +426,7 @@ class Trainer:
             "epoch": self.epoch, "step": self.step, "step_in_epoch": self.step_in_epoch,
             "steps_per_epoch": self.steps_per_epoch, "best_acc": self.best_acc, "history": self.history,
             "sums": sums, "seconds": self.seconds, "scheduler": self.scheduler.state_dict(),
-            "rng": rng_states,
+            "rng": rng_states, "cpu_kernels": self.cpu_kernels.record(self.config.cpu_kernels, self.device),
         }  # fmt: skip
         if self.config.shard_model:  # every process writes its shards
             save_sharded_checkpoint(self.run_dir, self.model, self.optimizer, self.ema, state, self.ctx.is_main)
@@ -433,7 +444,9 @@ class Trainer:
             return shares[self.ctx.rank].to(self.device)
         return torch.stack(shares).sum(dim=0).to(self.device) if self.ctx.is_main else self._zero_sums()
 
-    def _restore(self) -> None:
+    def _restore(self) -> dict[str, Any] | None:
+        """Take the run's state back from its checkpoint; returns the CPU kernels decision it recorded (None in a
+        checkpoint written before decisions were recorded)."""
         if self.config.shard_model:
             state = load_sharded_checkpoint(self.run_dir, self.model, self.optimizer, self.ema)
         else:
@@ -459,3 +472,4 @@ class Trainer:
                 "and mixing draw new random numbers", len(state["rng"]), self.ctx.world_size,
             )  # fmt: skip
             torch.manual_seed(self.config.seed + self.ctx.rank + self.step)
+        return state.get("cpu_kernels")
