@@ -40,7 +40,7 @@ def final_accuracy(data_dir: Path, seed: int, args: argparse.Namespace, out: Pat
     config = TrainConfig(
         data_dir=str(data_dir), seed=seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         warmup_epochs=args.warmup_epochs, model=MODEL, image_size=(28, 28), augment=AUGMENT, cache="off",
-        workers=args.workers, out=str(out), progress=False, tensorboard=False,
+        workers=args.workers, auto_recipe=False, out=str(out), progress=False, tensorboard=False,
     )  # fmt: skip
     started = time.perf_counter()
     record = train(config).final
