@@ -52,7 +52,7 @@ def test_input_channels_and_size_are_checked():
     with pytest.raises(ValueError, match=r"expected images of size 8x8 \(height x width\), got 16x8"):
         model(torch.randn(1, 1, 16, 8))
     with pytest.raises(
-        ValueError, match=r"expected images of shape \(batch, channels, height, width\), got shape \(1, 8, 8\)"
+        ValueError, match=r"expected images of shape \(batch, channels, height, width\), got \(1, 8, 8\)"
     ):
         model(torch.randn(1, 8, 8))
     with pytest.raises(ValueError, match="expected 1 input channels"):

@@ -161,9 +161,8 @@ class VisionTransformer(nn.Module):
             else nn.Identity()
         )
         self.seq_pool = small_data.sequence_pooling(config)
-        self.head: nn.Module = (
-            nn.Linear(self.head_input_dim, config.num_classes) if config.num_classes else nn.Identity()
-        )
+        head = nn.Linear(self.head_input_dim, config.num_classes) if config.num_classes else nn.Identity()
+        self.head: nn.Module = head
         self.reset_parameters()
 
     # --- what the model is --------------------------------------------------------------------
@@ -206,9 +205,7 @@ class VisionTransformer(nn.Module):
     def check_input(self, images: Tensor) -> None:
         """Raise a ValueError that says expected vs. got, instead of a shape error deep inside."""
         if images.ndim != 4:
-            raise ValueError(
-                f"expected images of shape (batch, channels, height, width), got shape {tuple(images.shape)}"
-            )
+            raise ValueError(f"expected images of shape (batch, channels, height, width), got {tuple(images.shape)}")
         channels, height, width = images.shape[1:]
         if channels != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got {channels}")
@@ -223,9 +220,7 @@ class VisionTransformer(nn.Module):
         self.check_input(images)
         tokens = self.patch_embed(images)  # (B, num_patches, D)
         if self.config.class_token:
-            tokens = torch.cat(
-                [self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1
-            )  # (B, 1 + num_patches, D)
+            tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)  # CLS token first
         return self.pos_dropout(tokens + self.pos_embed)
 
     def forward_features(self, images: Tensor) -> Tensor:
@@ -296,10 +291,7 @@ class VisionTransformer(nn.Module):
                 no_decay.append(param)
             else:
                 decay.append(param)
-        return [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
     # --- changing size and classes, files (the fitting lives in model/weights.py) -------------------
     def set_image_size(self, image_size: int | Pair) -> None:
