@@ -111,3 +111,31 @@ def test_header_of_non_image_raises(tmp_path: Path) -> None:
     (tmp_path / "x.png").write_text("hello")
     with pytest.raises(ImageLoadError, match="x.png"):
         image_header(tmp_path / "x.png")
+
+
+def test_quick_check_reads_jpeg_headers_as_pillow_does_and_still_catches_cut_files(tmp_path: Path) -> None:
+    """The JPEG fast path (header bytes, no Pillow) gives Pillow's answer for grey, colour, CMYK, progressive and
+    EXIF-carrying JPEGs; a JPEG cut short, and one over Pillow's pixel limit, still fail naming the file."""
+    from vitkit.data.images import ImageTooLargeError, quick_check
+
+    rng = np.random.default_rng(0)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: the stored (not the upright) size is the header's, as Pillow reports it
+    cases = {"L": {}, "RGB": {"progressive": True}, "CMYK": {}, "RGB-exif": {"exif": exif.tobytes()}}
+    for name, options in cases.items():
+        mode = name.split("-")[0]
+        pixels = rng.integers(0, 256, (37, 53, len(mode)) if mode != "L" else (37, 53), dtype=np.uint8)
+        path = tmp_path / f"{name}.jpg"
+        Image.fromarray(pixels, mode).save(path, quality=90, **options)
+        assert quick_check(path) == image_header(path) == ((1 if mode == "L" else 3), (37, 53))
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes((tmp_path / "RGB.jpg").read_bytes()[:-200])
+    with pytest.raises(ImageLoadError, match="cut.jpg"):
+        quick_check(cut)
+    big = tmp_path / "big.jpg"
+    data = bytearray((tmp_path / "L.jpg").read_bytes())
+    frame = data.index(b"\xff\xc0") if b"\xff\xc0" in data else data.index(b"\xff\xc2")
+    data[frame + 5 : frame + 9] = (60000).to_bytes(2, "big") + (60000).to_bytes(2, "big")  # 3.6 gigapixels declared
+    big.write_bytes(bytes(data))
+    with pytest.raises(ImageTooLargeError, match="big.jpg"):
+        quick_check(big)

@@ -34,7 +34,15 @@ from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.v2 import functional as F
 
 from vitkit.data.augment_config import AugmentConfig
-from vitkit.data.images import ImageFile, convert_image, file_problem, load_error, open_image
+from vitkit.data.images import (
+    JPEG_HEADER_BYTES,
+    ImageFile,
+    convert_image,
+    file_problem,
+    jpeg_frame,
+    load_error,
+    open_image,
+)
 from vitkit.data.transforms import INTERPOLATIONS, resize_size
 from vitkit.model.config import to_pair
 
@@ -48,30 +56,8 @@ _RESAMPLE = {
 _DCT_SCALES = (8, 4, 2)
 _REDUCING_GAP = 3.0  # Pillow: shrink by whole factors first while at least 3x remains (within ~1 level of exact)
 _ORIENTATION = 0x0112
-_HEADER_BYTES = 1 << 16  # a JPEG's frame header follows its EXIF and other segments of up to 64 KiB
-_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOF0..SOF15 (C4, C8, CC are other segments)
 _TRANSPOSED = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
 Box = tuple[float, float, float, float]  # left, top, right, bottom in the upright image's pixels
-
-
-def jpeg_frame(header: bytes) -> tuple[int, int, int] | None:
-    """(width, height, components) from the frame header of a JPEG's first bytes, skipping the segments before it
-    (EXIF thumbnails included); None when the bytes are no JPEG or its frame header is not among them."""
-    if header[:2] != b"\xff\xd8":
-        return None
-    i = 2
-    while i + 10 <= len(header):
-        if header[i] != 0xFF:
-            return None
-        marker = header[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-        elif marker in _FRAME_MARKERS:
-            height, width = int.from_bytes(header[i + 5 : i + 7], "big"), int.from_bytes(header[i + 7 : i + 9], "big")
-            return width, height, header[i + 9]
-        else:
-            i += 2 + int.from_bytes(header[i + 2 : i + 4], "big")
-    return None
 
 
 class RegionDecoder:
@@ -151,7 +137,7 @@ class RegionDecoder:
         if problem is not None:
             raise load_error(path, problem)
         data = read_file(path)
-        size = jpeg_frame(data[:_HEADER_BYTES].numpy().tobytes())
+        size = jpeg_frame(data[:JPEG_HEADER_BYTES].numpy().tobytes())
         if size is None:
             return None
         width, height, components = size
