@@ -298,8 +298,9 @@ def _tail(path: str | os.PathLike) -> bytes:
 def _jpeg_quick_check(path: str | os.PathLike) -> tuple[int, tuple[int, int]] | None:
     """quick_check's answer for a sound JPEG under Pillow's pixel limit, from its bytes; None for anything else
     (not a JPEG, a frame header not found, too many pixels, no end marker, not a readable regular file), which
-    Pillow then checks and explains."""
-    if file_problem(Path(path)) is not None:
+    Pillow then checks and explains. Only files named like JPEGs are tried, so that other files are not stat'ed
+    twice."""
+    if os.path.splitext(path)[1].lower() not in (".jpg", ".jpeg") or file_problem(Path(path)) is not None:
         return None
     with open(path, "rb") as file:
         head = file.read(JPEG_HEADER_BYTES)
