@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from vitkit.data.augment_config import default_augment
 from vitkit.data.decode import train_decoder
 from vitkit.data.folder_index import FolderIndex
-from vitkit.data.images import find_image_files
+from vitkit.data.images import image_file_paths
 from vitkit.data.seeded import SeededTransformDataset
 from vitkit.data.sources import FOLDER_STATISTICS_SAMPLES, ClassFolder
 from vitkit.data.transforms import build_train_transform, compute_mean_std
@@ -53,8 +53,8 @@ def startup_seconds(data_dir: str | os.PathLike, workers: int, image_size: int =
     the user's index is neither read nor changed.
     """
     root = _train_dir(Path(data_dir))
-    scan, paths = _seconds(lambda: [str(p) for c in sorted(os.scandir(root), key=lambda e: e.name) if c.is_dir()
-                                    for p in find_image_files(c.path)[0]])  # fmt: skip
+    scan, paths = _seconds(lambda: [p for c in sorted(os.scandir(root), key=lambda e: e.name) if c.is_dir()
+                                    for p in image_file_paths(c.path)[0]])  # fmt: skip
     with tempfile.TemporaryDirectory() as cache:
         check, _ = _seconds(lambda: FolderIndex(root, cache).check(paths, workers))
         check_again, _ = _seconds(lambda: FolderIndex(root, cache).check(paths, workers))
