@@ -33,9 +33,13 @@ def cli_config(*argv: str) -> TrainConfig:
 
 def test_small_grey_images_get_glyph_settings_and_a_4x4_patch_grid() -> None:
     recipe = choose_recipe(FolderFacts(channels=1, side=28, images=7000, classes=10))
-    # 7000 images in batches of 64: 109 steps an epoch; 5500 steps take ceil(50.5) = 51 epochs.
+    # 7000 images in batches of 64: 109 steps an epoch; 6500 steps take ceil(59.6) = 60 epochs.
     assert recipe == {"model": "vit_digits", "image_size": (28, 28), "patch_size": (7, 7), "drop_path": 0.0,
-                      "epochs": 51, **GLYPH_AUGMENT}  # fmt: skip
+                      "epochs": 60, **GLYPH_AUGMENT}  # fmt: skip
+    # The same number of steps whatever the folder's size: 8000 images (125 steps an epoch) train ceil(52.0) = 52
+    # epochs, and a larger batch takes fewer steps an epoch, so more epochs: 7000 / 128 -> 54 steps, ceil(120.4).
+    assert choose_recipe(FolderFacts(channels=1, side=28, images=8000, classes=10))["epochs"] == 52
+    assert choose_recipe(FolderFacts(channels=1, side=28, images=7000, classes=10), batch_size=128)["epochs"] == 121
     # At 28 px the rule builds the registry's vit_pico_patch7_28; on 8x8 images, vit_digits itself (2x2 patches).
     assert get_config(recipe["model"], image_size=28, patch_size=7) == get_config("vit_pico_patch7_28")
     eight = choose_recipe(FolderFacts(channels=1, side=8, images=1437, classes=10))

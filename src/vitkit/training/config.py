@@ -107,7 +107,7 @@ class TrainConfig:
     )  # fmt: skip
     auto_recipe: bool = _flag(
         True, "choose the model, image size, epochs and augmentation from what an image folder holds (small grey "
-        "images: no flips or hard crops, a 4x4-patch ViT with a convolutional stem, epochs from the number of "
+        "images: no flips or hard crops, a small ViT on a 4x4 grid of patches, epochs from the number of "
         "images; photos: the defaults); settings given win. --no-auto-recipe: the fixed defaults",
     )  # fmt: skip
     recipe: dict[str, Any] | None = field(
