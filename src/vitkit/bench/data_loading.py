@@ -28,8 +28,8 @@ from vitkit.data.decode import train_decoder
 from vitkit.data.folder_index import FolderIndex
 from vitkit.data.images import image_file_paths
 from vitkit.data.seeded import SeededTransformDataset
-from vitkit.data.sources import FOLDER_STATISTICS_SAMPLES, ClassFolder
-from vitkit.data.transforms import build_train_transform, compute_mean_std
+from vitkit.data.sources import ClassFolder, folder_mean_std
+from vitkit.data.transforms import build_train_transform
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -59,7 +59,7 @@ def startup_seconds(data_dir: str | os.PathLike, workers: int, image_size: int =
         check, _ = _seconds(lambda: FolderIndex(root, cache).check(paths, workers))
         check_again, _ = _seconds(lambda: FolderIndex(root, cache).check(paths, workers))
         folder = _with_cache(cache, lambda: ClassFolder(root, workers=workers))
-        stats, _ = _seconds(lambda: compute_mean_std(folder, image_size, 3, FOLDER_STATISTICS_SAMPLES, workers=workers))
+        stats, _ = _seconds(lambda: folder_mean_std(folder, (image_size, image_size), 3, workers=workers))
     return {"files": len(paths), "scan_s": scan, "check_s": check, "statistics_s": stats,
             "check_with_index_s": check_again}  # fmt: skip
 
