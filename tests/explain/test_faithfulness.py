@@ -9,7 +9,7 @@ from torch import Tensor
 
 from vitkit import VisionTransformer
 from vitkit.explain import deletion_insertion
-from vitkit.explain.faithfulness import RANDOM_ORDER, baseline_images, summary
+from vitkit.explain.faithfulness import RANDOM_ORDER, baseline_images, compare_methods, summary
 
 PATCH = 4  # the one patch the model reads: row 1, column 1 of a 2 x 3 grid of 2 x 2 patches
 
@@ -65,6 +65,27 @@ def test_deleting_the_patch_the_model_reads_drops_the_probability_at_once() -> N
     scores = summary(curves)
     assert scores["first"]["deletion_auc"] == pytest.approx(curves["first"].deletion_auc.mean().item())
     assert scores["first"]["images"] == 4
+
+
+def test_compare_methods_scores_the_methods_it_is_given() -> None:
+    model, images = one_patch_model(), images_with_a_bright_patch()
+    explained: list[Tensor] = []
+
+    def right_patch_first(model: VisionTransformer, images: Tensor, target: Tensor) -> Tensor:
+        explained.append(target)
+        ranking = torch.zeros(len(images), 2, 3)
+        ranking[:, 1, 1] = 1.0
+        return ranking
+
+    curves = compare_methods(model, images, steps=6, baseline="mean", batch_size=3,
+                             methods={"right patch first": right_patch_first})  # fmt: skip
+    assert list(curves) == ["right patch first", RANDOM_ORDER]
+    # Called per batch of 3 with the predicted class, 0 (logit 0 is a positive sum, logit 1 is 0).
+    assert [t.tolist() for t in explained] == [[0, 0, 0], [0]]
+    # By hand, as above: the probability falls from sigmoid(sum of the patch) to sigmoid(4 * mean) at the first step.
+    whole = torch.sigmoid(images[:, 0, 2:4, 2:4].sum(dim=(1, 2))).double()
+    gone = torch.sigmoid(4 * images.mean()).double().expand(4)
+    torch.testing.assert_close(curves["right patch first"].deletion, torch.stack([whole] + [gone] * 6, dim=1))
 
 
 def test_fewer_steps_than_patches_remove_several_at_a_time() -> None:

@@ -17,7 +17,7 @@ measures what the blur leaves rather than what the map ranks.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -30,8 +30,10 @@ from vitkit.model import VisionTransformer, ViTConfig
 
 BASELINES = ("rise", "blur", "mean")
 DEFAULT_BASELINE = "rise"  # deletion to the data's mean colour, insertion from the blurred image
-# The maps compared, by the name the report and the JSON file give them; each takes (model, images, target).
-METHODS = {
+# A map method: (model, images (B, C, H, W), target classes (B,)) -> (B, gh, gw) patch scores.
+Method = Callable[[VisionTransformer, Tensor, Tensor], Tensor]
+# The maps compared, by the name the report and the JSON file give them.
+METHODS: dict[str, Method] = {
     "last-block attention": lambda model, images, target: explain_maps.last_block_attention(model, images),
     "attention rollout": lambda model, images, target: explain_maps.attention_rollout(model, images),
     "Grad-CAM": explain_maps.grad_cam,
@@ -203,11 +205,13 @@ def compare_methods(
     seed: int = 0,
     batch_size: int = 64,
     random_orders: int = 1,
+    methods: Mapping[str, Method] = METHODS,
 ) -> dict[str, Curves]:
-    """Deletion and insertion curves of every map in :data:`METHODS` and of a random order, on the same images.
+    """Deletion and insertion curves of every map of ``methods`` (by name) and of a random order, on the same images.
 
     The maps explain ``target`` (default: the predicted class), and the curves record its probability. Maps and
-    curves are computed ``batch_size`` images at a time.
+    curves are computed ``batch_size`` images at a time. ``methods`` can add yardsticks of one's own to
+    :data:`METHODS`, such as a map that ranks the patches by the image alone.
     """
     device = next(model.parameters()).device
     with evaluating(model), torch.no_grad():
@@ -220,7 +224,7 @@ def compare_methods(
                 for i in range(0, len(images), batch_size)
             ]
         )  # fmt: skip
-        for name, method in METHODS.items()
+        for name, method in methods.items()
     }
     return deletion_insertion(model, images, named, steps, baseline, targets, seed, batch_size, random_orders)
 
