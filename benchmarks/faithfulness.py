@@ -158,11 +158,9 @@ def main() -> None:
                 write_folder(folder / "train", size=64, per_class=SHAPES_PER_CLASS, seed=0)
         shapes = args.shapes_run or train(args.work / "shapes-run", ["--data-dir", str(folder), *SHAPES_TRAINING])
         runs.append(("ViT-Ti/16 at 64 px on the shapes folder", shapes))
-    scored = {label for label, _ in runs}
-    kept = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    rows = [row for row in kept.get("results", []) if row["model"] not in scored]
-    init_rows = [row for row in kept.get("random_inits", []) if row["model"] not in scored]
-    models = [kept_model for kept_model in kept.get("models", []) if kept_model["model"] not in scored]
+    models: list[dict] = []
+    rows: list[dict] = []
+    init_rows: list[dict] = []
     for label, run in runs:
         model = VisionTransformer.from_pretrained(run).eval()
         images, labels = held_out_images(run, model, args.max_images)
@@ -183,6 +181,12 @@ def main() -> None:
             init_rows += [{**row, "init_seed": seed} for row in scored_init]
             per_init.append(scored_init)
         rows += across_inits(per_init, "random init")
+    # Read at the end, so that runs scoring other models into the same file at the same time keep each other's rows.
+    scored = {label for label, _ in runs}
+    kept = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    models = [row for row in kept.get("models", []) if row["model"] not in scored] + models
+    rows = [row for row in kept.get("results", []) if row["model"] not in scored] + rows
+    init_rows = [row for row in kept.get("random_inits", []) if row["model"] not in scored] + init_rows
     record = {
         "description": "Deletion AUC (lower is better) and insertion AUC (higher is better) of each map on the "
         "held-out split, against a random patch order (the mean of four permutations per image); gains are over "
