@@ -5,9 +5,9 @@ a photo-like folder that benchmarks/make_shapes_folder.py draws), on its held-ou
 insertion AUC of the random order, the last block's attention, attention rollout, Grad-CAM and transformer
 attribution, and each map's gain over the random order with its standard error (paired, over the images; the
 random order is the mean of four permutations per image). Baselines: "rise" (deletion to the data's mean colour,
-insertion from the blurred image, the default of `vitkit explain`), then "blur" and "mean" for both curves. A
-model-free map, each patch's distance from the mean colour that deletion puts in its place, is scored beside the
-model's maps: what a map gains over it is what it knows of the model beyond the image. The same architecture with
+insertion from the blurred image, the default of `vitkit explain`), then "blur" and "mean" for both curves. The
+model-free patch contrast (each patch's distance from the mean colour that deletion puts in its place) is among the
+maps: what a map gains over it is what it knows of the model beyond the image. The same architecture with
 random weights is scored too, ``--random-inits`` initialisations on the first ``--random-init-images`` images: a
 faithful score must not credit a map of an untrained model, and the spread of a map's gain across initialisations
 is the noise it is judged against. Writes benchmarks/results/faithfulness.json; the docs' tables are generated
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from vitkit import VisionTransformer, training
-from vitkit.explain.faithfulness import BASELINES, METHODS, RANDOM_ORDER, baseline_images, compare_methods
+from vitkit.explain.faithfulness import BASELINES, RANDOM_ORDER, compare_methods
 
 RESULTS = Path(__file__).parent / "results" / "faithfulness.json"
 RANDOM_ORDERS = 4  # permutations per image averaged into the random order's curves: a less noisy yardstick
@@ -62,29 +62,14 @@ def held_out_images(run: Path, model: VisionTransformer, limit: int) -> tuple[to
     return torch.stack([image for image, _ in samples]), torch.tensor([int(label) for _, label in samples])
 
 
-CONTRAST = "patch contrast (model-free)"
-GAIN_FIELDS = ("deletion_auc", "insertion_auc", "deletion_gain", "insertion_gain", "probability_whole",
+AVERAGED_FIELDS = ("deletion_auc", "insertion_auc", "deletion_gain", "insertion_gain", "probability_whole",
                "probability_all_deleted", "probability_insertion_start")  # fmt: skip
-
-
-def patch_contrast(model: VisionTransformer, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """(B, gh, gw): each patch's root-mean-square distance from the data's mean colour, the image alone.
-
-    Deleting a patch puts that colour in its place, so this ranks first the patches whose deletion changes the
-    model's input most, whatever the model: a yardstick for how much of a map's gain the image explains."""
-    config = model.config
-    normalised = config.mean is not None and config.std is not None
-    distance = (images - baseline_images(images, config.patch_size, "mean", normalised)).pow(2).mean(dim=1)
-    (gh, gw), (ph, pw) = config.grid_size, config.patch_size
-    patches = distance[:, : gh * ph, : gw * pw].reshape(len(images), gh, ph, gw, pw)
-    return patches.mean(dim=(2, 4)).sqrt().cpu()
 
 
 def score(model: VisionTransformer, images: torch.Tensor, label: str, weights: str, baseline: str) -> list[dict]:
     """One row per map: mean AUCs over the images and the paired gain over the random order (mean, standard error),
     and the explained class's probability on the whole image, with every patch deleted and where insertion starts."""
-    methods = {**METHODS, CONTRAST: patch_contrast}
-    curves = compare_methods(model, images, baseline=baseline, random_orders=RANDOM_ORDERS, methods=methods)
+    curves = compare_methods(model, images, baseline=baseline, random_orders=RANDOM_ORDERS)
     random = curves[RANDOM_ORDER]
     rows = []
     for name, c in curves.items():
@@ -115,7 +100,7 @@ def across_inits(per_init: list[list[dict]], weights: str) -> list[dict]:
         gains = {kind: torch.tensor([row[f"{kind}_gain"] for row in same_map]) for kind in ("deletion", "insertion")}
         inits = len(same_map)
         row = {**same_map[0], "weights": weights, "inits": inits}
-        row.update({field: round(sum(r[field] for r in same_map) / inits, 4) for field in GAIN_FIELDS})
+        row.update({field: round(sum(r[field] for r in same_map) / inits, 4) for field in AVERAGED_FIELDS})
         row.update({f"{kind}_gain_se": round((g.std() / inits**0.5).item(), 4) for kind, g in gains.items()})
         rows.append(row)
     return rows

@@ -9,7 +9,14 @@ from torch import Tensor
 
 from vitkit import VisionTransformer
 from vitkit.explain import deletion_insertion
-from vitkit.explain.faithfulness import RANDOM_ORDER, baseline_images, compare_methods, summary
+from vitkit.explain.faithfulness import (
+    METHODS,
+    PATCH_CONTRAST,
+    RANDOM_ORDER,
+    baseline_images,
+    patch_contrast,
+    summary,
+)
 
 PATCH = 4  # the one patch the model reads: row 1, column 1 of a 2 x 3 grid of 2 x 2 patches
 
@@ -67,25 +74,21 @@ def test_deleting_the_patch_the_model_reads_drops_the_probability_at_once() -> N
     assert scores["first"]["images"] == 4
 
 
-def test_compare_methods_scores_the_methods_it_is_given() -> None:
-    model, images = one_patch_model(), images_with_a_bright_patch()
-    explained: list[Tensor] = []
-
-    def right_patch_first(model: VisionTransformer, images: Tensor, target: Tensor) -> Tensor:
-        explained.append(target)
-        ranking = torch.zeros(len(images), 2, 3)
-        ranking[:, 1, 1] = 1.0
-        return ranking
-
-    curves = compare_methods(model, images, steps=6, baseline="mean", batch_size=3,
-                             methods={"right patch first": right_patch_first})  # fmt: skip
-    assert list(curves) == ["right patch first", RANDOM_ORDER]
-    # Called per batch of 3 with the predicted class, 0 (logit 0 is a positive sum, logit 1 is 0).
-    assert [t.tolist() for t in explained] == [[0, 0, 0], [0]]
-    # By hand, as above: the probability falls from sigmoid(sum of the patch) to sigmoid(4 * mean) at the first step.
-    whole = torch.sigmoid(images[:, 0, 2:4, 2:4].sum(dim=(1, 2))).double()
-    gone = torch.sigmoid(4 * images.mean()).double().expand(4)
-    torch.testing.assert_close(curves["right patch first"].deletion, torch.stack([whole] + [gone] * 6, dim=1))
+def test_patch_contrast_is_each_patchs_distance_from_the_mean_colour() -> None:
+    # A normalised input (the model has a mean and std): the mean colour is 0. Patch (0, 2) alternates +-1, patch
+    # (1, 0) is 2 everywhere, the rest 0: root-mean-square distances 1 and 2, whatever the target.
+    images = torch.zeros(1, 1, 4, 6)
+    images[0, 0, 0:2, 4:6] = torch.tensor([[1.0, -1.0], [-1.0, 1.0]])
+    images[0, 0, 2:4, 0:2] = 2.0
+    expected = torch.tensor([[[0.0, 0.0, 1.0], [2.0, 0.0, 0.0]]])
+    torch.testing.assert_close(patch_contrast(one_patch_model(mean=(0.5,), std=(0.25,)), images), expected)
+    # Without normalisation, the distance is from the images' mean colour, 8 / 24 = 1/3 here (and shifting every
+    # pixel changes nothing): (+-1 - 1/3) squared averages 10/9, (2 - 1/3) is 5/3, the flat patches are 1/3 away.
+    third = 1 / 3
+    unnormalised = torch.tensor([[[third, third, 10**0.5 * third], [5 * third, third, third]]])
+    torch.testing.assert_close(patch_contrast(one_patch_model(), images), unnormalised)
+    torch.testing.assert_close(patch_contrast(one_patch_model(), images + 0.75), unnormalised)
+    assert METHODS[PATCH_CONTRAST] is patch_contrast  # scored beside the maps by compare_methods
 
 
 def test_fewer_steps_than_patches_remove_several_at_a_time() -> None:
