@@ -36,7 +36,9 @@ from vitkit.pretrain.run import MAESettings, pretrain
 from vitkit.training import TrainConfig, train
 
 RESULTS = Path(__file__).resolve().parent / "results" / "mae.json"
-PRETRAIN_EPOCHS, FINETUNE_EPOCHS = 60, 40
+TOTAL_EPOCHS = 100  # of training from scratch; MAE's pre-training and fine-tuning epochs add up to it
+PRETRAIN_EPOCHS = 60
+FINETUNE_EPOCHS = TOTAL_EPOCHS - PRETRAIN_EPOCHS
 LABELLED_SHARE = 0.1
 BATCH_SIZE = 13  # the 143 labelled images in 11 whole batches
 LAYER_DECAY = 0.75
@@ -64,9 +66,8 @@ def run_seed(seed: int, root: Path) -> dict:
     mae_s = time.perf_counter() - started
     tuned = train(TrainConfig.from_dict(dict(labelled, init_from=str(mae.run_dir), lr=1e-3, layer_decay=LAYER_DECAY,
                                              epochs=FINETUNE_EPOCHS, out=str(root / "tuned"))))  # fmt: skip
-    total = PRETRAIN_EPOCHS + FINETUNE_EPOCHS
-    scratch = train(TrainConfig.from_dict(dict(labelled, epochs=total, out=str(root / "scratch"))))
-    same = train(TrainConfig.from_dict(dict(labelled, model="vit_digits", epochs=total, out=str(root / "same"))))
+    scratch = train(TrainConfig.from_dict(dict(labelled, epochs=TOTAL_EPOCHS, out=str(root / "scratch"))))
+    same = train(TrainConfig.from_dict(dict(labelled, model="vit_digits", epochs=TOTAL_EPOCHS, out=str(root / "same"))))
     return {
         "seed": seed, "labelled_images": len(list((tenth / "train").rglob("*.png"))),
         "accuracy_mae_fine_tuned": final_accuracy(tuned.history), "accuracy_scratch": final_accuracy(scratch.history),
