@@ -357,5 +357,5 @@ class _PretrainRun:
                 batch_noise = mine[count : count + len(images)]
                 total += mae(images.to(self.device), batch_noise)[0].item() * len(images)
                 count += len(images)
-        total, count = distributed.all_reduce_sum([total, float(count)], ctx, self.device)
-        return total / max(count, 1)
+        loss_sum, image_count = distributed.all_reduce_sum([total, float(count)], ctx, self.device)
+        return loss_sum / max(image_count, 1.0)
