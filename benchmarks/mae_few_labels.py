@@ -45,8 +45,8 @@ BATCH_SIZE = 13  # the 143 labelled images in 11 whole batches
 BAR_POINTS = 3.0
 MAE = MAESettings(mask_ratio=0.75, decoder_dim=128, decoder_depth=2, decoder_heads=4)
 # The candidate of mae_recipe_search.py with the best selection accuracy.
-CHOSEN = "p30_lr2e-3_ld0.9"
-PRETRAIN_EPOCHS, MASK_RATIO, FINETUNE_LR, LAYER_DECAY = 30, 0.75, 2e-3, 0.9
+CHOSEN = "p30_lr2e-3_ld1.0"
+PRETRAIN_EPOCHS, MASK_RATIO, FINETUNE_LR, LAYER_DECAY = 30, 0.75, 2e-3, 1.0
 FINETUNE_EPOCHS = TOTAL_EPOCHS - PRETRAIN_EPOCHS
 DESCRIPTION = __doc__.format(mask=MASK_RATIO, pre=PRETRAIN_EPOCHS, ft=FINETUNE_EPOCHS, lr=FINETUNE_LR, ld=LAYER_DECAY,
                              total=TOTAL_EPOCHS)  # fmt: skip
