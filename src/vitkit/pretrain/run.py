@@ -33,7 +33,7 @@ from vitkit.model import VisionTransformer
 from vitkit.pretrain.mae import MASK_RATIO, MaskedAutoencoder
 from vitkit.training import distributed
 from vitkit.training.checkpoint import checkpoint_step, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from vitkit.training.config import AUTO_RESUME, TRAIN_CONFIG_FILE, TrainConfig, check_batch_split
+from vitkit.training.config import AUTO_RESUME, PRETRAIN_FILE, TRAIN_CONFIG_FILE, TrainConfig, check_batch_split
 from vitkit.training.interrupts import TrainingInterrupted, stop_on_ctrl_c
 from vitkit.training.loaders import Loaders
 from vitkit.training.loop import determinism
@@ -43,7 +43,6 @@ from vitkit.training.run import build_model, build_run_data, check_run_dir, prep
 
 logger = logging.getLogger(__name__)
 
-PRETRAIN_FILE = "pretrain.json"
 RECONSTRUCTIONS_FILE = "reconstructions.png"
 RESUME_COMMAND = "vitkit pretrain"
 # Settings of a classification run that a masked autoencoder has no use for: changing one is an error, not ignored.

@@ -28,12 +28,12 @@ from vitkit.training.checkpoint import checkpoint_step, find_init_weights
 from vitkit.training.config import (
     AUTO_RESUME,
     DEFAULT_MODEL,
-    FINETUNE_LR,
     RESUMABLE_CHANGES,
     TRAIN_CONFIG_FILE,
     VIT_SETTINGS,
     TrainConfig,
     check_batch_split,
+    default_lr,
     load_train_config,
 )
 from vitkit.training.loop import EpochCallback, StepCallback, Trainer, determinism
@@ -140,7 +140,7 @@ def _from_source(config: TrainConfig, init_from: str, new_run: bool) -> TrainCon
     logger.info(
         "fine-tuning from %s: %s, lr %g (%s), %g warm-up epochs%s", config.init_from,
         "its architecture" if config.model is None else f"architecture {config.model}", config.lr,
-        "fine-tuning default; --lr to change" if config.lr == FINETUNE_LR else "--lr", config.warmup_epochs,
+        "default; --lr to change" if config.lr == default_lr(config.init_from) else "--lr", config.warmup_epochs,
         kept if config.keep_preprocessing else "",
     )  # fmt: skip
     if config.image_size is not None:
