@@ -33,7 +33,7 @@ from vitkit.model import VisionTransformer
 from vitkit.pretrain.mae import MASK_RATIO, MaskedAutoencoder
 from vitkit.training import distributed
 from vitkit.training.checkpoint import checkpoint_step, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from vitkit.training.config import AUTO_RESUME, PRETRAIN_FILE, TRAIN_CONFIG_FILE, TrainConfig, check_batch_split
+from vitkit.training.config import AUTO_RESUME, PRETRAIN_FILE, TRAIN_CONFIG_FILE, TrainConfig
 from vitkit.training.interrupts import TrainingInterrupted, stop_on_ctrl_c
 from vitkit.training.loaders import Loaders
 from vitkit.training.loop import determinism
@@ -128,12 +128,7 @@ def pretrain(
     missing = [name for name in NOT_IN_PRETRAINING if getattr(config, name) != getattr(defaults, name)]
     if missing:
         raise ValueError(f"pretraining does not implement {', '.join(missing)}: leave them at their defaults")
-    ctx = distributed.context_from_env()
-    check_batch_split(config.batch_size, ctx.world_size)
-    device = distributed.pick_device(config.device, ctx)
-    owns_group = distributed.init_process_group(ctx, device)
-    finished = False
-    try:
+    with distributed.run_processes(config.device, config.batch_size) as (ctx, device):
         resuming = False
         if ctx.is_main:  # decided once: every process starts from the same checkpoint (or none), in one folder
             # The folder's recipe is for classification runs: pretraining keeps the fixed defaults.
@@ -149,12 +144,7 @@ def pretrain(
             run = _PretrainRun(config, settings, data, mae, device, ctx)
             if resuming:
                 run.restore()
-            result = run.fit(on_epoch_end)
-        finished = True
-        return result
-    finally:
-        if owns_group:
-            distributed.destroy_process_group(barrier=finished)
+            return run.fit(on_epoch_end)
 
 
 class _PretrainRun:

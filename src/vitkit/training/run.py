@@ -32,7 +32,6 @@ from vitkit.training.config import (
     TRAIN_CONFIG_FILE,
     VIT_SETTINGS,
     TrainConfig,
-    check_batch_split,
     default_lr,
     load_train_config,
 )
@@ -236,12 +235,7 @@ def train(
     rank 0 after each epoch, once its checkpoint is written (the CLI prints a line); ``on_step_end(epoch, step,
     model)`` after each optimizer step and its checkpoint, on every process.
     """
-    ctx = distributed.context_from_env()
-    check_batch_split(config.batch_size, ctx.world_size)
-    device = distributed.pick_device(config.device, ctx)
-    owns_group = distributed.init_process_group(ctx, device)
-    finished = False
-    try:
+    with distributed.run_processes(config.device, config.batch_size) as (ctx, device):
         config, resume_step = start_or_resume(config, ctx)
         run_dir = config.run_dir
         new_run = config.resume is None
@@ -257,11 +251,7 @@ def train(
             if config.lora_rank:
                 base_weights = find_init_weights(config.init_from)[0] if config.init_from else None
                 final = finetune.save_lora_run(final, run_dir, config, base_weights, write=ctx.is_main)
-        finished = True
         return TrainResult(run_dir, history, final)
-    finally:
-        if owns_group:
-            distributed.destroy_process_group(barrier=finished)
 
 
 def start_or_resume(config: TrainConfig, ctx: distributed.DistContext) -> tuple[TrainConfig, int]:
