@@ -25,8 +25,8 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("processes and machines (torchrun; see docs/guides/multi-node.md)")
     group.add_argument(
         "--nproc", type=int_at_least(1), default=1,
-        help="processes on this machine: starts torchrun with N processes (DistributedDataParallel, or FSDP2 with "
-        "--shard-model) (default: 1)",
+        help="processes on this machine: starts torchrun with N processes, which share each batch "
+        "(DistributedDataParallel, or FSDP2 with `vitkit train --shard-model`) (default: 1)",
     )  # fmt: skip
     group.add_argument(
         "--nnodes", type=node_count, default="1", metavar="N|MIN:MAX",
