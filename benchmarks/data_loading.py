@@ -145,6 +145,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the training-input timing")
     parser.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "vitkit-data")
+    parser.add_argument("--batches", type=int, default=16, help="timed batches of 64 per pipeline and round")
+    parser.add_argument(
+        "--no-startup",
+        action="store_true",
+        help="measure only the training input (the first count's folder); keep the start-up rows",
+    )
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": str(Path(vitkit.__file__).parents[1])}
     distinct_dir = args.root / "distinct"
@@ -171,15 +177,16 @@ def main() -> None:
         "startup": [],
     }
     previous = _previous_startup()
-    for count in args.counts:
+    for count in [] if args.no_startup else args.counts:
         folder = write_folder(args.root / f"photos-{count}", count, distinct)
         results["startup"].append({**startup(folder, args.workers, env), "load_average": os.getloadavg()[0]})
         print(results["startup"][-1], flush=True)
         write_json(results, RESULTS)
     kept = [row for row in previous if row["files"] not in args.counts]  # the sizes not measured this time
     results["startup"] = sorted(kept + results["startup"], key=lambda row: row["files"])
-    results["training_input"] = compare_training_input(args.root / f"photos-{args.counts[0]}", args.workers,
-                                                       rounds=args.rounds)  # fmt: skip
+    folder = write_folder(args.root / f"photos-{args.counts[0]}", args.counts[0], distinct)
+    measured = compare_training_input(folder, args.workers, batches=args.batches, rounds=args.rounds)
+    results["training_input"] = {**measured, "load_average": os.getloadavg()[0]}
     for row in results["training_input"]["rows"]:
         print(f"{row['label']:24s} {row['images_per_s']:8.1f} images/s  {row['ratio_to_timm']:.2f}x timm")
     write_json(results, RESULTS)

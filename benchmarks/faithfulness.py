@@ -6,10 +6,15 @@ insertion AUC of the random order, the last block's attention, attention rollout
 attribution, and each map's gain over the random order with its standard error (paired, over the images; the
 random order is the mean of four permutations per image). Baselines: "rise" (deletion to the data's mean colour,
 insertion from the blurred image, the default of `vitkit explain`), then "blur" and "mean" for both curves. The
-same architecture with random weights is scored too: a faithful score must not credit a map of an untrained
-model. Writes benchmarks/results/faithfulness.json; the docs' table is generated from it.
+model-free patch contrast (each patch's distance from the mean colour that deletion puts in its place) is among the
+maps: what a map gains over it is what it knows of the model beyond the image. The same architecture with
+random weights is scored too, ``--random-inits`` initialisations on the first ``--random-init-images`` images: a
+faithful score must not credit a map of an untrained model, and the spread of a map's gain across initialisations
+is the noise it is judged against. Writes benchmarks/results/faithfulness.json; the docs' tables are generated
+from it.
 
     python benchmarks/faithfulness.py [--digits-run RUN] [--shapes [--shapes-run RUN]] [--no-digits] [--max-images 400]
+                                      [--random-inits 5] [--random-init-images 120]
 
 The rows of models not scored in a run (``--no-digits``, or no ``--shapes``) are kept from the existing file.
 """
@@ -57,6 +62,10 @@ def held_out_images(run: Path, model: VisionTransformer, limit: int) -> tuple[to
     return torch.stack([image for image, _ in samples]), torch.tensor([int(label) for _, label in samples])
 
 
+AVERAGED_FIELDS = ("deletion_auc", "insertion_auc", "deletion_gain", "insertion_gain", "probability_whole",
+               "probability_all_deleted", "probability_insertion_start")  # fmt: skip
+
+
 def score(model: VisionTransformer, images: torch.Tensor, label: str, weights: str, baseline: str) -> list[dict]:
     """One row per map: mean AUCs over the images and the paired gain over the random order (mean, standard error),
     and the explained class's probability on the whole image, with every patch deleted and where insertion starts."""
@@ -83,6 +92,20 @@ def score(model: VisionTransformer, images: torch.Tensor, label: str, weights: s
     return rows
 
 
+def across_inits(per_init: list[list[dict]], weights: str) -> list[dict]:
+    """One row per map from the rows of several random initialisations: the mean of each figure over them, and as
+    the gains' standard error the spread of the gains across the initialisations (standard deviation / sqrt(n))."""
+    rows = []
+    for same_map in zip(*per_init):
+        gains = {kind: torch.tensor([row[f"{kind}_gain"] for row in same_map]) for kind in ("deletion", "insertion")}
+        inits = len(same_map)
+        row = {**same_map[0], "weights": weights, "inits": inits}
+        row.update({field: round(sum(r[field] for r in same_map) / inits, 4) for field in AVERAGED_FIELDS})
+        row.update({f"{kind}_gain_se": round((g.std() / inits**0.5).item(), 4) for kind, g in gains.items()})
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("runs/faithfulness"), help="folder for the runs")
@@ -91,6 +114,13 @@ def main() -> None:
     parser.add_argument("--shapes", action="store_true", help="also train and score ViT-Ti/16 on the shapes folder")
     parser.add_argument("--shapes-run", type=Path, help="a shapes run to reuse")
     parser.add_argument("--max-images", type=int, default=400, help="held-out images per model (default: 400)")
+    parser.add_argument("--random-inits", type=int, default=5, help="random initialisations per model (default: 5)")
+    parser.add_argument(
+        "--random-init-images",
+        type=int,
+        default=120,
+        help="held-out images each random initialisation is scored on (default: 120)",
+    )
     parser.add_argument("--baselines", nargs="+", default=list(BASELINES), choices=BASELINES)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -113,10 +143,9 @@ def main() -> None:
                 write_folder(folder / "train", size=64, per_class=SHAPES_PER_CLASS, seed=0)
         shapes = args.shapes_run or train(args.work / "shapes-run", ["--data-dir", str(folder), *SHAPES_TRAINING])
         runs.append(("ViT-Ti/16 at 64 px on the shapes folder", shapes))
-    scored = {label for label, _ in runs}
-    kept = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    rows = [row for row in kept.get("results", []) if row["model"] not in scored]
-    models = [kept_model for kept_model in kept.get("models", []) if kept_model["model"] not in scored]
+    models: list[dict] = []
+    rows: list[dict] = []
+    init_rows: list[dict] = []
     for label, run in runs:
         model = VisionTransformer.from_pretrained(run).eval()
         images, labels = held_out_images(run, model, args.max_images)
@@ -128,17 +157,33 @@ def main() -> None:
         print(json.dumps(models[-1]), flush=True)
         for baseline in args.baselines:
             rows += score(model, images, label, "trained", baseline)
-        torch.manual_seed(0)
-        untrained = VisionTransformer(model.config).eval()  # the same architecture, random weights
-        rows += score(untrained, images, label, "random init", args.baselines[0])
+        per_init = []
+        for seed in range(args.random_inits):
+            torch.manual_seed(seed)
+            untrained = VisionTransformer(model.config).eval()  # the same architecture, random weights
+            scored_init = score(untrained, images[: args.random_init_images], label, f"random init {seed}",
+                                args.baselines[0])  # fmt: skip
+            init_rows += [{**row, "init_seed": seed} for row in scored_init]
+            per_init.append(scored_init)
+        rows += across_inits(per_init, "random init")
+    # Read at the end, so that runs scoring other models into the same file at the same time keep each other's rows.
+    scored = {label for label, _ in runs}
+    kept = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    models = [row for row in kept.get("models", []) if row["model"] not in scored] + models
+    rows = [row for row in kept.get("results", []) if row["model"] not in scored] + rows
+    init_rows = [row for row in kept.get("random_inits", []) if row["model"] not in scored] + init_rows
     record = {
         "description": "Deletion AUC (lower is better) and insertion AUC (higher is better) of each map on the "
         "held-out split, against a random patch order (the mean of four permutations per image); gains are over "
         "the random order, paired per image, with their standard error. Baseline `rise`: deletion to the data's "
         "mean colour, insertion from the blurred image; `blur` and `mean`: that baseline for both curves. "
         "probability_*: the explained (predicted) class's mean probability on the whole image, with every patch "
-        "deleted, and where insertion starts. `random init` is the same architecture with untrained weights. "
-        "`models` holds each model's run, held-out accuracy and the command that scored it.",
+        "deleted, and where insertion starts. `patch contrast (model-free)` ranks the patches by their distance "
+        "from the data's mean colour, the image alone. `random init` is the same architecture with untrained "
+        "weights: the mean over `inits` initialisations (torch.manual_seed 0, 1, ...), each scored on the first "
+        "`images` held-out images, its gains' standard error taken across the initialisations; `random_inits` "
+        "holds each initialisation's rows, their standard errors over the images. `models` holds each model's "
+        "run, held-out accuracy and the command that scored it.",
         "command": command,
         "machine": {
             "cpu": platform.processor() or platform.machine(),
@@ -148,6 +193,7 @@ def main() -> None:
         "run_seconds": round(time.perf_counter() - start, 1),
         "models": models,
         "results": rows,
+        "random_inits": init_rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")

@@ -253,8 +253,9 @@ FAITHFULNESS_MARKER = "<!-- faithfulness-table (generated from benchmarks/result
 
 
 def faithfulness_table(results_dir: Path = RESULTS_DIR) -> str:
-    """The explain guide's tables: the models with their held-out accuracy, then per model, weights and baseline,
-    each map's AUCs and gain over the random order."""
+    """The explain guide's tables: the models with their held-out accuracy, what each baseline leaves of the
+    evidence, per model, weights and baseline each map's AUCs and gain over the random order, and (where the file
+    has them) each random initialisation's gains beside their mean and standard error across the initialisations."""
     record = json.loads((results_dir / "faithfulness.json").read_text())
     models = [[model["model"], str(model["held_out_images"]), f"{100 * model['held_out_accuracy']:.1f} %"]
               for model in record["models"]]  # fmt: skip
@@ -264,7 +265,8 @@ def faithfulness_table(results_dir: Path = RESULTS_DIR) -> str:
             f"{row[f'{kind}_gain']:+.3f} ± {row[f'{kind}_gain_se']:.3f}" if row["map"] != "random order" else "-"
             for kind in ("deletion", "insertion")
         ]
-        rows.append([row["model"], row["weights"], row["baseline"], row["map"], str(row["images"]),
+        weights = f"{row['weights']} ({row['inits']} inits)" if "inits" in row else row["weights"]
+        rows.append([row["model"], weights, row["baseline"], row["map"], str(row["images"]),
                      f"{row['deletion_auc']:.3f}", gains[0], f"{row['insertion_auc']:.3f}", gains[1]])  # fmt: skip
     header = ["model", "weights", "baseline", "map", "images", "deletion AUC", "gain", "insertion AUC", "gain"]
     models_table = markdown_table(["model", "held-out images", "held-out accuracy"], models)
@@ -273,7 +275,30 @@ def faithfulness_table(results_dir: Path = RESULTS_DIR) -> str:
              f"{row['probability_insertion_start']:.3f}"]
             for row in record["results"] if row["map"] == "random order" and row["weights"] == "trained"]  # fmt: skip
     ends_header = ["model", "baseline", "p(class), whole image", "every patch deleted", "insertion starts at"]
-    return "\n\n".join([models_table, markdown_table(ends_header, ends), markdown_table(header, rows)])
+    tables = [models_table, markdown_table(ends_header, ends), markdown_table(header, rows)]
+    if record.get("random_inits"):
+        tables.append(random_inits_table(record))
+    return "\n\n".join(tables)
+
+
+def random_inits_table(record: dict[str, Any]) -> str:
+    """Each map's gain over the random order on each random initialisation (± its standard error over the images),
+    deletion then insertion, beside the mean over the initialisations and its standard error across them."""
+    seeds = sorted({row["init_seed"] for row in record["random_inits"]})
+    rows = []
+    for summary in record["results"]:
+        if "inits" not in summary or summary["map"] == "random order":
+            continue
+        per_init = {row["init_seed"]: row for row in record["random_inits"]
+                    if (row["model"], row["map"], row["baseline"]) == (summary["model"], summary["map"],
+                                                                       summary["baseline"])}  # fmt: skip
+        for kind in ("deletion", "insertion"):
+            cells = [f"{per_init[seed][f'{kind}_gain']:+.4f} ± {per_init[seed][f'{kind}_gain_se']:.4f}"
+                     if seed in per_init else "" for seed in seeds]  # fmt: skip
+            mean = f"{summary[f'{kind}_gain']:+.4f} ± {summary[f'{kind}_gain_se']:.4f}"
+            rows.append([summary["model"], summary["map"], kind, *cells, mean])
+    header = ["model", "map", "gain", *(f"init {seed}" for seed in seeds), "mean ± SE across inits"]
+    return markdown_table(header, rows)
 
 
 def index_page(results: dict[str, Any]) -> str:

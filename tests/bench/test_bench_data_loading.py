@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from vitkit.bench.data_loading import compare_training_input, startup_seconds, training_loaders
@@ -31,10 +32,14 @@ def test_every_pipeline_yields_normalised_crops_of_the_same_files(photos: Path) 
     folder = ClassFolder(photos / "train")
     pipelines = training_loaders(folder, 32)
     assert list(pipelines) == PIPELINES, "timm is installed with the dev extra: its loader must be compared"
-    for name, dataset in pipelines.items():
+    for name, (dataset, finish) in pipelines.items():
         image, label = dataset[9]
-        assert image.shape == (3, 32, 32) and label == 1, name
+        if finish is not None:
+            assert image.dtype == torch.uint8, f"{name}: the workers send uint8, finished in the training process"
+            image = finish(image.unsqueeze(0))[0]
+        assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and label == 1, name
         assert -3 < float(image.mean()) < 3, f"{name}: normalised with ImageNet's statistics"
+    assert pipelines["vitkit"].finish is not None
 
 
 def test_comparison_and_startup_report_each_stage_and_ratios_to_timm(photos: Path) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, JpegImagePlugin
+from torchvision.transforms import v2
 
 from vitkit.data import (
     AugmentConfig,
@@ -18,7 +19,7 @@ from vitkit.data import (
     decode_image,
     load_image,
 )
-from vitkit.data.decode import CentreCropDecoder, RandomCropDecoder, train_decoder
+from vitkit.data.decode import CentreCropDecoder, Normalise, RandomCropDecoder, train_decoder
 from vitkit.data.images import ImageFile
 from vitkit.data.transforms import build_eval_transform, build_train_transform
 
@@ -160,3 +161,12 @@ def test_decoders_turn_photos_upright_and_give_the_channels_asked_for(tmp_path: 
         torch.manual_seed(channels)
         got = RandomCropDecoder(24, channels, mean, std, (0.3, 1.0), 0.5)(file)
         assert (got - expected).abs().mean() * 255 * STD[0] < 1.0
+
+
+def test_normalise_equals_torchvisions_to_dtype_and_normalize_on_uint8_batches() -> None:
+    pixels = torch.randint(0, 256, (4, 3, 9, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    expected = v2.Normalize(MEAN, STD)(v2.ToDtype(torch.float32, scale=True)(pixels))
+    got = Normalise(MEAN, STD)(pixels)
+    assert got.dtype == torch.float32 and torch.allclose(got, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="expected uint8 pixels to normalise, got torch.float32"):
+        Normalise(MEAN, STD)(expected)

@@ -13,6 +13,7 @@ from PIL import Image
 
 from vitkit.data import build_data, compute_mean_std, image_header
 from vitkit.data.folder_index import CACHE_ENV, FolderIndex, cache_dir
+from vitkit.data.sources import folder_mean_std
 
 
 class CountingChecker:
@@ -95,5 +96,7 @@ def test_statistics_are_kept_with_the_index_and_an_unwritable_cache_only_warns(
     caplog.clear()
     third = build_data("folder", data_dir=tmp_path / "data", image_size=8, val_fraction=0.25, cache="off")
     assert (third.mean, third.std) == (first.mean, first.std) and "cannot write the folder index" in caplog.text
-    in_workers = compute_mean_std(first.train.base, 8, 3, workers=1)  # in a worker process, as with --workers
+    in_workers = folder_mean_std(first.train.base, (8, 8), 3, workers=1)  # in a worker process, as with --workers
     assert np.allclose(in_workers, (first.mean, first.std), atol=1e-12)
+    # Files are decoded as evaluation decodes them; the transforms.v2 resize of the whole image agrees closely.
+    assert np.allclose(compute_mean_std(first.train.base, 8, 3), (first.mean, first.std), atol=5e-3)

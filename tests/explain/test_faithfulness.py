@@ -9,7 +9,14 @@ from torch import Tensor
 
 from vitkit import VisionTransformer
 from vitkit.explain import deletion_insertion
-from vitkit.explain.faithfulness import RANDOM_ORDER, baseline_images, summary
+from vitkit.explain.faithfulness import (
+    METHODS,
+    PATCH_CONTRAST,
+    RANDOM_ORDER,
+    baseline_images,
+    patch_contrast,
+    summary,
+)
 
 PATCH = 4  # the one patch the model reads: row 1, column 1 of a 2 x 3 grid of 2 x 2 patches
 
@@ -65,6 +72,23 @@ def test_deleting_the_patch_the_model_reads_drops_the_probability_at_once() -> N
     scores = summary(curves)
     assert scores["first"]["deletion_auc"] == pytest.approx(curves["first"].deletion_auc.mean().item())
     assert scores["first"]["images"] == 4
+
+
+def test_patch_contrast_is_each_patchs_distance_from_the_mean_colour() -> None:
+    # A normalised input (the model has a mean and std): the mean colour is 0. Patch (0, 2) alternates +-1, patch
+    # (1, 0) is 2 everywhere, the rest 0: root-mean-square distances 1 and 2, whatever the target.
+    images = torch.zeros(1, 1, 4, 6)
+    images[0, 0, 0:2, 4:6] = torch.tensor([[1.0, -1.0], [-1.0, 1.0]])
+    images[0, 0, 2:4, 0:2] = 2.0
+    expected = torch.tensor([[[0.0, 0.0, 1.0], [2.0, 0.0, 0.0]]])
+    torch.testing.assert_close(patch_contrast(one_patch_model(mean=(0.5,), std=(0.25,)), images), expected)
+    # Without normalisation, the distance is from the images' mean colour, 8 / 24 = 1/3 here (and shifting every
+    # pixel changes nothing): (+-1 - 1/3) squared averages 10/9, (2 - 1/3) is 5/3, the flat patches are 1/3 away.
+    third = 1 / 3
+    unnormalised = torch.tensor([[[third, third, 10**0.5 * third], [5 * third, third, third]]])
+    torch.testing.assert_close(patch_contrast(one_patch_model(), images), unnormalised)
+    torch.testing.assert_close(patch_contrast(one_patch_model(), images + 0.75), unnormalised)
+    assert METHODS[PATCH_CONTRAST] is patch_contrast  # scored beside the maps by compare_methods
 
 
 def test_fewer_steps_than_patches_remove_several_at_a_time() -> None:

@@ -86,7 +86,14 @@ def test_explain_scores_the_maps_of_the_runs_held_out_split(digits_and_model, tm
     index = assert_index_shows_all(out, pngs)
     scores = json.loads((out / "faithfulness.json").read_text())
     assert scores["images"] == 12 and scores["steps"] == 4 and scores["baseline"] == "mean"
-    methods = ["last-block attention", "attention rollout", "Grad-CAM", "transformer attribution", "random order"]
+    methods = [
+        "last-block attention",
+        "attention rollout",
+        "Grad-CAM",
+        "transformer attribution",
+        "patch contrast (model-free)",
+        "random order",
+    ]
     assert list(scores["methods"]) == methods
     for name, areas in scores["methods"].items():
         assert 0.0 <= areas["deletion_auc"] <= 1.0 and 0.0 <= areas["insertion_auc"] <= 1.0

@@ -91,17 +91,21 @@ def test_small_numbers_keep_their_digits_and_accuracies_read_as_percentages() ->
 
 
 def test_faithfulness_tables_show_the_models_the_curve_ends_and_the_gains(tmp_path: Path) -> None:
-    def row(weights: str, name: str, gain: float) -> dict:
+    def row(weights: str, name: str, gain: float, **more: float) -> dict:
         return {"model": "m", "weights": weights, "baseline": "rise", "map": name, "images": 10,
                 "deletion_auc": 0.25, "insertion_auc": 0.5, "deletion_gain": gain, "deletion_gain_se": 0.01,
                 "insertion_gain": -gain, "insertion_gain_se": 0.02, "probability_whole": 0.9,
-                "probability_all_deleted": 0.1, "probability_insertion_start": 0.3}  # fmt: skip
+                "probability_all_deleted": 0.1, "probability_insertion_start": 0.3, **more}  # fmt: skip
 
     record = {"models": [{"model": "m", "held_out_images": 10, "held_out_accuracy": 0.875}],
               "results": [row("trained", "rollout", 0.05), row("trained", "random order", 0.0),
-                          row("random init", "random order", 0.0)]}  # fmt: skip
+                          row("random init", "rollout", 0.002, inits=2),
+                          row("random init", "random order", 0.0, inits=2)],
+              "random_inits": [row("random init 0", "rollout", 0.001, init_seed=0),
+                               row("random init 1", "rollout", 0.003, init_seed=1),
+                               row("random init 1", "random order", 0.0, init_seed=1)]}  # fmt: skip
     (tmp_path / "faithfulness.json").write_text(json.dumps(record))
-    models, ends, scores = benchmark_tables.faithfulness_table(tmp_path).split("\n\n")
+    models, ends, scores, inits = benchmark_tables.faithfulness_table(tmp_path).split("\n\n")
     assert models.splitlines()[2] == "| m | 10 | 87.5 % |"
     assert ends.splitlines()[2:] == ["| m | rise | 0.900 | 0.100 | 0.300 |"]  # the trained model's only
     assert (
@@ -109,3 +113,10 @@ def test_faithfulness_tables_show_the_models_the_curve_ends_and_the_gains(tmp_pa
         == "| m | trained | rise | rollout | 10 | 0.250 | +0.050 ± 0.010 | 0.500 | -0.050 ± 0.020 |"
     )
     assert scores.splitlines()[3].endswith("| - | 0.500 | - |")  # the random order has no gain over itself
+    assert scores.splitlines()[4].startswith("| m | random init (2 inits) | rise | rollout |")
+    assert inits.splitlines() == [
+        "| model | map | gain | init 0 | init 1 | mean ± SE across inits |",
+        "|---|---|---|---|---|---|",
+        "| m | rollout | deletion | +0.0010 ± 0.0100 | +0.0030 ± 0.0100 | +0.0020 ± 0.0100 |",
+        "| m | rollout | insertion | -0.0010 ± 0.0200 | -0.0030 ± 0.0200 | -0.0020 ± 0.0200 |",
+    ]  # the random order, which has no gain, has no row

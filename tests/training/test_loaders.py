@@ -113,3 +113,36 @@ def test_an_epoch_cut_short_by_a_step_limit_reads_only_the_batches_it_trains_on(
     for (images, labels), (expected_images, expected_labels) in zip(part, whole[3:5], strict=True):
         assert torch.equal(images, expected_images) and torch.equal(labels, expected_labels)
     assert len(loaders.sampler) == len(list(loaders.sampler)) == 2 * 64
+
+
+def test_image_files_arrive_as_uint8_and_are_normalised_on_the_device_as_each_sample_decodes(tmp_path: Path) -> None:
+    """The workers send the decoders' uint8 crops (a quarter of float32's bytes) and the training process
+    normalises them: the batches equal each sample decoded and normalised on its own, with the same seeded draws."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from vitkit.data import build_data
+    from vitkit.data.decode import RandomCropDecoder
+    from vitkit.data.seeded import sample_seed, seeded_transform
+    from vitkit.training.distributed import DistContext
+    from vitkit.training.loaders import Loaders
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("val", 2)):
+        for name in ("cat", "dog"):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (30 + i, 40, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / name / f"{i}.jpg", quality=90)
+    data = build_data("folder", data_dir=tmp_path, image_size=16, cache="off", seed=3)
+    assert data.train_normalise is not None, "the folder's default augmentation decodes at the crop's scale"
+    assert data.train[0][0].dtype == torch.uint8
+    loaders = Loaders(data, 4, 1, 0, 3, DistContext(), torch.device("cpu"))
+    images, labels = next(loaders.epoch(2))
+    aug = data.augment
+    decoder = RandomCropDecoder(16, 3, data.mean, data.std, (aug.crop_scale_min, 1.0), aug.hflip)
+    indices = list(loaders.sampler)[:4]
+    expected = torch.stack([seeded_transform(decoder, data.train.base[i][0], sample_seed(3, 2, i)) for i in indices])
+    assert images.dtype == torch.float32 and torch.equal(images, expected)
+    assert labels.tolist() == [data.train.base[i][1] for i in indices]

@@ -2,11 +2,11 @@
 index) and training-input images/s at a given size beside timm's loader, rounds interleaved in one process.
 
 What vitkit measures is what ``vitkit train`` runs: :class:`vitkit.data.ClassFolder` through the folder index and
-:func:`vitkit.data.decode.train_decoder` (random resized crop + flip + normalise) in a ``DataLoader`` with
-``workers`` processes. The peers get the same files, workers, batch size and sample order: timm's
-``create_transform(size, is_training=True)`` (random resized crop with a random interpolation, flip, colour jitter
-0.4, normalise), the same without colour jitter (the augmentation vitkit's folder default has), and vitkit's
-transforms.v2 pipeline on fully decoded images (what ran before the decoder).
+:func:`vitkit.data.decode.train_decoder` (random resized crop + flip) in a ``DataLoader`` with ``workers``
+processes, each batch sent as uint8 and normalised in the training process. The peers get the same files, workers,
+batch size and sample order: timm's ``create_transform(size, is_training=True)`` (random resized crop with a random
+interpolation, flip, colour jitter 0.4, normalise), the same without colour jitter (the augmentation vitkit's
+folder default has), and vitkit's transforms.v2 pipeline on fully decoded images (what ran before the decoder).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -28,8 +28,8 @@ from vitkit.data.decode import train_decoder
 from vitkit.data.folder_index import FolderIndex
 from vitkit.data.images import image_file_paths
 from vitkit.data.seeded import SeededTransformDataset
-from vitkit.data.sources import FOLDER_STATISTICS_SAMPLES, ClassFolder
-from vitkit.data.transforms import build_train_transform, compute_mean_std
+from vitkit.data.sources import ClassFolder, folder_mean_std
+from vitkit.data.transforms import build_train_transform
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -59,7 +59,7 @@ def startup_seconds(data_dir: str | os.PathLike, workers: int, image_size: int =
         check, _ = _seconds(lambda: FolderIndex(root, cache).check(paths, workers))
         check_again, _ = _seconds(lambda: FolderIndex(root, cache).check(paths, workers))
         folder = _with_cache(cache, lambda: ClassFolder(root, workers=workers))
-        stats, _ = _seconds(lambda: compute_mean_std(folder, image_size, 3, FOLDER_STATISTICS_SAMPLES, workers=workers))
+        stats, _ = _seconds(lambda: folder_mean_std(folder, (image_size, image_size), 3, workers=workers))
     return {"files": len(paths), "scan_s": scan, "check_s": check, "statistics_s": stats,
             "check_with_index_s": check_again}  # fmt: skip
 
@@ -93,36 +93,46 @@ class _Images(Dataset):
         return self.transform(default_loader(path)), label
 
 
-def training_loaders(folder: ClassFolder, image_size: int, seed: int = 0) -> dict[str, Dataset]:
-    """The training-input pipelines compared, each a data set of (normalised image, label) over ``folder``."""
+class Pipeline(NamedTuple):
+    """A training-input pipeline: per-sample (image, label) in the workers, then ``finish`` on each batch in the
+    training process (vitkit's normalisation of uint8 batches; None: the batch is ready)."""
+
+    dataset: Dataset
+    finish: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+def training_loaders(folder: ClassFolder, image_size: int, seed: int = 0) -> dict[str, Pipeline]:
+    """The training-input pipelines compared, each ending in batches of (normalised images, labels) over ``folder``."""
     aug = default_augment("folder", crop_scale_min=0.08)  # ImageNet's crop scale, as timm's default
     decoder = train_decoder(image_size, 3, IMAGENET_MEAN, IMAGENET_STD, aug)
     if decoder is None:
         raise ValueError(f"expected the folder augmentation {aug} to decode as one random resized crop, it does not")
-    pipelines: dict[str, Dataset] = {
-        "vitkit": SeededTransformDataset(folder, decoder, seed),
-        "vitkit transforms.v2": SeededTransformDataset(
-            folder, build_train_transform(image_size, 3, IMAGENET_MEAN, IMAGENET_STD, aug), seed
-        ),
+    pipelines = {
+        "vitkit": Pipeline(SeededTransformDataset(folder, decoder.pixels, seed), decoder.normalise),
+        "vitkit transforms.v2": Pipeline(
+            SeededTransformDataset(folder, build_train_transform(image_size, 3, IMAGENET_MEAN, IMAGENET_STD, aug), seed)
+        ),  # fmt: skip
     }
     if importlib.util.find_spec("timm") is not None:
         from timm.data import create_transform
 
-        pipelines["timm"] = _Images(folder.samples, create_transform(image_size, is_training=True))
+        pipelines["timm"] = Pipeline(_Images(folder.samples, create_transform(image_size, is_training=True)))
         no_jitter = create_transform(image_size, is_training=True, color_jitter=0.0)
-        pipelines["timm, no colour jitter"] = _Images(folder.samples, no_jitter)
+        pipelines["timm, no colour jitter"] = Pipeline(_Images(folder.samples, no_jitter))
     return pipelines
 
 
-def _images_per_s(dataset: Dataset, order: list[int], workers: int, batch_size: int, batches: int) -> float:
-    """Images/s of ``batches`` batches after the first (the first waits for the workers to start)."""
-    loader = DataLoader(Subset(dataset, order), batch_size=batch_size, num_workers=workers, drop_last=True,
+def _images_per_s(pipeline: Pipeline, order: list[int], workers: int, batch_size: int, batches: int) -> float:
+    """Images/s of ``batches`` batches after the first (the first waits for the workers to start), each finished
+    in this process as training would."""
+    loader = DataLoader(Subset(pipeline.dataset, order), batch_size=batch_size, num_workers=workers, drop_last=True,
                         persistent_workers=False)  # fmt: skip
+    finish = pipeline.finish or (lambda images: images)
     iterator = iter(loader)
-    next(iterator)
+    finish(next(iterator)[0])
     started = time.perf_counter()
     for _ in range(batches):
-        next(iterator)
+        finish(next(iterator)[0])
     seconds = time.perf_counter() - started
     del iterator
     return batches * batch_size / seconds

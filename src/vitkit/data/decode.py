@@ -7,7 +7,8 @@ frame header without Pillow) and cut and resampled on uint8 by torchvision's ant
 is at least twice the output size in both directions is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling,
 Pillow's ``Image.draft``), still at least the output size; other formats shrink by whole factors first (Pillow's
 ``reducing_gap``). Pillow's crop and resize are one resampling pass (``Image.resize`` with a ``box``), the flip
-is one of the small output, and ``ToDtype`` + ``Normalize`` one multiply-subtract.
+is one of the small output, and ``ToDtype`` + ``Normalize`` one multiply-subtract (:class:`Normalise`), which
+training runs on whole uint8 batches on its device: the workers send a quarter of float32's bytes.
 
 The distribution is that of the transforms.v2 pipeline (:func:`vitkit.data.transforms.build_train_transform`):
 the crop and the flip are drawn by torchvision's own ``RandomResizedCrop.get_params`` and the same ``torch.rand``
@@ -60,6 +61,22 @@ _TRANSPOSED = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and h
 Box = tuple[float, float, float, float]  # left, top, right, bottom in the upright image's pixels
 
 
+class Normalise:
+    """uint8 images (..., channels, h, w) on any device -> float32 ``(x / 255 - mean) / std``, computed as one
+    multiply-subtract (``x * scale - shift``) so that a worker and the training device give the same bits."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) / std_t
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.dtype != torch.uint8:
+            raise ValueError(f"expected uint8 pixels to normalise, got {pixels.dtype}")
+        scale, shift = self.scale.to(pixels.device), self.shift.to(pixels.device)
+        return pixels.float().mul_(scale).sub_(shift)
+
+
 class RegionDecoder:
     """ImageFile (or PIL image) -> normalised float tensor (channels, h, w) of a region chosen from the image size.
 
@@ -79,24 +96,25 @@ class RegionDecoder:
         self.size = to_pair(size, "size")
         self.channels = channels
         self.resample, self.interpolation = _RESAMPLE[interpolation], INTERPOLATIONS[interpolation]
-        std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-        self.scale = 1.0 / (255.0 * std_t)  # (x / 255 - mean) / std = x * scale - shift
-        self.shift = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) / std_t
+        self.normalise = Normalise(mean, std)
 
     def region(self, width: int, height: int) -> tuple[Box, bool]:
         """(box of the upright image to resample to ``size``, whether to flip it left-right)."""
         raise NotImplementedError
 
     def __call__(self, inpt: ImageFile | PIL.Image.Image) -> torch.Tensor:
+        return self.normalise(self.pixels(inpt))
+
+    def pixels(self, inpt: ImageFile | PIL.Image.Image) -> torch.Tensor:
+        """The region as uint8 (channels, h, w), flipped where drawn, not yet normalised: what training's workers
+        hand over, a quarter of float32's bytes, for :attr:`normalise` to finish on the training device."""
         if isinstance(inpt, PIL.Image.Image):
             image = convert_image(inpt, self.channels)
             box, flip = self.region(*image.size)
             pixels = self._resampled(image, box, None)
         else:
             pixels, flip = self._decode(inpt)
-        if flip:
-            pixels = pixels.flip(-1)
-        return pixels.float().mul_(self.scale).sub_(self.shift)
+        return pixels.flip(-1) if flip else pixels
 
     def _resampled(self, image: PIL.Image.Image, box: Box, reducing_gap: float | None) -> torch.Tensor:
         """uint8 (channels, h, w): ``box`` of ``image`` resampled to the output size by Pillow."""

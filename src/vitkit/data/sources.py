@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision import datasets
 
 from vitkit.data.augment_config import CACHE_CHOICES, SOURCES, AugmentConfig, default_augment, is_shard_location
-from vitkit.data.decode import CentreCropDecoder, train_decoder
+from vitkit.data.decode import CentreCropDecoder, Normalise, train_decoder
 from vitkit.data.folder_index import FolderIndex
 from vitkit.data.images import IMAGE_EXTENSIONS, ImageFile, ImageLoadError, image_file_paths
 from vitkit.data.seeded import SeededTransformDataset, TransformedDataset
@@ -67,6 +67,9 @@ class DataBundle:
     memory: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
     # The training shards when they are streamed (vitkit.data.shards.ShardStream) rather than cached.
     stream: ShardSet | None = None
+    # Set when the training set's transform yields uint8 pixels (the image-file decoders of vitkit.data.decode):
+    # its batches are normalised by this on the training device, so the workers send a quarter of float32's bytes.
+    train_normalise: Normalise | None = None
 
     @property
     def num_classes(self) -> int:
@@ -374,7 +377,9 @@ def build_data(
         *(source, _length(train_base), _length(val_base), val_name, len(class_names), channels, size),
         *([round(m, 4) for m in mean], [round(s, 4) for s in std]),
     )
-    train_transform, val_transform = _transforms(source, memory is None, size, channels, mean, std, aug, resize)
+    train_transform, val_transform, train_normalise = _transforms(
+        source, memory is None, size, channels, mean, std, aug, resize
+    )
     return DataBundle(
         train=SeededTransformDataset(train_base, train_transform, seed),
         val=TransformedDataset(val_base, val_transform),
@@ -388,25 +393,40 @@ def build_data(
         augment=aug,
         memory=memory,
         stream=shard_samples.shards if shard_samples is not None and memory is None else None,
+        train_normalise=train_normalise,
     )
 
 
 def _transforms(
     source: str, files: bool, size: tuple[int, int], channels: int, mean: tuple[float, ...],
     std: tuple[float, ...], aug: AugmentConfig, resize: dict[str, Any],
-) -> tuple[Any, Any]:  # fmt: skip
-    """(train, eval) transforms (``resize``: the evaluation's interpolation and crop): on image files, decoders that
-    decode only what the crop needs where the augmentation allows (:mod:`vitkit.data.decode`), else the
-    transforms.v2 pipelines."""
+) -> tuple[Any, Any, Normalise | None]:  # fmt: skip
+    """(train, eval) transforms (``resize``: the evaluation's interpolation and crop), and the normalisation left
+    for the training device when the train transform yields uint8 pixels: on image files, decoders that decode only
+    what the crop needs where the augmentation allows (:mod:`vitkit.data.decode`), else the transforms.v2
+    pipelines."""
     train = build_train_transform(size, channels, mean, std, aug)
     val = build_eval_transform(size, channels, mean, std, **resize)
     if source != "folder" or not files:
-        return train, val
+        return train, val, None
     fast_train = train_decoder(size, channels, mean, std, aug)
     logger.info("decoding image files at the scale each crop needs (vitkit.data.decode): evaluation%s",
                 " and training" if fast_train else "; training through transforms.v2 (its augmentation needs "
                 "the whole decoded image)")  # fmt: skip
-    return fast_train or train, CentreCropDecoder(size, channels, mean, std, **resize)
+    eval_decoder = CentreCropDecoder(size, channels, mean, std, **resize)
+    if fast_train is None:
+        return train, eval_decoder, None
+    return fast_train.pixels, eval_decoder, fast_train.normalise
+
+
+def folder_mean_std(
+    dataset: Dataset, size: tuple[int, int], channels: int, seed: int = 0, workers: int = 0
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """compute_mean_std of FOLDER_STATISTICS_SAMPLES images of an image folder (a ClassFolder or a Subset of one),
+    each decoded at the training size as evaluation decodes a file (:class:`CentreCropDecoder`: libjpeg's DCT
+    scaling where the file is large, half the time per image of a full decode and resize)."""
+    in_unit_range = CentreCropDecoder(size, channels, (0.0,) * channels, (1.0,) * channels)  # x / 255
+    return compute_mean_std(dataset, size, channels, FOLDER_STATISTICS_SAMPLES, seed, workers, in_unit_range)
 
 
 def _statistics(
@@ -422,7 +442,7 @@ def _statistics(
         mean, std = base.index.computed[key]
         logger.info("normalisation statistics of %s from its index %s", base.root, base.index.file)
         return tuple(mean), tuple(std)
-    mean, std = compute_mean_std(dataset, size, channels, FOLDER_STATISTICS_SAMPLES, seed, workers)
+    mean, std = folder_mean_std(dataset, size, channels, seed, workers)
     base.index.computed[key] = [list(mean), list(std)]
     base.index.save()
     return mean, std

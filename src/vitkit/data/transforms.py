@@ -212,18 +212,20 @@ def compute_mean_std(
     max_samples: int = 2000,
     seed: int = 0,
     workers: int = 0,
+    to_tensor: Callable[[Any], torch.Tensor] | None = None,
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of (a seeded random subsample of) `dataset`'s images at the training size.
 
     `dataset` yields (image, label) with raw PIL images, image files or uint8 tensors; the images are decoded in
-    `workers` processes (0: this one). Values are in [0, 1], as the model sees them before normalisation. A channel
-    with no variation gets std 1 so normalising never divides by zero.
+    `workers` processes (0: this one) by `to_tensor` (default: convert, resize and centre-crop as evaluation does).
+    Values are in [0, 1], as the model sees them before normalisation. A channel with no variation gets std 1 so
+    normalising never divides by zero.
     """
     if not isinstance(dataset, Sized):
         raise ValueError(f"normalisation statistics need a data set with a length, got {type(dataset).__name__}")
     if len(dataset) == 0:
         raise ValueError("cannot compute normalisation statistics of an empty data set")
-    to_tensor = v2.Compose(_unnormalised_eval_steps(image_size, channels))
+    to_tensor = to_tensor or v2.Compose(_unnormalised_eval_steps(image_size, channels))
     generator = torch.Generator().manual_seed(seed)
     indices = torch.randperm(len(dataset), generator=generator)[:max_samples].tolist()
     sums = _PixelSums(dataset, indices, to_tensor, channels)

@@ -17,7 +17,7 @@ measures what the blur leaves rather than what the map ranks.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -30,14 +30,8 @@ from vitkit.model import VisionTransformer, ViTConfig
 
 BASELINES = ("rise", "blur", "mean")
 DEFAULT_BASELINE = "rise"  # deletion to the data's mean colour, insertion from the blurred image
-# The maps compared, by the name the report and the JSON file give them; each takes (model, images, target).
-METHODS = {
-    "last-block attention": lambda model, images, target: explain_maps.last_block_attention(model, images),
-    "attention rollout": lambda model, images, target: explain_maps.attention_rollout(model, images),
-    "Grad-CAM": explain_maps.grad_cam,
-    "transformer attribution": explain_maps.attention_attribution,
-}
 RANDOM_ORDER = "random order"
+PATCH_CONTRAST = "patch contrast (model-free)"
 DEFAULT_STEPS = 16  # or one per patch, for models with fewer patches
 SINGLE_MAP = "map"  # the name of the curves when one map tensor (not a mapping of them) is given
 
@@ -86,6 +80,34 @@ def baseline_images(
     # Reflection padding needs a half-width below the image's side: the kernel is cut to fit small images.
     half = min(math.ceil(2 * sigma), min(images.shape[-2:]) - 1)
     return gaussian_blur(images, kernel_size=[2 * half + 1] * 2, sigma=[sigma] * 2)
+
+
+def patch_contrast(model: VisionTransformer, images: Tensor, target: Tensor | None = None) -> Tensor:
+    """(B, gh, gw): each patch's root-mean-square distance from the mean colour that deletion puts in its place.
+
+    A yardstick from the image alone: it ranks first the patches whose deletion changes the model's input most,
+    whatever the model has learned, so what a map gains over it is what the map knows of the model beyond the image.
+    The mean colour is zero in a normalised input (the model's ``mean`` and ``std`` given), else the mean of
+    ``images``, as in :func:`baseline_images`. ``model`` gives the patch grid; ``target`` is ignored.
+    """
+    config = model.config
+    normalised = config.mean is not None and config.std is not None
+    distance = (images - baseline_images(images, config.patch_size, "mean", normalised)).pow(2).mean(dim=1)
+    (gh, gw), (ph, pw) = config.grid_size, config.patch_size
+    patches = distance[:, : gh * ph, : gw * pw].reshape(len(images), gh, ph, gw, pw)  # whole patches only
+    return patches.mean(dim=(2, 4)).sqrt().float().cpu()
+
+
+# A map method: (model, images (B, C, H, W), target classes (B,)) -> (B, gh, gw) patch scores.
+Method = Callable[[VisionTransformer, Tensor, Tensor], Tensor]
+# The maps compared, by the name the report and the JSON file give them.
+METHODS: dict[str, Method] = {
+    "last-block attention": lambda model, images, target: explain_maps.last_block_attention(model, images),
+    "attention rollout": lambda model, images, target: explain_maps.attention_rollout(model, images),
+    "Grad-CAM": explain_maps.grad_cam,
+    "transformer attribution": explain_maps.attention_attribution,
+    PATCH_CONTRAST: patch_contrast,
+}
 
 
 def _ranks(ranking: Tensor) -> Tensor:
@@ -207,7 +229,8 @@ def compare_methods(
     """Deletion and insertion curves of every map in :data:`METHODS` and of a random order, on the same images.
 
     The maps explain ``target`` (default: the predicted class), and the curves record its probability. Maps and
-    curves are computed ``batch_size`` images at a time.
+    curves are computed ``batch_size`` images at a time. Besides the random order, the model-free
+    :func:`patch_contrast` is among the maps: a yardstick for how much of a map's gain the image alone explains.
     """
     device = next(model.parameters()).device
     with evaluating(model), torch.no_grad():

@@ -44,7 +44,8 @@ class Loaders:
     Data held in memory (``DataBundle.memory``) with an augmentation that has a batched form is indexed on the
     device and augmented a whole batch at a time, seeded by (seed, epoch, micro-batch); so are image files decoded
     on the device (``decode="gpu"``: the workers read bytes). Anything else goes through DataLoaders whose
-    per-sample augmentation is seeded by (seed, epoch, sample); shards are streamed (``DataBundle.stream``). Either
+    per-sample augmentation is seeded by (seed, epoch, sample) (image files decoded at their crop's scale arrive as
+    uint8 and are normalised on the device); shards are streamed (``DataBundle.stream``). Either
     way the batches depend only on the seed, the epoch and the position in it: the same after a resume, and for
     any number of processes (shards: the same samples per epoch, grouped into batches per process).
     """
@@ -63,6 +64,7 @@ class Loaders:
         on_device = decode == "gpu" and data.memory is None
         self.decoder = BatchDecoder(data.image_size, data.in_channels, device) if on_device else None
         self.augment = BatchAugment(data.augment, data.mean, data.std) if self.in_memory or on_device else None
+        self.normalise = None if self.in_memory or on_device else data.train_normalise
         # Worker seeds come from this generator, not from torch's global one, whose state a checkpoint must capture.
         self.generator = torch.Generator()
         val_share = range(ctx.rank, len(data.val), ctx.world_size)  # no padding: exact accuracy
@@ -105,7 +107,17 @@ class Loaders:
         self.generator.manual_seed(self.seed + epoch)
         if self.decoder is not None:
             return self._decoded_batches(epoch, first)
+        if self.normalise is not None:
+            return self._normalised_batches()
         return iter(self.train)
+
+    def _normalised_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The workers' uint8 batches moved to the device and normalised there (timm's prefetcher does the same)."""
+        normalise = self.normalise
+        if normalise is None:
+            raise RuntimeError("uint8 batches need the normalisation of the data's train_normalise")
+        for images, labels in self.train:
+            yield normalise(images.to(self.device, non_blocking=True)), labels
 
     def _rows(self, epoch: int, micro: int) -> torch.Tensor:
         """The augmentation draws of this process's samples of micro-batch ``micro``: the step's rows, then this
