@@ -270,7 +270,7 @@ def test_console_script_and_python_m(tmp_path: Path) -> None:
 def test_train_builds_a_multi_node_torchrun_command_that_torchrun_reads_back(monkeypatch: pytest.MonkeyPatch) -> None:
     from torch.distributed.run import config_from_args, get_args_parser
 
-    from vitkit.cli.train import torchrun_command
+    from vitkit.cli.launch import torchrun_command
 
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))  # torchrun's reading sets it
 
@@ -292,7 +292,7 @@ def test_train_nproc_builds_a_standalone_torchrun_command_that_torchrun_reads_ba
     tests/training/test_distributed.py runs end to end (`vitkit train --nnodes 2`)."""
     from torch.distributed.run import config_from_args, get_args_parser
 
-    from vitkit.cli.train import torchrun_command
+    from vitkit.cli.launch import torchrun_command
 
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))  # torchrun's reading sets it
     command = torchrun_command(cli.build_parser().parse_args(["train", "--nproc", "2"]), Path("settings.json"), "r")

@@ -63,6 +63,13 @@ PAGES = {
         "`python benchmarks/mae_few_labels.py`: MAE pre-training on the digits' training images, fine-tuned on a "
         "tenth of their labels, against training from scratch with the same total epochs.",
     ),
+    "mae_search": (
+        "How the MAE fine-tuning recipe was chosen",
+        "`python benchmarks/mae_recipe_search.py`: candidate splits of the epochs between pre-training and "
+        "fine-tuning, mask ratios, fine-tuning learning rates and layer decays, scored on a selection split of the "
+        "training images (never on the held-out images of the MAE benchmark), with probes of the pre-trained "
+        "features beside a random encoder's.",
+    ),
 }
 
 MODEL_NAMES = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H"}

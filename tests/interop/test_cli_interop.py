@@ -178,7 +178,7 @@ def test_a_converted_imagenet_timm_model_names_its_classes_and_fine_tunes_keepin
                            "--epochs", "1", "--batch-size", "6", "--no-tensorboard", "--no-progress",
                            "--out", tmp_path / "tuned")  # fmt: skip
     assert code == 0, err
-    assert "lr 0.0001 (fine-tuning default" in caplog.text
+    assert "lr 0.0001 (default" in caplog.text
     tuned = json.loads((tmp_path / "tuned" / "config.json").read_text())
     assert (tuned["mean"], tuned["std"]) == ([0.5] * 3, [0.5] * 3)
     assert (tuned["interpolation"], tuned["crop_pct"], tuned["image_size"]) == ("bicubic", 0.9, [32, 32])

@@ -3,6 +3,10 @@ resumes exactly with its loss plot and a picture of reconstructions."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,7 @@ from vitkit import cli
 from vitkit.io import load_safetensors, read_json
 from vitkit.pretrain.run import pretrain
 from vitkit.training import TrainConfig, train
+from vitkit.training.checkpoint import load_checkpoint
 from vitkit.training.metrics import read_metrics
 
 QUIET = dict(progress=False, tensorboard=False, warmup_epochs=0.0, batch_size=64)
@@ -85,3 +90,47 @@ def test_classification_settings_are_refused() -> None:
         pretrain(TrainConfig.from_dict(dict(QUIET, label_smoothing=0.2, mixup=0.5)))
     with pytest.raises(ValueError, match="pretraining does not implement compile, ema_decay"):
         pretrain(TrainConfig.from_dict(dict(QUIET, compile=True, ema_decay=0.9)))
+
+
+def write_digits_folder(root: Path, per_class: int, val_per_class: int) -> Path:
+    """An image folder of the real 8x8 digits 0, 1 and 2: ``per_class`` training and ``val_per_class`` validation
+    images of each."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for label in range(3):
+        images = digits.images[digits.target == label]
+        for i, pixels in enumerate(images[: per_class + val_per_class]):
+            path = root / ("train" if i < per_class else "val") / str(label) / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((pixels * 255 / 16).astype("uint8"), "L").save(path)
+    return root
+
+
+def test_two_processes_pretrain_the_weights_one_process_does(tmp_path: Path, one_thread: None, monkeypatch) -> None:
+    """`vitkit pretrain --nproc 2` (torchrun, DDP) computes the steps of one process: the same batches, masks and
+    mean gradients; 3 steps of 2 micro-batches, over an epoch's end (66 training images, 15 validation images,
+    which 2 processes share unevenly)."""
+    data = write_digits_folder(tmp_path / "data", per_class=22, val_per_class=5)
+    argv = ["pretrain", "--data-dir", str(data), "--epochs", "2", "--steps", "3", "--batch-size", "16",
+            "--accum-steps", "2", "--hidden-dim", "32", "--depth", "2", "--num-heads", "2", "--mlp-dim", "64",
+            "--patch-size", "2", "--conv-stem", "0", "--drop-path", "0", "--warmup-epochs", "0.5", "--no-progress",
+            "--no-tensorboard", "--mask-ratio", "0.5", "--decoder-dim", "16", "--decoder-depth", "1",
+            "--decoder-heads", "2"]  # fmt: skip
+    two, one = tmp_path / "two", tmp_path / "one"
+    command = [sys.executable, "-m", "vitkit", *argv, "--nproc", "2", "--out", str(two)]
+    launched = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    try:
+        monkeypatch.setattr("vitkit.training.metrics.MetricsLog._plot", lambda *args: None)
+        assert cli.main([*argv, "--out", str(one)]) == 0  # while the two processes start
+        assert launched.wait(timeout=120) == 0
+    finally:
+        os.killpg(launched.pid, signal.SIGKILL) if launched.poll() is None else None
+    (expected, expected_state), (got, got_state) = load_checkpoint(one), load_checkpoint(two)
+    assert expected_state["step"] == got_state["step"] == 3 and expected.keys() == got.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], atol=1e-5, rtol=0, msg=key)
+    [first], [second] = expected_state["history"], got_state["history"]
+    for key in ("train_loss", "val_loss"):
+        assert second[key] == pytest.approx(first[key], abs=1e-5), key
+    assert len(got_state["rng"]) == 2  # each process's random stream, to resume with

@@ -184,3 +184,22 @@ def test_a_run_without_out_or_model_is_named_after_the_default_model(tmp_path, m
     monkeypatch.chdir(tmp_path)
     result = train(TrainConfig.from_dict(dict(**TINY, epochs=1, progress=False, tensorboard=False)))
     assert result.run_dir.parent == Path("runs") and result.run_dir.name.startswith("digits-vit_digits_stem-")
+
+
+def test_the_default_lr_is_ten_times_lower_from_trained_weights_but_not_from_a_masked_autoencoder(
+    tmp_path: Path,
+) -> None:
+    """1e-3 from random weights; 1e-4 from trained ones; 1e-3 from a `vitkit pretrain` run folder (the folder or its
+    weights file), whose encoder MAE fine-tunes with the recipe of training from scratch."""
+    trained, pretrained = tmp_path / "trained", tmp_path / "mae"
+    for folder in (trained, pretrained):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"")
+    write_json({"mae": {}, "history": []}, pretrained / "pretrain.json")
+    assert TrainConfig().lr == 1e-3
+    assert (
+        TrainConfig(init_from=str(trained)).lr == TrainConfig(init_from=str(trained / "model.safetensors")).lr == 1e-4
+    )
+    assert TrainConfig(init_from=str(pretrained)).lr == 1e-3
+    assert TrainConfig(init_from=str(pretrained / "model.safetensors")).lr == 1e-3
+    assert TrainConfig(init_from=str(pretrained), lr=5e-4).lr == 5e-4  # a given lr wins

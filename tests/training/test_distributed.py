@@ -35,7 +35,7 @@ from training_helpers import (
 )
 
 from vitkit import VisionTransformer, cli
-from vitkit.cli.train import torchrun_env
+from vitkit.cli.launch import torchrun_env
 from vitkit.io import load_safetensors, write_json
 from vitkit.training import train
 from vitkit.training.checkpoint import load_sharded_checkpoint

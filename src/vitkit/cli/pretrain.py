@@ -1,4 +1,5 @@
-"""`vitkit pretrain`: masked-autoencoder pre-training of an encoder on unlabelled pixels, one line per epoch."""
+"""`vitkit pretrain`: masked-autoencoder pre-training of an encoder on unlabelled pixels, one line per epoch; with
+`--nproc N` (and the other flags of :mod:`vitkit.cli.launch`) in N processes started through torchrun."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import dataclasses
 
 from vitkit.cli.common import fraction, int_at_least
+from vitkit.cli.launch import add_launch_arguments, launch_processes, launches  # no torch
 
 MAE_FLAGS = ("mask_ratio", "decoder_dim", "decoder_depth", "decoder_heads")  # MAESettings' fields
 
@@ -35,18 +37,26 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--decoder-heads", type=int_at_least(1), metavar="N", default=None, help="decoder heads (default: 4)"
     )
     add_train_arguments(parser)
+    add_launch_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from vitkit.cli.train_flags import config_from_args
     from vitkit.pretrain.run import MAESettings, pretrain, saved_settings
+    from vitkit.training import distributed
     from vitkit.training.config import AUTO_RESUME
 
     config = config_from_args(args)
     base = saved_settings(config.resume) if config.resume not in (None, AUTO_RESUME) else MAESettings()
     typed = {name: getattr(args, name) for name in MAE_FLAGS if getattr(args, name) is not None}
     settings = dataclasses.replace(base, **typed)
+    if launches(args):  # each process gets the resolved settings, the MAE's as flags
+        flags = [part for name, value in dataclasses.asdict(settings).items()
+                 for part in (f"--{name.replace('_', '-')}", str(value))]  # fmt: skip
+        run_dir = launch_processes(args, config.replace(auto_recipe=False), flags)
+        print(f"run folder: {run_dir}  (fine-tune with `vitkit train --init-from {run_dir}`)")
+        return 0
 
     def report(record: dict) -> None:
         print(
@@ -56,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         )
 
     result = pretrain(config, settings, on_epoch_end=report)
+    if not distributed.context_from_env().is_main:  # rank 0 reports
+        return 0
     if len(result.history) < config.epochs:  # stopped at --steps
         print(f"run folder: {result.run_dir}  (continue with `vitkit pretrain --resume {result.run_dir} --steps 0`)")
     else:

@@ -32,9 +32,11 @@ def batched(aug: AugmentConfig) -> bool:
     return aug.auto_augment == "none"
 
 
-def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
-    """A CPU generator that depends only on (seed, epoch, step): the same on every process and after a resume."""
-    state = int(np.random.SeedSequence([seed, epoch, step]).generate_state(1, dtype=np.uint64)[0])
+def step_generator(seed: int, epoch: int, step: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator that depends only on (seed, epoch, step): the same on every process and after a resume.
+    ``stream`` > 0 gives another independent generator of the same step (for draws other than the augmentation's)."""
+    keys = [seed, epoch, step] + ([stream] if stream else [])
+    state = int(np.random.SeedSequence(keys).generate_state(1, dtype=np.uint64)[0])
     return torch.Generator().manual_seed(state)
 
 

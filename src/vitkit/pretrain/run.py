@@ -7,7 +7,9 @@ helpers as ``vitkit train`` (labels are not used), and the run folder follows th
 ``steps`` and on Ctrl-C) from which ``--resume`` continues bit for bit on the CPU; ``metrics.jsonl`` / ``.csv`` and the
 loss and learning-rate plots; and, once finished, the encoder as ``config.json`` + ``model.safetensors``, so that
 ``vitkit train --init-from RUN_DIR`` fine-tunes it (with a new head), and ``reconstructions.png``: a few held-out
-images, masked and reconstructed. Single process.
+images, masked and reconstructed. Under torchrun (``vitkit pretrain --nproc N``) each process trains its share of
+every batch with DistributedDataParallel, and rank 0 writes the files; the masks, like the batches, depend only on
+(seed, epoch, micro-batch), so N processes compute the steps of one.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,12 +27,13 @@ from typing import Any
 import torch
 
 from vitkit.data import DataBundle
+from vitkit.data.batch_augment import step_generator
 from vitkit.io import read_json, write_json
 from vitkit.model import VisionTransformer
 from vitkit.pretrain.mae import MASK_RATIO, MaskedAutoencoder
 from vitkit.training import distributed
 from vitkit.training.checkpoint import checkpoint_step, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from vitkit.training.config import AUTO_RESUME, TRAIN_CONFIG_FILE, TrainConfig
+from vitkit.training.config import AUTO_RESUME, PRETRAIN_FILE, TRAIN_CONFIG_FILE, TrainConfig
 from vitkit.training.interrupts import TrainingInterrupted, stop_on_ctrl_c
 from vitkit.training.loaders import Loaders
 from vitkit.training.loop import determinism
@@ -39,7 +43,6 @@ from vitkit.training.run import build_model, build_run_data, check_run_dir, prep
 
 logger = logging.getLogger(__name__)
 
-PRETRAIN_FILE = "pretrain.json"
 RECONSTRUCTIONS_FILE = "reconstructions.png"
 RESUME_COMMAND = "vitkit pretrain"
 # Settings of a classification run that a masked autoencoder has no use for: changing one is an error, not ignored.
@@ -47,6 +50,7 @@ CLASSIFICATION_ONLY = ("label_smoothing", "mixup", "cutmix", "init_from", "layer
                        "linear_probe", "head_lr_scale", "lora_rank")  # fmt: skip
 # Settings of `vitkit train` that pre-training does not implement: refused rather than silently ignored.
 NOT_IN_PRETRAINING = ("shard_model", "compile", "grad_checkpointing", "amp", "decode", "ema_decay")
+MASK_STREAM = 1  # the masks' random numbers: a stream of (seed, epoch, micro-batch) apart from the augmentation's
 
 
 @dataclass
@@ -82,6 +86,8 @@ def _param_groups(mae: MaskedAutoencoder, weight_decay: float) -> list[dict[str,
 
 def _start_or_resume(config: TrainConfig, settings: MAESettings) -> tuple[TrainConfig, bool]:
     """The resolved settings and the prepared run folder; whether a checkpoint there is to be resumed."""
+    if config.resume is None and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0:
+        config = config.replace(resume=AUTO_RESUME)  # torchrun may restart the processes: they continue
     config = prepare_config(config)
     if config.resume == AUTO_RESUME:  # the run folder's checkpoint if it has one, else a new run
         has_checkpoint = checkpoint_step(config.run_dir) is not None
@@ -122,17 +128,23 @@ def pretrain(
     missing = [name for name in NOT_IN_PRETRAINING if getattr(config, name) != getattr(defaults, name)]
     if missing:
         raise ValueError(f"pretraining does not implement {', '.join(missing)}: leave them at their defaults")
-    # The folder's recipe is for classification runs: pretraining keeps the fixed defaults.
-    config, resuming = _start_or_resume(config.replace(auto_recipe=False), settings)
-    device = distributed.pick_device(config.device, distributed.DistContext())
-    with determinism(config.deterministic, device):
-        torch.manual_seed(config.seed)
-        data = build_run_data(config)
-        encoder = build_model(config, data)
-        run = _PretrainRun(config, settings, data, MaskedAutoencoder(encoder, **dataclasses.asdict(settings)), device)
-        if resuming:
-            run.restore()
-        return run.fit(on_epoch_end)
+    with distributed.run_processes(config.device, config.batch_size) as (ctx, device):
+        resuming = False
+        if ctx.is_main:  # decided once: every process starts from the same checkpoint (or none), in one folder
+            # The folder's recipe is for classification runs: pretraining keeps the fixed defaults.
+            config, resuming = _start_or_resume(config.replace(auto_recipe=False), settings)
+        settings_dict, resuming = distributed.broadcast_object((config.to_dict(), resuming), ctx)
+        config = TrainConfig.from_dict(settings_dict)
+        with determinism(config.deterministic, device), distributed.only_main_logs(ctx):
+            torch.manual_seed(config.seed)
+            with distributed.main_first(ctx):  # the others then read the folder index the main process wrote
+                data = build_run_data(config)
+            encoder = build_model(config, data)
+            mae = MaskedAutoencoder(encoder, **dataclasses.asdict(settings))
+            run = _PretrainRun(config, settings, data, mae, device, ctx)
+            if resuming:
+                run.restore()
+            return run.fit(on_epoch_end)
 
 
 class _PretrainRun:
@@ -140,13 +152,21 @@ class _PretrainRun:
 
     def __init__(
         self, config: TrainConfig, settings: MAESettings, data: DataBundle, mae: MaskedAutoencoder,
-        device: torch.device,
+        device: torch.device, ctx: distributed.DistContext,
     ) -> None:  # fmt: skip
-        self.config, self.settings, self.data, self.device = config, settings, data, device
+        self.config, self.settings, self.data, self.device, self.ctx = config, settings, data, device, ctx
         self.run_dir = config.run_dir
         self.mae = mae.to(device)
-        self.loaders = Loaders(data, config.batch_size, config.accum_steps, config.workers, config.seed,
-                               distributed.DistContext(), device)  # fmt: skip
+        encoder = mae.encoder
+        for unused in (encoder.fc_norm, encoder.pre_logits, encoder.seq_pool, encoder.head):
+            if unused is not None:  # what follows the encoder's tokens: no gradient here, none for DDP to wait for
+                unused.requires_grad_(False)
+        self.network = distributed.parallelize(self.mae, ctx, device, shard=False)  # what the steps run
+        if ctx.distributed:
+            # Weights are rank 0's (all processes built them from one seed); stochastic depth differs.
+            torch.manual_seed(config.seed + ctx.rank)
+        self.loaders = Loaders(data, config.batch_size, config.accum_steps, config.workers, config.seed, ctx,
+                               device)  # fmt: skip
         self.steps_per_epoch = self.loaders.micro_batches // config.accum_steps
         if self.steps_per_epoch == 0:
             raise ValueError(
@@ -173,28 +193,41 @@ class _PretrainRun:
                     self.steps_per_epoch, self.run_dir)  # fmt: skip
         if self.step:
             logger.info("resuming at epoch %d, step %d", self.epoch + 1, self.step)
-        metrics = MetricsLog(self.run_dir, lr_schedule=self.lr_schedule, completed_steps=self.step,
-                             tensorboard=config.tensorboard, train_loss_label="train (hidden patches)")  # fmt: skip
+        metrics = (
+            MetricsLog(self.run_dir, lr_schedule=self.lr_schedule, completed_steps=self.step,
+                       tensorboard=config.tensorboard, train_loss_label="train (hidden patches)")
+            if self.ctx.is_main else None
+        )  # fmt: skip
         with stop_on_ctrl_c() as ctrl_c_pressed:
             for epoch in range(self.epoch, config.epochs):
                 self._train_epoch(epoch, ctrl_c_pressed)
                 if 0 < config.steps <= self.step:
                     if self.saved_step != self.step:
                         self._save_checkpoint()
-                    metrics.close()
+                    if metrics is not None:
+                        metrics.close()
                     logger.info("stopped after %d optimizer step(s) (steps=%d): continue with `%s --resume %s "
                                 "--steps 0`", self.step, config.steps, RESUME_COMMAND, self.run_dir)  # fmt: skip
                     return PretrainResult(self.run_dir, self.history, encoder)
                 record = self._end_epoch(epoch)
-                metrics.log_epoch(self.history)
-                if on_epoch_end is not None:
+                if metrics is not None:
+                    metrics.log_epoch(self.history)
+                if on_epoch_end is not None and self.ctx.is_main:
                     on_epoch_end(record)
-        metrics.close()
-        encoder.save_pretrained(self.run_dir)
-        from vitkit.explain.report import write_reconstructions  # the pictures layer, loaded late
+        if metrics is not None:
+            metrics.close()
+            encoder.save_pretrained(self.run_dir)
+            from vitkit.explain.report import write_reconstructions  # the pictures layer, loaded late
 
-        write_reconstructions(self.mae, self.data.val, self.run_dir / RECONSTRUCTIONS_FILE, seed=config.seed)
+            write_reconstructions(self.mae, self.data.val, self.run_dir / RECONSTRUCTIONS_FILE, seed=config.seed)
         return PretrainResult(self.run_dir, self.history, encoder)
+
+    def _mask_noise(self, epoch: int, micro: int) -> torch.Tensor:
+        """The masking noise of this process's images of micro-batch ``micro``: the whole batch's rows, drawn from
+        (seed, epoch, micro-batch), then this process's (DistributedSampler deals the images out in turn)."""
+        rows = torch.rand(self.config.batch_size, self.mae.encoder.config.num_patches,
+                          generator=step_generator(self.config.seed, epoch, micro, MASK_STREAM))  # fmt: skip
+        return rows[self.ctx.rank :: self.ctx.world_size].to(self.device)
 
     def _train_epoch(self, epoch: int, ctrl_c_pressed: Callable[[], bool]) -> None:
         config, mae = self.config, self.mae
@@ -203,10 +236,12 @@ class _PretrainRun:
         started = time.perf_counter()
         batches = iter(()) if 0 < config.steps <= self.step else self.loaders.epoch(epoch, first)
         for micro, (images, _) in enumerate(batches, start=first):
-            loss = mae(images.to(self.device))[0]
-            (loss / config.accum_steps).backward()
+            last_micro = (micro + 1) % config.accum_steps == 0
+            with distributed.gradient_sync(self.network, enabled=last_micro):
+                loss = self.network(images.to(self.device), self._mask_noise(epoch, micro))[0]
+                (loss / config.accum_steps).backward()
             self.losses.append(loss.detach())
-            if (micro + 1) % config.accum_steps:
+            if not last_micro:
                 continue
             norm = torch.nn.utils.clip_grad_norm_(mae.parameters(), config.clip_grad or math.inf)
             if not math.isfinite(norm.item()):
@@ -222,7 +257,7 @@ class _PretrainRun:
             self.seconds, started = self.seconds + now - started, now
             if config.save_every and self.step % config.save_every == 0 and self.step_in_epoch < self.steps_per_epoch:
                 self._save_checkpoint()
-            if ctrl_c_pressed():
+            if distributed.any_process(ctrl_c_pressed(), self.ctx, self.device):
                 if self.saved_step != self.step:
                     self._save_checkpoint()
                 raise TrainingInterrupted(
@@ -234,17 +269,22 @@ class _PretrainRun:
 
     def _end_epoch(self, epoch: int) -> dict[str, Any]:
         """The epoch's record (validation loss under fixed masks), then the checkpoint and pretrain.json."""
-        count = len(self.losses) * self.config.batch_size
+        count = len(self.losses) * self.config.batch_size // self.ctx.world_size
+        loss_sum, losses = distributed.all_reduce_sum(
+            [torch.stack(self.losses).sum().item(), float(len(self.losses))], self.ctx, self.device
+        )
         record = {
-            "epoch": epoch + 1, "step": self.step, "train_loss": torch.stack(self.losses).mean().item(),
-            "val_loss": _validation_loss(self.mae, self.loaders, self.config.seed),
+            "epoch": epoch + 1, "step": self.step, "train_loss": loss_sum / losses,
+            "val_loss": self._validation_loss(),
             "lr": self.lr_schedule[self.step - 1],
             "images_per_s": count / max(self.seconds, 1e-9), "epoch_time_s": self.seconds,
         }  # fmt: skip
         self.history.append(record)
         self.epoch, self.step_in_epoch, self.losses, self.seconds = epoch + 1, 0, [], 0.0
         self._save_checkpoint()  # first the checkpoint, then the report: a reported epoch is never lost
-        write_json({"mae": dataclasses.asdict(self.settings), "history": self.history}, self.run_dir / PRETRAIN_FILE)
+        if self.ctx.is_main:
+            report = {"mae": dataclasses.asdict(self.settings), "history": self.history}
+            write_json(report, self.run_dir / PRETRAIN_FILE)
         return record
 
     def _kept(self) -> str:
@@ -253,14 +293,18 @@ class _PretrainRun:
         return f"the last good checkpoint (step {self.saved_step}) in {self.run_dir} is kept"
 
     def _save_checkpoint(self) -> None:
-        state = {
-            "epoch": self.epoch, "step": self.step, "step_in_epoch": self.step_in_epoch,
-            "steps_per_epoch": self.steps_per_epoch, "history": self.history, "seconds": self.seconds,
-            "losses": torch.stack(self.losses).cpu() if self.losses else torch.zeros(0),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "rng": rng_state(self.device),
-        }  # fmt: skip
-        save_checkpoint(self.run_dir, self.mae.state_dict(), state, command=RESUME_COMMAND)
+        """Rank 0 writes the checkpoint, with every process's random state and running losses."""
+        losses = torch.stack(self.losses).cpu() if self.losses else torch.zeros(0)
+        losses_by_rank = distributed.gather_objects(losses, self.ctx)
+        rng_by_rank = distributed.gather_objects(rng_state(self.device), self.ctx)
+        if self.ctx.is_main:
+            state = {
+                "epoch": self.epoch, "step": self.step, "step_in_epoch": self.step_in_epoch,
+                "steps_per_epoch": self.steps_per_epoch, "history": self.history, "seconds": self.seconds,
+                "losses": losses_by_rank, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": rng_by_rank,
+            }  # fmt: skip
+            save_checkpoint(self.run_dir, self.mae.state_dict(), state, command=RESUME_COMMAND)
         self.saved_step = self.step
 
     def restore(self) -> None:
@@ -276,18 +320,31 @@ class _PretrainRun:
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step, self.step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
         self.history, self.seconds, self.saved_step = state["history"], state["seconds"], state["step"]
-        self.losses = [loss.to(self.device) for loss in state["losses"]]
-        set_rng_state(state["rng"], self.device)
+        ctx, losses, rng = self.ctx, state["losses"], state["rng"]
+        if len(rng) == ctx.world_size:  # each process continues its own stream and running losses
+            set_rng_state(rng[ctx.rank], self.device)
+            mine = losses[ctx.rank]
+        else:  # another process count: rank 0 takes all the losses (their mean is the same); new random streams
+            logger.warning("%s was pre-trained with %d processes, now %d: the random streams of stochastic depth "
+                           "start anew", self.run_dir, len(rng), ctx.world_size)  # fmt: skip
+            torch.manual_seed(self.config.seed + ctx.rank + self.step)
+            mine = torch.cat(losses) if ctx.is_main else torch.zeros(0)
+        self.losses = [loss.to(self.device) for loss in mine]
 
-
-@torch.no_grad()
-def _validation_loss(mae: MaskedAutoencoder, loaders: Loaders, seed: int) -> float:
-    """The reconstruction loss on the held-out images, under masks drawn from ``seed``: comparable across epochs."""
-    mae.eval()
-    generator = torch.Generator().manual_seed(seed)
-    total, count = 0.0, 0
-    for images, _ in loaders.val():
-        noise = torch.rand(images.shape[0], mae.encoder.config.num_patches, generator=generator).to(images.device)
-        total += mae(images.to(noise.device), noise)[0].item() * images.shape[0]
-        count += images.shape[0]
-    return total / max(count, 1)
+    @torch.no_grad()
+    def _validation_loss(self) -> float:
+        """The reconstruction loss on the held-out images under masks drawn from the seed, one row per image (the
+        same for every epoch and any process count)."""
+        mae, ctx = self.mae, self.ctx
+        mae.eval()
+        generator = torch.Generator().manual_seed(self.config.seed)
+        noise = torch.rand(len(self.data.val), mae.encoder.config.num_patches, generator=generator)
+        mine = noise[ctx.rank :: ctx.world_size].to(self.device)  # the images of this process's share
+        total, count = 0.0, 0
+        for images, _ in self.loaders.val():
+            if len(images):  # a share one image short ends with an empty batch
+                batch_noise = mine[count : count + len(images)]
+                total += mae(images.to(self.device), batch_noise)[0].item() * len(images)
+                count += len(images)
+        loss_sum, image_count = distributed.all_reduce_sum([total, float(count)], ctx, self.device)
+        return loss_sum / max(image_count, 1.0)

@@ -49,6 +49,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 TRAIN_CONFIG_FILE = "train_config.json"
+PRETRAIN_FILE = "pretrain.json"  # in the run folder of `vitkit pretrain`, a masked autoencoder's
 DEFAULT_MODEL = "vit_digits_stem"
 # Peak learning rates of AdamW: from random weights (the DeiT recipe scaled to small batches), and from trained ones.
 SCRATCH_LR = 1e-3
@@ -141,7 +142,9 @@ class TrainConfig:
     batch_size: int = _flag(64, "images per forward pass over all processes (split evenly between them)")
     accum_steps: int = _flag(1, "forward passes per optimizer step (gradient accumulation)")
     lr: float | None = _flag(
-        None, f"peak learning rate of AdamW; default: {SCRATCH_LR:g}, or {FINETUNE_LR:g} when fine-tuning (--init-from)"
+        None,
+        f"peak learning rate of AdamW; default: {SCRATCH_LR:g}, or {FINETUNE_LR:g} when fine-tuning (--init-from) "
+        "other than a `vitkit pretrain` run folder",
     )
     min_lr: float = _flag(1e-5, "learning rate at the end of the cosine decay")
     warmup_epochs: float = _flag(5.0, "epochs of linear learning-rate warm-up (at most half the run)")
@@ -213,8 +216,8 @@ class TrainConfig:
         if self.dataset is None:
             shards = self.data_dir is not None and is_shard_location(self.data_dir)
             self.dataset = "digits" if self.data_dir is None else "shards" if shards else "folder"
-        if self.lr is None:  # weights that already see well move little: fine-tuning starts 10x lower
-            self.lr = FINETUNE_LR if self.init_from is not None else SCRATCH_LR
+        if self.lr is None:
+            self.lr = default_lr(self.init_from)
         self._check()
 
     def _check(self) -> None:
@@ -330,6 +333,18 @@ def merge_settings(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, A
     for name in NESTED:
         merged[name] = {**base.get(name, {}), **changes.get(name, {})}
     return merged
+
+
+def default_lr(init_from: str | None) -> float:
+    """The peak learning rate of a run that names none: ``SCRATCH_LR`` from random weights; ``FINETUNE_LR`` (10x
+    lower) from trained weights, which already see well and should move little; but ``SCRATCH_LR`` again from a
+    masked autoencoder's run folder (``vitkit pretrain``), whose encoder is fine-tuned with the recipe of training
+    from scratch (He et al. 2021): its features are not yet those of a classifier."""
+    if init_from is None:
+        return SCRATCH_LR
+    location = Path(init_from)
+    folder = location if location.is_dir() else location.parent
+    return SCRATCH_LR if (folder / PRETRAIN_FILE).is_file() else FINETUNE_LR
 
 
 def check_batch_split(batch_size: int, processes: int) -> None:

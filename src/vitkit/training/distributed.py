@@ -20,6 +20,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from vitkit.training.config import check_batch_split
+
 logger = logging.getLogger(__name__)
 
 
@@ -126,6 +128,24 @@ def destroy_process_group(barrier: bool) -> None:
     if barrier:
         dist.barrier()
     dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def run_processes(device_name: str, batch_size: int) -> Iterator[tuple[DistContext, torch.device]]:
+    """This process's place and device for a run (``batch_size`` must split evenly between the processes), in the
+    process group torchrun set up: joined here unless the caller did, and then left at the end, after the others
+    when the block finished, at once after an error."""
+    ctx = context_from_env()
+    check_batch_split(batch_size, ctx.world_size)
+    device = pick_device(device_name, ctx)
+    owns_group = init_process_group(ctx, device)
+    finished = False
+    try:
+        yield ctx, device
+        finished = True
+    finally:
+        if owns_group:
+            destroy_process_group(barrier=finished)
 
 
 def parallelize(model: nn.Module, ctx: DistContext, device: torch.device, shard: bool) -> nn.Module:

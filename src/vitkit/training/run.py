@@ -28,12 +28,11 @@ from vitkit.training.checkpoint import checkpoint_step, find_init_weights
 from vitkit.training.config import (
     AUTO_RESUME,
     DEFAULT_MODEL,
-    FINETUNE_LR,
     RESUMABLE_CHANGES,
     TRAIN_CONFIG_FILE,
     VIT_SETTINGS,
     TrainConfig,
-    check_batch_split,
+    default_lr,
     load_train_config,
 )
 from vitkit.training.loop import EpochCallback, StepCallback, Trainer, determinism
@@ -140,7 +139,7 @@ def _from_source(config: TrainConfig, init_from: str, new_run: bool) -> TrainCon
     logger.info(
         "fine-tuning from %s: %s, lr %g (%s), %g warm-up epochs%s", config.init_from,
         "its architecture" if config.model is None else f"architecture {config.model}", config.lr,
-        "fine-tuning default; --lr to change" if config.lr == FINETUNE_LR else "--lr", config.warmup_epochs,
+        "default; --lr to change" if config.lr == default_lr(config.init_from) else "--lr", config.warmup_epochs,
         kept if config.keep_preprocessing else "",
     )  # fmt: skip
     if config.image_size is not None:
@@ -236,12 +235,7 @@ def train(
     rank 0 after each epoch, once its checkpoint is written (the CLI prints a line); ``on_step_end(epoch, step,
     model)`` after each optimizer step and its checkpoint, on every process.
     """
-    ctx = distributed.context_from_env()
-    check_batch_split(config.batch_size, ctx.world_size)
-    device = distributed.pick_device(config.device, ctx)
-    owns_group = distributed.init_process_group(ctx, device)
-    finished = False
-    try:
+    with distributed.run_processes(config.device, config.batch_size) as (ctx, device):
         config, resume_step = start_or_resume(config, ctx)
         run_dir = config.run_dir
         new_run = config.resume is None
@@ -257,11 +251,7 @@ def train(
             if config.lora_rank:
                 base_weights = find_init_weights(config.init_from)[0] if config.init_from else None
                 final = finetune.save_lora_run(final, run_dir, config, base_weights, write=ctx.is_main)
-        finished = True
         return TrainResult(run_dir, history, final)
-    finally:
-        if owns_group:
-            distributed.destroy_process_group(barrier=finished)
 
 
 def start_or_resume(config: TrainConfig, ctx: distributed.DistContext) -> tuple[TrainConfig, int]:
