@@ -14,6 +14,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from vitkit.data import DataBundle
 from vitkit.data.batch_augment import BatchAugment, batched, draw, step_generator
+from vitkit.data.decode import Normalise
 from vitkit.data.gpu_decode import BatchDecoder, EncodedImages, collate_encoded
 from vitkit.data.shards import training_stream
 from vitkit.training.distributed import DistContext
@@ -108,14 +109,11 @@ class Loaders:
         if self.decoder is not None:
             return self._decoded_batches(epoch, first)
         if self.normalise is not None:
-            return self._normalised_batches()
+            return self._normalised_batches(self.normalise)
         return iter(self.train)
 
-    def _normalised_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _normalised_batches(self, normalise: Normalise) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The workers' uint8 batches moved to the device and normalised there (timm's prefetcher does the same)."""
-        normalise = self.normalise
-        if normalise is None:
-            raise RuntimeError("uint8 batches need the normalisation of the data's train_normalise")
         for images, labels in self.train:
             yield normalise(images.to(self.device, non_blocking=True)), labels
 
