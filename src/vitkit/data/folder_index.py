@@ -34,7 +34,7 @@ INDEX_VERSION = 2
 Header = tuple[int, tuple[int, int]]  # (channels, (height, width))
 Checker = Callable[[str], Header]
 _PARALLEL_FROM = 256  # fewer files than this are checked in this process: starting workers would cost more
-IO_THREADS = 8  # checks in flight per process: a check is mostly waiting for a few KiB from the disk
+IO_THREADS = 4  # checks in flight per process: a check mostly waits for a few KiB from the disk (more: GIL contention)
 
 
 def cache_dir() -> Path:
