@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -158,10 +159,20 @@ print(round(memory.memory_kib()[0] / 1024))
 
 def test_unpooled_malloc_gives_freed_blocks_back() -> None:
     codes = [RESIDENT_AFTER_TWO_FREED_BLOCKS.format(setup=setup) for setup in ("", "memory.unpooled_malloc()")]
-    processes = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for code in codes]
+    env = {**os.environ, memory.HUGE_PAGES_ENV: "0"}  # as the measuring children run: 2 MiB blocks skip the pool
+    processes = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+                 for code in codes]  # fmt: skip
     pooled, unpooled = (int(process.communicate(timeout=120)[0]) for process in processes)  # side by side
     assert [process.returncode for process in processes] == [0, 0]
     assert pooled - unpooled >= 15  # the second 20 MiB block stayed resident only with glibc's pooling
+
+
+def test_measuring_children_start_without_huge_pages_and_the_parent_keeps_its_setting(monkeypatch) -> None:
+    monkeypatch.setenv(memory.HUGE_PAGES_ENV, "1")  # as under the `vitkit` command
+    show = f"import os; print(os.environ.get('{memory.HUGE_PAGES_ENV}'))"
+    with memory._children_without_huge_pages():
+        seen = subprocess.run([sys.executable, "-c", show], capture_output=True, text=True, check=True).stdout
+    assert seen.strip() == "0" and os.environ[memory.HUGE_PAGES_ENV] == "1"
 
 
 def test_matmul_peak_is_the_faster_of_the_products_and_each_computes_a_times_b() -> None:

@@ -14,8 +14,10 @@ import gc
 import importlib
 import logging
 import multiprocessing
+import os
 import resource
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 UNPOOLED_BYTES = 128 * 1024  # glibc's initial mmap threshold
+HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"  # PyTorch's switch, which the `vitkit` command turns on
 
 
 def memory_kib() -> tuple[int, int]:
@@ -138,18 +141,34 @@ def peak_memories_mib(
     """
     context = multiprocessing.get_context("spawn")
     peaks: dict[str, dict[int, float] | None] = {}
-    for start in range(0, len(labels), processes):
-        group = labels[start : start + processes]
-        pools = [ProcessPoolExecutor(1, mp_context=context) for _ in group]
-        try:
-            futures = {
-                label: pool.submit(
-                    _peak_memory_child, MemoryTask(label, name, image_size, tuple(batch_sizes), threads, train)
-                )
-                for label, pool in zip(group, pools)
-            }
-            peaks.update({label: future.result() for label, future in futures.items()})
-        finally:
-            for pool in pools:
-                pool.shutdown()
+    with _children_without_huge_pages():
+        for start in range(0, len(labels), processes):
+            group = labels[start : start + processes]
+            pools = [ProcessPoolExecutor(1, mp_context=context) for _ in group]
+            try:
+                futures = {
+                    label: pool.submit(
+                        _peak_memory_child, MemoryTask(label, name, image_size, tuple(batch_sizes), threads, train)
+                    )
+                    for label, pool in zip(group, pools)
+                }
+                peaks.update({label: future.result() for label, future in futures.items()})
+            finally:
+                for pool in pools:
+                    pool.shutdown()
     return {label: [None if p is None else p[b] for b in batch_sizes] for label, p in peaks.items()}
+
+
+@contextlib.contextmanager
+def _children_without_huge_pages() -> Iterator[None]:
+    """Processes started meanwhile run with PyTorch's huge pages off: 2 MiB-aligned blocks bypass glibc's pool and
+    round sizes up, so a child's figure would count blocks, not the tensors (this process's setting stays)."""
+    before = os.environ.get(HUGE_PAGES_ENV)
+    os.environ[HUGE_PAGES_ENV] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[HUGE_PAGES_ENV]
+        else:
+            os.environ[HUGE_PAGES_ENV] = before
