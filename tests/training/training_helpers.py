@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -49,6 +50,17 @@ def subprocess_env() -> dict[str, str]:
 def without_timings(history: list[dict]) -> list[dict]:
     """Metrics records minus the wall-clock fields, which no two runs share."""
     return [{k: v for k, v in record.items() if k not in ("images_per_s", "epoch_time_s")} for record in history]
+
+
+def without_pictures() -> None:
+    """In this process, training runs end without their pictures and metric plots: drawing them is most of a tiny
+    run's time, and rank 0's drawing keeps the other processes waiting (they are tested in test_run_pictures.py and
+    test_metrics.py)."""
+    from vitkit.explain import report
+    from vitkit.training.metrics import MetricsLog
+
+    report.write_run_pictures = lambda *args, **kwargs: None
+    MetricsLog._plot = lambda *args: None  # type: ignore[method-assign]
 
 
 def write_digit_folder(root: Path, classes: list[int], per_class: int, size: int) -> Path:
@@ -104,7 +116,14 @@ def wait_for_success(processes: list[subprocess.Popen], timeout: float) -> None:
             raise subprocess.CalledProcessError(returncode, process.args)
 
 
-def run_process_tree(command: list[str], timeout: float) -> None:
-    """Run a command that starts processes of its own (torchrun); on timeout or failure, none of them survives."""
-    with started_process_trees([command]) as processes:
-        wait_for_success(processes, timeout)
+@dataclass
+class Launch:
+    """The processes started for one run (by `started_process_trees`) and the folder they write it to."""
+
+    run_dir: Path
+    processes: list[subprocess.Popen]
+
+    def wait(self) -> Path:
+        """The run folder, once every process has ended well."""
+        wait_for_success(self.processes, timeout=300)
+        return self.run_dir
