@@ -13,6 +13,7 @@ from training_helpers import (
     Launch,
     started_process_trees,
     tiny_config,
+    without_pictures,
     write_digit_folder,
 )
 
@@ -33,6 +34,13 @@ def tiny(tmp_path: Path) -> Callable[..., TrainConfig]:
 @pytest.fixture(autouse=True)
 def _one_thread(one_thread: None) -> None:
     """Every test here runs on one CPU thread (the fixture in tests/conftest.py)."""
+
+
+@pytest.fixture(autouse=True)
+def _no_pictures(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runs of a test here draw no pictures or metric plots unless the test is marked `pictures`."""
+    if request.node.get_closest_marker("pictures") is None:
+        without_pictures(monkeypatch)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 
+import pytest
 from training_helpers import without_pictures
 
 from vitkit import cli, training
@@ -21,7 +22,7 @@ from vitkit import cli, training
 def main(pause_step: str, *args: str) -> int:
     train = training.train
     first_attempt = os.environ["TORCHELASTIC_RESTART_COUNT"] == "0"
-    without_pictures()
+    without_pictures(pytest.MonkeyPatch())
 
     def pause(epoch: int, step: int, model: object) -> None:
         if first_attempt and os.environ["RANK"] == "1" and step == int(pause_step):
