@@ -13,7 +13,6 @@ from training_helpers import (
     Launch,
     started_process_trees,
     tiny_config,
-    without_pictures,
     write_digit_folder,
 )
 
@@ -37,10 +36,10 @@ def _one_thread(one_thread: None) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _no_pictures(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_pictures(request: pytest.FixtureRequest) -> None:
     """The runs of a test here draw no pictures or metric plots unless the test is marked `pictures`."""
     if request.node.get_closest_marker("pictures") is None:
-        without_pictures(monkeypatch)
+        request.getfixturevalue("no_run_pictures")  # tests/conftest.py
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,6 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 import torch.distributed as dist
 from training_helpers import without_pictures
@@ -43,7 +42,7 @@ def main(config_file: str, uneven_config_file: str, out_dir: str) -> None:
     rank = int(os.environ["RANK"])
     dist.init_process_group("gloo")
     config = TrainConfig.from_file(config_file)
-    without_pictures(pytest.MonkeyPatch())
+    without_pictures()
 
     # What the tiny model's runs would decide anyway (no oneDNN, GELU outputs kept), except on rank 1.
     own_decision = CpuKernels(onednn_products=rank == 1, recompute_gelu=False, reason=f"rank {rank}'s decision")

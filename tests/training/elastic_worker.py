@@ -13,7 +13,6 @@ import os
 import sys
 import threading
 
-import pytest
 from training_helpers import without_pictures
 
 from vitkit import cli, training
@@ -22,7 +21,7 @@ from vitkit import cli, training
 def main(pause_step: str, *args: str) -> int:
     train = training.train
     first_attempt = os.environ["TORCHELASTIC_RESTART_COUNT"] == "0"
-    without_pictures(pytest.MonkeyPatch())
+    without_pictures()
 
     def pause(epoch: int, step: int, model: object) -> None:
         if first_attempt and os.environ["RANK"] == "1" and step == int(pause_step):

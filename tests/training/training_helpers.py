@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import torch
 
 from vitkit.training import TrainConfig
@@ -53,11 +52,14 @@ def without_timings(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in record.items() if k not in ("images_per_s", "epoch_time_s")} for record in history]
 
 
-def without_pictures(patch: pytest.MonkeyPatch) -> None:
-    """Training runs end without their pictures and metric plots: drawing them is most of a tiny run's time, and in
-    several processes rank 0's drawing keeps the others waiting (tests marked `pictures` look at them)."""
-    patch.setattr("vitkit.explain.report.write_run_pictures", lambda *args, **kwargs: None)
-    patch.setattr("vitkit.training.metrics.MetricsLog._plot", lambda *args: None)
+def without_pictures() -> None:
+    """In this worker process, as the `no_run_pictures` fixture (tests/conftest.py) does in the tests' own: runs end
+    without their pictures and metric plots, whose drawing by rank 0 would keep the other processes waiting."""
+    from vitkit.explain import report
+    from vitkit.training.metrics import MetricsLog
+
+    report.write_run_pictures = lambda *args, **kwargs: None
+    MetricsLog._plot = lambda *args: None  # type: ignore[method-assign]
 
 
 def write_digit_folder(root: Path, classes: list[int], per_class: int, size: int) -> Path:
