@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from training_helpers import (
-    DDP_RECIPE,
-    STREAMED,
-    Launch,
-    started_process_trees,
-    tiny_config,
-    write_digit_folder,
-)
+from training_helpers import DDP_RECIPE, STREAMED, run_process_tree, tiny_config, write_digit_folder
 
 from vitkit.io import write_json
 from vitkit.training import TrainConfig
@@ -55,10 +48,9 @@ def digit_shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
-def ddp_launch(tmp_path_factory: pytest.TempPathFactory, digit_shards: tuple[Path, Path]) -> Iterator[Launch]:
-    """ddp_worker.py under `torchrun --nproc_per_node=2`, started and not waited for (`ddp_out` waits), so that
-    test_distributed.py can start its other runs beside it: the one launch of 2 processes on one node that
-    test_distributed.py and test_loaders.py share."""
+def ddp_out(tmp_path_factory: pytest.TempPathFactory, digit_shards: tuple[Path, Path]) -> Path:
+    """The results of ddp_worker.py under `torchrun --nproc_per_node=2` (about 11 s): the one launch of 2 processes
+    on one node that test_distributed.py and test_loaders.py share."""
     out = tmp_path_factory.mktemp("ddp")
     write_json(tiny_config(out / "ddp", **DDP_RECIPE).to_dict(), out / "ddp.json")
     uneven = tiny_config(out / "uneven", data_dir=f"{digit_shards[1]}/train-{{000000..000002}}.tar", epochs=1,
@@ -68,11 +60,5 @@ def ddp_launch(tmp_path_factory: pytest.TempPathFactory, digit_shards: tuple[Pat
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         str(Path(__file__).with_name("ddp_worker.py")), str(out / "ddp.json"), str(out / "uneven.json"), str(out),
     ]  # fmt: skip
-    with started_process_trees([command]) as processes:
-        yield Launch(out, processes)
-
-
-@pytest.fixture(scope="session")
-def ddp_out(ddp_launch: Launch) -> Path:
-    """The results of `ddp_launch`, once its processes have ended."""
-    return ddp_launch.wait()
+    run_process_tree(command, timeout=300)
+    return out

@@ -11,7 +11,6 @@ the test allows DDP_TOLERANCE.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -21,20 +20,17 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 from training_helpers import (
     DDP_RECIPE,
-    Launch,
     assert_same_weights,
     started_process_trees,
     subprocess_env,
     tiny_config,
+    wait_for_success,
     without_timings,
 )
 
@@ -55,13 +51,10 @@ PAUSE_STEP = 16  # in epoch 2 (11 steps per epoch), one step after a checkpoint
 STEPS = 22
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports (each socket stays bound until all are chosen)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def config_file(out: Path, name: str, **changes: object) -> Path:
@@ -69,42 +62,6 @@ def config_file(out: Path, name: str, **changes: object) -> Path:
     path = out / f"{name}.json"
     write_json(tiny_config(out / name, **{**RECIPE, **changes}).to_dict(), path)
     return path
-
-
-@dataclass
-class Launches:
-    """The multi-process runs of this module besides `ddp_launch`'s (see the fixtures that wait for each)."""
-
-    two_nodes: Launch
-    restarted: Launch
-    killed_worker: Future[int]  # the process id of the restarted run's worker killed once it paused
-    sharded: Launch
-
-
-@pytest.fixture(scope="module")
-def launches(tmp_path_factory: pytest.TempPathFactory, ddp_launch: Launch) -> Iterator[Launches]:
-    """Every multi-process run of this module, started side by side with conftest.py's `ddp_launch`: their
-    interpreters' start-up, their rendezvous and the moments one process waits for another overlap, so the
-    machine's cores stay busy. A thread kills the worker that `elastic_worker.py` pauses as soon as it pauses."""
-    out = tmp_path_factory.mktemp("launches")
-    two_nodes_port, restarted_port, sharded_port = free_ports(3)
-    with contextlib.ExitStack() as stack:
-        killer = stack.enter_context(ThreadPoolExecutor(1))  # left last, once the processes are gone
-
-        def start(run: str, commands: list[list[str]], envs: list[dict[str, str]], stdout: int | None = None) -> Launch:
-            processes = stack.enter_context(started_process_trees(commands, envs, stdout=stdout))
-            return Launch(out / run, processes)
-
-        two_nodes = start("two_nodes", *two_node_agents(out, f"127.0.0.1:{two_nodes_port}"))
-        restarted = start("restarted", *restarted_agents(out, f"127.0.0.1:{restarted_port}"), stdout=subprocess.PIPE)
-        killed_worker = killer.submit(kill_when_paused, restarted.processes)
-        yield Launches(two_nodes, restarted, killed_worker, start("sharded", *srun_tasks(out, sharded_port)))
-
-
-@pytest.fixture(scope="module")
-def ddp_out(ddp_launch: Launch, launches: Launches) -> Path:
-    """conftest.py's `ddp_out`, waited for once this module's other runs have started beside it."""
-    return ddp_launch.wait()
 
 
 def test_processes_end_with_identical_weights(ddp_out: Path) -> None:
@@ -148,23 +105,21 @@ def test_nan_on_one_process_stops_all_at_the_same_step(ddp_out: Path) -> None:
 # --- several nodes ----------------------------------------------------------------------------------------------
 
 
-def two_node_agents(out: Path, endpoint: str) -> tuple[list[list[str]], list[dict[str, str]]]:
-    """(commands, environments) of `vitkit train --nnodes 2 --node-rank R --rdzv-endpoint ... --nproc 1` run as two
-    agents on this machine, into out / "two_nodes": the command line starting torchrun itself, as `--nproc N` does
-    on one machine (the torchrun command it builds is tested in tests/test_cli.py)."""
-    settings = config_file(out, "two_nodes", save_every=SAVE_EVERY)
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run folder of `vitkit train --nnodes 2 --node-rank R --rdzv-endpoint ... --nproc 1` run as two agents
+    on this machine (about 15 s): the command line starting torchrun itself, as `--nproc N` does on one machine
+    (the torchrun command it builds is tested in tests/test_cli.py)."""
+    out = tmp_path_factory.mktemp("nodes")
+    settings, endpoint = config_file(out, "run", save_every=SAVE_EVERY), f"127.0.0.1:{free_port()}"
     agents = [
         [sys.executable, "-m", "vitkit", "-q", "train", "--config", str(settings), "--nnodes", "2",
          "--node-rank", str(rank), "--rdzv-endpoint", endpoint, "--nproc", "1"]
         for rank in (0, 1)
     ]  # fmt: skip
-    return agents, [subprocess_env()] * 2
-
-
-@pytest.fixture(scope="module")
-def two_nodes(launches: Launches) -> Path:
-    """The run folder of the two agents of `two_node_agents`."""
-    return launches.two_nodes.wait()
+    with started_process_trees(agents) as processes:
+        wait_for_success(processes, timeout=300)
+    return out / "run"
 
 
 def test_two_nodes_match_two_processes_on_one_node(two_nodes: Path, ddp_out: Path) -> None:
@@ -196,17 +151,11 @@ def paused_worker(agents: list[subprocess.Popen]) -> int:
     raise AssertionError("the agents ended before the worker paused")
 
 
-def kill_when_paused(agents: list[subprocess.Popen]) -> int:
-    """SIGKILL the worker that pauses at PAUSE_STEP, once it does; returns its process id."""
-    pid = paused_worker(agents)
-    os.kill(pid, signal.SIGKILL)
-    return pid
-
-
-def restarted_agents(out: Path, endpoint: str) -> tuple[list[list[str]], list[dict[str, str]]]:
-    """(commands, environments) of torchrun started by hand on two nodes with --max-restarts 1, running
-    elastic_worker.py (whose rank 1 pauses at PAUSE_STEP) into out / "restarted"."""
-    settings = config_file(out, "restarted", save_every=SAVE_EVERY)
+def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_uninterrupted(ddp_out: Path, tmp_path: Path) -> None:
+    """torchrun started by hand on two nodes with --max-restarts 1; rank 1 is killed with SIGKILL in epoch 2. Both
+    worker groups restart, continue from the last checkpoint by themselves, and end with the weights of the
+    uninterrupted run of 2 processes."""
+    settings, endpoint = config_file(tmp_path, "run", save_every=SAVE_EVERY), f"127.0.0.1:{free_port()}"
     agents = [
         [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
          f"--rdzv-endpoint={endpoint}", "--rdzv-id=kill-test", f"--rdzv-conf=is_host={str(rank == 0).lower()}",
@@ -214,15 +163,11 @@ def restarted_agents(out: Path, endpoint: str) -> tuple[list[list[str]], list[di
          "--config", str(settings)]
         for rank in (0, 1)
     ]  # fmt: skip
-    return agents, [{**torchrun_env(max_restarts=1), **subprocess_env()}] * 2
-
-
-def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_uninterrupted(ddp_out: Path, launches: Launches) -> None:
-    """torchrun started by hand on two nodes with --max-restarts 1; rank 1 is killed with SIGKILL in epoch 2. Both
-    worker groups restart, continue from the last checkpoint by themselves, and end with the weights of the
-    uninterrupted run of 2 processes."""
-    assert launches.killed_worker.result(timeout=300) > 0
-    run_dir, reference = launches.restarted.wait(), ddp_out / "ddp"  # the agents' remaining output is a few lines
+    env = torchrun_env(max_restarts=1)
+    with started_process_trees(agents, [{**env, **subprocess_env()}] * 2, stdout=subprocess.PIPE) as processes:
+        os.kill(paused_worker(processes), signal.SIGKILL)
+        wait_for_success(processes, timeout=300)  # their remaining output is a few lines: the pipes never fill
+    run_dir, reference = tmp_path / "run", ddp_out / "ddp"
     for name in ("last.safetensors", "model.safetensors", "best.safetensors"):
         assert_same_weights(load_safetensors(reference / name), load_safetensors(run_dir / name))
     assert without_timings(read_metrics(run_dir)) == without_timings(read_metrics(reference))
@@ -231,21 +176,19 @@ def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_uninterrupted(ddp_o
 # --- a sharded model --------------------------------------------------------------------------------------------
 
 
-def srun_tasks(out: Path, master_port: int) -> tuple[list[list[str]], list[dict[str, str]]]:
-    """(commands, environments) of `vitkit train --shard-model --grad-checkpointing` in two processes started as
-    `srun -n 2` starts them: SLURM_* variables, MASTER_ADDR and MASTER_PORT, no torchrun; into out / "sharded"."""
-    settings = config_file(out, "sharded", shard_model=True, grad_checkpointing=True)
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run folder of `vitkit train --shard-model --grad-checkpointing` in two processes started as `srun -n 2`
+    starts them: SLURM_* variables, MASTER_ADDR and MASTER_PORT, no torchrun (about 10 s)."""
+    out = tmp_path_factory.mktemp("sharded")
+    settings = config_file(out, "run", shard_model=True, grad_checkpointing=True)
     base = {k: v for k, v in subprocess_env().items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
-    base.update(SLURM_STEP_NUM_TASKS="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(master_port))
+    base.update(SLURM_STEP_NUM_TASKS="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     envs = [{**base, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)} for rank in (0, 1)]
     command = [sys.executable, "-m", "vitkit", "-q", "train", "--config", str(settings)]
-    return [command, command], envs
-
-
-@pytest.fixture(scope="module")
-def sharded(launches: Launches) -> Path:
-    """The run folder of the two processes of `srun_tasks`."""
-    return launches.sharded.wait()
+    with started_process_trees([command, command], envs) as processes:
+        wait_for_success(processes, timeout=300)
+    return out / "run"
 
 
 def test_sharded_model_trains_as_ddp_does(sharded: Path, ddp_out: Path) -> None:

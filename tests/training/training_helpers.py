@@ -8,7 +8,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -115,14 +114,7 @@ def wait_for_success(processes: list[subprocess.Popen], timeout: float) -> None:
             raise subprocess.CalledProcessError(returncode, process.args)
 
 
-@dataclass
-class Launch:
-    """The processes started for one run (by `started_process_trees`) and the folder they write it to."""
-
-    run_dir: Path
-    processes: list[subprocess.Popen]
-
-    def wait(self) -> Path:
-        """The run folder, once every process has ended well."""
-        wait_for_success(self.processes, timeout=300)
-        return self.run_dir
+def run_process_tree(command: list[str], timeout: float) -> None:
+    """Run a command that starts processes of its own (torchrun); on timeout or failure, none of them survives."""
+    with started_process_trees([command]) as processes:
+        wait_for_success(processes, timeout)
