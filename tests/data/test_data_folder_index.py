@@ -17,7 +17,7 @@ from vitkit.data.sources import folder_mean_std
 
 
 class CountingChecker:
-    """image_header, listing the files it opens (in this process, from the check's threads: workers=0)."""
+    """image_header, counting the files it opens (in this process: the checks run with workers=0)."""
 
     def __init__(self) -> None:
         self.opened: list[str] = []
@@ -44,7 +44,7 @@ def test_unchanged_files_are_not_checked_again_and_changed_ones_are(tmp_path: Pa
     paths.append(str(tmp_path / "data" / "bad.png"))
     checker = CountingChecker()
     headers, bad = FolderIndex(tmp_path / "data").check(paths, checker=checker)
-    assert sorted(checker.opened) == sorted(paths)
+    assert checker.opened == paths
     assert headers[:-1] == [(3, Image.open(path).size[::-1]) for path in paths[:-1]]  # PIL's own (width, height)
     reason = "not an image in any format Pillow reads (wrong extension, or not an image at all)"
     assert headers[-1] is None and bad == [f"{paths[-1]}: {reason}"]

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -25,7 +25,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from vitkit.data.images import ImageLoadError, quick_check
+from vitkit.data.images import ImageLoadError, quick_check, read_ahead
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,6 @@ INDEX_VERSION = 2
 Header = tuple[int, tuple[int, int]]  # (channels, (height, width))
 Checker = Callable[[str], Header]
 _PARALLEL_FROM = 256  # fewer files than this are checked in this process: starting workers would cost more
-IO_THREADS = 4  # checks in flight per process: a check mostly waits for a few KiB from the disk (more: GIL contention)
 
 
 def cache_dir() -> Path:
@@ -54,14 +53,15 @@ def _check_one(checker: Checker, path: str) -> Header | str:
 
 
 def _check_chunk(checker: Checker, paths: Sequence[str]) -> list[Header | str]:
-    """_check_one of each path, IO_THREADS at a time: a folder that is not in the page cache waits on the disk."""
-    with ThreadPoolExecutor(IO_THREADS) as threads:
-        return list(threads.map(partial(_check_one, checker), paths))
+    """_check_one of each path, their first and last bytes read ahead together (for a folder that is not in the
+    page cache, the disk then serves the chunk's reads at once instead of one after another)."""
+    read_ahead(paths)
+    return [_check_one(checker, path) for path in paths]
 
 
 def check_files(paths: Sequence[str], checker: Checker = quick_check, workers: int = 0) -> list[Header | str]:
-    """``checker`` applied to every path (header, or the reason it failed), in order: in ``workers`` processes
-    when > 1, each with IO_THREADS threads (``checker`` must be thread-safe)."""
+    """``checker`` applied to every path (header, or the reason it failed), in order, in ``workers`` processes
+    when > 1."""
     parallel = workers > 1 and len(paths) >= _PARALLEL_FROM
     size = max(16, min(512, len(paths) // (8 * workers))) if parallel else 256
     chunks = [paths[start : start + size] for start in range(0, len(paths), size)]
