@@ -63,6 +63,14 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def no_run_pictures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training runs end without their pictures and metric plots: drawing them is most of a tiny run's time
+    (tests/training/test_run_pictures.py and test_metrics.py look at them)."""
+    monkeypatch.setattr("vitkit.explain.report.write_run_pictures", lambda *args, **kwargs: None)
+    monkeypatch.setattr("vitkit.training.metrics.MetricsLog._plot", lambda *args: None)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The folder indexes the tests build go to a folder of their own, not to the user's cache (VITKIT_CACHE_DIR);

@@ -41,7 +41,7 @@ def recipe(out: Path, **changes: object) -> TrainConfig:
     return TrainConfig.from_dict({**RECIPE, "out": str(out), **changes})
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread", "no_run_pictures")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,13 @@ def _one_thread(one_thread: None) -> None:
     """Every test here runs on one CPU thread (the fixture in tests/conftest.py)."""
 
 
+@pytest.fixture(autouse=True)
+def _no_pictures(request: pytest.FixtureRequest) -> None:
+    """The runs of a test here draw no pictures or metric plots unless the test is marked `pictures`."""
+    if request.node.get_closest_marker("pictures") is None:
+        request.getfixturevalue("no_run_pictures")  # tests/conftest.py
+
+
 @pytest.fixture(scope="session")
 def digit_shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(image folder, its WebDataset shards): 3 classes x 30 training images in shards of 40, 40 and 10 (which do

@@ -10,7 +10,7 @@ The worker joins the process group itself, so the four runs share it (train() le
 4. UNEVEN_CONFIG: one epoch on shards that do not divide evenly between the 2 processes (OUT_DIR/uneven).
 
 In every run each rank's own CPU kernels decision would differ (as timing noise can make it); rank<R>.json also lists
-the decisions each rank's forward passes ran in.
+the decisions each rank's forward passes ran in. The runs draw no pictures or plots (no test here looks at them).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from training_helpers import without_pictures
 
 from vitkit.io import save_safetensors
 from vitkit.training import NonFiniteLossError, TrainConfig, cpu_kernels, train
@@ -41,6 +42,7 @@ def main(config_file: str, uneven_config_file: str, out_dir: str) -> None:
     rank = int(os.environ["RANK"])
     dist.init_process_group("gloo")
     config = TrainConfig.from_file(config_file)
+    without_pictures()
 
     # What the tiny model's runs would decide anyway (no oneDNN, GELU outputs kept), except on rank 1.
     own_decision = CpuKernels(onednn_products=rank == 1, recompute_gelu=False, reason=f"rank {rank}'s decision")

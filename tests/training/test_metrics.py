@@ -14,6 +14,8 @@ from vitkit.training import train
 from vitkit.training.checkpoint import load_checkpoint
 from vitkit.training.metrics import FIELDS, read_metrics
 
+pytestmark = pytest.mark.pictures
+
 
 def test_metric_files_plots_and_tensorboard(tiny) -> None:
     lines: list[str] = []

@@ -102,6 +102,7 @@ def test_kill_9_mid_epoch_then_resume_is_bitwise_identical(tiny) -> None:
     assert_same_run(reference.run_dir, resumed.run_dir)
 
 
+@pytest.mark.pictures  # a run stopped by --steps draws none
 def test_steps_stop_with_a_checkpoint_then_resume_may_extend_epochs_but_not_change_the_recipe(tiny) -> None:
     run = train(tiny(epochs=1, steps=5))
     _, state = load_checkpoint(run.run_dir)

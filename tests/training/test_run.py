@@ -29,14 +29,8 @@ def photo_folder(root: Path, per_class: int, size: tuple[int, int]) -> Path:
     return root
 
 
-@pytest.fixture
-def no_run_pictures(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Skip the explanation pictures a finished run draws (seconds of matplotlib; tests/explain covers them)."""
-    monkeypatch.setattr("vitkit.explain.report.write_run_pictures", lambda *args, **kwargs: None)
-
-
 def test_a_named_model_trains_at_its_size_and_small_folders_hear_about_unused_images(
-    tmp_path: Path, caplog, capsys, no_run_pictures: None
+    tmp_path: Path, caplog, capsys
 ) -> None:
     # 2 classes x 60 photos of 41x37 (a median side no 4x4 patch divides); 10 % held out: 108 training images.
     photos = photo_folder(tmp_path / "photos", per_class=60, size=(41, 37))

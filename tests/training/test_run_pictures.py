@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from PIL import Image
 
 from vitkit.explain.report import RUN_PICTURES
 from vitkit.training import train
+
+pytestmark = pytest.mark.pictures
 
 
 def test_a_run_ends_with_pictures_of_what_it_learned(tiny) -> None:

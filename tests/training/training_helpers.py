@@ -51,6 +51,16 @@ def without_timings(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in record.items() if k not in ("images_per_s", "epoch_time_s")} for record in history]
 
 
+def without_pictures() -> None:
+    """In this worker process, as the `no_run_pictures` fixture (tests/conftest.py) does in the tests' own: runs end
+    without their pictures and metric plots, whose drawing by rank 0 would keep the other processes waiting."""
+    from vitkit.explain import report
+    from vitkit.training.metrics import MetricsLog
+
+    report.write_run_pictures = lambda *args, **kwargs: None
+    MetricsLog._plot = lambda *args: None  # type: ignore[method-assign]
+
+
 def write_digit_folder(root: Path, classes: list[int], per_class: int, size: int) -> Path:
     """An ImageFolder (root/train/<class>/, root/val/<class>/) of real digits, upscaled to size x size PNGs.
 
