@@ -188,9 +188,10 @@ def test_models_lists_every_named_configuration_with_its_parameter_count(capsys:
 
 
 def test_help_and_models_do_not_import_torch() -> None:
-    """`vitkit --help` and `vitkit models` start fast because they never load torch (a property, not a timing)."""
+    """`vitkit --help` and `vitkit models` start fast because they never load torch (a property, not a timing);
+    the huge-pages switch, which torch reads once, is set before any command could import it."""
     program = (
-        "import contextlib, io, sys\n"
+        "import contextlib, io, os, sys\n"
         "from vitkit import cli\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         "    assert cli.main(['models']) == 0\n"
@@ -199,14 +200,22 @@ def test_help_and_models_do_not_import_torch() -> None:
         "    except SystemExit as done:\n"
         "        assert done.code == 0\n"
         "print(sorted(name for name in ('torch', 'torchvision') if name in sys.modules))\n"
+        f"print(os.environ['{cli.HUGE_PAGES_ENV}'])\n"
     )
     source = str(Path(vitkit.__file__).parents[1])  # the vitkit under test, also when another one is installed
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([source, os.environ.get("PYTHONPATH", "")])}
+    env.pop(cli.HUGE_PAGES_ENV, None)
     result = subprocess.run(
         [sys.executable, "-c", program], capture_output=True, text=True, timeout=120, check=False, env=env
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[-1] == "[]"
+    assert result.stdout.splitlines()[-2:] == ["[]", "1"]
+
+
+def test_a_huge_pages_setting_the_user_made_wins(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    monkeypatch.setenv(cli.HUGE_PAGES_ENV, "0")
+    assert run_cli(capsys, "models")[0] == 0
+    assert os.environ[cli.HUGE_PAGES_ENV] == "0"
 
 
 @pytest.mark.parametrize("command", ["evaluate", "predict"])

@@ -58,6 +58,14 @@ PAGES = {
         "`python benchmarks/lora_transfer.py`: a digits model trained on 0-4, adapted to 5-9 with rank-4 LoRA "
         "adapters and by full fine-tuning.",
     ),
+    "data": (
+        "Image folders: start-up and training input",
+        "`python benchmarks/data_loading.py`: the seconds from `vitkit train --data-dir DIR --steps 1` to its first "
+        "optimizer step beside a script that scans the folder with torchvision's `ImageFolder` and loads one batch "
+        "(a first start with the folder evicted from the page cache and with it cached, then a second start with "
+        "the folder index), and training-input images/s at 224 px beside timm's loader on the same files and "
+        "workers (see the guide *Large image folders*).",
+    ),
     "mae": (
         "Masked-autoencoder pre-training with a tenth of the labels",
         "`python benchmarks/mae_few_labels.py`: MAE pre-training on the digits' training images, fine-tuned on a "
@@ -216,6 +224,36 @@ def records_markdown(records: list[dict[str, Any]]) -> str:
     return markdown_table([key.replace("_", " ") for key in keys], rows)
 
 
+def _seconds_and_ratio(row: dict[str, Any], seconds: str, ratio: str) -> str:
+    return f"{row[seconds]:.1f} s ({row[ratio]:.2f}x)" if seconds in row else "—"
+
+
+def startup_table(rows: list[dict[str, Any]]) -> str:
+    """data.json's start-up rows: each start's seconds and its ratio to the ImageFolder script's."""
+    starts = [("vitkit_first_start_s", "first_start_ratio"), ("vitkit_first_start_warm_s", "first_start_warm_ratio"),
+              ("vitkit_second_start_s", "second_start_ratio")]  # fmt: skip
+    return markdown_table(
+        ["files", "ImageFolder script", "first start, folder evicted", "first start, folder cached", "second start"],
+        [[format_number(row["files"]), f"{row['imagefolder_script_s']:.1f} s"]
+         + [_seconds_and_ratio(row, *start) for start in starts] for row in rows],
+    )  # fmt: skip
+
+
+def training_input_table(measured: dict[str, Any]) -> str:
+    """data.json's training-input pipelines: images/s and the ratio to timm's loader."""
+    rows = [[row["label"], format_number(row["images_per_s"]), f"{row['ratio_to_timm']:.2f}x"]
+            for row in measured["rows"]]  # fmt: skip
+    return (
+        f"{measured['image_size']} px, batches of {measured['batch_size']}, {measured['workers']} workers, the median "
+        f"of {measured['rounds']} interleaved rounds of {measured['batches']} batches\n\n"
+        + markdown_table(["pipeline", "images/s", "against timm"], rows)
+    )
+
+
+# Tables of results-file entries that read better than the generic record table.
+TABLES = {"startup": startup_table, "training_input": training_input_table}
+
+
 def results_page(stem: str, data: Any, figure: str | None = None) -> str:
     """The Markdown page of one results file: its title and description, the machine, its tables, and ``figure``
     (an image beside the page) when the benchmark drew one."""
@@ -237,6 +275,8 @@ def results_page(stem: str, data: Any, figure: str | None = None) -> str:
         heading = f"## {key.replace('_', ' ').capitalize()}"
         if key == "comparisons":
             parts += [heading, comparisons_markdown(value)]
+        elif key in TABLES:
+            parts += [heading, TABLES[key](value)]
         elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
             parts += [heading, records_markdown(value)]
         elif isinstance(value, dict):

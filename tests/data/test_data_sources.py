@@ -19,6 +19,7 @@ from vitkit.data import (
     build_folder_eval_data,
     default_augment,
 )
+from vitkit.data.sources import stratified_split
 from vitkit.model import ViTConfig
 
 
@@ -137,6 +138,20 @@ def test_folder_split_is_stratified_and_seeded(tmp_path: Path, image_folder) -> 
     other = build_data("folder", data_dir=tmp_path, val_fraction=0.2, seed=6, cache="off")
     assert val_paths != [other.val.base.dataset.samples[i][0] for i in other.val.base.indices]
     assert set(val_paths).isdisjoint(bundle.train.base.dataset.samples[i][0] for i in bundle.train.base.indices)
+
+
+def test_stratified_split_holds_out_the_rounded_fraction_of_each_class() -> None:
+    targets = [0] * 3 + [1] * 7 + [2] * 2  # a quarter of each: 0.75 -> 1, 1.75 -> 2, 0.5 -> 1 (at least one, never all)
+    train, held_out = stratified_split(targets, 0.25, seed=1)
+    assert sorted(train + held_out) == list(range(12))
+    assert Counter(targets[i] for i in held_out) == {0: 1, 1: 2, 2: 1}
+    assert (train, held_out) == stratified_split(targets, 0.25, seed=1)
+    draws = {tuple(stratified_split(targets, 0.25, seed)[1]) for seed in range(20)}
+    assert len(draws) > 10  # the seed chooses the images
+    assert any(list(held) != sorted(held) for held in draws)  # shuffled: the first N held-out images mix classes
+    assert Counter(targets[i] for i in stratified_split(targets, 0.9, seed=1)[1]) == {0: 2, 1: 6, 2: 1}
+    with pytest.raises(ValueError, match=r"classes \['cat'\] have fewer than 2 images"):
+        stratified_split([0, 0, 1], 0.5, seed=0, classes=["dog", "cat"])
 
 
 def test_mixed_mode_folder_is_rgb_everywhere(tmp_path: Path, image_folder, image_file) -> None:

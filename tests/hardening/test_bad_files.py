@@ -131,18 +131,26 @@ def test_train_and_evaluate_fail_before_starting_with_every_bad_file_or_skip_the
     assert json.loads(out)["num_samples"] == len(GOOD) and f"skipping {len(bad)} bad file(s)" in caplog.text
 
 
+def _paths(split) -> list[str]:
+    """The files of a split of a folder, in the split's order."""
+    return [split.base.dataset.samples[index][0] for index in split.base.indices]
+
+
 def test_a_file_that_breaks_after_the_check_is_substituted_when_met_and_named(tmp_path, caplog) -> None:
-    data, _, _ = _data_folder(tmp_path / "data")
+    data, good, _ = _data_folder(tmp_path / "data")
     bundle = build_data("folder", data_dir=data, image_size=8, val_fraction=0.3, skip_bad_files=True, cache="off")
-    path = Path(bundle.train.base.dataset.samples[bundle.train.base.indices[0]][0])
-    damaged = bytearray(path.read_bytes())
-    damaged[60:90] = bytes(30)  # inside the pixel data: the header and the end marker still read
+    path = good["huge.jpg"]  # a large JPEG: its bytes 60-90 are quantisation tables, not what the check reads
+    part = next(name for name in ("train", "val") if str(path) in _paths(getattr(bundle, name)))
+    at = _paths(getattr(bundle, part)).index(str(path))
+    original = path.read_bytes()
+    damaged = bytearray(original)
+    damaged[60:90] = bytes(30)  # the header and the end marker still read; decoding fails
     path.write_bytes(bytes(damaged))
     again = build_data("folder", data_dir=data, image_size=8, val_fraction=0.3, skip_bad_files=True, cache="off")
-    assert len(again.train) == len(bundle.train), "the start-up check reads headers and ends: the file passes"
-    image, label = again.train[0]  # met during an epoch: the next sample takes its place, the run goes on
-    assert image.shape == (3, 8, 8) and label == again.train[1][1]
+    assert _paths(getattr(again, part)) == _paths(getattr(bundle, part)), "the start-up check passes the file"
+    image, label = getattr(again, part)[at]  # met during an epoch: the next sample takes its place, the run goes on
+    assert image.shape == (3, 8, 8) and label == getattr(again, part)[at + 1][1]
     assert f"cannot read {path} as an image" in caplog.text and "substituting the next sample" in caplog.text
-    path.write_bytes(path.read_bytes()[:-30])  # cut short: the next start finds it, naming it
+    path.write_bytes(original[:-30])  # cut short: the next start finds it, naming it
     with pytest.raises(BadImageFilesError, match=f"{path}: truncated"):
         build_data("folder", data_dir=data, image_size=8, val_fraction=0.3)

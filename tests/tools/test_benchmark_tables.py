@@ -146,3 +146,18 @@ def test_faithfulness_tables_show_the_models_the_curve_ends_and_the_gains(tmp_pa
         "| m | rollout | deletion | +0.0010 ± 0.0100 | +0.0030 ± 0.0100 | +0.0020 ± 0.0100 |",
         "| m | rollout | insertion | -0.0010 ± 0.0200 | -0.0030 ± 0.0200 | -0.0020 ± 0.0200 |",
     ]  # the random order, which has no gain, has no row
+
+
+def test_the_image_folder_page_shows_each_start_against_the_script_and_each_pipeline_against_timm(
+    tmp_path: Path,
+) -> None:
+    startup = [{"files": 20000, "imagefolder_script_s": 4.0, "vitkit_first_start_s": 8.04, "first_start_ratio": 2.01,
+                "vitkit_second_start_s": 4.84, "second_start_ratio": 1.21}]  # fmt: skip
+    measured = {"image_size": 224, "batch_size": 64, "workers": 2, "batches": 24, "rounds": 7,
+                "rows": [{"label": "vitkit", "images_per_s": 905.2, "ratio_to_timm": 1.7275},
+                         {"label": "timm", "images_per_s": 524.0, "ratio_to_timm": 1.0}]}  # fmt: skip
+    (tmp_path / "data.json").write_text(json.dumps({"startup": startup, "training_input": measured}))
+    page = benchmark_tables.results_pages(tmp_path)["benchmarks/data.md"]
+    assert "| 20,000 | 4.0 s | 8.0 s (2.01x) | — | 4.8 s (1.21x) |" in page  # no cached-folder first start measured
+    assert "the median of 7 interleaved rounds of 24 batches" in page
+    assert "| vitkit | 905 | 1.73x |\n| timm | 524 | 1.00x |" in page

@@ -55,8 +55,15 @@ def _is_main_process() -> bool:
     return "SLURM_STEP_NUM_TASKS" not in os.environ or int(os.environ.get("SLURM_PROCID", "0")) == 0
 
 
+# PyTorch's own switch (read once, at its first allocation): CPU tensors of 2 MiB or more are asked to sit on
+# transparent huge pages where the kernel allows them, so a fresh batch or activation costs ~19 page faults per
+# 38 MiB instead of ~9,400 (a 64 x 3 x 224 x 224 float batch normalises ~3x faster). A value the user set wins.
+HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `vitkit` console script and of `python -m vitkit`; returns the exit code."""
+    os.environ.setdefault(HUGE_PAGES_ENV, "1")  # before any subcommand imports torch; torchrun's children inherit it
     parser = build_parser()
     args = parser.parse_args(argv)
     quiet = args.quiet or not _is_main_process()

@@ -22,6 +22,7 @@ tests/data/test_data_decode.py bounds the difference.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +37,6 @@ from torchvision.transforms.v2 import functional as F
 
 from vitkit.data.augment_config import AugmentConfig
 from vitkit.data.images import (
-    JPEG_HEADER_BYTES,
     ImageFile,
     convert_image,
     file_problem,
@@ -155,7 +155,7 @@ class RegionDecoder:
         if problem is not None:
             raise load_error(path, problem)
         data = read_file(path)
-        size = jpeg_frame(data[:JPEG_HEADER_BYTES].numpy().tobytes())
+        size = jpeg_frame(io.BytesIO(data.numpy().tobytes()))
         if size is None:
             return None
         width, height, components = size

@@ -18,13 +18,14 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from vitkit.data.images import ImageLoadError, quick_check
+from vitkit.data.images import ImageLoadError, quick_check, read_ahead
 
 logger = logging.getLogger(__name__)
 
@@ -51,18 +52,28 @@ def _check_one(checker: Checker, path: str) -> Header | str:
         return exc.reason or str(exc)
 
 
+def _check_chunk(checker: Checker, paths: Sequence[str]) -> list[Header | str]:
+    """_check_one of each path, their first and last bytes read ahead together (for a folder that is not in the
+    page cache, the disk then serves the chunk's reads at once instead of one after another)."""
+    read_ahead(paths)
+    return [_check_one(checker, path) for path in paths]
+
+
 def check_files(paths: Sequence[str], checker: Checker = quick_check, workers: int = 0) -> list[Header | str]:
-    """``checker`` applied to every path (header, or the reason it failed), in ``workers`` processes when > 1."""
-    check = partial(_check_one, checker)
-    if workers <= 1 or len(paths) < _PARALLEL_FROM:
-        bar = tqdm(paths, desc="checking images", unit="img", leave=False, disable=None)
-        return [check(path) for path in bar]
-    chunk = max(16, min(512, len(paths) // (8 * workers)))
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(check, paths, chunksize=chunk)
-        bar = tqdm(results, total=len(paths), desc=f"checking images ({workers} processes)", unit="img",
-                   leave=False, disable=None)  # fmt: skip
-        return list(bar)
+    """``checker`` applied to every path (header, or the reason it failed), in order, in ``workers`` processes
+    when > 1."""
+    parallel = workers > 1 and len(paths) >= _PARALLEL_FROM
+    size = max(16, min(512, len(paths) // (8 * workers))) if parallel else 256
+    chunks = [paths[start : start + size] for start in range(0, len(paths), size)]
+    where = f" ({workers} processes)" if parallel else ""
+    bar = tqdm(total=len(paths), desc=f"checking images{where}", unit="img", leave=False, disable=None)
+    results: list[Header | str] = []
+    with ProcessPoolExecutor(max_workers=workers) if parallel else nullcontext() as pool:
+        for chunk in (pool.map if pool else map)(partial(_check_chunk, checker), chunks):
+            results.extend(chunk)
+            bar.update(len(chunk))
+    bar.close()
+    return results
 
 
 def _stat(path: str) -> tuple[int, int] | None:

@@ -182,31 +182,42 @@ class ClassFolder(datasets.ImageFolder):
         return [(path, index) for name, index in class_to_idx.items() for path in self.files.get(name, [])]
 
 
-def _split_indices(targets: Sequence[int], test_size: float | int, seed: int, what: str) -> tuple[list[int], list[int]]:
-    """Stratified (train, held-out) index lists, reproducible by seed."""
-    from sklearn.model_selection import train_test_split  # seconds to import: only when a split is made
-
-    try:
-        train, held_out = train_test_split(
-            np.arange(len(targets)), test_size=test_size, random_state=seed, stratify=np.asarray(targets)
-        )
-    except ValueError as exc:
+def stratified_split(
+    targets: Sequence[int], fraction: float, seed: int, what: str = "the data", classes: Sequence[str] = ()
+) -> tuple[list[int], list[int]]:
+    """(train, held-out) indices, shuffled, reproducible by seed: each class holds out ``fraction`` of its images
+    (rounded, at least one, never all), so small classes are represented on both sides. numpy alone: a folder's
+    first start does not pay seconds of scikit-learn's import. ``classes`` names the class indices in errors."""
+    labels = np.asarray(targets)
+    present, counts = np.unique(labels, return_counts=True)
+    too_small = [str(classes[c]) if c < len(classes) else str(c) for c in present[counts < 2]]
+    if too_small:
         raise ValueError(
-            f"cannot split {what} ({len(targets)} images, {len(set(targets))} classes) with a held-out "
-            f"fraction of {test_size}: {exc}. Every class needs at least 2 images and the held-out part at least "
-            "one image per class; add images, change the fraction or provide a val/ folder"
-        ) from exc
-    return train.tolist(), held_out.tolist()
+            f"cannot split {what} ({len(labels)} images, {len(present)} classes) with a held-out fraction of "
+            f"{fraction}: classes {too_small} have fewer than 2 images. Every class needs at least 2 images, one "
+            "for each side; add images or provide a val/ folder"
+        )
+    held = np.clip(np.floor(counts * fraction + 0.5).astype(np.int64), 1, counts - 1)
+    rng = np.random.default_rng(seed)
+    train: list[int] = []
+    held_out: list[int] = []
+    for label, count in zip(present, held, strict=True):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        held_out.extend(members[:count].tolist())
+        train.extend(members[count:].tolist())
+    return rng.permutation(train).tolist(), rng.permutation(held_out).tolist()
 
 
 def _digits(seed: int) -> tuple[Dataset, Dataset, list[str]]:
     """scikit-learn's 1,797 8x8 digits as uint8 (0..16 scaled to 0..255), split 80/20 stratified by seed."""
     from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     images = torch.from_numpy(np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)  # (N, 1, 8, 8)
     labels = torch.from_numpy(digits.target.astype(np.int64))
-    train, test = _split_indices(digits.target.tolist(), 0.2, seed, "the digits")
+    # scikit-learn's stratified split: every digits figure in the docs was measured on it
+    train, test = train_test_split(np.arange(len(labels)), test_size=0.2, random_state=seed, stratify=digits.target)
     class_names = [str(int(name)) for name in digits.target_names]
     return TensorDataset(images[train], labels[train]), TensorDataset(images[test], labels[test]), class_names
 
@@ -449,10 +460,10 @@ def _statistics(
 
 
 def _held_out_split(folder: ClassFolder, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """_split_indices of a folder's samples, kept in (and read from) its index."""
-    key = folder.index.fingerprint([path for path, _ in folder.samples], "split", fraction, seed)
+    """stratified_split of a folder's samples, kept in (and read from) its index."""
+    key = folder.index.fingerprint([path for path, _ in folder.samples], "stratified split", fraction, seed)
     if key not in folder.index.computed:
-        folder.index.computed[key] = _split_indices(folder.targets, fraction, seed, folder.root)
+        folder.index.computed[key] = stratified_split(folder.targets, fraction, seed, str(folder.root), folder.classes)
         folder.index.save()
     train, held_out = folder.index.computed[key]
     return train, held_out
