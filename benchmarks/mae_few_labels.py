@@ -64,6 +64,11 @@ SELECTION_NOTE = (
     "set by the CPU time at hand (two shared cores), not searched. On every pre-trained encoder a linear probe reads "
     "less than on a random encoder, a 5-nearest-neighbour probe a little more."
 )
+TIMING_NOTE = (
+    "A run's seconds and cpu_seconds are this process's work for the seed: with --cache, a pre-training run that "
+    "mae_recipe_search.py finished is read back, not trained again; pretrain_step_s is the pre-training's own time "
+    "in its steps (wall, on the shared machine)."
+)
 # The candidate of mae_recipe_search.py with the best mean selection accuracy over split seeds 0-2.
 CHOSEN = "p100_f100_raw_lr1e-3_ld1.0"
 PRETRAIN_EPOCHS, FINETUNE_EPOCHS, MASK_RATIO, NORM_PIX_LOSS, FINETUNE_LR, LAYER_DECAY = 100, 100, 0.75, False, 1e-3, 1.0
@@ -172,7 +177,7 @@ def main() -> None:
     RESULTS.write_text(json.dumps({
         "description": " ".join(" ".join(DESCRIPTION.split("\n\n")[1:3]).split()),
         "command": "python benchmarks/mae_few_labels.py",
-        "selection_note": SELECTION_NOTE,
+        "selection_note": SELECTION_NOTE, "timing_note": TIMING_NOTE,
         "machine": machine(args.threads),
         "run_seconds": time.perf_counter() - started, "run_cpu_seconds": time.process_time() - cpu_started,
         "summary": summary,
