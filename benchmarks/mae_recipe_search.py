@@ -73,12 +73,10 @@ CANDIDATES = {
     "p20_lr1e-3_ld1.0": short(20, 0.75, 1e-3, 1.0),
     "p30_m0.5_lr1e-3_ld1.0": short(30, 0.5, 1e-3, 1.0),
     "p20_m0.5_lr1e-3_ld1.0": short(20, 0.5, 1e-3, 1.0),
-    # Longer pre-training, on raw pixels (no per-patch normalisation) or normalised patches, 100 fine-tuning epochs.
+    # Longer pre-training on raw pixels (no per-patch normalisation), 100 fine-tuning epochs.
     "p200_f100_raw_lr1e-3_ld1.0": Candidate(200, 100, 0.75, 1e-3, 1.0, norm_pix_loss=False),
     "p200_f100_raw_lr1e-3_ld0.75": Candidate(200, 100, 0.75, 1e-3, 0.75, norm_pix_loss=False),
     "p100_f100_raw_lr1e-3_ld1.0": Candidate(100, 100, 0.75, 1e-3, 1.0, norm_pix_loss=False),
-    "p100_f100_raw_lr1e-3_ld0.75": Candidate(100, 100, 0.75, 1e-3, 0.75, norm_pix_loss=False),
-    "p100_f100_lr1e-3_ld1.0": Candidate(100, 100, 0.75, 1e-3, 1.0),
 }
 # vit_digits trained from scratch for as many epochs as the candidates' pre-training and fine-tuning together.
 SCRATCH = {"scratch_vit_digits": SHORT_TOTAL, "scratch_vit_digits_e200": 200}
