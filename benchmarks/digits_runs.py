@@ -13,6 +13,8 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+CACHE_HELP = "keep the pre-training runs here and reuse those of the same seed and settings (default: none kept)"
+
 
 def digits_split(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """scikit-learn's 8x8 digits as uint8 pixels (0..16 scaled to 0..255), their labels, and the indices of the
@@ -39,11 +41,13 @@ def final_accuracy(history: list[dict]) -> float:
     return last["ema_val_acc"] if last.get("ema_val_acc") is not None else last["val_acc"]
 
 
-def parse_arguments(doc: str) -> argparse.Namespace:
-    """--seeds and --threads (torch's thread count is set here)."""
+def parse_arguments(doc: str, cache: bool = False) -> argparse.Namespace:
+    """--seeds and --threads (torch's thread count is set here); with ``cache``, --cache DIR."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=1)
+    if cache:
+        parser.add_argument("--cache", type=Path, metavar="DIR", help=CACHE_HELP)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     return args

@@ -4,18 +4,20 @@ On split seed 0 (``--seed`` for another). The labelled tenth is the one mae_few_
 80 % training part); the selection images are a stratified 360 of the other training images, with their labels, used
 only to score the candidates here. The held-out 20 % that the bar is measured on is not read: pre-training sees
 every training image (no labels) with the selection images as its val/ (its validation loss only). Each candidate
-splits the 100 epochs of training from scratch between pre-training (on the ~1437 training images) and fine-tuning
-(on the tenth) and sets the mask ratio, the fine-tuning learning rate and the layer decay (warm-up: the default 5
-epochs); vit_digits trained from scratch for 100 epochs on the tenth is scored the same way. The candidate of best
-selection accuracy on split seed 0 is the one mae_few_labels.py runs; rows of other split seeds only show how that
-choice carries over. With each pre-trained encoder, a linear probe (logistic regression) and 5-nearest-neighbours on
-its features (the CLS token; the mean of the patch tokens) of the tenth, scored on the selection images, beside the
-same on a randomly initialised encoder: what of the pre-training a probe can read.
+sets the pre-training epochs (on the ~1437 training images), the fine-tuning epochs (on the tenth), the mask ratio,
+the reconstruction target (per-patch normalised pixels, or the pixels themselves: "raw" in the name), the
+fine-tuning learning rate and the layer decay (warm-up: the default 5 epochs); the first ones split the 100 epochs
+of training from scratch, the later ones pre-train longer. vit_digits trained from scratch on the tenth for as many
+epochs in all is scored the same way. A recipe is chosen on the selection accuracy of all three split seeds (0, 1,
+2), never on one alone. With each pre-trained encoder, a linear probe (logistic regression) and 5-nearest-neighbours
+on its features (the CLS token; the mean of the patch tokens) of the tenth, scored on the selection images, beside
+the same on a randomly initialised encoder: what of the pre-training a probe can read.
 
-Writes benchmarks/results/mae_search.json (candidates merge into it by name and seed, so that parts can run in
-parallel).
+Writes benchmarks/results/mae_search.json (candidates merge into it by name and seed). With --cache DIR the
+pre-training runs stay in DIR, where mae_few_labels.py --cache DIR finds the same encoder (same seed, same images,
+same settings) instead of training it again.
 
-    python benchmarks/mae_recipe_search.py [--only NAME ...] [--seed 0] [--threads 1]
+    python benchmarks/mae_recipe_search.py [--only NAME ...] [--seed 0] [--threads 1] [--cache DIR]
 """
 
 from __future__ import annotations
@@ -27,52 +29,57 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from digits_runs import digits_split, final_accuracy, machine, write_images
-from mae_few_labels import BATCH_SIZE, LABELLED_SHARE, MAE, TOTAL_EPOCHS
+from digits_runs import CACHE_HELP, final_accuracy, machine, write_images
+from mae_few_labels import BATCH_SIZE, MAE, SELECTION_IMAGES, common_settings, mae_split, pretrained_mae
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
 from sklearn.neighbors import KNeighborsClassifier
 
-from vitkit.data.augment_config import default_augment
 from vitkit.model import VisionTransformer
-from vitkit.pretrain.run import pretrain
 from vitkit.training import TrainConfig, train
 
 RESULTS = Path(__file__).resolve().parent / "results" / "mae_search.json"
-SELECTION_IMAGES = 360
-# name -> (pre-training epochs, mask ratio, fine-tuning lr, layer decay); fine-tuning takes the rest of TOTAL_EPOCHS.
+SHORT_TOTAL = 100  # the epochs of the first candidates' pre-training and fine-tuning together
+
+
+class Candidate(NamedTuple):
+    pretrain_epochs: int
+    fine_tune_epochs: int
+    mask_ratio: float
+    lr: float  # of the fine-tuning
+    layer_decay: float
+    norm_pix_loss: bool = True  # False: the pre-training reconstructs the pixels themselves
+
+
+def short(pretrain: int, mask: float, lr: float, decay: float, total: int = SHORT_TOTAL) -> Candidate:
+    """A candidate that splits ``total`` epochs between pre-training and fine-tuning."""
+    return Candidate(pretrain, total - pretrain, mask, lr, decay)
+
+
 CANDIDATES = {
-    "p60_lr1e-3_ld0.75": (60, 0.75, 1e-3, 0.75),
-    "p60_lr1e-3_ld1.0": (60, 0.75, 1e-3, 1.0),
-    "p60_lr2e-3_ld0.9": (60, 0.75, 2e-3, 0.9),
-    "p30_lr1e-3_ld0.75": (30, 0.75, 1e-3, 0.75),
-    "p30_lr1e-3_ld1.0": (30, 0.75, 1e-3, 1.0),
-    "p30_lr2e-3_ld0.9": (30, 0.75, 2e-3, 0.9),
-    "p30_lr1e-4_ld1.0": (30, 0.75, 1e-4, 1.0),  # the default fine-tuning lr of --init-from
-    "p30_lr5e-4_ld1.0": (30, 0.75, 5e-4, 1.0),
-    "p30_lr2e-3_ld1.0": (30, 0.75, 2e-3, 1.0),
-    "p30_lr3e-3_ld0.9": (30, 0.75, 3e-3, 0.9),
-    "p20_lr1e-3_ld1.0": (20, 0.75, 1e-3, 1.0),
-    "p30_m0.5_lr1e-3_ld1.0": (30, 0.5, 1e-3, 1.0),
-    "p20_m0.5_lr1e-3_ld1.0": (20, 0.5, 1e-3, 1.0),
+    "p60_lr1e-3_ld0.75": short(60, 0.75, 1e-3, 0.75),
+    "p60_lr1e-3_ld1.0": short(60, 0.75, 1e-3, 1.0),
+    "p60_lr2e-3_ld0.9": short(60, 0.75, 2e-3, 0.9),
+    "p30_lr1e-3_ld0.75": short(30, 0.75, 1e-3, 0.75),
+    "p30_lr1e-3_ld1.0": short(30, 0.75, 1e-3, 1.0),
+    "p30_lr2e-3_ld0.9": short(30, 0.75, 2e-3, 0.9),
+    "p30_lr1e-4_ld1.0": short(30, 0.75, 1e-4, 1.0),  # the default fine-tuning lr of --init-from
+    "p30_lr5e-4_ld1.0": short(30, 0.75, 5e-4, 1.0),
+    "p30_lr2e-3_ld1.0": short(30, 0.75, 2e-3, 1.0),
+    "p30_lr3e-3_ld0.9": short(30, 0.75, 3e-3, 0.9),
+    "p20_lr1e-3_ld1.0": short(20, 0.75, 1e-3, 1.0),
+    "p30_m0.5_lr1e-3_ld1.0": short(30, 0.5, 1e-3, 1.0),
+    "p20_m0.5_lr1e-3_ld1.0": short(20, 0.5, 1e-3, 1.0),
+    # Longer pre-training on raw pixels (no per-patch normalisation), 100 fine-tuning epochs.
+    "p200_f100_raw_lr1e-3_ld1.0": Candidate(200, 100, 0.75, 1e-3, 1.0, norm_pix_loss=False),
+    "p200_f100_raw_lr1e-3_ld0.75": Candidate(200, 100, 0.75, 1e-3, 0.75, norm_pix_loss=False),
+    "p100_f100_raw_lr1e-3_ld1.0": Candidate(100, 100, 0.75, 1e-3, 1.0, norm_pix_loss=False),
 }
-SCRATCH = "scratch_vit_digits"
-
-
-def split_images(root: Path, seed: int) -> tuple[Path, Path, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(pre-training folder, labelled folder), each with the selection images as val/; and the pixels and labels
-    of the tenth and of the selection images, for the probes."""
-    pixels, labels, train_idx, _ = digits_split(seed)
-    labelled, rest = train_test_split(train_idx, train_size=LABELLED_SHARE, stratify=labels[train_idx],
-                                      random_state=seed)  # fmt: skip
-    selection, _ = train_test_split(rest, train_size=SELECTION_IMAGES, stratify=labels[rest], random_state=seed)
-    for name, train_part in (("all", train_idx), ("tenth", labelled)):
-        write_images(pixels, labels, train_part, root / name / "train")
-        write_images(pixels, labels, selection, root / name / "val")
-    return root / "all", root / "tenth", pixels[labelled], labels[labelled], pixels[selection], labels[selection]
+# vit_digits trained from scratch for as many epochs as the candidates' pre-training and fine-tuning together.
+SCRATCH = {"scratch_vit_digits": SHORT_TOTAL, "scratch_vit_digits_e200": 200}
 
 
 @torch.no_grad()
@@ -114,45 +121,46 @@ def save(row: dict, threads: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="+", choices=[*CANDIDATES, SCRATCH], default=[*CANDIDATES, SCRATCH])
+    parser.add_argument("--only", nargs="+", choices=[*CANDIDATES, *SCRATCH], default=[*CANDIDATES, *SCRATCH])
     parser.add_argument("--seed", type=int, default=0, help="split seed (default: 0, where the recipe was chosen)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cache", type=Path, metavar="DIR", help=CACHE_HELP)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    common = dict(
-        seed=args.seed, augment=dataclasses.asdict(default_augment("digits")), progress=False, tensorboard=False
-    )
+    split = mae_split(args.seed)
+    train_x, train_y = split.pixels[split.labelled], split.labels[split.labelled]  # for the probes
+    test_x, test_y = split.pixels[split.selection], split.labels[split.selection]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        everything, tenth, train_x, train_y, test_x, test_y = split_images(root / "data", args.seed)
-        labelled = dict(common, data_dir=str(tenth), batch_size=BATCH_SIZE)
-        pretrained: dict[tuple[int, float], Path] = {}
+        tenth = root / "tenth"
+        write_images(split.pixels, split.labels, split.labelled, tenth / "train")
+        write_images(split.pixels, split.labels, split.selection, tenth / "val")
+        labelled = dict(common_settings(args.seed), data_dir=str(tenth), batch_size=BATCH_SIZE)
+        pretrained: dict[tuple[int, float, bool], Path] = {}
         for name in args.only:
             started = time.perf_counter()
-            if name == SCRATCH:
-                run = train(TrainConfig.from_dict(dict(labelled, model="vit_digits", epochs=TOTAL_EPOCHS,
+            if name in SCRATCH:
+                run = train(TrainConfig.from_dict(dict(labelled, model="vit_digits", epochs=SCRATCH[name],
                                                        out=str(root / name))))  # fmt: skip
-                row = {"candidate": name, "seed": args.seed, "pretrain_epochs": 0, "fine_tune_epochs": TOTAL_EPOCHS,
+                row = {"candidate": name, "seed": args.seed, "pretrain_epochs": 0, "fine_tune_epochs": SCRATCH[name],
                        "selection_accuracy": final_accuracy(run.history)}  # fmt: skip
             else:
-                pretrain_epochs, mask_ratio, lr, layer_decay = CANDIDATES[name]
-                row = {"candidate": name, "seed": args.seed, "pretrain_epochs": pretrain_epochs,
-                       "fine_tune_epochs": TOTAL_EPOCHS - pretrain_epochs, "mask_ratio": mask_ratio, "lr": lr,
-                       "layer_decay": layer_decay}  # fmt: skip
-                key = (pretrain_epochs, mask_ratio)
+                candidate = CANDIDATES[name]
+                row = {"candidate": name, "seed": args.seed, **candidate._asdict()}
+                key = (candidate.pretrain_epochs, candidate.mask_ratio, candidate.norm_pix_loss)
                 if key not in pretrained:
-                    unlabelled = dict(common, data_dir=str(everything), model="vit_digits", drop_path=0.0,
-                                      epochs=pretrain_epochs, out=str(root / f"mae{key}"))  # fmt: skip
-                    mae = pretrain(TrainConfig.from_dict(unlabelled), dataclasses.replace(MAE, mask_ratio=mask_ratio))
+                    settings = dataclasses.replace(MAE, mask_ratio=candidate.mask_ratio,
+                                                   norm_pix_loss=candidate.norm_pix_loss)  # fmt: skip
+                    mae = pretrained_mae(args.cache or root, args.seed, candidate.pretrain_epochs, settings)
                     pretrained[key] = mae.run_dir
                     row["pretrain_val_loss"] = mae.history[-1]["val_loss"]
                     random_encoder = VisionTransformer(mae.encoder.config)
                     for encoder, kind in ((mae.encoder, "mae"), (random_encoder, "random")):
                         scores = probe_scores(encoder, train_x, train_y, test_x, test_y)
                         row.update({f"{probe}_{kind}": score for probe, score in scores.items()})
-                tuned = train(TrainConfig.from_dict(dict(labelled, init_from=str(pretrained[key]), lr=lr,
-                                                         layer_decay=layer_decay, epochs=TOTAL_EPOCHS - pretrain_epochs,
-                                                         out=str(root / name))))  # fmt: skip
+                tuned = train(TrainConfig.from_dict(dict(labelled, init_from=str(pretrained[key]), lr=candidate.lr,
+                                                         layer_decay=candidate.layer_decay, out=str(root / name),
+                                                         epochs=candidate.fine_tune_epochs)))  # fmt: skip
                 row["selection_accuracy"] = final_accuracy(tuned.history)
             row["seconds"] = time.perf_counter() - started
             save(row, args.threads)

@@ -292,6 +292,28 @@ def results_page(stem: str, data: Any, figure: str | None = None) -> str:
 FAITHFULNESS_MARKER = "<!-- faithfulness-table (generated from benchmarks/results/faithfulness.json) -->"
 
 
+MAE_MARKER = "<!-- mae-table (generated from benchmarks/results/mae.json) -->"
+
+
+def mae_table(results_dir: Path = RESULTS_DIR) -> str:
+    """The fine-tuning guide's MAE table: held-out accuracy per seed and their mean, of the fine-tuned MAE and of
+    vit_digits and vit_digits_stem trained from scratch for as many epochs, the mean gain and whether the bar is met."""
+    record = json.loads((results_dir / "mae.json").read_text())
+    settings, summary = record["settings"], record["summary"]
+    epochs = settings["pretrain_epochs"] + settings["fine_tune_epochs"]
+    columns = ("accuracy_mae_fine_tuned", "accuracy_scratch_vit_digits", "accuracy_scratch")
+    rows = [[f"seed {run['seed']}", *(f"{100 * run[key]:.2f} %" for key in columns)] for run in record["runs"]]
+    rows.append([f"**mean of {summary['seeds']}**", *(f"**{100 * summary[key]:.2f} %**" for key in columns)])
+    header = [
+        "split", f"MAE {settings['pretrain_epochs']} + fine-tuning {settings['fine_tune_epochs']} epochs",
+        f"vit_digits from scratch, {epochs} epochs", f"vit_digits_stem from scratch, {epochs} epochs",
+    ]  # fmt: skip
+    verdict = "met" if summary["bar_met"] else "not met"
+    gain = (f"MAE over vit_digits from scratch: {summary['gain_over_vit_digits_points']:+.2f} points (bar: +3, "
+            f"{verdict}); over vit_digits_stem: {summary['gain_points']:+.2f} points.")  # fmt: skip
+    return markdown_table(header, rows) + "\n\n" + gain
+
+
 def faithfulness_table(results_dir: Path = RESULTS_DIR) -> str:
     """The explain guide's tables: the models with their held-out accuracy, what each baseline leaves of the
     evidence, per model, weights and baseline each map's AUCs and gain over the random order, and (where the file

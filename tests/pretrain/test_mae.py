@@ -33,6 +33,8 @@ def test_the_loss_counts_only_hidden_patches_against_normalised_pixels() -> None
     predictions[0, 1:3] = 100.0  # visible patches: any prediction, no loss
     expected = 1 / (4 / 3 + 1e-6)  # the squared normalised pixel, averaged
     assert normalised_pixel_loss(images, predictions, mask, (2, 2)).item() == pytest.approx(expected, rel=1e-6)
+    # Against the pixels themselves: (0 + 4 + 0 + 4) / 4 per hidden patch.
+    assert normalised_pixel_loss(images, predictions, mask, (2, 2), normalise=False).item() == pytest.approx(2.0)
 
 
 def test_the_autoencoder_learns_to_reconstruct_and_trains_the_encoder() -> None:
@@ -74,3 +76,21 @@ def test_reconstruction_keeps_visible_patches_and_gives_hidden_ones_their_own_me
         # The pixels of the normalised target itself come back as the image, up to the variance's 1e-6.
         mae.decoder_pred.bias.copy_(torch.tensor([-1.0, 1.0, -1.0, 1.0]) / (4 / 3) ** 0.5)
         torch.testing.assert_close(mae.reconstruct(images, noise)[1], images, atol=1e-5, rtol=0)
+
+
+def test_without_normalised_pixels_the_decoder_predicts_and_is_scored_on_the_pixels_themselves() -> None:
+    images = torch.tensor([[0.0, 2.0], [0.0, 2.0]]).repeat(2, 2).view(1, 1, 4, 4)  # four 2x2 patches [0, 2 / 0, 2]
+    encoder = VisionTransformer(image_size=4, patch_size=2, in_channels=1, num_classes=0, hidden_dim=16, depth=1,
+                                num_heads=2, mlp_dim=32)  # fmt: skip
+    mae = MaskedAutoencoder(encoder, decoder_dim=16, decoder_depth=1, decoder_heads=2, mask_ratio=0.5,
+                            norm_pix_loss=False).eval()  # fmt: skip
+    noise = torch.tensor([[0.9, 0.1, 0.2, 0.8]])  # patches 0 and 3 hidden
+    with torch.no_grad():
+        mae.decoder_pred.weight.zero_()
+        mae.decoder_pred.bias.copy_(torch.tensor([1.0, 1.0, 1.0, 3.0]))  # every patch predicted [1, 1 / 1, 3]
+        loss, _, mask = mae(images, noise)
+        assert mask.tolist() == [[1, 0, 0, 1]]
+        assert loss.item() == pytest.approx((1 + 1 + 1 + 1) / 4)  # each pixel off by 1, in the images' scale
+        expected = images.clone()
+        expected[..., :2, :2] = expected[..., 2:, 2:] = torch.tensor([[1.0, 1.0], [1.0, 3.0]])
+        torch.testing.assert_close(mae.reconstruct(images, noise)[1], expected, atol=1e-6, rtol=0)

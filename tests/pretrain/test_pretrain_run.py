@@ -35,7 +35,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tiny = ["--epochs", "2", "--batch-size", "64", "--hidden-dim", "32", "--depth", "2", "--num-heads", "2",
             "--mlp-dim", "64", "--patch-size", "2", "--conv-stem", "0", "--drop-path", "0.1", "--warmup-epochs", "0.5",
             "--no-progress", "--no-tensorboard", "--mask-ratio", "0.5", "--decoder-dim", "16", "--decoder-depth", "1",
-            "--decoder-heads", "2"]  # fmt: skip
+            "--decoder-heads", "2", "--no-norm-pix-loss"]  # fmt: skip
     try:
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr("vitkit.explain.report.write_reconstructions", lambda *args, **kwargs: None)
@@ -62,6 +62,7 @@ def test_a_stopped_run_resumes_bit_for_bit_and_draws_its_loss_and_reconstruction
     assert timeless[0] == timeless[1] and [r["epoch"] for r in timeless[0]] == [1, 2]
     record = read_json(resumed / "pretrain.json")
     assert record["mae"]["mask_ratio"] == 0.5 and [r["epoch"] for r in record["history"]] == [1, 2]
+    assert record["mae"]["norm_pix_loss"] is False  # the flag's, kept by --resume
     assert 0 < record["history"][-1]["val_loss"] < 2  # (learning is tested in test_mae)
     for picture in ("loss.png", "lr.png", "reconstructions.png"):
         assert Image.open(resumed / picture).size[0] > 100, picture
@@ -116,7 +117,7 @@ def test_two_processes_pretrain_the_weights_one_process_does(tmp_path: Path, one
             "--accum-steps", "2", "--hidden-dim", "32", "--depth", "2", "--num-heads", "2", "--mlp-dim", "64",
             "--patch-size", "2", "--conv-stem", "0", "--drop-path", "0", "--warmup-epochs", "0.5", "--no-progress",
             "--no-tensorboard", "--mask-ratio", "0.5", "--decoder-dim", "16", "--decoder-depth", "1",
-            "--decoder-heads", "2"]  # fmt: skip
+            "--decoder-heads", "2", "--no-norm-pix-loss"]  # fmt: skip
     two, one = tmp_path / "two", tmp_path / "one"
     command = [sys.executable, "-m", "vitkit", *argv, "--nproc", "2", "--out", str(two)]
     launched = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)

@@ -90,6 +90,32 @@ def test_small_numbers_keep_their_digits_and_accuracies_read_as_percentages() ->
     assert benchmark_tables.format_cell("accuracy_lora", 0.9722) == "97.22 %"
 
 
+def test_the_mae_table_shows_each_seed_the_mean_and_the_verdict(tmp_path: Path) -> None:
+    def run(seed: int, mae: float, same: float, stem: float) -> dict:
+        return {"seed": seed, "accuracy_mae_fine_tuned": mae, "accuracy_scratch_vit_digits": same,
+                "accuracy_scratch": stem}  # fmt: skip
+
+    record = {"settings": {"pretrain_epochs": 100, "fine_tune_epochs": 50},
+              "summary": {"seeds": 2, "accuracy_mae_fine_tuned": 0.9, "accuracy_scratch_vit_digits": 0.85,
+                          "accuracy_scratch": 0.95, "gain_over_vit_digits_points": 5.0, "gain_points": -5.0,
+                          "bar_met": True},
+              "runs": [run(0, 0.875, 0.85, 0.95), run(1, 0.925, 0.85, 0.95)]}  # fmt: skip
+    (tmp_path / "mae.json").write_text(json.dumps(record))
+    table, verdict = benchmark_tables.mae_table(tmp_path).split("\n\n")
+    assert table.splitlines()[0] == (
+        "| split | MAE 100 + fine-tuning 50 epochs | vit_digits from scratch, 150 epochs "
+        "| vit_digits_stem from scratch, 150 epochs |"
+    )
+    assert table.splitlines()[2:] == [
+        "| seed 0 | 87.50 % | 85.00 % | 95.00 % |",
+        "| seed 1 | 92.50 % | 85.00 % | 95.00 % |",
+        "| **mean of 2** | **90.00 %** | **85.00 %** | **95.00 %** |",
+    ]
+    assert verdict == (
+        "MAE over vit_digits from scratch: +5.00 points (bar: +3, met); over vit_digits_stem: -5.00 points."
+    )
+
+
 def test_faithfulness_tables_show_the_models_the_curve_ends_and_the_gains(tmp_path: Path) -> None:
     def row(weights: str, name: str, gain: float, **more: float) -> dict:
         return {"model": "m", "weights": weights, "baseline": "rise", "map": name, "images": 10,

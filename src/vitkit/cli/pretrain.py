@@ -9,7 +9,7 @@ import dataclasses
 from vitkit.cli.common import fraction, int_at_least
 from vitkit.cli.launch import add_launch_arguments, launch_processes, launches  # no torch
 
-MAE_FLAGS = ("mask_ratio", "decoder_dim", "decoder_depth", "decoder_heads")  # MAESettings' fields
+MAE_FLAGS = ("mask_ratio", "decoder_dim", "decoder_depth", "decoder_heads", "norm_pix_loss")  # MAESettings' fields
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -36,9 +36,22 @@ def register(commands: argparse._SubParsersAction) -> None:
     group.add_argument(
         "--decoder-heads", type=int_at_least(1), metavar="N", default=None, help="decoder heads (default: 4)"
     )
+    group.add_argument(
+        "--norm-pix-loss", action=argparse.BooleanOptionalAction, default=None,
+        help="reconstruct each patch's pixels normalised by their own mean and spread (default); "
+        "--no-norm-pix-loss: the pixels themselves",
+    )  # fmt: skip
     add_train_arguments(parser)
     add_launch_arguments(parser)
     parser.set_defaults(func=run)
+
+
+def mae_flag(name: str, value: object) -> list[str]:
+    """An MAE setting as the command line takes it: ``--flag VALUE``, or ``--flag`` / ``--no-flag`` for a switch."""
+    flag = name.replace("_", "-")
+    if isinstance(value, bool):
+        return [f"--{flag}" if value else f"--no-{flag}"]
+    return [f"--{flag}", str(value)]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,8 +65,7 @@ def run(args: argparse.Namespace) -> int:
     typed = {name: getattr(args, name) for name in MAE_FLAGS if getattr(args, name) is not None}
     settings = dataclasses.replace(base, **typed)
     if launches(args):  # each process gets the resolved settings, the MAE's as flags
-        flags = [part for name, value in dataclasses.asdict(settings).items()
-                 for part in (f"--{name.replace('_', '-')}", str(value))]  # fmt: skip
+        flags = [part for name, value in dataclasses.asdict(settings).items() for part in mae_flag(name, value)]
         run_dir = launch_processes(args, config.replace(auto_recipe=False), flags)
         print(f"run folder: {run_dir}  (fine-tune with `vitkit train --init-from {run_dir}`)")
         return 0

@@ -5,7 +5,9 @@ vectors, CLS token, blocks, final norm) on the visible patches only: 25 % of the
 so an encoder pass costs a quarter of a full one. A light decoder (narrower and shallower, the same encoder block)
 gets the encoded visible tokens with a shared learned mask token in each hidden place, adds fixed 2-D sine-cosine
 position vectors, and predicts every patch's pixels. The loss is the mean squared error on the hidden patches
-only, against each patch's pixels normalised by their own mean and variance (the paper's normalised-pixel target).
+only, against each patch's pixels normalised by their own mean and variance (the paper's normalised-pixel target),
+or against the pixels themselves: a patch of a few pixels (2x2 on 8x8 digits) has too few for a mean and a spread
+that mean much, and normalising it throws away the patch's brightness, most of what it holds.
 After pre-training the encoder alone is kept: fine-tune it with ``vitkit train --init-from``.
 """
 
@@ -56,11 +58,15 @@ def unpatchify(patches: Tensor, patch_size: tuple[int, int], grid_size: tuple[in
     return images.reshape(patches.shape[0], channels, gh * ph, gw * pw)
 
 
-def normalised_pixel_loss(images: Tensor, predictions: Tensor, mask: Tensor, patch_size: tuple[int, int]) -> Tensor:
-    """Mean squared error on the hidden patches (``mask`` 1), against per-patch normalised pixels (B, N, C*P*P)."""
+def normalised_pixel_loss(
+    images: Tensor, predictions: Tensor, mask: Tensor, patch_size: tuple[int, int], normalise: bool = True
+) -> Tensor:
+    """Mean squared error on the hidden patches (``mask`` 1), against per-patch normalised pixels (B, N, C*P*P), or
+    against the pixels as they are when ``normalise`` is false."""
     target = patchify(images, patch_size)
-    mean, std = patch_statistics(target)
-    target = (target - mean) / std
+    if normalise:
+        mean, std = patch_statistics(target)
+        target = (target - mean) / std
     per_patch = (predictions - target).pow(2).mean(dim=-1)
     return (per_patch * mask).sum() / mask.sum()
 
@@ -72,11 +78,11 @@ class MaskedAutoencoder(nn.Module):
 
     def __init__(
         self, encoder: VisionTransformer, decoder_dim: int = 128, decoder_depth: int = 2, decoder_heads: int = 4,
-        mask_ratio: float = MASK_RATIO,
+        mask_ratio: float = MASK_RATIO, norm_pix_loss: bool = True,
     ) -> None:  # fmt: skip
         super().__init__()
         config = encoder.config
-        self.encoder, self.mask_ratio = encoder, mask_ratio
+        self.encoder, self.mask_ratio, self.norm_pix_loss = encoder, mask_ratio, norm_pix_loss
         decoder_config = config.replace(
             hidden_dim=decoder_dim, num_heads=decoder_heads, mlp_dim=4 * decoder_dim, depth=decoder_depth,
             locality_attention=False, dropout=0.0, attention_dropout=0.0, drop_path=0.0,
@@ -127,21 +133,23 @@ class MaskedAutoencoder(nn.Module):
         """(loss, predictions (B, N, C*P*P), mask (B, N), 1 where hidden)."""
         encoded, mask, restore = self.encode(images, noise)
         predictions = self.decode(encoded, restore)
-        loss = normalised_pixel_loss(images, predictions, mask, self.encoder.config.patch_size)
+        loss = normalised_pixel_loss(images, predictions, mask, self.encoder.config.patch_size, self.norm_pix_loss)
         return loss, predictions, mask
 
     @torch.no_grad()
     def reconstruct(self, images: Tensor, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(the images with their hidden patches blanked, the visible patches with the decoder's predictions in the
-        hidden places), both (B, C, H, W) in the images' scale: each prediction takes its patch's own mean and spread
-        back, as the paper's pictures do."""
+        hidden places), both (B, C, H, W) in the images' scale: under the normalised-pixel loss each prediction takes
+        its patch's own mean and spread back, as the paper's pictures do."""
         _, predictions, mask = self(images, noise)
         config = self.encoder.config
         patches = patchify(images, config.patch_size)
-        mean, std = patch_statistics(patches)
+        if self.norm_pix_loss:
+            mean, std = patch_statistics(patches)
+            predictions = predictions * std + mean
         hidden = mask[..., None]
         visible = patches * (1 - hidden)
-        pasted = visible + (predictions * std + mean) * hidden
+        pasted = visible + predictions * hidden
         return (
             unpatchify(visible, config.patch_size, config.grid_size),
             unpatchify(pasted, config.patch_size, config.grid_size),

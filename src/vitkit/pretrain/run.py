@@ -61,6 +61,7 @@ class MAESettings:
     decoder_dim: int = 128
     decoder_depth: int = 2
     decoder_heads: int = 4
+    norm_pix_loss: bool = True  # the target: each patch's pixels normalised by their own mean and spread, or raw
 
 
 @dataclass
