@@ -4,9 +4,11 @@ worker that dies is reported as what it is, with the checkpoint to resume from."
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 import threading
+import traceback
 from collections.abc import Callable, Iterator
 from types import FrameType
 
@@ -58,3 +60,18 @@ def is_worker_death(err: BaseException) -> bool:
         or isinstance(err, RuntimeError)
         and "DataLoader worker" in str(err)
     )
+
+
+def release_dead_loader(err: BaseException) -> None:
+    """Clear the finished frames of ``err``'s traceback (a worker's death), and with them the data-loader iterator
+    they hold, so that PyTorch shuts the iterator's workers down and forgets their pids. Until then its SIGCHLD
+    handler raises the death again, wherever the main thread is: the clear error that follows would be replaced
+    by the raw one. A death raised again meanwhile is the same one, and absorbed."""
+    while True:
+        try:
+            traceback.clear_frames(err.__traceback__)
+            gc.collect()
+            return
+        except RuntimeError as again:
+            if not is_worker_death(again):
+                raise

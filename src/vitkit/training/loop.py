@@ -45,7 +45,13 @@ from vitkit.training.checkpoint import (
 from vitkit.training.config import TrainConfig
 from vitkit.training.cpu_kernels import CpuKernels
 from vitkit.training.distributed import DistContext
-from vitkit.training.interrupts import DataWorkerError, TrainingInterrupted, is_worker_death, stop_on_ctrl_c
+from vitkit.training.interrupts import (
+    DataWorkerError,
+    TrainingInterrupted,
+    is_worker_death,
+    release_dead_loader,
+    stop_on_ctrl_c,
+)
 from vitkit.training.loaders import Loaders
 from vitkit.training.memory import recompute_blocks_in_backward
 from vitkit.training.metrics import MetricsLog
@@ -229,6 +235,7 @@ class Trainer:
                 except (RuntimeError, ConnectionError, EOFError) as err:
                     if not is_worker_death(err):
                         raise
+                    release_dead_loader(err)
                     raise DataWorkerError(
                         f"a data-loading worker process died during epoch {epoch + 1} ({err}); {self._kept()}: "
                         f"continue with `vitkit train --resume {self.run_dir}` (fewer --workers if memory ran short)"
