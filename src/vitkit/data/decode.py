@@ -37,6 +37,7 @@ from torchvision.transforms.v2 import functional as F
 
 from vitkit.data.augment_config import AugmentConfig
 from vitkit.data.images import (
+    JPEG_HEADER_BYTES,
     ImageFile,
     convert_image,
     file_problem,
@@ -155,7 +156,7 @@ class RegionDecoder:
         if problem is not None:
             raise load_error(path, problem)
         data = read_file(path)
-        size = jpeg_frame(io.BytesIO(data.numpy().tobytes()))
+        size = jpeg_frame(io.BytesIO(data[:JPEG_HEADER_BYTES].numpy().tobytes()))  # not the whole file
         if size is None:
             return None
         width, height, components = size
