@@ -53,14 +53,23 @@ def tiny_classifier() -> Callable[..., VisionTransformer]:
     return make
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True, scope="session")
 def one_thread() -> Iterator[None]:
-    """One CPU thread: tiny models gain nothing from more, runs stay fast when other processes load the machine, and
-    subprocess runs (started with OMP_NUM_THREADS=1) compute exactly what in-process runs compute, bit for bit."""
+    """Every test and fixture runs on one CPU thread: tiny models gain nothing from more; on a loaded machine two
+    threads wait on each other for whole scheduler slices (the tests outside tests/training took 2.5 times as long
+    with two); subprocess runs (started with OMP_NUM_THREADS=1) compute exactly what in-process runs compute, bit
+    for bit. A test that needs more threads sets them itself."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _back_to_one_thread() -> Iterator[None]:
+    """A test that sets another thread count (`vitkit serve --workers`, `bench --threads`) leaves the next at one."""
+    yield
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

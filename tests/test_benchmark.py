@@ -67,7 +67,6 @@ def test_training_steps_are_timed_with_gradients() -> None:
     assert len(grads) == 3 and torch.equal(grads[-1], torch.full((3,), 6.0))  # warm-up + 2 rounds, accumulated
 
 
-@pytest.mark.usefixtures("one_thread")  # several threads on a busy machine wait on each other
 def test_training_comparison_is_against_timm() -> None:
     pytest.importorskip("timm")
     comparison = compare.compare_training("vit_tiny_patch16_224", batch_size=2, rounds=1, memory=False)

@@ -17,11 +17,6 @@ from vitkit.fewshot import draw_support, few_shot_evaluation, head_inputs
 CLASSES = ["ant", "bee", "cow"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread: None) -> None:
-    """Tiny models: one CPU thread."""
-
-
 def labelled_images(count: int, seed: int) -> TensorDataset:
     """Noise images whose brightness and a bright corner depend on the class: features a linear fit can separate."""
     generator = torch.Generator().manual_seed(seed)

@@ -20,7 +20,6 @@ def load_script():
     return module
 
 
-@pytest.mark.usefixtures("one_thread")  # several threads on a busy machine wait on each other
 def test_gpu_benchmark_runs_every_precision_on_the_cpu(tmp_path: Path) -> None:
     script = load_script()
     tiny = "vit_tiny_patch16_224"

@@ -39,7 +39,6 @@ def test_bf16_peak_from_the_device_name(device_name: str, peak: float | None) ->
     assert load_script().peak_tflops(device_name) == peak
 
 
-@pytest.mark.usefixtures("one_thread")  # several threads on a busy machine wait on each other
 def test_training_flops_mfu_and_a_cpu_run(tmp_path: Path) -> None:
     script = load_script()
     name, size = "vit_tiny_patch16_224", 32

@@ -20,6 +20,7 @@ from vitkit.data import (
     compute_mean_std,
     default_augment,
     eval_transform,
+    single_threaded,
 )
 from vitkit.model import ViTConfig
 
@@ -155,6 +156,19 @@ def test_train_transform_runs_and_randomises(name: str, channels: int, kind: str
     outs = [train(image) for _ in range(8)]
     assert all(o.shape == (channels, 12, 12) and o.dtype == torch.float32 for o in outs)
     assert any(not torch.equal(o, plain) for o in outs)
+
+
+def test_per_image_transforms_run_on_one_thread_and_give_the_others_back() -> None:
+    torch.set_num_threads(3)
+    with single_threaded():
+        assert torch.get_num_threads() == 1
+        with single_threaded():  # nested, as in a seeded dataset's transform
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 3
+    with pytest.raises(RuntimeError), single_threaded():
+        raise RuntimeError
+    assert torch.get_num_threads() == 3
 
 
 def test_no_augmentation_equals_eval_and_full_flip_flips() -> None:

@@ -26,11 +26,6 @@ class Digits:
         return F.avg_pool2d(self.pixels, 2).squeeze(1) > 0.05
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread: None) -> None:
-    """Every test here runs on one CPU thread (the fixture in tests/conftest.py)."""
-
-
 def tiny_digit_model(seed: int, mean: float, std: float) -> VisionTransformer:
     torch.manual_seed(seed)
     return VisionTransformer(image_size=12, patch_size=2, in_channels=1, num_classes=10, hidden_dim=32, depth=2,
@@ -50,23 +45,18 @@ def digits_and_model() -> tuple[Digits, VisionTransformer, list[VisionTransforme
     train, held_out = order[:1400], order[1400:1600]
     mean, std = pixels[train].mean().item(), pixels[train].std().item()
     images = (pixels - mean) / std
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # session fixtures run before the autouse one_thread
-    try:
-        model = tiny_digit_model(0, mean, std)
-        steps, lr = 400, 5e-3
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
-        generator = torch.Generator().manual_seed(0)
-        for _ in range(steps):
-            batch = train[torch.randint(len(train), (64,), generator=generator)]
-            loss = F.cross_entropy(model(images[batch]), labels[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-    finally:
-        torch.set_num_threads(threads)
+    model = tiny_digit_model(0, mean, std)
+    steps, lr = 400, 5e-3
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        batch = train[torch.randint(len(train), (64,), generator=generator)]
+        loss = F.cross_entropy(model(images[batch]), labels[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
     model.eval()
     held = Digits(pixels[held_out], images[held_out], labels[held_out])
     randoms = [tiny_digit_model(seed, mean, std).eval() for seed in range(1, 9)]

@@ -41,19 +41,14 @@ def recipe(out: Path, **changes: object) -> TrainConfig:
     return TrainConfig.from_dict({**RECIPE, "out": str(out), **changes})
 
 
-pytestmark = pytest.mark.usefixtures("one_thread", "no_run_pictures")  # tests/conftest.py
+pytestmark = pytest.mark.usefixtures("no_run_pictures")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The uninterrupted run every faulted run must end up equal to. Checkpoints do not change what a run computes,
     so it writes none but the end of its epoch's (as do the faulted runs once resumed for the last time)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return train(recipe(tmp_path_factory.mktemp("reference") / "run", save_every=0)).run_dir
-    finally:
-        torch.set_num_threads(threads)
+    return train(recipe(tmp_path_factory.mktemp("reference") / "run", save_every=0)).run_dir
 
 
 def without_timings(history: list[dict]) -> list[dict]:

@@ -13,11 +13,6 @@ from vitkit.model.lora import LoRALinear, add_lora, lora_layers, merge_lora
 TINY = dict(image_size=16, patch_size=4, in_channels=3, num_classes=5, hidden_dim=32, depth=2, num_heads=2, mlp_dim=64)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread: None) -> None:
-    """Tiny models: one CPU thread."""
-
-
 def adapted_model(targets: tuple[str, ...]) -> tuple[VisionTransformer, VisionTransformer]:
     """(base, the base with rank-4 alpha-8 adapters on ``targets`` whose B is random, so that they change logits)."""
     torch.manual_seed(0)

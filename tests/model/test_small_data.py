@@ -202,7 +202,7 @@ def test_sequence_pooling_with_a_zero_scoring_layer_is_mean_pooling() -> None:
 
 
 @pytest.mark.parametrize("options", OPTIONS.values(), ids=OPTIONS.keys())
-def test_each_option_trains_and_saves_and_loads_exactly(options: dict, tmp_path, one_thread) -> None:
+def test_each_option_trains_and_saves_and_loads_exactly(options: dict, tmp_path) -> None:
     config = ViTConfig(**SMALL, **options)
     assert ViTConfig.from_dict(config.to_dict()) == config
     torch.manual_seed(0)

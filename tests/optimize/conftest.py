@@ -9,11 +9,6 @@ from sklearn.datasets import load_digits
 from vitkit import VisionTransformer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread: None) -> None:
-    """Every test here runs on one CPU thread (the fixture in tests/conftest.py)."""
-
-
 @pytest.fixture(scope="session")
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
     """All 1,797 digits as (N, 1, 8, 8) images, standardised (mean 0.3, std 0.4 on the [0, 1] scale), and labels."""
@@ -23,14 +18,8 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.fixture(scope="session")
 def trained_digits_model(digits: tuple[torch.Tensor, torch.Tensor]) -> VisionTransformer:
-    """Two blocks of width 32 on 17 tokens, trained with AdamW for 8 epochs (about 80% accuracy; 3 s of CPU).
-
-    One thread: this session fixture starts before the function-scoped one_thread, and two threads on a
-    loaded 2-core machine make these tiny steps a hundred times slower.
-    """
+    """Two blocks of width 32 on 17 tokens, trained with AdamW for 8 epochs (about 80% accuracy; 3 s of CPU)."""
     images, labels = digits
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     torch.manual_seed(0)
     model = VisionTransformer(
         image_size=8, patch_size=2, in_channels=1, num_classes=10, hidden_dim=32, depth=2, num_heads=2, mlp_dim=64
@@ -43,5 +32,4 @@ def trained_digits_model(digits: tuple[torch.Tensor, torch.Tensor]) -> VisionTra
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    torch.set_num_threads(threads)
     return model.eval()

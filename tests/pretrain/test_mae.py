@@ -9,11 +9,6 @@ from vitkit.model import VisionTransformer
 from vitkit.pretrain.mae import MaskedAutoencoder, normalised_pixel_loss, random_masking
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread: None) -> None:
-    """Tiny models: one CPU thread."""
-
-
 def test_masking_keeps_the_tokens_of_lowest_noise_and_marks_the_rest() -> None:
     tokens = torch.arange(8.0).view(1, 8, 1).expand(1, 8, 3)  # token i holds the value i
     noise = torch.tensor([[0.5, 0.1, 0.9, 0.3, 0.8, 0.7, 0.6, 0.95]])

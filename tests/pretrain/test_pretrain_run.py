@@ -27,8 +27,6 @@ QUIET = dict(progress=False, tensorboard=False, warmup_epochs=0.0, batch_size=64
 def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(a 2-epoch pre-training run, the same run stopped mid second epoch by --steps and resumed), through the
     command line; only the resumed run draws its pictures (drawing is most of a tiny run's time)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("pretrain")
     reference, stopped = root / "reference", root / "stopped"
     # Random masks, stochastic depth and augmentation all draw from the streams the checkpoint keeps.
@@ -36,19 +34,16 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
             "--mlp-dim", "64", "--patch-size", "2", "--conv-stem", "0", "--drop-path", "0.1", "--warmup-epochs", "0.5",
             "--no-progress", "--no-tensorboard", "--mask-ratio", "0.5", "--decoder-dim", "16", "--decoder-depth", "1",
             "--decoder-heads", "2", "--no-norm-pix-loss"]  # fmt: skip
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr("vitkit.explain.report.write_reconstructions", lambda *args, **kwargs: None)
-            patch.setattr("vitkit.training.metrics.MetricsLog._plot", lambda *args: None)
-            assert cli.main(["pretrain", *tiny, "--out", str(reference)]) == 0
-            assert cli.main(["pretrain", *tiny, "--steps", "30", "--out", str(stopped)]) == 0  # mid second epoch
-        assert not (stopped / "model.safetensors").exists()
-        # The run's own MAE settings unless told otherwise; other ones would make another run.
-        assert cli.main(["pretrain", "--resume", str(stopped), "--mask-ratio", "0.75"]) == 2
-        assert cli.main(["pretrain", "--resume", str(stopped), "--steps", "0"]) == 0
-        return reference, stopped
-    finally:
-        torch.set_num_threads(threads)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("vitkit.explain.report.write_reconstructions", lambda *args, **kwargs: None)
+        patch.setattr("vitkit.training.metrics.MetricsLog._plot", lambda *args: None)
+        assert cli.main(["pretrain", *tiny, "--out", str(reference)]) == 0
+        assert cli.main(["pretrain", *tiny, "--steps", "30", "--out", str(stopped)]) == 0  # mid second epoch
+    assert not (stopped / "model.safetensors").exists()
+    # The run's own MAE settings unless told otherwise; other ones would make another run.
+    assert cli.main(["pretrain", "--resume", str(stopped), "--mask-ratio", "0.75"]) == 2
+    assert cli.main(["pretrain", "--resume", str(stopped), "--steps", "0"]) == 0
+    return reference, stopped
 
 
 def test_a_stopped_run_resumes_bit_for_bit_and_draws_its_loss_and_reconstructions(runs: tuple[Path, Path]) -> None:
@@ -70,7 +65,7 @@ def test_a_stopped_run_resumes_bit_for_bit_and_draws_its_loss_and_reconstruction
 
 
 def test_a_pretrained_encoder_is_fine_tuned_from_its_run_folder(
-    runs: tuple[Path, Path], tmp_path: Path, one_thread: None, monkeypatch
+    runs: tuple[Path, Path], tmp_path: Path, monkeypatch
 ) -> None:
     # The run's pictures and plots (tested in tests/training) are most of a tiny run's time.
     monkeypatch.setattr("vitkit.explain.report.write_run_pictures", lambda *args: None)
@@ -108,7 +103,7 @@ def write_digits_folder(root: Path, per_class: int, val_per_class: int) -> Path:
     return root
 
 
-def test_two_processes_pretrain_the_weights_one_process_does(tmp_path: Path, one_thread: None, monkeypatch) -> None:
+def test_two_processes_pretrain_the_weights_one_process_does(tmp_path: Path, monkeypatch) -> None:
     """`vitkit pretrain --nproc 2` (torchrun, DDP) computes the steps of one process: the same batches, masks and
     mean gradients; 3 steps of 2 micro-batches, over an epoch's end (66 training images, 15 validation images,
     which 2 processes share unevenly)."""

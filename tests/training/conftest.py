@@ -24,11 +24,6 @@ def tiny(tmp_path: Path) -> Callable[..., TrainConfig]:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread(one_thread: None) -> None:
-    """Every test here runs on one CPU thread (the fixture in tests/conftest.py)."""
-
-
-@pytest.fixture(autouse=True)
 def _no_pictures(request: pytest.FixtureRequest) -> None:
     """The runs of a test here draw no pictures or metric plots unless the test is marked `pictures`."""
     if request.node.get_closest_marker("pictures") is None:

@@ -126,24 +126,19 @@ def test_freezing_more_blocks_than_the_model_has_is_explained() -> None:
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(source run, LoRA run on it) trained through the command line: rank 2 adapters on q, v and fc2."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            # The run's pictures and plots (tested in test_run_pictures and test_metrics) are most of a tiny run's time.
-            patch.setattr("vitkit.explain.report.write_run_pictures", lambda *args: None)
-            patch.setattr("vitkit.training.metrics.MetricsLog._plot", lambda *args: None)
-            root = tmp_path_factory.mktemp("lora")
-            folder = write_digit_folder(root / "digits", classes=[0, 1, 2], per_class=16, size=8)
-            small = dict(data_dir=str(folder), epochs=1, batch_size=16, ema_decay=0.0)
-            source = train(tiny_config(root / "source", **small)).run_dir
-            flags = ["--data-dir", str(folder), "--epochs", "1", "--batch-size", "16", "--no-progress",
-                     "--no-tensorboard", "--lr", "0.01", "--warmup-epochs", "0", "--init-from", source]  # fmt: skip
-            lora = ["--lora-rank", "2", "--lora-alpha", "4", "--lora-targets", "q,v,fc2", "--layer-decay", "0.8"]
-            assert cli.main(["train", *map(str, flags), *lora, "--out", str(root / "lora")]) == 0
-            return source, root / "lora"
-    finally:
-        torch.set_num_threads(threads)
+    with pytest.MonkeyPatch.context() as patch:
+        # The run's pictures and plots (tested in test_run_pictures and test_metrics) are most of a tiny run's time.
+        patch.setattr("vitkit.explain.report.write_run_pictures", lambda *args: None)
+        patch.setattr("vitkit.training.metrics.MetricsLog._plot", lambda *args: None)
+        root = tmp_path_factory.mktemp("lora")
+        folder = write_digit_folder(root / "digits", classes=[0, 1, 2], per_class=16, size=8)
+        small = dict(data_dir=str(folder), epochs=1, batch_size=16, ema_decay=0.0)
+        source = train(tiny_config(root / "source", **small)).run_dir
+        flags = ["--data-dir", str(folder), "--epochs", "1", "--batch-size", "16", "--no-progress",
+                 "--no-tensorboard", "--lr", "0.01", "--warmup-epochs", "0", "--init-from", source]  # fmt: skip
+        lora = ["--lora-rank", "2", "--lora-alpha", "4", "--lora-targets", "q,v,fc2", "--layer-decay", "0.8"]
+        assert cli.main(["train", *map(str, flags), *lora, "--out", str(root / "lora")]) == 0
+        return source, root / "lora"
 
 
 def test_a_lora_run_saves_adapters_and_a_merged_model_equal_to_the_adapted_one(lora_run: tuple[Path, Path]) -> None:
