@@ -59,10 +59,10 @@ def peak_memory_mib(fn: Callable[[], Any], model: nn.Module, device: torch.devic
     return (torch.cuda.max_memory_allocated(device) - before + weights) / 2**20
 
 
-def peers(name: str, device: torch.device) -> dict[str, nn.Module]:
+def peers(name: str, image_size: int, device: torch.device) -> dict[str, nn.Module]:
     """The plain vitkit model and each installed peer at the same size, on ``device``, in eval mode."""
     return {label: model.to(device) for label in ("vitkit", *bench.FP32_PEERS)
-            if (model := bench.build(label, name, 224)) is not None}  # fmt: skip
+            if (model := bench.build(label, name, image_size)) is not None}  # fmt: skip
 
 
 class MathAttention(nn.Module):
@@ -90,6 +90,7 @@ class BF16Input(nn.Module):
 
 def compare(
     name: str,
+    image_size: int,
     batch_size: int,
     kind: str,
     models: dict[str, nn.Module],
@@ -99,15 +100,15 @@ def compare(
 ) -> bench.Comparison:
     """Images/s of each model on the same batch (under autocast to ``dtype``, if given), ratio to the fastest peer."""
     torch.manual_seed(0)
-    images = torch.randn(batch_size, 3, 224, 224, device=device)
+    images = torch.randn(batch_size, 3, image_size, image_size, device=device)
     calls = {label: (lambda m=model: m(images)) for label, model in models.items()}
-    flops = bench.flops_per_image(name, 224)
+    flops = bench.flops_per_image(name, image_size)
     with torch.inference_mode(), torch.autocast(device.type, dtype, enabled=dtype is not None):
         memory = {label: peak_memory_mib(fn, models[label], device) for label, fn in calls.items()}
         seconds = bench.interleaved_seconds(
             calls, rounds, repeats=max(1, 16 // batch_size), warmup=2, synchronize=lambda: synchronize(device)
         )
-    comparison = bench.Comparison(name, 224, batch_size, kind, torch.get_num_threads(), None)
+    comparison = bench.Comparison(name, image_size, batch_size, kind, torch.get_num_threads(), None)
     for label, s in seconds.items():
         speed = batch_size / s
         row = bench.Row(label, speed, gflops_per_s=flops * speed / 1e9, peak_memory_mib=memory[label])
@@ -134,7 +135,7 @@ def training_peak_mib(
         return None
     torch.cuda.empty_cache()
     before = torch.cuda.memory_allocated(device)
-    model = bench.build(label, name, 224).to(device).train()
+    model = bench.build(label, name, images.shape[-1]).to(device).train()
     step = fused_adamw_step(label, model, images, dtype)
     step()
     step()
@@ -146,22 +147,22 @@ def training_peak_mib(
 
 
 def compare_training(
-    name: str, batch_size: int, device: torch.device, rounds: int, dtype: torch.dtype | None
+    name: str, image_size: int, batch_size: int, device: torch.device, rounds: int, dtype: torch.dtype | None
 ) -> bench.Comparison:
     """One training step (forward, backward, fused AdamW) of vitkit and timm; ratio to timm."""
     torch.manual_seed(0)
-    images = torch.randn(batch_size, 3, 224, 224, device=device)
+    images = torch.randn(batch_size, 3, image_size, image_size, device=device)
     models = {label: model.to(device).train() for label in ("vitkit", "timm")
-              if (model := bench.build(label, name, 224)) is not None}  # fmt: skip
+              if (model := bench.build(label, name, image_size)) is not None}  # fmt: skip
     steps = {label: fused_adamw_step(label, model, images, dtype) for label, model in models.items()}
     seconds = bench.interleaved_seconds(
         steps, rounds, repeats=1, warmup=2, inference=False, synchronize=lambda: synchronize(device)
     )  # the warm-up steps create AdamW's state
     del models, steps  # then memory, each model alone, once the kernels' one-time workspaces exist
     memory = {label: training_peak_mib(label, name, images, device, dtype) for label in seconds}
-    flops = 3 * bench.flops_per_image(name, 224)  # backward costs about twice the forward
+    flops = 3 * bench.flops_per_image(name, image_size)  # backward costs about twice the forward
     kind = f"training, {'bf16 autocast' if dtype else 'fp32'}"
-    comparison = bench.Comparison(name, 224, batch_size, kind, torch.get_num_threads(), None)
+    comparison = bench.Comparison(name, image_size, batch_size, kind, torch.get_num_threads(), None)
     timm_speed = batch_size / seconds["timm"] if "timm" in seconds else None
     for label, s in seconds.items():
         speed = batch_size / s
@@ -172,36 +173,40 @@ def compare_training(
 
 
 def run(
-    names: list[str], batch_sizes: list[int], device: torch.device, rounds: int,
+    names: list[str], image_size: int, batch_sizes: list[int], device: torch.device, rounds: int,
     compiled_names: list[str], trained_names: list[str], train_batch_size: int,
     report: Callable[[bench.Comparison], None],
 ) -> None:  # fmt: skip
     """Every comparison in turn, each handed to ``report`` as soon as it is measured."""
     bf16 = torch.bfloat16
     for name in names:
-        models = peers(name, device)
+        models = peers(name, image_size, device)
         plain = models["vitkit"]
         fused = vitkit.optimize(plain, exact=True)
         for batch_size in batch_sizes:
-            report(compare(name, batch_size, "fp32", {"vitkit exact": fused, **models}, device, rounds))
+            report(compare(name, image_size, batch_size, "fp32", {"vitkit exact": fused, **models}, device, rounds))
             autocast_models = {"vitkit": plain, "vitkit, math attention": MathAttention(plain), **models}
-            report(compare(name, batch_size, "bf16 autocast", autocast_models, device, rounds, bf16))
+            report(compare(name, image_size, batch_size, "bf16 autocast", autocast_models, device, rounds, bf16))
         tome = default_tome(plain.config)
         bf16_models = {"vitkit bf16": vitkit.optimize(plain, bf16=True),
                        f"vitkit bf16, ToMe r={tome}": vitkit.optimize(plain, bf16=True, tome=tome)}  # fmt: skip
         bf16_models.update({label: BF16Input(model) for label, model in models.items() if label != "vitkit"})
         for batch_size in batch_sizes:
-            report(compare(name, batch_size, "bf16 weights", bf16_models, device, rounds))
+            report(compare(name, image_size, batch_size, "bf16 weights", bf16_models, device, rounds))
         del bf16_models, models, plain, fused
         if name in compiled_names:
-            vitkit_model, timm_model = (bench.build(label, name, 224).to(device) for label in ("vitkit", "timm"))
+            vitkit_model, timm_model = (bench.build(label, name, image_size).to(device) for label in ("vitkit", "timm"))
             compiled = {"vitkit exact": vitkit.optimize(vitkit_model, exact=True, compile=True),
                         "timm": torch.compile(timm_model)}  # fmt: skip
-            report(compare(name, max(batch_sizes), "bf16 autocast, torch.compile", compiled, device, rounds, bf16))
+            report(
+                compare(
+                    name, image_size, max(batch_sizes), "bf16 autocast, torch.compile", compiled, device, rounds, bf16
+                )
+            )
             del compiled
         if name in trained_names:
             for dtype in (None, bf16):
-                report(compare_training(name, train_batch_size, device, rounds, dtype))
+                report(compare_training(name, image_size, train_batch_size, device, rounds, dtype))
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -229,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--models", nargs="+", default=["vit_small_patch16_224", "vit_base_patch16_224"])
+    parser.add_argument("--image-size", type=int, default=224, help="the models' image size (default: 224)")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 256])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--compile-models", nargs="*", default=["vit_base_patch16_224"], help="also compiled")
@@ -248,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
         args.markdown.write_text(markdown(results), encoding="utf-8")
         print(markdown({"machine": results["machine"], "comparisons": [comparison.to_dict()]}), flush=True)
 
-    run(args.models, args.batch_sizes, device, args.rounds, args.compile_models, args.train_models,
+    run(args.models, args.image_size, args.batch_sizes, device, args.rounds, args.compile_models, args.train_models,
         args.train_batch_size, report)  # fmt: skip
 
 
