@@ -24,8 +24,6 @@ from pathlib import Path
 
 import torch
 
-from vitkit.bench.peers import LIBRARY_MODULES, TRAINERS, build, training_step
-
 logger = logging.getLogger(__name__)
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
@@ -95,6 +93,8 @@ def _peak_memory_child(task: MemoryTask) -> dict[int, float] | None:
     forked copy's peak across exec), so under a parent bigger than the model every child reported 0. VmHWM
     is the child's own address space's peak.
     """
+    from vitkit.bench.peers import LIBRARY_MODULES, TRAINERS, build, training_step  # the models' libraries
+
     unpooled_malloc()
     torch.set_num_threads(task.threads)
     recipe = TRAINERS[task.label] if task.train else None
