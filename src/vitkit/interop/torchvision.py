@@ -10,6 +10,7 @@ import functools
 import math
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor, nn
 
 from vitkit.interop.common import from_peer, fuse_qkv, refuse_what_peer_lacks, rename, split_qkv
@@ -61,9 +62,10 @@ def torchvision_model_from_state_dict(state_dict: dict[str, Tensor], name: str) 
     if "encoder.pos_embedding" in state_dict and "conv_proj.weight" in state_dict:
         side = math.isqrt(state_dict["encoder.pos_embedding"].shape[1] - 1)
         kwargs["image_size"] = side * state_dict["conv_proj.weight"].shape[-1]
-    model = get_model(name, **kwargs)
+    with torch.device("meta"):  # no time spent on a random initialisation that the weights replace
+        model = get_model(name, **kwargs)
     check_state_dict(dict(state_dict), model.state_dict(), what=f"torchvision's {name}")
-    model.load_state_dict(state_dict)
+    model.load_state_dict(state_dict, assign=True)
     return model
 
 
