@@ -19,11 +19,13 @@ import benchmark_tables  # noqa: E402
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:
-    """Fill the explain guide's faithfulness table and the fine-tuning guide's MAE table from their results files."""
+    """Fill the explain guide's faithfulness table and the fine-tuning guide's MAE tables from their results files."""
     if benchmark_tables.FAITHFULNESS_MARKER in markdown:
         markdown = markdown.replace(benchmark_tables.FAITHFULNESS_MARKER, benchmark_tables.faithfulness_table())
     if benchmark_tables.MAE_MARKER in markdown:
         markdown = markdown.replace(benchmark_tables.MAE_MARKER, benchmark_tables.mae_table())
+    if benchmark_tables.MAE_BUDGET_MARKER in markdown:
+        markdown = markdown.replace(benchmark_tables.MAE_BUDGET_MARKER, benchmark_tables.mae_budget_table())
     return markdown
 
 

@@ -116,6 +116,25 @@ def test_the_mae_table_shows_each_seed_the_mean_and_the_verdict(tmp_path: Path) 
     )
 
 
+def test_the_mae_budget_table_sets_each_scratch_budget_against_its_most_tried_mae_candidate(tmp_path: Path) -> None:
+    def row(name: str, seed: int, pre: int, ft: int, accuracy: float) -> dict:
+        return {"candidate": name, "seed": seed, "pretrain_epochs": pre, "fine_tune_epochs": ft,
+                "selection_accuracy": accuracy}  # fmt: skip
+
+    candidates = [
+        row("scratch", 0, 0, 100, 0.80), row("scratch", 1, 0, 100, 0.70), row("scratch", 0, 0, 500, 0.96),
+        row("p30", 0, 30, 70, 0.85), row("p30", 1, 30, 70, 0.75),  # two seeds: chosen at 100 epochs
+        row("p60", 0, 60, 40, 0.95),  # better on seed 0, but scored on one seed only
+        row("p400", 0, 400, 100, 0.93),
+        row("p200", 0, 200, 100, 0.99),  # no scratch run of 300 epochs to set it against
+    ]  # fmt: skip
+    (tmp_path / "mae_search.json").write_text(json.dumps({"candidates": candidates}))
+    assert benchmark_tables.mae_budget_table(tmp_path).splitlines()[2:] == [
+        "| 100 | `p30` | 0, 1 | 80.00 % | 75.00 % | +5.00 |",
+        "| 500 | `p400` | 0 | 93.00 % | 96.00 % | -3.00 |",
+    ]
+
+
 def test_faithfulness_tables_show_the_models_the_curve_ends_and_the_gains(tmp_path: Path) -> None:
     def row(weights: str, name: str, gain: float, **more: float) -> dict:
         return {"model": "m", "weights": weights, "baseline": "rise", "map": name, "images": 10,
