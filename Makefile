@@ -40,8 +40,8 @@ bench: $(STAMP)
 
 # Lint, formatting and types (settings in pyproject.toml; the same hooks in .pre-commit-config.yaml).
 check: $(STAMP)
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check src tests benchmarks tools
+	$(VENV)/bin/ruff format --check src tests benchmarks tools
 	$(VENV)/bin/mypy src
 
 # The documentation site into site/; the benchmark pages are generated from benchmarks/results/*.json.

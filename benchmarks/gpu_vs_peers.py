@@ -9,14 +9,15 @@ over rounds) with the GPU's own settings:
   "vitkit, math attention" is vitkit with the flash and memory-efficient kernels turned off, to show their share;
 - bf16 weights: ``vitkit.optimize(model, bf16=True)`` (fused q/k/v; on a GPU no Token Merging by default), and
   with Token Merging, beside each peer cast with ``.to(torch.bfloat16)``;
-- compiled: ``vitkit.optimize(model, exact=True, compile=True)`` beside ``torch.compile`` of timm under bf16 autocast, at the largest batch (``--compile-models``);
+- compiled: ``vitkit.optimize(model, exact=True, compile=True)`` beside ``torch.compile`` of timm under bf16
+  autocast, at the largest batch (``--compile-models``);
 - a training step (forward, backward, fused AdamW) of vitkit (its forward as `vitkit train` runs it) and timm, fp32
   and bf16 autocast (``--train-models``).
 
 Peak memory is ``torch.cuda.max_memory_allocated`` during one call of the model alone, above what was allocated
 before it, plus the model's own weights; for a training step, with the model alone on the GPU, above what was
-allocated before it was built (weights, gradients, AdamW state and activations). The GFLOP/s column counts the plain model's FLOPs (torch's
-FlopCounterMode), whatever an optimization skips. Writes a Markdown table and JSON:
+allocated before it was built (weights, gradients, AdamW state and activations). The GFLOP/s column counts the
+plain model's FLOPs (torch's FlopCounterMode), whatever an optimization skips. Writes a Markdown table and JSON:
 
     python benchmarks/gpu_vs_peers.py [--device cuda] [--json gpu.json] [--markdown gpu.md]
 """
@@ -213,15 +214,16 @@ def run(
 
 def markdown(results: dict) -> str:
     """One line per library and comparison."""
-    lines = [results["machine"], "",
-             "| model | batch | precision | library | images/s | vs fastest peer (training: vs timm) | TFLOP/s | peak MiB |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    columns = ["model", "batch", "precision", "library", "images/s", "vs fastest peer (training: vs timm)", "TFLOP/s",
+               "peak MiB"]  # fmt: skip
+    lines = [results["machine"], "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for c in results["comparisons"]:
         for row in c["rows"]:
             ratio = "-" if row["ratio_to_fastest_peer"] is None else f"{row['ratio_to_fastest_peer']:.2f}x"
             memory = "-" if row["peak_memory_mib"] is None else f"{row['peak_memory_mib']:.0f}"
-            lines.append(f"| {NAMES.get(c['model'], c['model'])} | {c['batch_size']} | {c['kind']} | {row['label']} | "
-                         f"{row['images_per_s']:.1f} | {ratio} | {row['gflops_per_s'] / 1000:.1f} | {memory} |")  # fmt: skip
+            tflops = row["gflops_per_s"] / 1000
+            lines.append(f"| {NAMES.get(c['model'], c['model'])} | {c['batch_size']} | {c['kind']} | {row['label']} "
+                         f"| {row['images_per_s']:.1f} | {ratio} | {tflops:.1f} | {memory} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -133,9 +133,8 @@ def speed_table(
         rows.append(
             {"option": label, "images_per_s": batch_size / s, "speedup": speedup, "first_call_s": first_call[label]}
         )
-        print(
-            f"{label:24s} {batch_size / s:7.2f} images/s  {speedup:.2f}x float32  (first call {first_call[label]:.1f} s)"
-        )
+        first = first_call[label]
+        print(f"{label:24s} {batch_size / s:7.2f} images/s  {speedup:.2f}x float32  (first call {first:.1f} s)")
     return rows
 
 
@@ -147,9 +146,8 @@ def trained_accuracy(run_dir: Path | None, epochs: int) -> list[dict[str, Any]]:
             command = [sys.executable, "-m", "vitkit", "-q", "train", "--epochs", str(epochs), "--out", str(run_dir),
                        "--no-progress", "--no-tensorboard"]  # fmt: skip
             subprocess.run(command, check=True)
-        print(
-            f"accuracy on the held-out digits of {run_dir} (torch {torch.__version__}, {torch.get_num_threads()} threads)"
-        )
+        threads = torch.get_num_threads()
+        print(f"accuracy on the held-out digits of {run_dir} (torch {torch.__version__}, {threads} threads)")
         return accuracy_table(run_dir)
 
 
@@ -165,9 +163,8 @@ def main() -> None:
     accuracy = [] if args.skip_accuracy else trained_accuracy(args.run_dir, args.epochs)
     speed = []
     if args.rounds:
-        print(
-            f"\nspeed: vit_base_patch16_224, batch 16, {torch.get_num_threads()} threads, median of {args.rounds} rounds"
-        )
+        threads = torch.get_num_threads()
+        print(f"\nspeed: vit_base_patch16_224, batch 16, {threads} threads, median of {args.rounds} rounds")
         speed = speed_table(args.rounds, args.compile)
     write_json({"accuracy": accuracy, "speed": speed}, args.json)
     print(f"results: {args.json}")

@@ -76,8 +76,8 @@ def main() -> None:
             for size_name, folder in folders.items():
                 seconds, cpu, peak = run_measured(command(folder))
                 count = sizes[size_name]
-                print(f"{name:<9} {count:>8,} {seconds:>7.1f} {count / seconds:>9,.0f} {cpu:>7.1f} {count / cpu:>13,.0f} "
-                      f"{peak:>6.0f} MiB", flush=True)  # fmt: skip
+                print(f"{name:<9} {count:>8,} {seconds:>7.1f} {count / seconds:>9,.0f} {cpu:>7.1f} "
+                      f"{count / cpu:>13,.0f} {peak:>6.0f} MiB", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

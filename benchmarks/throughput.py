@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
 
 import torch
 
@@ -64,9 +63,10 @@ def main() -> None:
     for _ in range(args.rounds):
         for label, model in models.items():
             seconds[label].append(time_once(model, images, args.iterations))
-    throughput: Callable[[str], float] = lambda label: (
-        args.batch_size * args.iterations / statistics.median(seconds[label])
-    )
+
+    def throughput(label: str) -> float:
+        return args.batch_size * args.iterations / statistics.median(seconds[label])
+
     print(f"{args.model}, batch {args.batch_size}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     for label in models:
         print(f"  {label:12s} {throughput(label):8.1f} images/s")
