@@ -325,18 +325,14 @@ def mae_budget_table(results_dir: Path = RESULTS_DIR) -> str:
     candidates = json.loads((results_dir / "mae_search.json").read_text())["candidates"]
     scratch = {(row["seed"], row["fine_tune_epochs"]): row["selection_accuracy"]
                for row in candidates if row["pretrain_epochs"] == 0}  # fmt: skip
-    by_candidate: dict[tuple[str, int], dict[int, float]] = {}
+    by_total: dict[int, dict[str, dict[int, float]]] = {}  # total -> candidate -> seed -> accuracy
     for row in candidates:
         total = row["pretrain_epochs"] + row["fine_tune_epochs"]
         if row["pretrain_epochs"] and (row["seed"], total) in scratch:
-            by_candidate.setdefault((row["candidate"], total), {})[row["seed"]] = row["selection_accuracy"]
-    best: dict[int, tuple[str, dict[int, float]]] = {}
-    for (name, total), seeds in by_candidate.items():
-        rank = (len(seeds), statistics.mean(seeds.values()))
-        if total not in best or rank > (len(best[total][1]), statistics.mean(best[total][1].values())):
-            best[total] = (name, seeds)
+            by_total.setdefault(total, {}).setdefault(row["candidate"], {})[row["seed"]] = row["selection_accuracy"]
     rows = []
-    for total, (name, seeds) in sorted(best.items()):
+    for total, tried in sorted(by_total.items()):
+        name, seeds = max(tried.items(), key=lambda item: (len(item[1]), statistics.mean(item[1].values())))
         mae, baseline = statistics.mean(seeds.values()), statistics.mean(scratch[seed, total] for seed in seeds)
         rows.append([str(total), f"`{name}`", ", ".join(map(str, sorted(seeds))), f"{100 * mae:.2f} %",
                      f"{100 * baseline:.2f} %", f"{100 * (mae - baseline):+.2f}"])  # fmt: skip

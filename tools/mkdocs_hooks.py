@@ -20,12 +20,14 @@ import benchmark_tables  # noqa: E402
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:
     """Fill the explain guide's faithfulness table and the fine-tuning guide's MAE tables from their results files."""
-    if benchmark_tables.FAITHFULNESS_MARKER in markdown:
-        markdown = markdown.replace(benchmark_tables.FAITHFULNESS_MARKER, benchmark_tables.faithfulness_table())
-    if benchmark_tables.MAE_MARKER in markdown:
-        markdown = markdown.replace(benchmark_tables.MAE_MARKER, benchmark_tables.mae_table())
-    if benchmark_tables.MAE_BUDGET_MARKER in markdown:
-        markdown = markdown.replace(benchmark_tables.MAE_BUDGET_MARKER, benchmark_tables.mae_budget_table())
+    generated = (
+        (benchmark_tables.FAITHFULNESS_MARKER, benchmark_tables.faithfulness_table),
+        (benchmark_tables.MAE_MARKER, benchmark_tables.mae_table),
+        (benchmark_tables.MAE_BUDGET_MARKER, benchmark_tables.mae_budget_table),
+    )
+    for marker, table in generated:
+        if marker in markdown:  # each table is read from its results file only where a page asks for it
+            markdown = markdown.replace(marker, table())
     return markdown
 
 
